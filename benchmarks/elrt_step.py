@@ -1,0 +1,229 @@
+"""Training step time of dense vs ELRT training, side by side: does the step scale with the compact FLOPs?
+
+One step is what a training loop does with the method: forward, loss, backward, ``method.before_step()``
+(the orthogonality gradient), ``optimizer.step()`` (SGD, momentum, weight decay), ``method.after_step()``.
+The configurations are timed round-robin (one step of each in turn, repeated), so a machine shared with
+other work slows all of them alike; the median per configuration is reported next to its FLOPs.
+
+``--breakdown`` also times every conv leaf alone (forward + backward at the shape it sees in the model)
+and sums the times by kind (k×k vs 1×1), which says where the time goes that the FLOPs do not predict.
+
+    PYTHONPATH=src python benchmarks/elrt_step.py                         # ResNet-56, CPU, batch 32
+    PYTHONPATH=src python benchmarks/elrt_step.py --device cuda --batch 128 --bf16 --channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lrtrain as lr
+from lrtrain.methods.base import Method
+from lrtrain.methods.elrt import ELRT
+from lrtrain.metrics import trace_shapes
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Config:
+    label: str
+    model: nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    flops: int
+    params: int
+    activations: int  # conv output elements per sample: what the convs write, and keep for backward
+    pointwise_flops: int  # MACs of the 1×1 convs
+    shapes: dict  # conv leaf -> (input shape, output shape), batch 1
+    forward: nn.Module  # the model, or its compiled form
+    times: list[float] = field(default_factory=list)
+    hook_times: list[float] = field(default_factory=list)
+
+
+def commit() -> str:
+    here = Path(__file__).parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=here).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "uncommitted"
+    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here).stdout
+    return f"{head} (with uncommitted changes)" if dirty.strip() else head
+
+
+def device_label(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"CPU {cpu}, {threads} thread(s)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(args, label: str, method_kw: dict | None, device: torch.device) -> Config:
+    torch.manual_seed(0)
+    model = lr.models.create(args.model)
+    method = ELRT(model, **method_kw) if method_kw is not None else Method(model)
+    counts = lr.count(model)
+    shapes = {n: s for n, s in trace_shapes(model).items() if isinstance(model.get_submodule(n), nn.Conv2d)}
+    activations = sum(_numel(out[1:]) for _, out in shapes.values())
+    pointwise = sum(counts.layers[n].flops for n in shapes if model.get_submodule(n).kernel_size == (1, 1))
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(device, memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    forward = torch.compile(model) if args.compile else model
+    return Config(label, model, method, opt, counts.flops, counts.params, activations, pointwise, shapes, forward)
+
+
+def _numel(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def step(cfg: Config, x: torch.Tensor, y: torch.Tensor, args, device: torch.device) -> None:
+    sync(device)
+    start = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        logits = cfg.forward(x)
+    F.cross_entropy(logits.float(), y).backward()
+    sync(device)
+    hook = time.perf_counter()
+    cfg.method.before_step()
+    sync(device)
+    hook = time.perf_counter() - hook
+    cfg.optimizer.step()
+    cfg.optimizer.zero_grad(set_to_none=True)
+    cfg.method.after_step()
+    sync(device)
+    cfg.times.append(time.perf_counter() - start)
+    cfg.hook_times.append(hook)
+
+
+def conv_breakdown(cfg: Config, args, device: torch.device) -> dict[str, float]:
+    """Seconds of forward + backward of every conv leaf run alone, summed by kind."""
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    sums: dict[str, float] = {}
+    for name, (in_shape, _) in cfg.shapes.items():
+        conv = cfg.model.get_submodule(name)
+        kind = "1x1" if conv.kernel_size == (1, 1) else "kxk"
+        x = torch.randn(args.batch, *in_shape[1:], device=device).to(memory_format=fmt).requires_grad_()
+        times = []
+        for i in range(args.warmup + args.iters):
+            sync(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                out = conv(x)
+            out.float().sum().backward()
+            sync(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+        sums[kind] = sums.get(kind, 0.0) + statistics.median(times)
+    return sums
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet56")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--reductions", type=float, nargs="+", default=[0.5, 0.7],
+                   help="FLOPs reductions of the ELRT models (0.5: half the dense FLOPs)")
+    p.add_argument("--schemes", nargs="+", default=["tucker2"], choices=["tucker2", "channel"])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=15)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model")
+    p.add_argument("--breakdown", action="store_true", help="also time each conv leaf alone, by kind")
+    p.add_argument("--no-write", action="store_true", help="print only; do not write the results file")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    configs = [build(args, "dense", None, device)]
+    for scheme in args.schemes:
+        for red in args.reductions:
+            configs.append(build(args, f"ELRT {scheme} −{red:.0%} FLOPs", {
+                "rank": f"flops:{1 - red:g}", "scheme": scheme}, device))
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
+    if args.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
+
+    for _ in range(args.warmup):
+        for cfg in configs:
+            step(cfg, x, y, args, device)
+    for cfg in configs:
+        cfg.times.clear()
+        cfg.hook_times.clear()
+    for _ in range(args.iters):  # round-robin: background load hits every configuration alike
+        for cfg in configs:
+            step(cfg, x, y, args, device)
+
+    dense = configs[0]
+    base = statistics.median(dense.times)
+    options = ", ".join(o for o, on in (("bf16 autocast", args.bf16), ("channels_last", args.channels_last),
+                                        ("torch.compile", args.compile)) if on) or "fp32"
+    lines = [
+        f"# ELRT training step time vs dense ({args.model}, batch {args.batch}, {options})", "",
+        f"- device: {device_label(device, args.threads)}",
+        f"- command: `PYTHONPATH=src python benchmarks/elrt_step.py {' '.join(sys.argv[1:])}`",
+        f"- commit: {commit()}",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; torch {torch.__version__}",
+        f"- step = forward + backward + before_step + SGD step + after_step; median of {args.iters} "
+        "round-robin steps after warm-up", "",
+        "| model | MFLOPs | FLOPs ratio | params | conv activations ratio | step ms | step ratio | "
+        "before_step ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cfg in configs:
+        t = statistics.median(cfg.times)
+        lines.append(f"| {cfg.label} | {cfg.flops / 1e6:.1f} | {cfg.flops / dense.flops:.2f} | "
+                     f"{cfg.params / 1e6:.3f} M | {cfg.activations / dense.activations:.2f} | {t * 1e3:.1f} | "
+                     f"{t / base:.2f} | {statistics.median(cfg.hook_times) * 1e3:.2f} |")
+    if args.breakdown:
+        lines += ["", "Conv leaves timed alone (forward + backward, summed by kind, ms):", "",
+                  "| model | k×k convs | 1×1 convs | 1×1 share of conv time | 1×1 share of FLOPs |",
+                  "|---|---|---|---|---|"]
+        for cfg in configs:
+            sums = conv_breakdown(cfg, args, device)
+            total = sums.get("kxk", 0.0) + sums.get("1x1", 0.0)
+            lines.append(f"| {cfg.label} | {sums.get('kxk', 0.0) * 1e3:.1f} | {sums.get('1x1', 0.0) * 1e3:.1f} | "
+                         f"{sums.get('1x1', 0.0) / total:.0%} | {cfg.pointwise_flops / cfg.flops:.0%} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        RESULTS.mkdir(exist_ok=True)
+        suffix = device.type + ("_bf16" if args.bf16 else "")
+        (RESULTS / f"elrt_step_{suffix}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

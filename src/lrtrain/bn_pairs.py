@@ -1,0 +1,95 @@
+"""Which BatchNorm normalizes which conv's output, read from the model's dataflow.
+
+LRPET's BN rectification and BN folding need, for each conv, the BatchNorm2d that consumes its output.
+Module order is not enough (torchvision registers a block's ``downsample`` after its last BN, and a
+model may call modules in any order), so the pairing is read from the forward pass itself:
+
+1. `torch.fx` symbolic tracing: a conv is paired with a BN when the BN is the *only* consumer of the
+   conv's output (a conv whose output also goes elsewhere is not paired: folding a BN's scale into it
+   would be wrong for the other use);
+2. when the model cannot be traced symbolically (data-dependent control flow), one real forward pass
+   with hooks: a BN is paired with the conv whose output tensor it receives unchanged (same tensor, no
+   in-place op in between). This fallback cannot see other consumers of the conv's output.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import fx, nn
+
+from .metrics import _inference  # eval mode, no_grad, a zero input; the model's modes restored
+
+log = logging.getLogger("lrtrain")
+
+
+def conv_bn_pairs(model: nn.Module, input_size=(1, 3, 32, 32)) -> dict[str, str]:
+    """``{conv name: BN name}`` for every ``nn.Conv2d`` whose output goes straight into a ``BatchNorm2d``.
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        >>> conv_bn_pairs(net)
+        {'0': '1'}
+
+    `input_size` is used only when the model cannot be traced with torch.fx and a real forward pass
+    (in eval mode, under no_grad, on zeros) is needed instead.
+    """
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as err:  # fx raises many kinds of errors on untraceable Python control flow
+        log.info("conv_bn_pairs: torch.fx cannot trace %s (%s); pairing from a forward pass",
+                 type(model).__name__, err)
+        return _pairs_from_forward(model, input_size)
+    return _pairs_from_graph(model, graph)
+
+
+def _pairs_from_graph(model: nn.Module, graph: fx.Graph) -> dict[str, str]:
+    modules = dict(model.named_modules())
+    found: dict[str, set[str | None]] = {}  # every call of a conv, and the BN it fed (None: not only a BN)
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.Conv2d):
+            continue
+        users = list(node.users)
+        bn = None
+        if len(users) == 1 and users[0].op == "call_module" and users[0].args[:1] == (node,) \
+                and isinstance(modules.get(users[0].target), nn.BatchNorm2d):
+            bn = users[0].target
+        found.setdefault(node.target, set()).add(bn)
+    # A conv called more than once is paired only when every call feeds the same BN.
+    return {conv: next(iter(bns)) for conv, bns in found.items() if len(bns) == 1 and None not in bns}
+
+
+def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
+    outputs: dict[int, tuple[str, torch.Tensor, int]] = {}  # id(output) -> (conv, output, its version)
+    calls: dict[str, int] = {}
+    fed: dict[str, list[str]] = {}  # conv -> the BN each of its outputs went into
+
+    def on_conv(name):
+        def hook(module, args, out):
+            # Keeping `out` alive keeps its id from being reused by another tensor during the pass.
+            outputs[id(out)] = (name, out, out._version)
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    def on_bn(name):
+        def hook(module, args):
+            x = args[0]
+            entry = outputs.get(id(x))
+            if entry is not None and entry[1] is x and entry[2] == x._version:
+                fed.setdefault(entry[0], []).append(name)
+        return hook
+
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(on_conv(name)))
+        elif isinstance(m, nn.BatchNorm2d):
+            handles.append(m.register_forward_pre_hook(on_bn(name)))
+    try:
+        with _inference(model, input_size) as x:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    # A conv called more than once is paired only when every call fed the same BN.
+    return {conv: bns[0] for conv, bns in fed.items() if len(bns) == calls[conv] and len(set(bns)) == 1}

@@ -1,0 +1,275 @@
+"""Recipes: YAML files of training settings, checked against a schema of known keys.
+
+A recipe is a nested mapping; every key has a default (`defaults()`), so a recipe states only what it
+changes. `load_recipe` reads one, applies ``--set a.b=value`` overrides (values parsed as YAML, so
+``--set optim.nesterov=true`` gives a bool and ``--set schedule.milestones=[80,120]`` a list), fills in
+the defaults and checks every key and type. Mistakes raise `ConfigError` with a one-line message that
+names the key, the value and, for a misspelt key, the closest valid one::
+
+    >>> resolve({"optim": {"lrr": 0.1}})
+    Traceback (most recent call last):
+    ...
+    lrtrain.config.ConfigError: recipe: unknown key 'optim.lrr' (did you mean 'optim.lr'?)
+
+The ``method`` section is free-form apart from its ``name``: its other keys are the method's own
+parameters, checked against the method's constructor when the method is created.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+CONFIG_FILE = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A recipe or an override is invalid; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One recipe key: its default, accepted types, and optionally the accepted values."""
+
+    default: Any
+    types: tuple[type, ...]
+    help: str
+    choices: tuple | None = None
+    nullable: bool = False
+    auto: bool = False  # also accepts the string "auto": decided from the device at run time
+
+
+def _f(default, types, help, **kw) -> Field:
+    return Field(default, types if isinstance(types, tuple) else (types,), help, **kw)
+
+
+_NUM = (int, float)
+
+SCHEMA: dict[str, Any] = {
+    "name": _f(None, str, "run name; default: the recipe's file name", nullable=True),
+    "out_dir": _f(None, str, "run directory; default: runs/<name>", nullable=True),
+    "seed": _f(0, int, "seed of weight initialization, data order and augmentation"),
+    "model": {
+        "name": _f("resnet20", str, "a name from lrtrain.models.list_models()"),
+        "num_classes": _f(None, int, "default: the data set's number of classes", nullable=True),
+    },
+    "data": {
+        "name": _f("cifar10", str, "data set", choices=("cifar10", "cifar100", "folder", "sample")),
+        "dir": _f(None, str, "where to look for it; default: $LRTRAIN_DATA, then ../shared/data",
+                  nullable=True),
+        "batch_size": _f(128, int, "global batch size (split across processes when distributed)"),
+        "eval_batch_size": _f(1024, int, "batch size of evaluation (large: fewer launches)"),
+        "augment": _f(True, bool, "random crop with padding + horizontal flip (folder: resized crop)"),
+        "padding": _f(4, int, "padding of the random crop (cifar, sample)"),
+        "drop_last": _f(True, bool, "drop the last incomplete training batch (constant shapes)"),
+        "train_size": _f(None, int, "use only the first N training images (sample: how many to make)",
+                         nullable=True),
+        "test_size": _f(None, int, "use only the first N test images (sample: how many to make)",
+                        nullable=True),
+        "image_size": _f(None, int, "folder: crop size (224); sample: image side (32)", nullable=True),
+        "num_classes": _f(10, int, "sample: number of classes to generate"),
+        "workers": _f(8, int, "folder: DataLoader worker processes"),
+    },
+    "optim": {
+        "lr": _f(0.1, _NUM, "peak learning rate"),
+        "momentum": _f(0.9, _NUM, "SGD momentum"),
+        "nesterov": _f(False, bool, "Nesterov momentum"),
+        "weight_decay": _f(1e-4, _NUM, "L2 weight decay"),
+        "no_decay_norm_bias": _f(False, bool, "no weight decay on 1-D parameters (norm scales, biases)"),
+    },
+    "schedule": {
+        "name": _f("step", str, "learning-rate schedule", choices=("step", "cosine", "constant")),
+        "milestones": _f([80, 120], list, "step: epochs at which the lr is multiplied by gamma"),
+        "gamma": _f(0.1, _NUM, "step: the factor"),
+        "warmup_epochs": _f(0.0, _NUM, "linear warm-up from lr/steps to lr over this many epochs"),
+        "min_lr": _f(0.0, _NUM, "cosine: the final learning rate"),
+    },
+    "train": {
+        "epochs": _f(160, int, "training epochs"),
+        "device": _f("auto", str, "auto (cuda when available), cpu, cuda, cuda:N"),
+        "amp": _f("auto", bool, "bf16 autocast (auto: on for cuda)", auto=True),
+        "channels_last": _f("auto", bool, "channels-last memory format (auto: on for cuda)", auto=True),
+        "compile": _f("auto", bool, "torch.compile the model (auto: on for cuda)", auto=True),
+        "compile_mode": _f("default", str, "torch.compile mode",
+                           choices=("default", "reduce-overhead", "max-autotune",
+                                    "max-autotune-no-cudagraphs")),
+        "label_smoothing": _f(0.0, _NUM, "label smoothing of the cross-entropy loss"),
+        "eval_every": _f(1, int, "evaluate on the test set every N epochs (and after the last)"),
+        "checkpoint_every": _f(0, int, "also checkpoint every N steps (0: only at epoch ends)"),
+        "keep_checkpoints": _f(2, int, "how many of the latest checkpoints to keep"),
+        "progress": _f(True, bool, "tqdm progress bar per epoch"),
+    },
+    "method": {
+        "name": _f("dense", str, "a registered method (lrtrain.methods.list_methods()); "
+                   "other keys are its parameters"),
+    },
+}
+
+_FREE_SECTIONS = {"method"}  # sections whose keys beyond the schema's are passed on as parameters
+
+
+def defaults() -> dict[str, Any]:
+    """A recipe with every key at its default."""
+
+    def walk(node):
+        return {k: walk(v) for k, v in node.items()} if isinstance(node, dict) else copy.deepcopy(node.default)
+
+    return walk(SCHEMA)
+
+
+def _keys(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        out.append(prefix + k)
+        if isinstance(v, dict):
+            out.extend(_keys(v, prefix + k + "."))
+    return out
+
+
+def _unknown(path: str, source: str) -> ConfigError:
+    known = _keys(SCHEMA)
+    leaf = path.rsplit(".", 1)[-1]
+    # A right key in the wrong section ("lr" at the top) is matched by its last part.
+    close = [k for k in known if k.endswith("." + leaf)] or difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{source}: unknown key {path!r}{hint}")
+
+
+def _type_name(f: Field) -> str:
+    if f.types == _NUM:
+        text = "a number"
+    else:
+        names = {bool: "true/false", int: "an integer", str: "a string", list: "a list"}
+        text = " or ".join(names[t] for t in f.types)
+    return text + (" or auto" if f.auto else "") + (" or null" if f.nullable else "")
+
+
+def _check_value(path: str, f: Field, value: Any, source: str) -> Any:
+    if value is None and f.nullable:
+        return None
+    if f.auto and value == "auto":
+        return value
+    if float in f.types and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it obviously is.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, f.types) and not (isinstance(value, bool) and bool not in f.types)
+    if not ok:
+        raise ConfigError(f"{source}: {path} must be {_type_name(f)}, got {value!r}")
+    if f.choices is not None and value not in f.choices:
+        raise ConfigError(f"{source}: {path} must be one of {', '.join(map(str, f.choices))}, got {value!r}")
+    return value
+
+
+def _merge(schema: dict, given: Any, prefix: str, source: str) -> dict[str, Any]:
+    """``given`` checked against ``schema``, completed with defaults, in the schema's key order."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the recipe'} must be a mapping, got {given!r}")
+    free = prefix.rstrip(".") in _FREE_SECTIONS
+    extra = {k: v for k, v in given.items() if k not in schema}
+    if extra and not free:
+        raise _unknown(prefix + str(next(iter(extra))), source)
+    out: dict[str, Any] = {}
+    for key, node in schema.items():
+        path = prefix + key
+        if isinstance(node, dict):
+            out[key] = _merge(node, given.get(key, {}), path + ".", source)
+        else:
+            out[key] = _check_value(path, node, given[key], source) if key in given else copy.deepcopy(node.default)
+    return {**out, **extra}
+
+
+# Smallest accepted value of numeric keys.
+_MINIMUM = {
+    "data.batch_size": 1, "data.eval_batch_size": 1, "data.padding": 0, "data.num_classes": 1,
+    "data.workers": 0, "data.train_size": 1, "data.test_size": 1, "data.image_size": 1,
+    "optim.lr": 0, "optim.momentum": 0, "optim.weight_decay": 0, "schedule.warmup_epochs": 0,
+    "schedule.min_lr": 0, "train.epochs": 1, "train.eval_every": 1, "train.checkpoint_every": 0,
+    "train.keep_checkpoints": 1, "train.label_smoothing": 0,
+}
+
+
+def _check_ranges(cfg: dict[str, Any], source: str) -> None:
+    for path, low in _MINIMUM.items():
+        section, key = path.split(".")
+        value = cfg[section][key]
+        if value is not None and value < low:
+            raise ConfigError(f"{source}: {path} must be >= {low}, got {value!r}")
+    milestones = cfg["schedule"]["milestones"]
+    if not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones) \
+            or milestones != sorted(milestones):
+        raise ConfigError(f"{source}: schedule.milestones must be increasing epoch numbers, got {milestones!r}")
+
+
+def resolve(recipe: dict[str, Any], source: str = "recipe") -> dict[str, Any]:
+    """Check ``recipe`` against the schema and return it complete, with defaults filled in.
+
+    ``name`` defaults to "run" and ``out_dir`` to ``runs/<name>``. ``source`` prefixes error messages.
+    """
+    cfg = _merge(SCHEMA, recipe if recipe is not None else {}, "", source)
+    _check_ranges(cfg, source)
+    cfg["name"] = cfg["name"] or "run"
+    cfg["out_dir"] = cfg["out_dir"] or str(Path("runs") / cfg["name"])
+    return cfg
+
+
+def apply_override(recipe: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b=value`` to the raw ``recipe`` in place; the value is parsed as YAML."""
+    source = f"--set {assignment}"
+    path, sep, text = assignment.partition("=")
+    if not sep or not path:
+        raise ConfigError(f"{source}: expected KEY=VALUE, e.g. optim.lr=0.05")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: cannot parse the value: {str(err).splitlines()[0]}") from None
+    keys = path.split(".")
+    if not (keys[0] in _FREE_SECTIONS and len(keys) > 1):
+        node: Any = SCHEMA
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                raise _unknown(path, source)
+            node = node[key]
+        if isinstance(node, dict):
+            raise ConfigError(f"{source}: {path} is a section; set one of its keys, e.g. {path}.{next(iter(node))}")
+        value = _check_value(path, node, value, source)
+    target = recipe
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: {key} is not a mapping in the recipe")
+    target[keys[-1]] = value
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a recipe (a YAML file, or a run directory holding config.yaml), apply overrides, resolve.
+
+    ``name`` defaults to the file's stem (for a run directory: the name recorded there).
+    """
+    path = Path(path)
+    file = path / CONFIG_FILE if path.is_dir() else path
+    if not file.is_file():
+        where = f"{path} has no {CONFIG_FILE}" if path.is_dir() else f"no recipe file {path}"
+        raise ConfigError(where)
+    try:
+        recipe = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{file}: a recipe must be a mapping of sections, got {type(recipe).__name__}")
+    recipe.setdefault("name", file.stem)
+    for assignment in overrides:
+        apply_override(recipe, assignment)
+    return resolve(recipe, source=str(file))
+
+
+def dump(cfg: dict[str, Any], path: str | Path) -> None:
+    """Write a resolved config as YAML (the run directory's config.yaml)."""
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))

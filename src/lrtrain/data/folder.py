@@ -1,0 +1,91 @@
+"""ImageNet-style image folders (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``).
+
+Worker processes decode and crop (RandomResizedCrop + flip for training; resize to size/0.875 and
+centre crop for evaluation) and hand over uint8 tensors; conversion to float and normalization happen
+on the training device, which moves a quarter of the bytes over PCIe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+
+from .cifar import normalize
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
+
+
+class _ShardSampler(Sampler[int]):
+    """This rank's indices of an epoch, in an order drawn from (seed, epoch), from a given position on."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int, world_size: int):
+        self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+        self.per_rank = n // world_size if shuffle else len(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+            order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
+        else:
+            order = torch.arange(self.rank, self.n, self.world_size)
+        return iter(order[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class FolderLoader:
+    """Batches of an ImageFolder on ``device``, with the `DeviceLoader` interface (``len``, ``batches``).
+
+    Resuming mid-epoch restores the epoch's sample order; the random crops are drawn afresh.
+    """
+
+    def __init__(self, root: Path, train: bool, image_size: int, batch_size: int, *, workers: int,
+                 augment: bool, drop_last: bool, seed: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1, channels_last: bool = False):
+        from torchvision import datasets, transforms
+
+        if train and augment:
+            steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+        else:
+            steps = [transforms.Resize(round(image_size / 0.875)), transforms.CenterCrop(image_size)]
+        self.dataset = datasets.ImageFolder(str(root), transform=transforms.Compose([*steps, transforms.PILToTensor()]))
+        self.sampler = _ShardSampler(len(self.dataset), train, seed, rank, world_size)
+        self.batch_size, self.drop_last = batch_size, train and drop_last
+        self.device, self.channels_last = device, channels_last
+        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=workers, pin_memory=device.type == "cuda",
+                                 drop_last=self.drop_last, persistent_workers=workers > 0)
+        full, rest = divmod(self.sampler.per_rank, batch_size)
+        self.steps = full if self.drop_last or rest == 0 else full + 1
+        if self.steps == 0:
+            raise ValueError(f"{root} has {len(self.dataset)} images: no batch of {batch_size} per process")
+
+    @property
+    def classes(self) -> list[str]:
+        return self.dataset.classes
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """(normalized float images, labels) for the steps ``start``.. of ``epoch``, on the device."""
+        self.sampler.epoch, self.sampler.start = epoch, start * self.batch_size
+        mean, std = IMAGENET_MEAN.to(self.device), IMAGENET_STD.to(self.device)
+        for images, labels in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            yield normalize(images, mean, std, self.channels_last), labels.to(self.device, non_blocking=True)
+
+
+def find_folder(root: Path) -> tuple[Path, Path]:
+    """``root/train`` and ``root/val``; FileNotFoundError says what was expected where."""
+    train, val = root / "train", root / "val"
+    if not (train.is_dir() and val.is_dir()):
+        raise FileNotFoundError(f"image folder not found: expected {train}/<class>/*.jpg and {val}/<class>/*.jpg")
+    return train, val

@@ -1,0 +1,186 @@
+"""Factorized layers: `LowRankConv2d` and `LowRankLinear`.
+
+Each is a thin nn.Module over a chain of standard layers (so it exports, compiles and quantizes like any
+other model); the maths of each decomposition lives in `schemes`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from . import linalg
+from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs
+
+
+def check_factorizable(conv: nn.Conv2d, where: str = "conv") -> None:
+    """Raise ValueError when `conv` is of a kind no scheme factorizes (grouped, non-zero padding mode...)."""
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"{where}: expected an nn.Conv2d, got {type(conv).__name__}")
+    if conv.groups != 1:
+        kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
+        raise ValueError(f"{where}: {kind} conv (groups={conv.groups}) cannot be factorized; "
+                         "only groups=1 convs are supported")
+    if isinstance(conv.padding, str):
+        raise ValueError(f"{where}: padding={conv.padding!r} is not supported; use integer padding")
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"{where}: padding_mode={conv.padding_mode!r} is not supported; only 'zeros'")
+
+
+class LowRankConv2d(nn.Module):
+    """A conv2d stored as a chain of smaller convs, one rank per `scheme`.
+
+    Build it from a trained conv (best approximation at `rank`) or from scratch (random factors, as
+    low-rank training does)::
+
+        >>> conv = nn.Conv2d(16, 32, 3, padding=1)
+        >>> low = LowRankConv2d.from_dense(conv, rank=8, scheme="channel")
+        >>> low(torch.randn(2, 16, 8, 8)).shape
+        torch.Size([2, 32, 8, 8])
+        >>> low.to_dense().weight.shape    # the rank-8 weight as one conv again
+        torch.Size([32, 16, 3, 3])
+
+    `rank` is an int, or for ``tucker2`` an int or a pair ``(r_in, r_out)``.
+    """
+
+    # TorchScript compiles properties; these read Python-only state (the scheme), so scripting skips them.
+    __jit_unused_properties__ = ["rank", "weight", "bias"]
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank, scheme: str | Scheme = "channel",
+                 stride=1, padding=0, dilation=1, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.scheme = get_scheme(scheme)
+        self.geometry = ConvGeometry(in_channels, out_channels, _pair(kernel_size), _pair(stride), _pair(padding),
+                                     _pair(dilation), bias)
+        self._rank = self.scheme.check_rank(self.geometry, rank, where=f"LowRankConv2d{self.geometry.shape}")
+        self.factors = nn.Sequential(*[
+            nn.Conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.dilation, s.groups,
+                      s.bias, device=device, dtype=dtype)
+            for s in self.scheme.specs(self.geometry, self._rank)
+        ])
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, rank, scheme: str | Scheme = "channel") -> "LowRankConv2d":
+        """The best approximation of `conv` at `rank` in `scheme` (exact when the rank is full).
+
+        For ``channel`` and ``spatial`` the composed weight is the Eckart–Young optimum of the scheme's
+        matrix form; ``tucker2`` uses the truncated HOSVD.
+        """
+        check_factorizable(conv)
+        g = ConvGeometry.of(conv)
+        layer = cls(g.in_channels, g.out_channels, g.kernel_size, rank, scheme, g.stride, g.padding, g.dilation,
+                    g.bias, device=conv.weight.device, dtype=conv.weight.dtype)
+        layer.load_weight(conv.weight, conv.bias)
+        return layer
+
+    @torch.no_grad()
+    def load_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Set the factors to the best approximation of a dense `weight` at this layer's rank."""
+        if tuple(weight.shape) != self.geometry.shape:
+            raise ValueError(f"weight of shape {tuple(weight.shape)} does not fit a layer of shape {self.geometry.shape}")
+        for conv, w in zip(self.factors, self.scheme.factorize(weight.detach(), self._rank)):
+            conv.weight.copy_(w)
+        if bias is not None:
+            self.factors[-1].bias.copy_(bias.detach())
+
+    @property
+    def rank(self):
+        return self._rank
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight the factors compute (built on demand: never stored)."""
+        return self.scheme.compose([c.weight for c in self.factors])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.factors[-1].bias
+
+    def forward(self, x):
+        return self.factors(x)
+
+    def flops(self, in_hw) -> int:
+        """Multiply-accumulates per sample for an input of spatial size `in_hw`."""
+        return spec_macs(self.scheme.specs(self.geometry, self._rank), _pair(in_hw))
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Conv2d:
+        """One nn.Conv2d computing the same function."""
+        g = self.geometry
+        w = self.weight
+        conv = nn.Conv2d(g.in_channels, g.out_channels, g.kernel_size, g.stride, g.padding, g.dilation,
+                         bias=g.bias, device=w.device, dtype=w.dtype)
+        conv.weight.copy_(w)
+        if g.bias:
+            conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self):
+        g = self.geometry
+        return (f"{g.in_channels}, {g.out_channels}, kernel_size={g.kernel_size}, stride={g.stride}, "
+                f"padding={g.padding}, scheme={self.scheme.name!r}, rank={self._rank}")
+
+
+class LowRankLinear(nn.Module):
+    """A linear layer as two: in→rank then rank→out (truncated SVD of the weight).
+
+        >>> low = LowRankLinear.from_dense(nn.Linear(64, 10), rank=4)
+        >>> low(torch.randn(3, 64)).shape
+        torch.Size([3, 10])
+    """
+
+    __jit_unused_properties__ = ["rank", "weight", "bias"]  # as in LowRankConv2d: keeps it scriptable
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        hi = min(in_features, out_features)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= hi:
+            raise ValueError(f"LowRankLinear({in_features}, {out_features}): rank {rank!r} is out of range "
+                             f"(valid ranks are 1..{hi})")
+        self.in_features, self.out_features, self._rank = in_features, out_features, rank
+        self.factors = nn.Sequential(nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype),
+                                     nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype))
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
+        layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            dec = linalg.truncate(linalg.svd(linear.weight.detach()), rank)
+            root = dec.S.sqrt()
+            layer.factors[0].weight.copy_(root[:, None] * dec.Vh)
+            layer.factors[1].weight.copy_(dec.U * root)
+            if linear.bias is not None:
+                layer.factors[1].bias.copy_(linear.bias)
+        return layer
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.factors[1].weight @ self.factors[0].weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.factors[1].bias
+
+    def forward(self, x):
+        return self.factors(x)
+
+    def flops(self, rows: int = 1) -> int:
+        return rows * self._rank * (self.in_features + self.out_features)
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Linear:
+        w = self.weight
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        out.weight.copy_(w)
+        if self.bias is not None:
+            out.bias.copy_(self.bias)
+        return out
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, rank={self._rank}"

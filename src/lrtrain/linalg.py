@@ -1,0 +1,165 @@
+"""Linear algebra on many weight matrices at once.
+
+Every method in lrtrain works on a list of weight matrices (one per layer, in the layer's scheme form).
+Layers of a CNN come in few distinct shapes (a CIFAR ResNet-56 has 55 convs but 5 shapes), so the
+functions here group matrices by shape and run one batched SVD per group instead of a Python loop over
+layers. All functions accept a batch dimension: a "matrix" here is a tensor of shape (..., m, n).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class SVD(NamedTuple):
+    """Thin SVD: ``A = U @ diag(S) @ Vh`` with U (..., m, k), S (..., k), Vh (..., k, n), k = min(m, n)."""
+
+    U: Tensor
+    S: Tensor
+    Vh: Tensor
+
+
+def svd(a: Tensor) -> SVD:
+    """Thin SVD of a (batch of) matrices, computed in float32 at least, with fallbacks.
+
+    Low-precision inputs are promoted (LAPACK/cuSOLVER have no bf16 path). If the decomposition fails
+    to converge or returns non-finite values (ill-conditioned or degenerate weights), it is retried in
+    float64, then on a slightly jittered matrix, before giving up with a clear error.
+    """
+    work = a if a.dtype in (torch.float32, torch.float64) else a.float()
+    attempts = (
+        lambda: work,
+        lambda: work.double(),
+        lambda: work.double() + 1e-7 * work.double().abs().amax().clamp_min(1e-12) * torch.randn_like(work.double()),
+    )
+    last_error: Exception | None = None
+    for attempt in attempts:
+        try:
+            U, S, Vh = torch.linalg.svd(attempt(), full_matrices=False)
+        except RuntimeError as err:  # torch raises LinAlgError (a RuntimeError) on non-convergence
+            last_error = err
+            continue
+        if bool(torch.isfinite(S).all()):
+            return SVD(U.to(work.dtype), S.to(work.dtype), Vh.to(work.dtype))
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"SVD of a {tuple(a.shape)} weight failed: it contains NaN or Inf values")
+    raise RuntimeError(f"SVD of a {tuple(a.shape)} weight failed even in float64 with jitter: {last_error}")
+
+
+def svd_many(mats: list[Tensor]) -> list[SVD]:
+    """SVD of every matrix in `mats`, one batched call per group of equal shape, dtype and device.
+
+    Returns the decompositions in the order of `mats`.
+    """
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, m in enumerate(mats):
+        groups[(tuple(m.shape), m.dtype, m.device)].append(i)
+    out: list[SVD | None] = [None] * len(mats)
+    for idx in groups.values():
+        batch = svd(torch.stack([mats[i] for i in idx]))
+        for j, i in enumerate(idx):
+            out[i] = SVD(batch.U[j], batch.S[j], batch.Vh[j])
+    return out  # type: ignore[return-value]
+
+
+def energy_rank(S: Tensor, energy: float) -> Tensor:
+    """Smallest r such that the first r singular values keep at least `energy` of Σσ².
+
+    `S` is (..., k), sorted in decreasing order; returns an int64 tensor of shape (...) with values in
+    [1, k]. When S has leading batch dimensions each matrix gets its own rank.
+    """
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    e = S.double().square()
+    cum = e.cumsum(-1)
+    total = cum[..., -1:]
+    # A relative slack absorbs the rounding of the cumulative sum, so energy=1 gives the full rank of
+    # a matrix and not one past its numerically zero tail.
+    kept = cum >= energy * total * (1 - 1e-12)
+    return (kept.long().argmax(-1) + 1).clamp(min=1)
+
+
+def numerical_rank(S: Tensor, tol: float = 1e-6) -> Tensor:
+    """Number of singular values above ``tol · σ₁`` (at least 1), per matrix of a batch."""
+    return (S > tol * S[..., :1]).sum(-1).clamp(min=1)
+
+
+def rank_mask(S: Tensor, rank: Tensor | int) -> Tensor:
+    """Boolean mask (..., k): True for the first `rank` singular values of each matrix."""
+    k = S.shape[-1]
+    rank = torch.as_tensor(rank, device=S.device)
+    return torch.arange(k, device=S.device) < rank.unsqueeze(-1)
+
+
+def reconstruct(U: Tensor, S: Tensor, Vh: Tensor) -> Tensor:
+    """``U @ diag(S) @ Vh`` for batches."""
+    return (U * S.unsqueeze(-2)) @ Vh
+
+
+def project(a: Tensor, rank: Tensor | int) -> Tensor:
+    """Best rank-`rank` approximation of `a` in Frobenius norm (Eckart–Young), batch-aware.
+
+    `rank` may be one int or a tensor with one rank per matrix of the batch.
+    """
+    U, S, Vh = svd(a)
+    return reconstruct(U, S * rank_mask(S, rank), Vh).to(a.dtype)
+
+
+def truncate(dec: SVD, rank: int) -> SVD:
+    """Keep the leading `rank` singular triplets of a decomposition."""
+    return SVD(dec.U[..., :rank], dec.S[..., :rank], dec.Vh[..., :rank, :])
+
+
+def transfer_energy(S: Tensor, rank: Tensor | int, rho: float = 0.0) -> Tensor:
+    """LRPET energy transfer: rescale singular values so that Σσ² is unchanged by the truncation.
+
+    The tail (beyond `rank`) is scaled by ``rho`` and the kept values by √a with
+    ``a = (‖S‖² − ‖ρ·S_tail‖²) / ‖S_kept‖²``, so the pruned energy moves uniformly onto the kept values.
+    """
+    keep = rank_mask(S, rank)
+    e = S.square()
+    total = e.sum(-1, keepdim=True)
+    kept = (e * keep).sum(-1, keepdim=True)
+    tail = (e * ~keep).sum(-1, keepdim=True) * rho**2
+    scale = ((total - tail) / kept.clamp_min(torch.finfo(S.dtype).tiny)).sqrt()
+    return torch.where(keep, S * scale, S * rho)
+
+
+def polar(a: Tensor) -> Tensor:
+    """Orthogonal polar factor U·Vᵀ of a (batch of) matrices, exact, by SVD.
+
+    It is the sub-gradient of the nuclear norm at a full-rank matrix.
+    """
+    U, _, Vh = svd(a)
+    return (U @ Vh).to(a.dtype)
+
+
+# Coefficients of the quintic Newton–Schulz step x ← a·x + b·x³ + c·x⁵ (applied to x = XXᵀ forms); the
+# classic cubic (1.5, −0.5, 0) converges quadratically for singular values in (0, √3) and is what we use
+# so that the result converges to the exact polar factor (quintic "fast" variants only approximate it).
+_NS_CUBIC = (1.5, -0.5)
+
+
+def polar_newton_schulz(a: Tensor, steps: int = 12, eps: float = 1e-7) -> Tensor:
+    """Polar factor U·Vᵀ by the cubic Newton–Schulz iteration: matrix products only, no SVD.
+
+    The matrix is first scaled by its Frobenius norm so all singular values lie in (0, 1]; each step
+    X ← 1.5·X − 0.5·X·Xᵀ·X pushes every non-zero singular value towards 1. Converges for full-rank
+    inputs; a singular value σ/‖A‖_F close to 0 needs about log₁.₅(1/σ) steps, so well-conditioned
+    weights (typical of trained convs) need about 10–15 steps. Works on batches and in any float dtype.
+    """
+    x = a.float() if a.dtype not in (torch.float32, torch.float64) else a
+    transpose = x.shape[-2] > x.shape[-1]
+    if transpose:  # iterate on the wide form so X·Xᵀ is the small Gram matrix
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
+    alpha, beta = _NS_CUBIC
+    for _ in range(steps):
+        x = alpha * x + beta * (x @ x.mT) @ x
+    if transpose:
+        x = x.mT
+    return x.to(a.dtype)

@@ -1,0 +1,72 @@
+"""The hook protocol every method follows, so it plugs into any PyTorch training loop.
+
+A loop that uses a method looks like this::
+
+    method = lr.TRP(model, ...)            # may replace layers of `model`: train `method.model`
+    method.setup(steps_per_epoch=len(loader), total_steps=epochs * len(loader))
+    optimizer = torch.optim.SGD(method.model.parameters(), lr=0.1)
+    for x, y in loader:
+        loss = criterion(method.model(x), y)
+        loss.backward()
+        method.before_step()               # regularizer gradients (nuclear sub-gradient, ELRT terms)
+        optimizer.step(); optimizer.zero_grad()
+        method.after_step()                # every `period` steps: projection / rank pruning
+        if method.rebuild_optimizer:       # the method changed the set of parameters
+            optimizer = ...; method.rebuild_optimizer = False
+    compact = method.finalize()
+
+The base class is a no-op for every hook; a method overrides only what it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+class Method:
+    """Base of all methods: holds the model being trained and the step counter.
+
+    Subclasses override `before_step`, `after_step`, `finalize` and, when they keep state that must
+    survive a resume, `state_dict` / `load_state_dict` (plain tensors, numbers, strings, lists and dicts
+    only, so checkpoints load with ``torch.load(weights_only=True)``).
+    """
+
+    name = "base"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.step = 0
+        self.steps_per_epoch: int | None = None
+        self.total_steps: int | None = None
+        self.rebuild_optimizer = False
+        # Rows {"step", "layer", "rank", "max_rank"} appended at each projection; the trainer drains
+        # this list into ranks.csv.
+        self.rank_log: list[dict[str, Any]] = []
+
+    def setup(self, steps_per_epoch: int, total_steps: int) -> None:
+        """Told once by the loop before training, so period rules like "once per epoch" can resolve."""
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+
+    def before_step(self) -> None:
+        """Called after ``loss.backward()`` and before ``optimizer.step()``."""
+
+    def after_step(self) -> None:
+        """Called after ``optimizer.step()``; counts steps."""
+        self.step += 1
+
+    def finalize(self) -> nn.Module:
+        """Return the compact model (LowRank layers where the method made them)."""
+        return self.model
+
+    def ranks(self) -> dict[str, int]:
+        """Current rank of every layer the method manages (empty for dense training)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])

@@ -1,0 +1,65 @@
+"""Weights of many layers seen as stacks of matrices, for batched linear algebra during training.
+
+TRP and LRPET touch every eligible conv at once (a sub-gradient each step, a projection every `period`
+steps). Convs of equal shape are grouped, so each group costs one stacked matrix and one batched SVD
+instead of one call per layer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..schemes import Scheme
+
+
+@dataclass
+class WeightGroup:
+    """Layers whose weights have the same shape, dtype and device."""
+
+    names: list[str]
+    modules: list[nn.Module]
+    scheme: Scheme
+
+    def matrices(self) -> Tensor:
+        """The weights in the scheme's matrix form, stacked: (layers, ..., m, n)."""
+        return torch.stack([self.scheme.to_matrix(m.weight.detach()) for m in self.modules])
+
+    def grad_matrices(self) -> Tensor:
+        """The weights' gradients in matrix form (zeros where a layer has no gradient yet)."""
+        return torch.stack([self.scheme.to_matrix(m.weight.grad if m.weight.grad is not None
+                                                  else torch.zeros_like(m.weight)) for m in self.modules])
+
+    @torch.no_grad()
+    def write(self, mats: Tensor) -> None:
+        """Copy stacked matrices back into the layers' weights."""
+        for m, mat in zip(self.modules, mats):
+            m.weight.copy_(self.scheme.from_matrix(mat, m.weight.shape))
+
+    @torch.no_grad()
+    def add_to_grad(self, mats: Tensor) -> None:
+        """Add stacked matrices (in matrix form) to the layers' weight gradients."""
+        for m, mat in zip(self.modules, mats):
+            delta = self.scheme.from_matrix(mat, m.weight.shape).to(m.weight.dtype)
+            if m.weight.grad is None:
+                m.weight.grad = delta.clone()
+            else:
+                m.weight.grad.add_(delta)
+
+
+def group_weights(layers: list[tuple[str, nn.Module]], scheme: Scheme) -> list[WeightGroup]:
+    """Group `(name, module)` pairs by weight shape, dtype and device, keeping the first-seen order."""
+    groups: dict[tuple, WeightGroup] = defaultdict(lambda: None)  # type: ignore[arg-type]
+    order: list[WeightGroup] = []
+    for name, module in layers:
+        w = module.weight
+        key = (tuple(w.shape), w.dtype, w.device)
+        if groups[key] is None:
+            groups[key] = WeightGroup([], [], scheme)
+            order.append(groups[key])
+        groups[key].names.append(name)
+        groups[key].modules.append(module)
+    return order

@@ -1,0 +1,280 @@
+"""TRP: Trained Rank Pruning (Xu et al., IJCAI 2020), on the hook protocol of `base.Method`.
+
+Training alternates two steps on every eligible conv weight W, seen in its scheme's matrix form:
+
+- **Step A** (nuclear-norm regularization): the loss is ``L + λ Σ ‖W‖_*``; its sub-gradient
+  ``λ·U_r V_rᵀ`` (U, V truncated to the numerical rank r of W) is added to W's gradient before the
+  optimizer step, every step (``subgradient="svd"`` or ``"newton_schulz"``) or only on the steps that
+  follow a projection, as the official code does (``subgradient="projection"``).
+- **Step B** (rank pruning): every ``period`` steps W is replaced by its truncated SVD keeping a fraction
+  ``energy`` of Σσ²; the following SGD steps update the low-rank weight.
+
+At the end, `finalize` decomposes the trained weights without fine-tuning (the official rule drops the
+singular values below 0.05), through `surgery`, so no layer ends up costlier than its dense form.
+
+Every group of equal-shaped weights costs one batched SVD (`matrices.group_weights`); a step that does not
+project never reads a value back to the host: the numerical rank is a mask ``σ > tol·σ₁`` kept on device.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .. import linalg, surgery
+from ..metrics import count
+from ..ranks import Energy, RankPolicy, Threshold, parse_policy
+from ..schemes import SCHEMES, ConvGeometry, Scheme, get_scheme
+from . import register_method
+from .base import Method
+from .matrices import WeightGroup, group_weights
+
+ELIGIBILITY = ("default", "official")
+SUBGRADIENTS = ("svd", "newton_schulz", "projection")
+# Newton–Schulz steps for the polar factor: the Frobenius scaling puts σ/‖W‖_F of a trained conv at ≥ 0.02
+# or so, which the cubic iteration lifts to within 1e-6 of 1 in about 16 steps
+# (benchmarks/trp_subgradient.py measures the error this leaves).
+NEWTON_SCHULZ_STEPS = 16
+
+
+def _masked_polar(U: Tensor, keep: Tensor, Vh: Tensor) -> Tensor:
+    """``U_r V_rᵀ`` with the kept singular directions given as a boolean mask (no host sync)."""
+    return (U * keep.unsqueeze(-2).to(U.dtype)) @ Vh
+
+
+def _svd_no_sync(mats: Tensor) -> linalg.SVD:
+    """SVD without `linalg.svd`'s finiteness check (a host sync); falls back to it if LAPACK fails."""
+    try:
+        return linalg.SVD(*torch.linalg.svd(mats.float() if mats.dtype not in (torch.float32, torch.float64)
+                                            else mats, full_matrices=False))
+    except RuntimeError:
+        return linalg.svd(mats)
+
+
+@register_method("trp")
+class TRP(Method):
+    """Trained Rank Pruning: nuclear-norm sub-gradient every step, truncated-SVD projection every `period`.
+
+    >>> import torch, lrtrain as lr
+    >>> model = lr.models.create("resnet20")
+    >>> method = lr.TRP(model, scheme="channel", energy=0.9, period=5, nuclear=3e-4)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    >>> for _ in range(5):
+    ...     loss = model(torch.randn(8, 3, 32, 32)).logsumexp(1).mean()
+    ...     loss.backward()
+    ...     method.before_step()          # adds λ·U_r V_rᵀ to each eligible weight's gradient
+    ...     opt.step(); opt.zero_grad()
+    ...     method.after_step()           # step 5: every eligible weight keeps 90 % of its energy
+    >>> method.ranks()["layer1.0.conv1"] < 16
+    True
+    >>> compact = method.finalize()       # LowRankConv2d where cheaper; drops σ < 0.05 by default
+    >>> lr.count(compact).flops < lr.count(model).flops
+    True
+
+    Args:
+        model: the network, trained in place (`finalize` works on a copy).
+        scheme: ``"channel"`` (W as out × in·k²), ``"spatial"`` (in·k × out·k) or ``"decoupled"`` (one
+            in × k² matrix per output filter: network decoupling).
+        energy: fraction of Σσ² each projection keeps (official: 0.9).
+        period: steps between projections (official script: 5); 0 or None never projects (nuclear-norm
+            training only).
+        nuclear: λ, the weight of the nuclear norm (official: 3e-4); 0 turns step A off.
+        final: rank policy of `finalize`: a `RankPolicy`, a string such as ``"energy:0.85"`` or
+            ``"flops:0.45"``, or ``{layer: rank}``; default ``Threshold(0.05)``, or ``Energy(0.85)`` for
+            the decoupled scheme (the official rules).
+        eligible: ``"default"``: every conv whose factorized form can be cheaper than the dense one (first
+            conv, 1×1 and stride-2 convs included); ``"official"``: 3×3 convs but the first, with stride-2
+            convs trained but left dense at the end under channel/spatial, as the official code does.
+        skip: fnmatch patterns of layer names to leave alone (e.g. ``["conv1", "layer3.*"]``).
+        subgradient: how step A gets ``U_r V_rᵀ``: ``"svd"`` (a batched SVD every step), ``"newton_schulz"``
+            (the polar factor by matrix products only, exact for a full-rank weight; the step after a
+            projection reuses the projection's SVD) or ``"projection"`` (only on the step after a
+            projection, from its SVD: the official code).
+        input_size: input shape used to trace the model (eligibility, FLOPs of `finalize`).
+
+    Call `before_step` on unscaled gradients (after ``GradScaler.unscale_`` under fp16 AMP). With
+    ``subgradient="svd"`` on CUDA, cuSOLVER may synchronize inside ``torch.linalg.svd``;
+    ``"newton_schulz"`` and ``"projection"`` never do on a step that does not project.
+    """
+
+    # Singular values below tol·σ₁ count as zero in the numerical rank: above float32 round-off of a
+    # projected weight (≈ 1e-6·σ₁), far below the spectrum of a trained weight.
+    tol = 1e-4
+
+    def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9, period: int | None = 5,
+                 nuclear: float = 3e-4, final: RankPolicy | str | dict | None = None, eligible: str = "default",
+                 skip: Iterable[str] = (), subgradient: str = "svd", input_size=(1, 3, 32, 32)):
+        super().__init__(model)
+        self.scheme = self._matrix_scheme(scheme)
+        if not 0.0 < float(energy) <= 1.0:
+            raise ValueError(f"TRP: energy must be in (0, 1], got {energy!r}")
+        if period is not None and (isinstance(period, bool) or int(period) != period or period < 0):
+            raise ValueError(f"TRP: period must be an integer >= 0 (0 or None: never project), got {period!r}")
+        if float(nuclear) < 0:
+            raise ValueError(f"TRP: nuclear (λ) must be >= 0, got {nuclear!r}")
+        if subgradient not in SUBGRADIENTS:
+            raise ValueError(f"TRP: unknown subgradient {subgradient!r}; valid choices: {', '.join(SUBGRADIENTS)}")
+        if eligible not in ELIGIBILITY:
+            raise ValueError(f"TRP: unknown eligible preset {eligible!r}; valid choices: {', '.join(ELIGIBILITY)}")
+        self.energy = float(energy)
+        self.period = int(period or 0)
+        self.nuclear = float(nuclear)
+        self.subgradient = subgradient
+        if self.subgradient == "projection" and self.nuclear and not self.period:
+            raise ValueError("TRP: subgradient='projection' applies λ only after projections, but period=0 never "
+                             "projects; use subgradient='svd' or 'newton_schulz' for nuclear-norm-only training")
+        if final is None:
+            final = Energy(0.85) if self.scheme.name == "decoupled" else Threshold(0.05)
+        self.final = final if isinstance(final, dict) else parse_policy(final)
+        self.input_size = tuple(input_size)
+        self.skip = list(skip)
+
+        layers, self._final_names = self._eligible_layers(eligible)
+        self._groups: list[WeightGroup] = group_weights(layers, self.scheme)
+        self._max_rank = {name: self.scheme.max_rank(ConvGeometry.of(module)) for name, module in layers}
+        self._ranks = dict(self._max_rank)
+        # U_r V_rᵀ of the last projection, per group, waiting for the next `before_step`.
+        self._pending: list[Tensor] | None = None
+
+    # ----------------------------------------------------------------------------------------- setup
+    @staticmethod
+    def _matrix_scheme(scheme) -> Scheme:
+        s = get_scheme(scheme)
+        if not s.has_matrix_form:
+            valid = ", ".join(n for n, x in SCHEMES.items() if x.has_matrix_form)
+            raise ValueError(f"TRP: scheme {s.name!r} has no matrix form to take a nuclear norm of; "
+                             f"valid schemes: {valid}")
+        return s
+
+    def _eligible_layers(self, preset: str) -> tuple[list[tuple[str, nn.Module]], list[str]]:
+        """(name, conv) pairs TRP trains, and the names `finalize` decomposes by default."""
+        cands, skipped = surgery.candidates(self.model, self.scheme, self.skip, self.input_size, linear=False)
+        convs = [c for c in cands if c.scheme is not None]
+        if preset == "default":
+            train = [c for c in convs if c.request.cost(1) < c.request.dense_cost]
+            final = [c.name for c in train]
+        else:
+            first = next((n for n, m in self.model.named_modules()
+                          if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1)), None)
+            train = [c for c in convs if tuple(c.module.kernel_size) != (1, 1) and c.name != first]
+            # The official decomposition leaves stride-2 convs dense for channel/spatial (not for decoupling),
+            # although it trains them with TRP like the others.
+            final = [c.name for c in train if self.scheme.name == "decoupled" or tuple(c.module.stride) == (1, 1)]
+        if not train:
+            why = "; ".join(f"{d.name}: {d.reason}" for d in skipped) or "the model has no conv layer"
+            raise ValueError(f"TRP: no conv of the model is eligible under scheme {self.scheme.name!r} "
+                             f"and preset {preset!r} ({why})")
+        return [(c.name, c.module) for c in train], final
+
+    @property
+    def layers(self) -> list[str]:
+        """Names of the convs TRP trains, in group order."""
+        return [name for g in self._groups for name in g.names]
+
+    # ----------------------------------------------------------------------------------------- hooks
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Step A: add λ·U_r V_rᵀ to the gradient of every eligible weight."""
+        pending, self._pending = self._pending, None
+        if not self.nuclear or (pending is None and self.subgradient == "projection"):
+            return
+        for i, group in enumerate(self._groups):
+            sub = pending[i] if pending is not None else self._subgradient(group.matrices())
+            group.add_to_grad(self.nuclear * sub)
+
+    def _subgradient(self, mats: Tensor) -> Tensor:
+        if self.subgradient == "newton_schulz":
+            return linalg.polar_newton_schulz(mats, steps=NEWTON_SCHULZ_STEPS)
+        U, S, Vh = _svd_no_sync(mats)
+        return _masked_polar(U, S > self.tol * S[..., :1], Vh)
+
+    def after_step(self) -> None:
+        """Count the step; step B every `period` steps."""
+        super().after_step()
+        if self.period and self.step % self.period == 0:
+            self.project()
+
+    @torch.no_grad()
+    def project(self) -> dict[str, int]:
+        """Step B now: replace every eligible weight by its truncated SVD keeping `energy` of Σσ².
+
+        Returns the new ranks (for the decoupled scheme, the largest rank of the layer's filters) and logs
+        them in `rank_log`. The SVD also gives the next step's sub-gradient, so that step needs none.
+        """
+        pending = []
+        for group in self._groups:
+            mats = group.matrices()
+            U, S, Vh = linalg.svd(mats)
+            rank = linalg.energy_rank(S, self.energy)  # (layers,) or, decoupled, (layers, filters)
+            keep = linalg.rank_mask(S, rank)
+            group.write(linalg.reconstruct(U, S * keep, Vh).to(mats.dtype))
+            if self.nuclear:
+                pending.append(_masked_polar(U, keep, Vh))
+            layer_rank = rank if rank.dim() == 1 else rank.amax(-1)
+            for name, r in zip(group.names, layer_rank.tolist()):
+                self._ranks[name] = r
+                self.rank_log.append({"step": self.step, "layer": name, "rank": r,
+                                      "max_rank": self._max_rank[name]})
+        self._pending = pending if self.nuclear else None
+        return {name: self._ranks[name] for name in self.layers}
+
+    def ranks(self) -> dict[str, int]:
+        """Rank of every trained layer at the last projection (its full rank before the first one)."""
+        return {name: self._ranks[name] for name in self.layers}
+
+    # -------------------------------------------------------------------------------------- finalize
+    def finalize(self, rank: RankPolicy | str | dict | None = None) -> nn.Module:
+        """The compact model: a copy of the trained one with eligible convs decomposed, no fine-tuning.
+
+        `rank` overrides the `final` policy for this call (a policy, a ``"name:value"`` string or
+        ``{layer: rank}``; ``method.finalize(method.ranks())`` decomposes at the last projection's ranks).
+        A layer whose factorized form would cost as much as the dense one stays dense.
+        """
+        policy = self.final if rank is None else rank
+        compact = copy.deepcopy(self.model)
+        if isinstance(policy, dict):
+            ranks = self._explicit(policy)
+        else:
+            ranks = self._policy_ranks(compact, parse_policy(policy))
+        return surgery.factorize(compact, rank=ranks, scheme=self.scheme, input_size=self.input_size, linear=False)
+
+    def _explicit(self, ranks: dict) -> dict[str, int]:
+        stray = sorted(set(ranks) - set(self._final_names))
+        if stray:
+            raise ValueError(f"TRP.finalize: layers {stray} are not among those it decomposes "
+                             f"({', '.join(self._final_names)})")
+        return dict(ranks)
+
+    def _policy_ranks(self, compact: nn.Module, policy: RankPolicy) -> dict[str, int]:
+        names = set(self._final_names)
+        cands = [c for c in surgery.candidates(compact, self.scheme, (), self.input_size, linear=False)[0]
+                 if c.name in names]
+        if policy.needs_spectrum:
+            surgery.attach_spectra(cands)
+        requests = [c.request for c in cands]
+        fixed = count(compact, self.input_size).flops - sum(r.dense_cost for r in requests)
+        return policy(requests, fixed_cost=fixed)
+
+    # ------------------------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        pending = {}
+        if self._pending is not None:
+            for group, subs in zip(self._groups, self._pending):
+                pending.update({name: sub for name, sub in zip(group.names, subs)})
+        return {"step": self.step, "ranks": dict(self._ranks), "pending": pending}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        unknown = sorted(set(state["ranks"]) - set(self._ranks))
+        if unknown:
+            raise ValueError(f"TRP.load_state_dict: the checkpoint has ranks for layers this model's TRP does "
+                             f"not train: {unknown}")
+        self._ranks.update({name: int(r) for name, r in state["ranks"].items()})
+        pending = state.get("pending") or {}
+        self._pending = None
+        if pending:
+            self._pending = [torch.stack([pending[name] for name in g.names]).to(g.modules[0].weight.device)
+                             for g in self._groups]

@@ -1,0 +1,203 @@
+"""FLOPs (multiply-accumulates), parameters and latency of any model made of Conv2d/Linear leaves.
+
+`count` is analytic: one forward pass with hooks on every ``nn.Conv2d`` and ``nn.Linear`` records the
+shapes each one sees, and the MACs follow from them. It therefore works for factorized layers too (a
+low-rank conv is a container of small convs: its leaves are counted). `flop_counter_macs` gives an
+independent figure from ``torch.utils.flop_counter`` to check it against. Both count per sample:
+the batch size of ``input_size`` changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+Shape = tuple[int, ...]
+_COUNTED = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """One Conv2d/Linear leaf: MACs per sample, own parameters, and its first call's shapes."""
+
+    flops: int
+    params: int
+    kind: str  # "conv" or "linear"
+    in_shape: Shape
+    out_shape: Shape
+
+
+@dataclass(frozen=True)
+class Counts:
+    """MACs per sample of all conv/linear leaves, parameters of the whole model, and per-layer detail."""
+
+    flops: int
+    params: int
+    layers: dict[str, LayerCount] = field(default_factory=dict)
+
+
+def _check_size(input_size) -> tuple[int, int, int, int]:
+    if not (
+        isinstance(input_size, (tuple, list))
+        and len(input_size) == 4
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_size)
+    ):
+        raise ValueError(
+            f"input_size must be 4 positive ints (batch, channels, height, width), got {input_size!r}"
+        )
+    return tuple(input_size)
+
+
+@contextmanager
+def _inference(model: nn.Module, input_size, device=None) -> Iterator[torch.Tensor]:
+    """Eval mode and no_grad for the block, yielding a zero input on the model's device and dtype.
+
+    Every submodule's own mode is restored afterwards, not just the root's: a model may be partly
+    frozen in eval mode on purpose.
+    """
+    size = _check_size(input_size)
+    ref = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    x = torch.zeros(size, device=device or (ref.device if ref is not None else "cpu"),
+                    dtype=ref.dtype if ref is not None else torch.float32)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield x
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> None:
+    try:
+        model(x)
+    except Exception as err:
+        raise ValueError(
+            f"{type(model).__name__} cannot run on input_size {tuple(x.shape)}: {err}"
+        ) from err
+
+
+def _trace(model: nn.Module, input_size) -> list[tuple[str, nn.Module, Shape, Shape]]:
+    """Every call of a Conv2d/Linear leaf during one forward pass: (name, module, in, out shapes)."""
+    calls: list[tuple[str, nn.Module, Shape, Shape]] = []
+    handles = [
+        m.register_forward_hook(
+            lambda mod, args, out, name=name: calls.append(
+                (name, mod, tuple(args[0].shape), tuple(out.shape))
+            )
+        )
+        for name, m in model.named_modules()
+        if isinstance(m, _COUNTED)
+    ]
+    try:
+        with _inference(model, input_size) as x:
+            _forward(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def trace_shapes(model: nn.Module, input_size=(1, 3, 32, 32)) -> dict[str, tuple[Shape, Shape]]:
+    """``{name: (input shape, output shape)}`` of every Conv2d/Linear leaf, batch dimension included.
+
+    A module called more than once reports its first call.
+    """
+    shapes: dict[str, tuple[Shape, Shape]] = {}
+    for name, _, in_shape, out_shape in _trace(model, input_size):
+        shapes.setdefault(name, (in_shape, out_shape))
+    return shapes
+
+
+def _macs(module: nn.Module, in_shape: Shape, out_shape: Shape, batch: int) -> int:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return math.prod(out_shape) // batch * (module.in_channels // module.groups) * kh * kw
+    rows = math.prod(in_shape[:-1]) // batch
+    return rows * module.in_features * module.out_features
+
+
+def count(model: nn.Module, input_size=(1, 3, 32, 32)) -> Counts:
+    """MACs per sample of every Conv2d/Linear leaf at ``input_size``, and all parameters of ``model``.
+
+    The model runs once, in eval mode under no_grad (its modes are restored), on a zero input of the
+    model's device and dtype. A layer called more than once has the MACs of all its calls.
+
+    >>> import lrtrain.models as models
+    >>> c = count(models.create("resnet20"))
+    >>> c.params, c.flops, c.layers["layer1.0.conv1"].flops
+    (269722, 40551040, 2359296)
+    """
+    batch = _check_size(input_size)[0]
+    layers: dict[str, LayerCount] = {}
+    for name, module, in_shape, out_shape in _trace(model, input_size):
+        flops = _macs(module, in_shape, out_shape, batch)
+        if name in layers:
+            prev = layers[name]
+            layers[name] = LayerCount(prev.flops + flops, prev.params, prev.kind, prev.in_shape,
+                                      prev.out_shape)
+        else:
+            params = sum(p.numel() for p in module.parameters())
+            kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
+            layers[name] = LayerCount(flops, params, kind, in_shape, out_shape)
+    return Counts(
+        flops=sum(layer.flops for layer in layers.values()),
+        params=sum(p.numel() for p in model.parameters()),
+        layers=layers,
+    )
+
+
+def flop_counter_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
+    """MACs per sample measured by ``torch.utils.flop_counter`` (which reports 2 FLOPs per MAC).
+
+    It sees every matmul-like op, not only Conv2d/Linear modules, so it cross-checks `count`.
+    """
+    batch = _check_size(input_size)[0]
+    with _inference(model, input_size) as x, FlopCounterMode(display=False) as counter:
+        _forward(model, x)
+    return counter.get_total_flops() // 2 // batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latency(model: nn.Module, input_size=(1, 3, 32, 32), warmup: int = 5, iters: int = 20,
+            device: str | torch.device | None = None, threads: int | None = None) -> float:
+    """Median wall-clock seconds of one forward pass on a batch of ``input_size`` (eval, no_grad).
+
+    ``device`` moves the model there for the measurement and back afterwards (default: where it is).
+    ``threads`` sets ``torch.set_num_threads`` for the measurement only.
+    """
+    if warmup < 0 or iters < 1:
+        raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+    ref = next(model.parameters(), None)
+    home = ref.device if ref is not None else torch.device("cpu")
+    device = torch.device(device) if device is not None else home
+    prev_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model.to(device)
+    times = []
+    try:
+        with _inference(model, input_size, device) as x:
+            for _ in range(warmup + iters):
+                _sync(device)
+                start = time.perf_counter()
+                _forward(model, x)
+                _sync(device)
+                times.append(time.perf_counter() - start)
+    finally:
+        model.to(home)
+        torch.set_num_threads(prev_threads)
+    return statistics.median(times[warmup:])

@@ -1,0 +1,105 @@
+"""CIFAR ResNets of He et al. 2016 ("Deep Residual Learning", section 4.2): ResNet-20/32/56/110.
+
+Three stages of 16/32/64 channels on 32×32/16×16/8×8 maps, n = (depth − 2) / 6 basic blocks per stage,
+and option-A shortcuts (identity; where the shape changes, stride-2 subsampling and zero-padded
+channels), so every weight of the network is in a 3×3 conv except the stem and the classifier.
+Module names follow torchvision (``layer1.0.conv1``, ``fc``) so name-based rules work on both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import register_model
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: parameter-free, so low-rank surgery never sees a projection conv."""
+
+    def __init__(self, stride: int, extra_channels: int):
+        super().__init__()
+        self.stride = stride
+        self.extra_channels = extra_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        half = self.extra_channels // 2
+        return F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = PadShortcut(stride, planes - in_planes)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-``depth`` for 32×32 inputs; ``depth`` = 6n + 2, stages of width, 2·width, 4·width channels."""
+
+    def __init__(self, depth: int, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes = width
+        stages = []
+        for i in range(3):
+            out_planes = width * 2**i
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(planes, out_planes, 2 if i > 0 and j == 0 else 1))
+                planes = out_planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@register_model
+def resnet20(num_classes: int = 10, **kwargs) -> CifarResNet:
+    """ResNet-20 (≈0.27 M params, ≈41 M MACs)."""
+    return CifarResNet(20, num_classes, **kwargs)
+
+
+@register_model
+def resnet32(num_classes: int = 10, **kwargs) -> CifarResNet:
+    """ResNet-32 (≈0.46 M params, ≈69 M MACs)."""
+    return CifarResNet(32, num_classes, **kwargs)
+
+
+@register_model
+def resnet56(num_classes: int = 10, **kwargs) -> CifarResNet:
+    """ResNet-56 (≈0.85 M params, ≈125 M MACs)."""
+    return CifarResNet(56, num_classes, **kwargs)
+
+
+@register_model
+def resnet110(num_classes: int = 10, **kwargs) -> CifarResNet:
+    """ResNet-110 (≈1.7 M params, ≈253 M MACs)."""
+    return CifarResNet(110, num_classes, **kwargs)

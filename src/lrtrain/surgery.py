@@ -1,0 +1,230 @@
+"""Model surgery: find the layers of any nn.Module that a scheme can factorize, and replace them.
+
+`plan` decides, layer by layer, what to do and why (and is what `lrtrain info` prints); `factorize`
+carries the plan out. The rules, in order:
+
+1. user skip patterns (fnmatch on the module name, e.g. ``"conv1"``, ``"layer3.*"``, ``"fc"``);
+2. kinds no scheme handles: grouped/depthwise convs, string padding, non-zero padding modes;
+3. 1×1 convs under the ``spatial`` and ``decoupled`` schemes (nothing spatial to separate);
+4. after the rank is chosen: a layer whose factorized form costs at least as much as the dense one stays
+   dense, so `factorize` never makes a model slower on paper.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+from torch import nn
+
+from . import linalg
+from .layers import LowRankConv2d, LowRankLinear, check_factorizable
+from .metrics import trace_shapes
+from .ranks import Rank, RankPolicy, RankRequest, parse_policy
+from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs
+
+log = logging.getLogger("lrtrain")
+
+
+@dataclass
+class Decision:
+    """What `plan` decided for one conv or linear layer."""
+
+    name: str
+    kind: str  # "conv" | "linear"
+    shape: tuple
+    factorize: bool
+    reason: str  # why it is skipped, or "" when it is factorized
+    rank: Rank | None
+    max_rank: Rank | None
+    dense_flops: int
+    flops: int  # after the decision (equals dense_flops when skipped)
+
+
+@dataclass
+class Candidate:
+    """An eligible layer with what a rank policy needs to know about it."""
+
+    name: str
+    module: nn.Module
+    scheme: Scheme | None  # None for a linear layer
+    in_hw: tuple[int, int] | int  # conv: spatial input size; linear: rows per sample
+    request: RankRequest
+
+
+def _linear_request(name: str, lin: nn.Linear, rows: int) -> RankRequest:
+    return RankRequest(name, min(lin.in_features, lin.out_features),
+                       cost=lambda r: rows * r * (lin.in_features + lin.out_features),
+                       dense_cost=rows * lin.in_features * lin.out_features)
+
+
+def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, hw) -> RankRequest:
+    g = ConvGeometry.of(conv)
+    return RankRequest(name, scheme.max_rank(g), cost=lambda r: spec_macs(scheme.specs(g, r), hw),
+                       dense_cost=spec_macs([g.dense_spec()], hw))
+
+
+def _why_not(conv: nn.Conv2d, scheme: Scheme) -> str:
+    try:
+        check_factorizable(conv)
+    except ValueError as err:
+        return str(err).split(": ", 1)[1]
+    if scheme.name in ("spatial", "decoupled") and tuple(conv.kernel_size) == (1, 1):
+        return f"1x1 conv: nothing spatial for the {scheme.name} scheme to separate"
+    return ""
+
+
+def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterable[str] = (),
+               input_size=(1, 3, 32, 32), linear: bool = True) -> tuple[list[Candidate], list[Decision]]:
+    """Split the model's conv/linear layers into candidates for `scheme` and decisions to skip."""
+    scheme = get_scheme(scheme)
+    skip = list(skip)
+    shapes = trace_shapes(model, input_size)
+    cands: list[Candidate] = []
+    skipped: list[Decision] = []
+    for name, module in model.named_modules():
+        if isinstance(module, (LowRankConv2d, LowRankLinear)):
+            continue
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name not in shapes or _inside_lowrank(model, name):
+            continue
+        in_shape = shapes[name][0]
+        if isinstance(module, nn.Conv2d):
+            req = _conv_request(name, module, scheme, tuple(in_shape[-2:]))
+            reason = _why_not(module, scheme)
+            shape = tuple(module.weight.shape)
+        else:
+            rows = max(1, int(_prod(in_shape[1:-1])))
+            req = _linear_request(name, module, rows)
+            reason = "" if linear else "linear layers excluded (linear=False)"
+            shape = tuple(module.weight.shape)
+        if any(fnmatch.fnmatchcase(name, p) for p in skip):
+            reason = "in the user's skip list"
+        kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
+        if reason:
+            skipped.append(Decision(name, kind, shape, False, reason, None, None, req.dense_cost, req.dense_cost))
+        else:
+            cands.append(Candidate(name, module, scheme if kind == "conv" else None,
+                                   tuple(in_shape[-2:]) if kind == "conv" else int(_prod(in_shape[1:-1])), req))
+    return cands, skipped
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def _inside_lowrank(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), (LowRankConv2d, LowRankLinear))
+               for i in range(1, len(parts)))
+
+
+def attach_spectra(cands: list[Candidate]) -> None:
+    """Fill each candidate's singular values, one batched SVD per group of equal-shaped matrices."""
+    convs = [c for c in cands if c.scheme is not None]
+    mats = []
+    for c in cands:
+        w = c.module.weight.detach()
+        if c.scheme is None:
+            mats.append(w)
+        elif c.scheme.has_matrix_form:
+            mats.append(c.scheme.to_matrix(w))
+    tucker = [c for c in convs if not c.scheme.has_matrix_form]
+    decs = iter(linalg.svd_many(mats))
+    for c in cands:
+        if c.scheme is None or c.scheme.has_matrix_form:
+            c.request.spectrum = next(decs).S
+    if tucker:
+        outs = linalg.svd_many([c.module.weight.detach().flatten(1) for c in tucker])
+        ins = linalg.svd_many([c.module.weight.detach().transpose(0, 1).flatten(1) for c in tucker])
+        for c, o, i in zip(tucker, outs, ins):
+            c.request.spectrum = (i.S, o.S)
+
+
+def _explicit_ranks(ranks: dict[str, Rank], cands: list[Candidate], skipped: list[Decision]) -> dict[str, Rank]:
+    names = {c.name for c in cands}
+    for name in ranks:
+        if name not in names:
+            why = next((d.reason for d in skipped if d.name == name), "no such conv/linear layer in the model")
+            raise ValueError(f"layer {name!r} was given a rank but cannot be factorized: {why}")
+    return ranks
+
+
+def plan(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", scheme: str | Scheme = "channel",
+         skip: Iterable[str] = (), input_size=(1, 3, 32, 32), linear: bool = True) -> list[Decision]:
+    """Decide, for every conv/linear layer of `model`, whether and at which rank to factorize it.
+
+    `rank` is a policy (`Energy`, `Ratio`, `FixedRank`, `FlopsBudget`, `Threshold`, or a ``"name:value"``
+    string), an int (the same rank everywhere, clamped per layer), or ``{layer name: rank}`` for explicit
+    per-layer ranks (which must be valid: a rank out of range or a layer that cannot be factorized is an
+    error). Returns one `Decision` per layer, in module order.
+    """
+    cands, skipped = candidates(model, scheme, skip, input_size, linear)
+    if isinstance(rank, dict):
+        chosen = _explicit_ranks(rank, cands, skipped)
+        cands_ranked = [c for c in cands if c.name in chosen]
+        for c in cands:
+            if c.name not in chosen:
+                skipped.append(Decision(c.name, _kind(c), tuple(c.module.weight.shape), False,
+                                        "no rank given for it", None, c.request.max_rank,
+                                        c.request.dense_cost, c.request.dense_cost))
+    else:
+        policy = parse_policy(rank)
+        if policy.needs_spectrum:
+            attach_spectra(cands)
+        fixed = sum(d.dense_flops for d in skipped)
+        chosen = policy([c.request for c in cands], fixed_cost=fixed)
+        cands_ranked = cands
+    decisions = list(skipped)
+    for c in cands_ranked:
+        r = chosen[c.name]
+        if c.scheme is not None:
+            r = c.scheme.check_rank(ConvGeometry.of(c.module), r, where=c.name)
+        elif isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= c.request.max_rank:
+            raise ValueError(f"{c.name}: rank {r!r} is out of range (valid ranks are 1..{c.request.max_rank})")
+        cost = c.request.cost(r)
+        if cost >= c.request.dense_cost:
+            reason = f"rank {r} would cost {cost:,} MACs, not less than dense {c.request.dense_cost:,}"
+            decisions.append(Decision(c.name, _kind(c), tuple(c.module.weight.shape), False, reason, r,
+                                      c.request.max_rank, c.request.dense_cost, c.request.dense_cost))
+        else:
+            decisions.append(Decision(c.name, _kind(c), tuple(c.module.weight.shape), True, "", r,
+                                      c.request.max_rank, c.request.dense_cost, cost))
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(decisions, key=lambda d: order[d.name])
+
+
+def _kind(c: Candidate) -> str:
+    return "linear" if c.scheme is None else "conv"
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule `name` is (``"layer1.0.conv1"``)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def factorize(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", scheme: str | Scheme = "channel",
+              skip: Iterable[str] = (), input_size=(1, 3, 32, 32), linear: bool = True) -> nn.Module:
+    """Replace every eligible conv/linear of `model` (in place) by its low-rank form; return the model.
+
+        >>> import lrtrain as lr
+        >>> model = lr.models.create("resnet20")
+        >>> model = lr.factorize(model, rank=lr.Energy(0.9), scheme="channel", skip=["conv1"])
+
+    Layers that are skipped, and why, are logged on the ``lrtrain`` logger; `plan` returns them.
+    """
+    scheme = get_scheme(scheme)
+    for d in plan(model, rank, scheme, skip, input_size, linear):
+        if not d.factorize:
+            log.info("factorize: %s kept dense: %s", d.name, d.reason)
+            continue
+        module = model.get_submodule(d.name)
+        new = (LowRankLinear.from_dense(module, d.rank) if d.kind == "linear"
+               else LowRankConv2d.from_dense(module, d.rank, scheme))
+        replace_module(model, d.name, new)
+    return model

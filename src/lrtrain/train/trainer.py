@@ -1,0 +1,559 @@
+"""The training loop behind ``lrtrain train``: any method, on one device or many, resumable bit for bit.
+
+One step is the hook protocol of `lrtrain.methods.base.Method`: forward (bf16 autocast), backward,
+``method.before_step()``, ``optimizer.step()``, ``method.after_step()``. The step never waits for the
+device: loss, accuracy and a count of non-finite losses are summed on the device and read once per
+epoch (the progress bar shows the last snapshot the device has already copied back). Checkpoints hold
+everything a resumed run needs to continue exactly where it stopped: weights, optimizer, method state,
+RNG states, the step and the position inside the epoch.
+
+The run directory (``out_dir``) receives config.yaml, metrics.csv (one row per epoch), ranks.csv (the
+method's rank log), checkpoints/, and at the end compact.pt, compact_module.pt and summary.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .. import config as config_mod
+from ..data import Data, build_data
+from ..methods import create_method
+from . import distributed
+from .checkpoint import (atomic_write, atomic_write_text, list_checkpoints, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
+from .schedule import from_config as schedule_from_config
+
+METRICS_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
+                  "img_per_s"]
+RANK_FIELDS = ["step", "layer", "rank", "max_rank"]
+_RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "compact_module.pt"]
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or Inf; the run stopped and kept its last good checkpoint."""
+
+
+def resolve_device(name: str, world: distributed.World) -> torch.device:
+    """``auto`` is the local rank's GPU when CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", world.local_rank)
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of ``device``, e.g. "NVIDIA H100 80GB HBM3" or "cpu (2 threads)"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+class _DeviceSums:
+    """Loss·samples, correct predictions and non-finite losses, summed on the device without syncs."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.values = torch.zeros(3, dtype=torch.float64, device=device)
+        self.samples = 0  # counted on the host: exact and free
+        self._host = torch.zeros(3, dtype=torch.float64, pin_memory=device.type == "cuda")
+        self._copy_event = torch.cuda.Event() if device.type == "cuda" else None
+        self._copy_samples: int | None = None
+        self._snapshot: tuple[list[float], int] | None = None
+
+    def add(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
+        n = labels.shape[0]
+        correct = (logits.argmax(1) == labels).sum()
+        self.values += torch.stack([loss.double() * n, correct.double(), (~torch.isfinite(loss)).double()])
+        self.samples += n
+
+    def peek(self) -> tuple[float, float] | None:
+        """(mean loss, accuracy %) of the latest sums the device has copied back, without waiting."""
+        if self._copy_event is None:
+            self._snapshot = (self.values.tolist(), self.samples)
+        else:
+            if self._copy_samples is not None and self._copy_event.query():
+                self._snapshot = (self._host.tolist(), self._copy_samples)
+                self._copy_samples = None
+            if self._copy_samples is None:
+                self._host.copy_(self.values, non_blocking=True)
+                self._copy_event.record()
+                self._copy_samples = self.samples
+        if not self._snapshot or not self._snapshot[1]:
+            return None
+        (loss, correct, _), n = self._snapshot
+        return loss / n, 100.0 * correct / n
+
+    def read(self) -> tuple[float, float, int, int]:
+        """(mean loss, accuracy %, non-finite steps, samples) over all ranks: one sync."""
+        total = distributed.all_reduce_sum_(torch.cat([self.values, self.values.new_tensor([self.samples])]))
+        loss, correct, nonfinite, samples = total.tolist()
+        samples = max(int(samples), 1)
+        return loss / samples, 100.0 * correct / samples, int(nonfinite), samples
+
+    def nonfinite(self) -> int:
+        """Non-finite losses summed over all ranks (a sync: call at checkpoints, not every step)."""
+        return int(distributed.all_reduce_sum_(self.values[2:].clone()).item())
+
+    def state(self) -> dict[str, Any]:
+        return {"values": self.values.cpu(), "samples": self.samples}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.values.copy_(state["values"])
+        self.samples = int(state["samples"])
+
+    def reset(self) -> None:
+        self.values.zero_()
+        self.samples = 0
+        self._snapshot = None
+
+
+def _auto(value: bool | str, device: torch.device) -> bool:
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+class Trainer:
+    """Trains the recipe's model with the recipe's method; `fit` runs it, `evaluate` measures it.
+
+    ``config`` is a resolved recipe (`lrtrain.config.resolve` / `load_recipe`). ``model`` replaces the
+    recipe's ``model.name`` (any nn.Module taking N×C×H×W images); ``data`` replaces the recipe's data.
+    Everything is built here, in the order the hook protocol asks: model, method (which may replace
+    layers), then the optimizer over ``method.model``.
+
+    >>> from lrtrain.config import resolve
+    >>> cfg = resolve({"data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8,
+    ...                         "batch_size": 32}, "train": {"epochs": 1, "progress": False}})
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    >>> trainer = Trainer(cfg, model=net)
+    >>> sorted(trainer.evaluate())
+    ['test_acc', 'test_loss']
+    """
+
+    def __init__(self, config: dict[str, Any], *, model: nn.Module | None = None, data: Data | None = None):
+        self.cfg = config
+        train_cfg = config["train"]
+        self.world = distributed.init_from_env(use_cuda=train_cfg["device"] != "cpu" and torch.cuda.is_available())
+        self.device = resolve_device(train_cfg["device"], self.world)
+        self.amp = _auto(train_cfg["amp"], self.device)
+        self.channels_last = _auto(train_cfg["channels_last"], self.device)
+        self.compile = _auto(train_cfg["compile"], self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.set_float32_matmul_precision("high")
+        self.run_dir = Path(config["out_dir"])
+        self.epochs = train_cfg["epochs"]
+
+        self.data = data or build_data(config["data"], device=self.device, seed=config["seed"],
+                                       rank=self.world.rank, world_size=self.world.world_size,
+                                       channels_last=self.channels_last)
+        self.steps_per_epoch = len(self.data.train)
+
+        torch.manual_seed(config["seed"])
+        random.seed(config["seed"])
+        self.model_name = config["model"]["name"] if model is None else type(model).__name__
+        if model is None:
+            from .. import models
+
+            model = models.create(config["model"]["name"], num_classes=config["model"]["num_classes"] or self.data.num_classes)
+        self.dense_counts = self._count(model)
+        model.to(self.device)
+        params = {k: v for k, v in config["method"].items() if k != "name"}
+        self.method = create_method(config["method"]["name"], model, **params)
+        self.method.setup(self.steps_per_epoch, self.steps_per_epoch * self.epochs)
+        self._wrap_model()
+        self.optimizer = self._build_optimizer()
+        self.schedule = schedule_from_config(config["schedule"], config["optim"]["lr"], self.steps_per_epoch,
+                                             self.epochs)
+        self.sums = _DeviceSums(self.device)
+        self.step = 0          # optimizer steps taken
+        self.epoch = 0         # epochs completed
+        self.batch = 0         # next batch of the current epoch
+        self.history: list[dict[str, Any]] = []
+        self._elapsed_before = 0.0  # seconds spent by the sessions this run resumed from
+        self._session_start = time.perf_counter()
+
+    # -- building -----------------------------------------------------------------------------------
+
+    def _count(self, model: nn.Module):
+        from ..metrics import count
+
+        return count(model, self.data.input_size)
+
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.preserve_format
+
+    def _wrap_model(self) -> None:
+        """Place ``method.model`` and build what the step calls: DDP and torch.compile around it."""
+        self.model = self.method.model.to(self.device, memory_format=self._memory_format())
+        net: nn.Module = self.model
+        if self.world.distributed:
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.compile:
+            mode = self.cfg["train"]["compile_mode"]
+            net = torch.compile(net, mode=None if mode == "default" else mode)
+        self.forward = net
+
+    def _build_optimizer(self, previous: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+        """SGD over ``method.model``; parameters that survive a rebuild keep their momentum."""
+        opt = self.cfg["optim"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if opt["no_decay_norm_bias"]:
+            groups = [{"params": [p for p in params if p.ndim > 1]},
+                      {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        else:
+            groups = [{"params": params}]
+        optimizer = torch.optim.SGD(groups, lr=opt["lr"], momentum=opt["momentum"], nesterov=opt["nesterov"],
+                                    weight_decay=opt["weight_decay"],
+                                    fused=True if self.device.type == "cuda" else None)
+        if previous is not None:
+            for p in params:
+                state = previous.state.get(p)
+                if state and all(not torch.is_tensor(v) or v.ndim == 0 or v.shape == p.shape for v in state.values()):
+                    optimizer.state[p] = state
+        return optimizer
+
+    def _after_step(self) -> None:
+        """Drain the method's rank log, keep ranks identical, follow layer replacements."""
+        projected = bool(self.method.rank_log)
+        if projected:
+            if self.world.is_main:
+                self._append_ranks(self.method.rank_log)
+            self.method.rank_log.clear()
+        replaced = self.method.rebuild_optimizer or self.method.model is not self.model
+        if replaced:
+            self._wrap_model()
+            self.optimizer = self._build_optimizer(previous=self.optimizer)
+            self.method.rebuild_optimizer = False
+        if self.world.distributed and (projected or replaced):
+            distributed.broadcast_module_(self.model)
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def train_step(self, images: Tensor, labels: Tensor) -> None:
+        """One optimizer step on a batch, with the method's hooks; never waits for the device."""
+        lr = self.cfg["optim"]["lr"] * self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.forward(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg["train"]["label_smoothing"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.method.before_step()
+        self.optimizer.step()
+        self.method.after_step()
+        self.sums.add(loss.detach(), logits.detach(), labels)
+        self.step += 1
+        self._after_step()
+
+    def _train_epoch(self, epoch: int, until_step: int | None) -> bool:
+        """Steps of ``epoch`` from ``self.batch`` on; False when it stopped (checkpointed) at ``until_step``."""
+        self.model.train()
+        every = self.cfg["train"]["checkpoint_every"]
+        bar = tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {epoch + 1}/{self.epochs}",
+                   leave=False, dynamic_ncols=True,
+                   disable=not (self.cfg["train"]["progress"] and self.world.is_main))
+        start, start_batch = time.perf_counter(), self.batch
+        try:
+            for images, labels in self.data.train.batches(epoch, self.batch):
+                self.train_step(images, labels)
+                self.batch += 1
+                bar.update()
+                if not bar.disable and (self.batch % 25 == 0 or self.batch == self.steps_per_epoch):
+                    rate = (self.batch - start_batch) * images.shape[0] * self.world.world_size \
+                        / (time.perf_counter() - start)
+                    shown = self.sums.peek()
+                    stats = f"loss {shown[0]:.3f} acc {shown[1]:.1f}% " if shown else ""
+                    bar.set_postfix_str(f"{stats}lr {self.optimizer.param_groups[0]['lr']:.4g} {rate:.0f} img/s")
+                last = self.batch == self.steps_per_epoch
+                if until_step is not None and self.step >= until_step and not last:
+                    self.save_checkpoint()
+                    return False
+                if every and self.step % every == 0 and not last:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        return True
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """Test loss and top-1 accuracy (%) of ``model`` (default: the model being trained), all ranks."""
+        model = model if model is not None else self.model
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, images
+        images_seen = 0
+        for images, labels in self.data.test.batches():
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = model(images)
+            sums[:2] += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum").double(),
+                                     (logits.argmax(1) == labels).sum().double()])
+            images_seen += labels.shape[0]
+        model.train(was_training)
+        sums[2] = images_seen
+        loss, correct, n = distributed.all_reduce_sum_(sums).tolist()
+        return {"test_loss": loss / n, "test_acc": 100.0 * correct / n}
+
+    def _end_epoch(self, epoch: int, seconds: float, images: int) -> None:
+        """Read the epoch's sums (divergence check), evaluate, log; ``images`` were trained in ``seconds``."""
+        loss, acc, nonfinite, _ = self.sums.read()
+        if nonfinite:
+            self._diverged(f"the loss was NaN/Inf in {nonfinite} step(s)", f"epoch {epoch + 1}")
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                               "train_loss": loss, "train_acc": acc, "test_loss": None, "test_acc": None,
+                               "epoch_time_s": seconds, "img_per_s": images / seconds}
+        if (epoch + 1) % self.cfg["train"]["eval_every"] == 0 or epoch + 1 == self.epochs:
+            row.update(self.evaluate())
+        self.history.append(row)
+        self.epoch, self.batch = epoch + 1, 0
+        self.sums.reset()
+        if self.world.is_main:
+            self._write_metrics()
+            test = f"  test {row['test_acc']:.2f}%" if row["test_acc"] is not None else ""
+            print(f"epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  acc {acc:.2f}%{test}  lr {row['lr']:.4g}  "
+                  f"{row['img_per_s']:.0f} img/s  {seconds:.1f} s", flush=True)
+
+    def _diverged(self, what: str, where: str) -> None:
+        kept = list_checkpoints(self.run_dir / "checkpoints")
+        last = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was saved before"
+        raise DivergenceError(f"training diverged: {what} by step {self.step} ({where}); stopped, {last}. "
+                              f"Lower optim.lr or check the data.")
+
+    def _weights_finite(self) -> bool:
+        """One sync over all floating-point parameters and buffers (checkpoint time only)."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all().item()) if tensors else True
+
+    def fit(self, *, resume: bool = False, overwrite: bool = False, until_step: int | None = None,
+            time_limit: float | None = None) -> dict[str, Any]:
+        """Train to the end and finalize; returns the summary (also written to summary.json).
+
+        ``resume`` continues from the run directory's newest checkpoint (a fresh start if it has
+        none); without it, a run directory that already holds checkpoints is an error unless
+        ``overwrite``. ``until_step`` stops after that many steps and ``time_limit`` (seconds) after the
+        first epoch that ends past it, both with a checkpoint to resume from: the result is then
+        ``{"finished": False, "step": ..., "checkpoint": ...}``.
+        """
+        self._prepare_run_dir(resume, overwrite)
+        session = time.perf_counter()
+        for epoch in range(self.epoch, self.epochs):
+            started, images_before = time.perf_counter(), self.sums.samples
+            if not self._train_epoch(epoch, until_step):
+                return self._stopped()
+            images = (self.sums.samples - images_before) * self.world.world_size
+            self._end_epoch(epoch, time.perf_counter() - started, images)
+            out_of_time = time_limit is not None and time.perf_counter() - session > time_limit
+            stop = (until_step is not None and self.step >= until_step) or self._agree(out_of_time)
+            if self.epoch < self.epochs:
+                self.save_checkpoint()
+                if stop:
+                    return self._stopped()
+        return self._finish()
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when any rank says so (a wall-clock limit must stop all ranks together)."""
+        if not self.world.distributed:
+            return flag
+        return bool(distributed.all_reduce_sum_(torch.tensor([float(flag)], device=self.device)).item())
+
+    def _stopped(self) -> dict[str, Any]:
+        checkpoint = list_checkpoints(self.run_dir / "checkpoints")[-1]
+        if self.world.is_main:
+            print(f"stopped at step {self.step} (epoch {self.epoch + 1}, batch {self.batch}); resume with: "
+                  f"lrtrain train {self.run_dir} --resume", flush=True)
+        return {"finished": False, "step": self.step, "checkpoint": str(checkpoint)}
+
+    def _elapsed(self) -> float:
+        """Seconds of this run so far, over all the sessions it was resumed in."""
+        return self._elapsed_before + time.perf_counter() - self._session_start
+
+    # -- files --------------------------------------------------------------------------------------
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+        ckpt_dir = self.run_dir / "checkpoints"
+        existing = list_checkpoints(ckpt_dir)
+        if existing and not (resume or overwrite):
+            raise ValueError(f"{self.run_dir} already holds a run ({len(existing)} checkpoint(s)); "
+                             f"pass --resume to continue it or --overwrite to start again")
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if overwrite and not resume:
+                for path in [*existing, *(self.run_dir / f for f in _RUN_FILES)]:
+                    path.unlink(missing_ok=True)
+        if self.world.distributed:
+            torch.distributed.barrier()
+        if resume and existing:
+            self.load_checkpoint(existing[-1])
+        elif resume and self.world.is_main:
+            print(f"no checkpoint in {ckpt_dir}: starting from scratch", flush=True)
+        if self.world.is_main:
+            config_mod.dump(self.cfg, self.run_dir / "config.yaml")
+
+    def save_checkpoint(self) -> Path | None:
+        """Checkpoint the current state (rank 0 writes); refuses, with DivergenceError, after a NaN/Inf loss."""
+        nonfinite = self.sums.nonfinite()
+        if nonfinite:
+            self._diverged(f"the loss was NaN/Inf in {nonfinite} step(s)", f"epoch {self.epoch + 1}")
+        if not self._weights_finite():
+            self._diverged("the weights became NaN/Inf", f"epoch {self.epoch + 1}")
+        path = None
+        if self.world.is_main:
+            state = {
+                "format": 1,
+                "config": self.cfg,
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "method": self.method.state_dict(),
+                "sums": self.sums.state(),
+                "history": self.history,
+                "elapsed": self._elapsed(),
+                "rng": rng_state(),
+            }
+            path = save_checkpoint(self.run_dir / "checkpoints", self.step, state,
+                                   self.cfg["train"]["keep_checkpoints"])
+        if self.world.distributed:
+            torch.distributed.barrier()  # every rank sees the file before going on
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by `save_checkpoint` into this trainer.
+
+        The method's state is loaded first, so a method that changed layer shapes can rebuild them
+        before the weights are loaded.
+        """
+        state = load_checkpoint(path)
+        saved, now = _flat(state["config"]), _flat(self.cfg)
+        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        if changed and self.world.is_main:
+            print(f"note: resuming {path} with changed settings: {', '.join(changed)}", flush=True)
+        self.method.load_state_dict(state["method"])
+        self._wrap_model()
+        self.model.load_state_dict(state["model"])
+        self.optimizer = self._build_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.sums.load(state["sums"])
+        self.history = state["history"]
+        self._elapsed_before = state["elapsed"]
+        set_rng_state(state["rng"])
+        if self.world.is_main:
+            self._truncate_ranks()
+            print(f"resumed from {path} (step {self.step}, epoch {self.epoch + 1}, batch {self.batch})", flush=True)
+
+    def _write_metrics(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+
+    def _append_ranks(self, rows: list[dict[str, Any]]) -> None:
+        path = self.run_dir / "ranks.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, RANK_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def _truncate_ranks(self) -> None:
+        """Drop rank rows logged after the checkpoint being resumed: they will be logged again."""
+        path = self.run_dir / "ranks.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, RANK_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buffer.getvalue())
+
+    def _finish(self) -> dict[str, Any]:
+        """Finalize the method, evaluate and count the compact model, save it, write summary.json."""
+        pre_finalize = self.history[-1]["test_acc"]
+        compact = self.method.finalize().to(self.device, memory_format=self._memory_format())
+        if self.world.distributed:
+            distributed.broadcast_module_(compact)
+        final = self.evaluate(compact)
+        counts = self._count(compact)
+        evaluated = [r for r in self.history if r["test_acc"] is not None]
+        best = max(evaluated, key=lambda r: r["test_acc"])
+        dense, small = self.dense_counts, counts
+        summary = {
+            "finished": True,
+            "name": self.cfg["name"],
+            "run_dir": str(self.run_dir),
+            "model": self.model_name,
+            "method": self.method.name,
+            "data": self.data.description,
+            "epochs": self.epochs,
+            "steps": self.step,
+            "best_acc": best["test_acc"],
+            "best_epoch": best["epoch"],
+            "pre_finalize_acc": pre_finalize,
+            "final_acc": final["test_acc"],
+            "final_loss": final["test_loss"],
+            "dense": {"flops": dense.flops, "params": dense.params},
+            "compact": {"flops": small.flops, "params": small.params},
+            "speedup": dense.flops / small.flops if small.flops else None,
+            "flops_reduction": 1 - small.flops / dense.flops if dense.flops else None,
+            "ranks": self.method.ranks(),
+            "wall_time_s": self._elapsed(),
+            "device": device_name(self.device),
+            "world_size": self.world.world_size,
+            "torch": torch.__version__,
+        }
+        if self.world.is_main:
+            self._save_compact(compact)
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            print(f"finished: test accuracy {final['test_acc']:.2f}% (before finalize {pre_finalize:.2f}%, "
+                  f"best {best['test_acc']:.2f}%), {small.flops / 1e6:.2f} M FLOPs "
+                  f"({summary['speedup'] or 0:.2f}x fewer), {small.params / 1e6:.3f} M params", flush=True)
+        return summary
+
+    def _save_compact(self, compact: nn.Module) -> None:
+        arch = {
+            "model": self.model_name,
+            "num_classes": self.data.num_classes,
+            "input_size": list(self.data.input_size),
+            "method": self.method.name,
+            "ranks": self.method.ranks(),
+            "modules": {name: type(m).__name__ for name, m in compact.named_modules() if name},
+        }
+        state = {k: v.detach().cpu().contiguous() for k, v in compact.state_dict().items()}
+        atomic_write(self.run_dir / "compact.pt", lambda f: torch.save({"state_dict": state, "arch": arch}, f))
+        module = copy.deepcopy(compact).cpu().to(memory_format=torch.contiguous_format)
+        atomic_write(self.run_dir / "compact_module.pt", lambda f: torch.save(module, f))
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def train(config: dict[str, Any], *, model: nn.Module | None = None, **fit_options: Any) -> dict[str, Any]:
+    """Build a `Trainer` for ``config`` and `Trainer.fit` it; returns the summary."""
+    return Trainer(config, model=model).fit(**fit_options)

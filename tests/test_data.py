@@ -1,0 +1,183 @@
+"""Data: CIFAR pickles, device-side augmentation, sharding, the generated set, image folders."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lrtrain.data import build_data, find_cifar, make_sample
+from lrtrain.data.cifar import DeviceLoader, channel_stats, crop_flip, normalize, read_cifar
+from lrtrain.data.folder import FolderLoader
+
+REAL_CIFAR = Path(__file__).resolve().parents[1] / "../shared/data/cifar-10-batches-py"
+
+
+def _write_fake_cifar(root: Path, per_batch: int = 6) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 10, per_batch))}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+def _sample_cfg(**data):
+    return {"name": "sample", "dir": None, "batch_size": 8, "eval_batch_size": 16, "augment": True, "padding": 2,
+            "drop_last": True, "train_size": 40, "test_size": 20, "image_size": 8, "num_classes": 4, "workers": 0,
+            **data}
+
+
+def test_read_cifar_keeps_the_channel_planar_layout(tmp_path):
+    folder = _write_fake_cifar(tmp_path)
+    images, labels, test_images, test_labels = read_cifar("cifar10", find_cifar("cifar10", tmp_path))
+    assert images.shape == (30, 3, 32, 32) and images.dtype == torch.uint8
+    assert test_images.shape == (6, 3, 32, 32) and labels.dtype == torch.int64
+    with open(folder / "data_batch_2", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    c, y, x = 2, 5, 7
+    assert images[6, c, y, x].item() == raw[b"data"][0, c * 1024 + y * 32 + x]
+    assert labels[6].item() == raw[b"labels"][0]
+
+
+def test_missing_cifar_names_every_place_searched(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRTRAIN_DATA", str(tmp_path / "env"))
+    with pytest.raises(FileNotFoundError) as err:
+        find_cifar("cifar10")
+    message = str(err.value)
+    assert "CIFAR-10 not found" in message and str(tmp_path / "env" / "cifar-10-batches-py") in message
+    assert "LRTRAIN_DATA" in message
+    with pytest.raises(FileNotFoundError, match="explicit"):
+        find_cifar("cifar100", tmp_path / "explicit")
+
+
+def test_corrupt_cifar_file_is_named(tmp_path):
+    folder = _write_fake_cifar(tmp_path)
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"corrupt CIFAR file .*data_batch_3"):
+        read_cifar("cifar10", folder)
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}, f)
+    with pytest.raises(ValueError, match=r"data_batch_3: expected N×3072"):
+        read_cifar("cifar10", folder)
+
+
+@pytest.mark.skipif(not REAL_CIFAR.is_dir(), reason="real CIFAR-10 not present")
+def test_real_cifar10_is_found_by_default_and_balanced(monkeypatch):
+    monkeypatch.delenv("LRTRAIN_DATA", raising=False)
+    images, labels, test_images, test_labels = read_cifar("cifar10", find_cifar("cifar10"))
+    assert images.shape == (50000, 3, 32, 32) and test_images.shape == (10000, 3, 32, 32)
+    assert torch.bincount(labels).tolist() == [5000] * 10
+    mean, std = channel_stats(images)
+    assert torch.allclose(mean / 255, torch.tensor([0.4914, 0.4822, 0.4465]), atol=1e-3)
+    assert torch.allclose(std / 255, torch.tensor([0.2470, 0.2435, 0.2616]), atol=1e-3)
+
+
+def test_crop_flip_matches_pad_slice_and_mirror():
+    images = torch.randint(0, 256, (6, 3, 7, 9), dtype=torch.uint8)
+    offsets = torch.tensor([[0, 0], [4, 4], [1, 3], [2, 0], [0, 4], [3, 1]])
+    flips = torch.tensor([False, True, False, True, True, False])
+    out = crop_flip(images, offsets, flips, padding=2)
+    padded = F.pad(images, (2, 2, 2, 2))
+    for i in range(6):
+        oy, ox = offsets[i].tolist()
+        expected = padded[i, :, oy:oy + 7, ox:ox + 9]
+        assert torch.equal(out[i], expected.flip(-1) if flips[i] else expected)
+
+
+def test_normalize_gives_zero_mean_unit_std_and_channels_last():
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(images)
+    x = normalize(images, mean, std, channels_last=True)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(x.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
+
+
+def _loader(images, **kw):
+    args = dict(mean=torch.zeros(3), std=torch.ones(3), shuffle=True, augment=True, padding=2, seed=3)
+    return DeviceLoader(images, torch.arange(len(images)), 4, **{**args, **kw})
+
+
+def test_device_loader_epochs_are_reproducible_and_resumable():
+    images = torch.randint(0, 256, (22, 3, 6, 6), dtype=torch.uint8)
+    loader = _loader(images)
+    assert len(loader) == 5  # 22 // 4, the incomplete batch dropped
+    first = list(loader.batches(epoch=0))
+    again = list(loader.batches(epoch=0))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    other = list(loader.batches(epoch=1))
+    assert not torch.equal(torch.cat([y for _, y in first]), torch.cat([y for _, y in other]))
+    tail = list(loader.batches(epoch=0, start=3))
+    assert len(tail) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(first[3:], tail))
+
+
+def test_device_loader_shards_are_disjoint_and_evaluation_covers_everything():
+    images = torch.randint(0, 256, (21, 3, 6, 6), dtype=torch.uint8)
+    shards = [torch.cat([y for _, y in _loader(images, rank=r, world_size=2).batches(2)]) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 8
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    evals = [_loader(images, rank=r, world_size=2, shuffle=False, augment=False, drop_last=False) for r in range(2)]
+    seen = torch.cat([y for loader in evals for _, y in loader.batches()])
+    assert sorted(seen.tolist()) == list(range(21))
+    assert [len(loader) for loader in evals] == [3, 3]  # 11 and 10 images, the last batch kept
+
+
+def test_sample_set_is_deterministic_balanced_and_seeded():
+    a = make_sample(num_train=40, num_test=20, image_size=8, num_classes=4, seed=1)
+    b = make_sample(num_train=40, num_test=20, image_size=8, num_classes=4, seed=1)
+    c = make_sample(num_train=40, num_test=20, image_size=8, num_classes=4, seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    assert torch.bincount(a[1]).tolist() == [10] * 4 and torch.bincount(a[3]).tolist() == [5] * 4
+    assert a[0].dtype == torch.uint8 and a[0].float().std() > 20  # not a flat image
+
+
+def test_build_data_for_the_sample_set():
+    data = build_data(_sample_cfg(), device=torch.device("cpu"), seed=0)
+    assert data.num_classes == 4 and data.input_size == (1, 3, 8, 8)
+    assert len(data.train) == 5 and len(data.test) == 2
+    x, y = next(data.train.batches(0))
+    assert x.shape == (8, 3, 8, 8) and x.dtype == torch.float32 and y.shape == (8,)
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        build_data(_sample_cfg(), device=torch.device("cpu"), world_size=3)
+
+
+def test_build_data_reads_cifar_subsets(tmp_path):
+    _write_fake_cifar(tmp_path)
+    cfg = _sample_cfg(name="cifar10", dir=str(tmp_path), train_size=16, test_size=5, batch_size=4)
+    data = build_data(cfg, device=torch.device("cpu"))
+    assert data.num_classes == 10 and len(data.train) == 4 and len(data.test) == 1
+    assert "CIFAR-10" in data.description and "16 train, 5 test" in data.description
+
+
+def test_folder_loader_crops_and_labels_by_folder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(["ant", "bee"]):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (12, 10), (200 * k, 40 * i, 90)).save(tmp_path / split / cls / f"{i}.png")
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=4, eval_batch_size=4)
+    data = build_data(cfg, device=torch.device("cpu"), seed=0, channels_last=True)
+    assert data.num_classes == 2 and data.input_size == (1, 3, 8, 8)
+    assert isinstance(data.train, FolderLoader) and len(data.train) == 1 and len(data.test) == 2
+    x, y = next(data.train.batches(0))
+    assert x.shape == (4, 3, 8, 8) and x.is_contiguous(memory_format=torch.channels_last)
+    xs, ys = zip(*data.test.batches())
+    labels = torch.cat(ys)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+    # Class "bee" images are red (200) and "ant" images are not: the red channel separates them.
+    red = torch.cat(xs)[:, 0].mean(dim=(1, 2))
+    assert (red[labels == 1] > red[labels == 0].max()).all()
+
+
+def test_folder_without_train_and_val_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"expected .*train/<class>"):
+        build_data(_sample_cfg(name="folder", dir=str(tmp_path)), device=torch.device("cpu"))

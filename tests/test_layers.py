@@ -1,0 +1,102 @@
+import pytest
+import torch
+from torch import nn
+
+from lrtrain import LowRankConv2d, LowRankLinear, count
+from lrtrain.schemes import ConvGeometry, get_scheme
+
+GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation)
+    (6, 10, 3, 1, 1, 1),
+    (8, 5, 3, 2, 1, 1),
+    (4, 7, (3, 5), (2, 1), (1, 2), 1),
+    (5, 6, 3, 1, 2, 2),
+]
+
+
+def _conv(geom, bias=True, seed=0):
+    torch.manual_seed(seed)
+    c, n, k, s, p, d = geom
+    return nn.Conv2d(c, n, k, stride=s, padding=p, dilation=d, bias=bias).double()
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled", "tucker2"])
+@pytest.mark.parametrize("geom", GEOMETRIES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_full_rank_is_exact(scheme, geom, bias):
+    conv = _conv(geom, bias)
+    full = get_scheme(scheme).max_rank(ConvGeometry.of(conv))
+    low = LowRankConv2d.from_dense(conv, full, scheme)
+    x = torch.randn(2, conv.in_channels, 11, 9, dtype=torch.float64)
+    assert (low(x) - conv(x)).abs().max() < 1e-8
+    dense = low.to_dense()
+    assert (dense(x) - conv(x)).abs().max() < 1e-8
+    assert low.rank == full
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_lower_rank_reaches_eckart_young(scheme, geom):
+    conv = _conv(geom)
+    sch = get_scheme(scheme)
+    S = torch.linalg.svdvals(sch.to_matrix(conv.weight.detach()))
+    r = max(1, len(S) // 2)
+    low = LowRankConv2d.from_dense(conv, r, scheme)
+    err = (low.weight - conv.weight).square().sum()
+    torch.testing.assert_close(err, S[r:].square().sum())
+    assert torch.linalg.matrix_rank(sch.to_matrix(low.weight.detach())) == r
+    # the function matches the truncated weight, and the bias is carried over
+    x = torch.randn(2, conv.in_channels, 8, 8, dtype=torch.float64)
+    ref = nn.functional.conv2d(x, low.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+    torch.testing.assert_close(low(x), ref)
+
+
+def test_decoupled_truncates_each_filter_optimally():
+    conv = _conv((6, 4, 3, 1, 1, 1))
+    low = LowRankConv2d.from_dense(conv, 2, "decoupled")
+    S = torch.linalg.svdvals(conv.weight.detach().reshape(4, 6, 9))
+    torch.testing.assert_close((low.weight - conv.weight).square().sum(), S[:, 2:].square().sum())
+
+
+@pytest.mark.parametrize("scheme,rank", [("channel", 3), ("spatial", 4), ("decoupled", 2), ("tucker2", (3, 5))])
+def test_flops_and_params_match_count(scheme, rank):
+    low = LowRankConv2d.from_dense(_conv((8, 6, 3, 2, 1, 1)), rank, scheme).float()
+    c = count(low, (1, 8, 16, 16))
+    assert c.flops == low.flops((16, 16))
+    assert c.params == sum(p.numel() for p in low.parameters())
+
+
+def test_tucker2_factor_shapes_and_independent_ranks():
+    low = LowRankConv2d(16, 32, 3, rank=(4, 8), scheme="tucker2", padding=1)
+    assert [tuple(c.weight.shape) for c in low.factors] == [(4, 16, 1, 1), (8, 4, 3, 3), (32, 8, 1, 1)]
+    assert low.rank == (4, 8)
+    assert LowRankConv2d(16, 32, 3, rank=5, scheme="tucker2").rank == (5, 5)
+
+
+def test_bad_inputs_name_the_problem():
+    conv = nn.Conv2d(4, 8, 3)
+    with pytest.raises(ValueError, match=r"rank 0 is out of range.*1\.\.8"):
+        LowRankConv2d.from_dense(conv, 0)
+    with pytest.raises(ValueError, match=r"rank 99 is out of range"):
+        LowRankConv2d.from_dense(conv, 99, "spatial")
+    with pytest.raises(ValueError, match=r"unknown scheme 'chanel' \(did you mean 'channel'\?\)"):
+        LowRankConv2d.from_dense(conv, 2, "chanel")
+    with pytest.raises(ValueError, match="depthwise conv"):
+        LowRankConv2d.from_dense(nn.Conv2d(4, 4, 3, groups=4), 1)
+    with pytest.raises(ValueError, match="grouped conv"):
+        LowRankConv2d.from_dense(nn.Conv2d(4, 8, 3, groups=2), 1)
+    with pytest.raises(ValueError, match="r_in in 1..4"):
+        LowRankConv2d(4, 8, 3, rank=(5, 2), scheme="tucker2")
+
+
+def test_linear_full_rank_exact_and_truncation_optimal():
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 7).double()
+    x = torch.randn(3, 12, dtype=torch.float64)
+    full = LowRankLinear.from_dense(lin, 7)
+    assert (full(x) - lin(x)).abs().max() < 1e-8
+    assert (full.to_dense()(x) - lin(x)).abs().max() < 1e-8
+    S = torch.linalg.svdvals(lin.weight.detach())
+    low = LowRankLinear.from_dense(lin, 3)
+    torch.testing.assert_close((low.weight - lin.weight).square().sum(), S[3:].square().sum())
+    with pytest.raises(ValueError, match=r"rank 8 is out of range \(valid ranks are 1..7\)"):
+        LowRankLinear.from_dense(lin, 8)

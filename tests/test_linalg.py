@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from lrtrain import linalg
+
+
+def _low_rank(m, n, r, batch=(), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*batch, m, r, generator=g, dtype=torch.float64) @ torch.randn(*batch, r, n, generator=g,
+                                                                                      dtype=torch.float64)
+
+
+def test_svd_many_matches_per_matrix_svd_and_keeps_order():
+    g = torch.Generator().manual_seed(0)
+    mats = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(4, 6), (5, 3), (4, 6), (5, 3), (7, 7)]]
+    for m, dec in zip(mats, linalg.svd_many(mats)):
+        torch.testing.assert_close(dec.S, torch.linalg.svdvals(m))
+        torch.testing.assert_close(linalg.reconstruct(*dec), m)
+
+
+def test_energy_rank_is_smallest_rank_keeping_the_fraction():
+    S = torch.tensor([[4.0, 2.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    # energies 16, 4, 1, 1 of 22: 16/22 = 0.727, 20/22 = 0.909, 21/22 = 0.955
+    assert linalg.energy_rank(S[0], 0.7).item() == 1
+    assert linalg.energy_rank(S[0], 0.9).item() == 2
+    assert linalg.energy_rank(S[0], 0.95).item() == 3
+    assert linalg.energy_rank(S, 0.5).tolist() == [1, 2]
+    assert linalg.energy_rank(S, 1.0).tolist() == [4, 4]
+    with pytest.raises(ValueError, match="energy"):
+        linalg.energy_rank(S, 1.5)
+
+
+def test_project_reaches_eckart_young_and_is_idempotent():
+    a = torch.randn(3, 8, 5, dtype=torch.float64)
+    p = linalg.project(a, 2)
+    S = torch.linalg.svdvals(a)
+    err = (a - p).square().sum((-2, -1))
+    torch.testing.assert_close(err, S[:, 2:].square().sum(-1))
+    assert (torch.linalg.matrix_rank(p) == 2).all()
+    torch.testing.assert_close(linalg.project(p, 2), p)
+
+
+def test_project_with_one_rank_per_matrix():
+    a = torch.randn(2, 6, 6, dtype=torch.float64)
+    p = linalg.project(a, torch.tensor([1, 4]))
+    assert torch.linalg.matrix_rank(p).tolist() == [1, 4]
+
+
+def test_transfer_energy_preserves_total_energy():
+    S = torch.tensor([[5.0, 3.0, 2.0, 1.0, 0.5]], dtype=torch.float64)
+    for rho in (0.0, 0.3):
+        out = linalg.transfer_energy(S, 2, rho)
+        torch.testing.assert_close(out.square().sum(), S.square().sum())
+        torch.testing.assert_close(out[0, 2:], rho * S[0, 2:])
+        # uniform transfer: the kept values are scaled by one common factor
+        ratio = out[0, :2] / S[0, :2]
+        torch.testing.assert_close(ratio[0], ratio[1])
+
+
+def test_numerical_rank():
+    a = _low_rank(10, 8, 3)
+    assert linalg.numerical_rank(torch.linalg.svdvals(a)).item() == 3
+
+
+def test_polar_exact_and_newton_schulz_agree():
+    g = torch.Generator().manual_seed(1)
+    # a well-conditioned batch, as trained conv weights are
+    q1, _ = torch.linalg.qr(torch.randn(4, 16, 16, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(4, 36, 16, generator=g, dtype=torch.float64))
+    s = torch.linspace(1.0, 0.2, 16, dtype=torch.float64)
+    a = (q1 * s) @ q2.mT  # (4, 16, 36), singular values 1 .. 0.2
+    exact = linalg.polar(a)
+    torch.testing.assert_close(exact @ exact.mT, torch.eye(16, dtype=torch.float64).expand(4, 16, 16))
+    approx = linalg.polar_newton_schulz(a, steps=20)
+    assert (approx - exact).norm() / exact.norm() < 1e-6
+    tall = linalg.polar_newton_schulz(a.mT, steps=20)
+    torch.testing.assert_close(tall, exact.mT, atol=1e-6, rtol=0)
+
+
+def test_svd_falls_back_on_low_precision_and_rejects_nan():
+    a = torch.randn(6, 4).bfloat16()
+    dec = linalg.svd(a)
+    assert dec.S.dtype == torch.float32
+    bad = torch.full((3, 3), float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        linalg.svd(bad)

@@ -1,0 +1,84 @@
+import pytest
+import torch
+from torch import nn
+
+import lrtrain as lr
+from lrtrain import metrics, models
+from lrtrain.layers import LowRankConv2d, LowRankLinear
+
+
+def _decisions(model, **kw):
+    return {d.name: d for d in lr.plan(model, **kw)}
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled", "tucker2"])
+def test_factorize_resnet20_keeps_function_at_full_energy_and_is_never_costlier(scheme):
+    torch.manual_seed(0)
+    model = models.create("resnet20").double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ref = model(x)
+    plan = lr.plan(model, rank="energy:1.0", scheme=scheme)
+    out = lr.factorize(model, rank="energy:1.0", scheme=scheme)(x)
+    # every factorized layer is cheaper than its dense form; skipped ones say why
+    assert all(d.flops < d.dense_flops for d in plan if d.factorize)
+    assert all(d.reason for d in plan if not d.factorize)
+    # at full energy what is factorized is exact (full rank)
+    torch.testing.assert_close(out, ref, atol=1e-8, rtol=1e-8)
+
+
+def test_spatial_skips_1x1_and_user_skip_list():
+    model = models.create("resnet18")
+    d = _decisions(model, rank=4, scheme="spatial", skip=["conv1", "layer4.*"], input_size=(1, 3, 64, 64))
+    assert "1x1 conv" in d["layer2.0.downsample.0"].reason
+    assert d["conv1"].reason == "in the user's skip list"
+    assert d["layer4.1.conv2"].reason == "in the user's skip list"
+    assert d["layer3.0.conv1"].factorize
+
+
+def test_mobilenet_depthwise_convs_are_skipped_with_reason():
+    model = models.create("mobilenet_v2")
+    plan = lr.plan(model, rank="ratio:0.5", input_size=(1, 3, 64, 64))
+    depthwise = [d for d in plan if "depthwise" in d.reason]
+    assert len(depthwise) == 17
+    lr.factorize(model, rank="ratio:0.5", input_size=(1, 3, 64, 64))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_layer_costlier_when_factorized_stays_dense():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    d = _decisions(model, rank=16, input_size=(1, 3, 8, 8))
+    assert not d["0"].factorize and "not less than dense" in d["0"].reason
+    lr.factorize(model, rank=16, input_size=(1, 3, 8, 8))
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Conv2d)
+
+
+@pytest.mark.parametrize("name,size", [("resnet20", 32), ("resnet56", 32), ("vgg16", 32), ("resnet18", 64),
+                                       ("resnet50", 64), ("mobilenet_v2", 64)])
+def test_flops_budget_met_and_count_agrees_with_flop_counter(name, size):
+    model = models.create(name)
+    inp = (1, 3, size, size)
+    dense = lr.count(model, inp).flops
+    lr.factorize(model, rank=lr.FlopsBudget(0.5), input_size=inp)
+    c = lr.count(model, inp)
+    assert c.flops <= 0.5 * dense
+    assert any(isinstance(m, (LowRankConv2d, LowRankLinear)) for m in model.modules())
+    assert abs(c.flops - metrics.flop_counter_macs(model, inp)) <= 0.01 * c.flops
+
+
+def test_explicit_ranks_and_errors():
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 3, groups=16), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.zeros(1, 8, 10, 10))
+    with pytest.raises(ValueError, match=r"'1' was given a rank but cannot be factorized: depthwise"):
+        lr.factorize(model, rank={"1": 2}, input_size=(1, 8, 10, 10))
+    with pytest.raises(ValueError, match=r"0: rank 40 is out of range .*1\.\.16"):
+        lr.factorize(model, rank={"0": 40}, input_size=(1, 8, 10, 10))
+    with pytest.raises(ValueError, match="no such conv/linear layer"):
+        lr.factorize(model, rank={"nope": 2}, input_size=(1, 8, 10, 10))
+    lr.factorize(model, rank={"0": 3}, input_size=(1, 8, 10, 10))
+    assert isinstance(model[0], LowRankConv2d) and model[0].rank == 3
+    assert isinstance(model[3], nn.Linear)
+
+
+def test_wrong_input_size_is_reported():
+    with pytest.raises(ValueError, match="input_size"):
+        lr.factorize(models.create("resnet20"), rank=4, input_size=(1, 1, 32, 32))
