@@ -37,7 +37,7 @@ class Shared(nn.Module):
         return self.bn_c(self.conv_c(x))
 
 
-@pytest.mark.parametrize("name,size", [("resnet20", 32), ("resnet18", 64), ("vgg16", 32)])
+@pytest.mark.parametrize("name,size", [("resnet20", 32), ("resnet18", 32), ("vgg16", 32)])
 def test_every_conv_of_the_standard_models_is_paired_with_its_own_bn(name, size):
     model = models.create(name)
     pairs = conv_bn_pairs(model)

@@ -49,7 +49,8 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     ({"train": {"epochs": 2.5}}, "recipe: train.epochs must be an integer, got 2.5"),
     ({"train": {"epochs": True}}, "recipe: train.epochs must be an integer, got True"),
     ({"train": {"amp": "maybe"}}, "recipe: train.amp must be true/false or auto, got 'maybe'"),
-    ({"data": {"name": "mnist"}}, "recipe: data.name must be one of cifar10, cifar100, folder, sample, got 'mnist'"),
+    ({"data": {"name": "mnist"}},
+     "recipe: data.name must be one of cifar10, cifar100, folder, sample, got 'mnist'"),
     ({"data": 3}, "recipe: data must be a mapping, got 3"),
     ({"data": {"batch_size": 0}}, "recipe: data.batch_size must be >= 1, got 0"),
     ({"schedule": {"milestones": [120, 80]}}, "recipe: schedule.milestones must be increasing epoch numbers"),
@@ -76,7 +77,8 @@ def test_override_mistakes_name_the_override(assignment, message):
 def test_recipe_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  momentun: 0.9\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'optim\.momentun' \(did you mean 'optim\.momentum'\?\)"):
+    expected = r"bad\.yaml: unknown key 'optim\.momentun' \(did you mean 'optim\.momentum'\?\)"
+    with pytest.raises(ConfigError, match=expected):
         load_recipe(bad)
     bad.write_text("optim: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):

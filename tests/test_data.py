@@ -65,6 +65,11 @@ def test_corrupt_cifar_file_is_named(tmp_path):
         pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}, f)
     with pytest.raises(ValueError, match=r"data_batch_3: expected N×3072"):
         read_cifar("cifar10", folder)
+    folder = _write_fake_cifar(tmp_path / "labels")
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}, f)
+    with pytest.raises(ValueError, match=r"test_batch: labels outside 0\.\.9"):
+        read_cifar("cifar10", folder)
 
 
 @pytest.mark.skipif(not REAL_CIFAR.is_dir(), reason="real CIFAR-10 not present")
@@ -122,7 +127,8 @@ def test_device_loader_shards_are_disjoint_and_evaluation_covers_everything():
     shards = [torch.cat([y for _, y in _loader(images, rank=r, world_size=2).batches(2)]) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 8
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
-    evals = [_loader(images, rank=r, world_size=2, shuffle=False, augment=False, drop_last=False) for r in range(2)]
+    evals = [_loader(images, rank=r, world_size=2, shuffle=False, augment=False, drop_last=False)
+             for r in range(2)]
     seen = torch.cat([y for loader in evals for _, y in loader.batches()])
     assert sorted(seen.tolist()) == list(range(21))
     assert [len(loader) for loader in evals] == [3, 3]  # 11 and 10 images, the last batch kept

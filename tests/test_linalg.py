@@ -84,3 +84,15 @@ def test_svd_falls_back_on_low_precision_and_rejects_nan():
     bad = torch.full((3, 3), float("nan"))
     with pytest.raises(ValueError, match="NaN"):
         linalg.svd(bad)
+
+
+def test_newton_schulz_warmup_reaches_the_polar_factor_of_ill_conditioned_matrices():
+    g = torch.Generator().manual_seed(2)
+    q1, _ = torch.linalg.qr(torch.randn(3, 48, 48, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(3, 48, 48, generator=g, dtype=torch.float64))
+    a = (q1 * torch.logspace(0, -5, 48, dtype=torch.float64)) @ q2.mT  # σ from 1 down to 1e-5
+    exact = linalg.polar(a)
+    cubic = linalg.polar_newton_schulz(a, steps=16)
+    fast = linalg.polar_newton_schulz(a, steps=6, warmup=10)
+    assert (cubic - exact).norm() / exact.norm() > 0.05  # the cubic alone lifts σ = 1e-5 too slowly
+    assert (fast - exact).norm() / exact.norm() < 1e-9

@@ -1,5 +1,6 @@
 import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch import nn
 
 import lrtrain as lr
 from lrtrain import linalg, models
+from lrtrain.config import load_recipe
 from lrtrain.layers import LowRankConv2d
 from lrtrain.methods import create_method
 from lrtrain.methods.lrpet import LRPET, VanishedConv2d
@@ -118,7 +120,7 @@ def test_projection_commutes_with_bn_folding():
 
 def test_conv_without_bn_is_projected_without_rectification():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1))
     _randomize_bns(net)
     plain = copy.deepcopy(net[3])
     method = LRPET(net, goal=0.5, input_size=SMALL)
@@ -266,3 +268,22 @@ def test_state_dict_round_trip_resumes_the_schedule_and_ranks():
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="does not manage"):
         LRPET(_tiny_resnet(), goal=0.5, skip=["conv1"], input_size=SMALL).load_state_dict(saved["method"])
+
+
+# FLOPs reduction of the rank rule before training, as the official code prints it (or, for ResNet-18 and
+# ResNet-50, the compact FLOPs of the official README): our counting and rank rule must agree with them.
+@pytest.mark.parametrize("recipe,reduction", [
+    ("cifar10_resnet56_lrpet.yaml", 0.510), ("cifar10_resnet56_lrpet_goal080.yaml", 0.791),
+    ("cifar10_resnet110_lrpet.yaml", 0.582), ("imagenet_resnet50_lrpet.yaml", 1 - 1.90 / 4.09),
+    ("imagenet_resnet18_lrpet.yaml", 1 - 0.86 / 1.81),
+])
+def test_recipes_build_and_match_the_official_flops_reduction(recipe, reduction):
+    cfg = load_recipe(Path(__file__).parents[1] / "recipes" / recipe)
+    with torch.device("meta"):  # shapes only: nothing is computed
+        model = models.create(cfg["model"]["name"])
+    params = {k: v for k, v in cfg["method"].items() if k != "name"}
+    method = create_method(cfg["method"]["name"], model, **params)
+    assert set(method.ranks()) == set(_convs(model))
+    plan = lr.plan(model, rank=method.ranks(), input_size=method.input_size, linear=False)
+    kept = sum(d.flops for d in plan) / sum(d.dense_flops for d in plan)
+    assert 1 - kept == pytest.approx(reduction, abs=0.005)

@@ -55,7 +55,7 @@ def test_init_loads_pretrained_weights_and_swaps_at_construction(tmp_path):
     torch.save({"model": pretrained.state_dict()}, path)
     model = _net(seed=2)
     method = SVDFinetune(model, rank="energy:1.0", init=str(path), input_size=SMALL)
-    assert method.swapped and method.dense_fraction == 0.0
+    assert method.swapped and method.dense_fraction == 0.0 and not method.rebuild_optimizer
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), pretrained(x), rtol=1e-4, atol=1e-5)

@@ -9,13 +9,15 @@
 
 from . import linalg, models, schemes
 from .layers import LowRankConv2d, LowRankLinear
-from .methods.base import Method
+from .export import load, save
+from .methods import ELRT, LRPET, TRP, Dense, Method, SVDFinetune
 from .metrics import Counts, count
 from .ranks import Energy, FixedRank, FlopsBudget, Ratio, Threshold
 from .surgery import factorize, plan
 
 __all__ = [
-    "Counts", "Energy", "FixedRank", "FlopsBudget", "LowRankConv2d", "LowRankLinear", "Method", "Ratio",
-    "Threshold", "count", "factorize", "linalg", "models", "plan", "schemes",
+    "ELRT", "LRPET", "TRP", "Counts", "Dense", "Energy", "FixedRank", "FlopsBudget", "LowRankConv2d",
+    "LowRankLinear", "Method", "Ratio", "SVDFinetune",
+    "Threshold", "count", "factorize", "linalg", "load", "models", "plan", "save", "schemes",
 ]
 __version__ = "0.1.0"

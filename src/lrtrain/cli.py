@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError, load_recipe, resolve
@@ -26,22 +25,17 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def _report(summary: dict[str, Any]) -> None:
-    if not summary["finished"]:
-        return
-    run_dir = Path(summary["run_dir"])
-    print(f"results in {run_dir}/: summary.json, metrics.csv, config.yaml, compact.pt "
-          f"(final accuracy {summary['final_acc']:.2f}%)")
-
-
 def _fit(cfg: dict[str, Any], *, resume: bool, overwrite: bool, time_limit: float | None) -> int:
     from .train import Trainer, distributed
 
     try:
-        summary = Trainer(cfg).fit(resume=resume, overwrite=overwrite, time_limit=time_limit)
+        trainer = Trainer(cfg)
+        summary = trainer.fit(resume=resume, overwrite=overwrite, time_limit=time_limit)
     finally:
         distributed.shutdown()
-    _report(summary)
+    if summary["finished"] and trainer.world.is_main:
+        print(f"results in {summary['run_dir']}/: summary.json, metrics.csv, config.yaml, compact.pt "
+              f"(final accuracy {summary['final_acc']:.2f}%)")
     return 0
 
 
@@ -72,9 +66,9 @@ def demo_recipe(data_dir: str | None = None, epochs: int = 2) -> dict[str, Any]:
 
     try:
         find_cifar("cifar10", data_dir)
-        data = {"name": "cifar10", "dir": data_dir, "train_size": 5000, "test_size": 2000}
+        data = {"name": "cifar10", "dir": data_dir, "train_size": 4000, "test_size": 1000}
     except FileNotFoundError:
-        data = {"name": "sample", "train_size": 5000, "test_size": 2000}
+        data = {"name": "sample", "train_size": 4000, "test_size": 1000}
     return resolve({
         "name": "demo",
         "model": {"name": "resnet20"},
@@ -107,7 +101,8 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrtrain", description="Compact low-rank CNNs: train, compress, measure.")
+    parser = argparse.ArgumentParser(prog="lrtrain",
+                                     description="Compact low-rank CNNs: train, compress, measure.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     # Accept --debug after the subcommand too; SUPPRESS keeps the top-level value when it is absent.
     common = argparse.ArgumentParser(add_help=False)

@@ -182,7 +182,8 @@ def _merge(schema: dict, given: Any, prefix: str, source: str) -> dict[str, Any]
         if isinstance(node, dict):
             out[key] = _merge(node, given.get(key, {}), path + ".", source)
         else:
-            out[key] = _check_value(path, node, given[key], source) if key in given else copy.deepcopy(node.default)
+            out[key] = (_check_value(path, node, given[key], source) if key in given
+                        else copy.deepcopy(node.default))
     return {**out, **extra}
 
 
@@ -238,7 +239,8 @@ def apply_override(recipe: dict[str, Any], assignment: str) -> None:
                 raise _unknown(path, source)
             node = node[key]
         if isinstance(node, dict):
-            raise ConfigError(f"{source}: {path} is a section; set one of its keys, e.g. {path}.{next(iter(node))}")
+            example = f"{path}.{next(iter(node))}"
+            raise ConfigError(f"{source}: {path} is a section; set one of its keys, e.g. {example}")
         value = _check_value(path, node, value, source)
     target = recipe
     for key in keys[:-1]:

@@ -124,7 +124,10 @@ def _inside_lowrank(model: nn.Module, name: str) -> bool:
 
 
 def attach_spectra(cands: list[Candidate]) -> None:
-    """Fill each candidate's singular values, one batched SVD per group of equal-shaped matrices."""
+    """Fill each candidate's singular values, one batched SVD per group of equal-shaped matrices.
+
+    A decoupled conv gets one row of singular values per output filter (see `ranks`).
+    """
     convs = [c for c in cands if c.scheme is not None]
     mats = []
     for c in cands:

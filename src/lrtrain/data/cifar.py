@@ -34,12 +34,13 @@ class _Layout:
     test_file: str
     label_key: bytes
     title: str
+    classes: int
 
 
 LAYOUTS = {
     "cifar10": _Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                       b"labels", "CIFAR-10"),
-    "cifar100": _Layout("cifar-100-python", ("train",), "test", b"fine_labels", "CIFAR-100"),
+                       b"labels", "CIFAR-10", 10),
+    "cifar100": _Layout("cifar-100-python", ("train",), "test", b"fine_labels", "CIFAR-100", 100),
 }
 
 
@@ -73,12 +74,12 @@ def find_cifar(name: str, data_dir: str | Path | None = None) -> Path:
     )
 
 
-def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         images = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[label_key], dtype=np.int64)
+        labels = np.asarray(batch[layout.label_key], dtype=np.int64)
     except Exception as err:  # any unpickling failure means the same thing: a damaged file
         raise ValueError(f"corrupt CIFAR file {path}: {type(err).__name__}: {err}") from None
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
@@ -86,6 +87,8 @@ def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
             f"corrupt CIFAR file {path}: expected N×3072 pixels and N labels, "
             f"got {images.shape} pixels and {len(labels)} labels"
         )
+    if len(labels) and (labels.min() < 0 or labels.max() >= layout.classes):
+        raise ValueError(f"corrupt CIFAR file {path}: labels outside 0..{layout.classes - 1}")
     return images, labels
 
 
@@ -94,17 +97,11 @@ def read_cifar(name: str, folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]
     layout = LAYOUTS[name]
 
     def load(files):
-        parts = [_read_batch(folder / f, layout.label_key) for f in files]
+        parts = [_read_batch(folder / f, layout) for f in files]
         images = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
         return torch.from_numpy(images), torch.from_numpy(np.concatenate([p[1] for p in parts]))
 
-    train = load(layout.train_files)
-    test = load([layout.test_file])
-    classes = 10 if name == "cifar10" else 100
-    for (_, labels), file in ((train, layout.train_files[0]), (test, layout.test_file)):
-        if labels.min() < 0 or labels.max() >= classes:
-            raise ValueError(f"corrupt CIFAR file {folder / file}: labels outside 0..{classes - 1}")
-    return (*train, *test)
+    return (*load(layout.train_files), *load([layout.test_file]))
 
 
 def channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:

@@ -30,7 +30,8 @@ class _ShardSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator)
             order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
         else:
             order = torch.arange(self.rank, self.n, self.world_size)
@@ -55,7 +56,8 @@ class FolderLoader:
             steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
         else:
             steps = [transforms.Resize(round(image_size / 0.875)), transforms.CenterCrop(image_size)]
-        self.dataset = datasets.ImageFolder(str(root), transform=transforms.Compose([*steps, transforms.PILToTensor()]))
+        transform = transforms.Compose([*steps, transforms.PILToTensor()])
+        self.dataset = datasets.ImageFolder(str(root), transform=transform)
         self.sampler = _ShardSampler(len(self.dataset), train, seed, rank, world_size)
         self.batch_size, self.drop_last = batch_size, train and drop_last
         self.device, self.channels_last = device, channels_last

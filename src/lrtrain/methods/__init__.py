@@ -79,5 +79,10 @@ def create_method(name: str, model: nn.Module, **params: Any) -> Method:
 
 # Importing a method module registers it.
 from .dense import Dense  # noqa: E402
+from .elrt import ELRT  # noqa: E402
+from .lrpet import LRPET  # noqa: E402
+from .svd_finetune import SVDFinetune  # noqa: E402
+from .trp import TRP  # noqa: E402
 
-__all__ = ["Dense", "Method", "create_method", "list_methods", "register_method"]
+__all__ = ["Dense", "ELRT", "LRPET", "Method", "SVDFinetune", "TRP", "create_method", "list_methods",
+           "register_method"]

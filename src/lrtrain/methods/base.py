@@ -69,4 +69,6 @@ class Method:
         return {"step": self.step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict`'s output. On resume the trainer calls this *before* loading the model's
+        weights, so a method that changed layer shapes rebuilds those layers here."""
         self.step = int(state["step"])

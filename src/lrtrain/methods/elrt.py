@@ -51,22 +51,20 @@ class _Factor:
     cols: int
     transposed: bool  # stored as m × r (the last factor of a chain: U_out, or the linear's out × r)
 
-    def matrix(self, t: Tensor) -> Tensor:
-        """The r × m view of `t` (the parameter or its gradient): writes through to `t`."""
-        return t.view(self.cols, self.rows).mT if self.transposed else t.view(self.rows, self.cols)
+    def matrix(self) -> Tensor:
+        """The parameter as its r × m matrix (a copy when its memory format is channels-last)."""
+        t = self.param
+        return t.reshape(self.cols, self.rows).mT if self.transposed else t.reshape(self.rows, self.cols)
+
+    def unmatrix(self, m: Tensor) -> Tensor:
+        """An r × m matrix back in the parameter's shape (logical order: adds to a grad of any layout)."""
+        return (m.mT if self.transposed else m).reshape(self.param.shape)
 
 
 def _factors(layer: LowRank) -> list[_Factor]:
     first, last = layer.factors[0].weight, layer.factors[-1].weight
     return [_Factor(first, first.shape[0], first[0].numel(), False),
             _Factor(last, last.shape[1], last.shape[0], True)]
-
-
-def _fan_in(layer: LowRank) -> int:
-    if isinstance(layer, LowRankLinear):
-        return layer.in_features
-    g = layer.geometry
-    return g.in_channels * math.prod(g.kernel_size)
 
 
 @torch.no_grad()
@@ -79,13 +77,9 @@ def _init_orthogonal(layer: LowRank, gain: float) -> None:
     free factor: its scale is that of its orthonormal factors (the regularizer holds it there anyway).
     """
     for f in _factors(layer):
-        f.matrix(f.param).copy_(nn.init.orthogonal_(torch.empty(f.rows, f.cols, dtype=f.param.dtype,
-                                                                 device=f.param.device)))
-    if len(layer.factors) == 3:
-        core = layer.factors[1].weight
-        r_out, r_in, kh, kw = core.shape
-        n = layer.factors[2].weight.shape[0]
-        core.normal_(0.0, gain * math.sqrt(n / (r_in * r_out * kh * kw)))
+        q = nn.init.orthogonal_(torch.empty(f.rows, f.cols, dtype=f.param.dtype, device=f.param.device))
+        f.param.copy_(f.unmatrix(q))
+    _init_core(layer, gain)
 
 
 @torch.no_grad()
@@ -93,6 +87,11 @@ def _init_gaussian(layer: LowRank, gain: float) -> None:
     """The variances of `_init_orthogonal`, iid Gaussian: the same scale without orthonormality."""
     for f in _factors(layer):
         f.param.normal_(0.0, 1.0 / math.sqrt(f.cols))
+    _init_core(layer, gain)
+
+
+def _init_core(layer: LowRank, gain: float) -> None:
+    """The Tucker-2 core at σ² = gain²·n / (r_in·r_out·k²) (see `_init_orthogonal`); no-op for two factors."""
     if len(layer.factors) == 3:
         core = layer.factors[1].weight
         r_out, r_in, kh, kw = core.shape
@@ -163,9 +162,10 @@ class ELRT(Method):
             spectrum (energy, threshold) are refused.
         scheme: ``"tucker2"`` (the paper's format) or ``"channel"`` (the matrix format, for comparison).
         orth: λ of the orthogonality regularizer; 0 turns it off.
-        init: ``"orthogonal"`` (orthonormal factors, variance-preserving core: the default, it trained
-            best), ``"gaussian"`` (the same variances, not orthonormal) or ``"kaiming"`` (each factor as
-            its own Kaiming layer).
+        init: ``"orthogonal"`` (orthonormal factors, variance-preserving core; the default: at least as
+            good as the others in benchmarks/elrt_init.py, and the regularizer starts at zero),
+            ``"gaussian"`` (the same variances, not orthonormal) or ``"kaiming"`` (each factor as its own
+            Kaiming layer).
         equal_ranks: tucker2 only: a policy picks r_in = r_out (at most min(c, n)); False lets each mode
             take its own share of its dimension. Explicit per-layer ranks are used as given.
         skip: fnmatch patterns of layers kept dense; None keeps the first conv and the classifier (the
@@ -213,7 +213,7 @@ class ELRT(Method):
         if isinstance(dense, nn.Linear):
             layer: LowRank = LowRankLinear(dense.in_features, dense.out_features, rank, dense.bias is not None,
                                            device=w.device, dtype=w.dtype)
-            gain = 1.0  # a classifier: no ReLU after it
+            gain = 1.0  # no ReLU gain: a linear layer here is usually the classifier
         else:
             g = ConvGeometry.of(dense)
             layer = LowRankConv2d(g.in_channels, g.out_channels, g.kernel_size, rank, self.scheme, g.stride,
@@ -245,7 +245,7 @@ class ELRT(Method):
         """λ Σ ‖VVᵀ − I‖²_F over all factors, differentiable (for logging or for adding to a loss)."""
         terms = []
         for group in self._groups:
-            mats = torch.stack([f.matrix(f.param) for f in group])
+            mats = torch.stack([f.matrix() for f in group])
             eye = torch.eye(group[0].rows, device=mats.device, dtype=mats.dtype)
             terms.append((mats @ mats.mT - eye).square().sum())
         if not terms:
@@ -258,16 +258,15 @@ class ELRT(Method):
         if self.orth == 0.0:
             return
         for group in self._groups:
-            mats = torch.stack([f.matrix(f.param) for f in group])
+            mats = torch.stack([f.matrix() for f in group])
             gram = mats @ mats.mT
             gram.diagonal(dim1=-2, dim2=-1).sub_(1.0)
             delta = torch.bmm(gram, mats).mul_(4.0 * self.orth)
-            grads = []
             for f in group:
                 if f.param.grad is None:
                     f.param.grad = torch.zeros_like(f.param)
-                grads.append(f.matrix(f.param.grad))
-            torch._foreach_add_(grads, list(delta.unbind(0)))  # one fused launch instead of one per factor
+            # one fused launch instead of one add per factor
+            torch._foreach_add_([f.param.grad for f in group], [f.unmatrix(d) for f, d in zip(group, delta)])
 
     def ranks(self) -> dict[str, Rank]:
         return {name: layer.rank for name, layer in self.layers.items()}
@@ -285,7 +284,7 @@ class ELRT(Method):
         """Restore the step; the saved ranks must be the ones this model was built with."""
         saved = {name: tuple(r) if isinstance(r, list) else r for name, r in state["ranks"].items()}
         if saved != self.ranks():
-            diff = sorted(set(saved.items()) ^ set(self.ranks().items()))
+            diff = sorted(set(saved.items()) ^ set(self.ranks().items()), key=str)
             raise ValueError(f"ELRT: the checkpoint's ranks do not match this model's: {diff[:4]} differ; "
                              "build the method with the rank, scheme, skip and input_size of the saved run")
         super().load_state_dict(state)

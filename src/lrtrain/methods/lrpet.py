@@ -5,7 +5,8 @@ Training alternates SGD with projections: every `period` iterations each eligibl
 the weights move freely in the full space. Two refinements, both as in the official code:
 
 - **energy transfer**: the kept singular values are scaled by √a and the tail by ρ, with
-  a = (‖S‖² − ‖ρ·S_tail‖²)/‖S_kept‖², so Σσ² is unchanged by the projection;
+  a = (‖S‖² − ‖ρ·S_tail‖²)/‖S_kept‖², so Σσ² is unchanged by the projection (Σσ² of diag(α)·W when
+  rectifying: the energy the layer's output after BN carries);
 - **BN rectification**: with α = γ/√(running_var + ε) of the BatchNorm that normalizes the conv's
   output, the SVD is taken of diag(α)·W (the weight the layer effectively applies) and the result is
   mapped back with α/(α² + 1e-5), so the truncation is optimal for the function after BN.
@@ -24,7 +25,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from .. import linalg, surgery
+from .. import export, linalg, surgery
 from ..bn_pairs import conv_bn_pairs
 from ..ranks import RankPolicy, parse_policy
 from ..schemes import ConvGeometry, get_scheme
@@ -85,6 +86,16 @@ class VanishedConv2d(nn.Module):
         return f"out_channels={self.out_channels}, stride={self.stride}"
 
 
+export.register_layer_type(
+    VanishedConv2d,
+    lambda m: {"out_channels": m.out_channels, "kernel_size": list(m.kernel_size), "stride": list(m.stride),
+               "padding": list(m.padding), "dilation": list(m.dilation), "bias": m.bias is not None},
+    # the input channels of the conv it replaces do not matter: it never reads its input's values
+    lambda s: VanishedConv2d(nn.Conv2d(1, s["out_channels"], tuple(s["kernel_size"]), tuple(s["stride"]),
+                                       tuple(s["padding"]), tuple(s["dilation"]), bias=s["bias"])),
+)
+
+
 @register_method("lrpet")
 class LRPET(Method):
     """Low-rank projection with energy transfer: train from scratch, project every `period` steps.
@@ -96,7 +107,7 @@ class LRPET(Method):
         >>> for _ in range(2):
         ...     model(torch.randn(8, 3, 32, 32)).square().mean().backward()
         ...     method.before_step(); opt.step(); opt.zero_grad(); method.after_step()
-        >>> method.ranks()["layer1.0.conv1"]     # int(144 − 144·0.54) would be 66, but n = min(16, 144)
+        >>> method.ranks()["layer1.0.conv1"]     # n = min(16 out, 16·3·3) = 16: int(16 − 16·0.54)
         7
         >>> compact = method.finalize()
         >>> lr.count(compact).flops < 0.6 * lr.count(model).flops
@@ -159,7 +170,7 @@ class LRPET(Method):
             bn = model.get_submodule(bn_name)
             if conv in self._cands and bn.running_var is not None:
                 self._bns[conv] = bn
-        self._last_projection = 0  # the step of the latest projection (0: none yet)
+        self._last_projection = -1  # the step of the latest projection (-1: none yet)
 
     # ------------------------------------------------------------------------------------------- hooks
 
@@ -233,7 +244,7 @@ class LRPET(Method):
         outputs its constant, as before); a conv whose factorized form would cost at least as much as
         the dense one stays dense. The training model itself is left as it is (apart from that projection).
         """
-        if self._last_projection != self.step or not self._ranks:
+        if self._last_projection != self.step:
             self.project(energy_transfer=False)
         compact = copy.deepcopy(self.model)
         names = list(self._cands)

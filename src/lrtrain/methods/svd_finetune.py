@@ -76,6 +76,7 @@ class SVDFinetune(Method):
         self._ranks: dict[str, Any] = {}
         if self.dense_fraction == 0.0:
             self.swap()
+            self.rebuild_optimizer = False  # no optimizer exists yet: the loop builds it over the factorized model
 
     def setup(self, steps_per_epoch: int, total_steps: int) -> None:
         super().setup(steps_per_epoch, total_steps)

@@ -14,6 +14,12 @@ singular values below 0.05), through `surgery`, so no layer ends up costlier tha
 
 Every group of equal-shaped weights costs one batched SVD (`matrices.group_weights`); a step that does not
 project never reads a value back to the host: the numerical rank is a mask ``σ > tol·σ₁`` kept on device.
+
+Where this differs from the official code (yuhuixu1993/Trained-Rank-Pruning): it projects before the steps
+``i`` with ``i % period == 0`` counted from each epoch's start (so also before the very first step, on the
+random initialization); here the step count runs across epochs and the first projection follows step
+``period``. Its final decomposition builds a factorized layer even where it costs more than the dense conv
+(network decoupling at a high rank); `surgery` keeps such a layer dense.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch import Tensor, nn
 
 from .. import linalg, surgery
 from ..metrics import count
-from ..ranks import Energy, RankPolicy, Threshold, parse_policy
+from ..ranks import Energy, RankPolicy, RankRequest, Threshold, parse_policy, pooled_spectrum
 from ..schemes import SCHEMES, ConvGeometry, Scheme, get_scheme
 from . import register_method
 from .base import Method
@@ -34,10 +40,10 @@ from .matrices import WeightGroup, group_weights
 
 ELIGIBILITY = ("default", "official")
 SUBGRADIENTS = ("svd", "newton_schulz", "projection")
-# Newton–Schulz steps for the polar factor: the Frobenius scaling puts σ/‖W‖_F of a trained conv at ≥ 0.02
-# or so, which the cubic iteration lifts to within 1e-6 of 1 in about 16 steps
-# (benchmarks/trp_subgradient.py measures the error this leaves).
-NEWTON_SCHULZ_STEPS = 16
+# Newton–Schulz schedule (quintic warm-up, cubic steps) of the polar factor: exact for every σ above about
+# 1e-5·σ₁, below the `tol` under which the SVD path counts a singular value as zero (float32 round-off on
+# ResNet-56's forms at initialization, square spatial ones included: benchmarks/trp_subgradient.py).
+NEWTON_SCHULZ = {"warmup": 10, "steps": 6}
 
 
 def _masked_polar(U: Tensor, keep: Tensor, Vh: Tensor) -> Tensor:
@@ -79,6 +85,9 @@ class TRP(Method):
         scheme: ``"channel"`` (W as out × in·k²), ``"spatial"`` (in·k × out·k) or ``"decoupled"`` (one
             in × k² matrix per output filter: network decoupling).
         energy: fraction of Σσ² each projection keeps (official: 0.9).
+        rank: instead of the energy rule, a global rank policy applied at each projection, e.g.
+            ``"flops:0.45"`` (the layers TRP trains, and the rest dense, cost at most 45 % of the dense
+            FLOPs), so the training ranks aim at the compact model's budget.
         period: steps between projections (official script: 5); 0 or None never projects (nuclear-norm
             training only).
         nuclear: λ, the weight of the nuclear norm (official: 3e-4); 0 turns step A off.
@@ -89,10 +98,10 @@ class TRP(Method):
             conv, 1×1 and stride-2 convs included); ``"official"``: 3×3 convs but the first, with stride-2
             convs trained but left dense at the end under channel/spatial, as the official code does.
         skip: fnmatch patterns of layer names to leave alone (e.g. ``["conv1", "layer3.*"]``).
-        subgradient: how step A gets ``U_r V_rᵀ``: ``"svd"`` (a batched SVD every step), ``"newton_schulz"``
-            (the polar factor by matrix products only, exact for a full-rank weight; the step after a
-            projection reuses the projection's SVD) or ``"projection"`` (only on the step after a
-            projection, from its SVD: the official code).
+        subgradient: how step A gets ``U_r V_rᵀ``: ``"svd"`` (a batched SVD every step),
+            ``"newton_schulz"`` (the polar factor by matrix products only, exact for a full-rank weight) or
+            ``"projection"`` (only on the step after a projection: the official code). The step after a
+            projection always reuses the projection's SVD.
         input_size: input shape used to trace the model (eligibility, FLOPs of `finalize`).
 
     Call `before_step` on unscaled gradients (after ``GradScaler.unscale_`` under fp16 AMP). With
@@ -106,11 +115,14 @@ class TRP(Method):
 
     def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9, period: int | None = 5,
                  nuclear: float = 3e-4, final: RankPolicy | str | dict | None = None, eligible: str = "default",
-                 skip: Iterable[str] = (), subgradient: str = "svd", input_size=(1, 3, 32, 32)):
+                 skip: Iterable[str] = (), subgradient: str = "svd", input_size=(1, 3, 32, 32),
+                 rank: RankPolicy | str | None = None):
         super().__init__(model)
         self.scheme = self._matrix_scheme(scheme)
         if not 0.0 < float(energy) <= 1.0:
             raise ValueError(f"TRP: energy must be in (0, 1], got {energy!r}")
+        # A global policy (e.g. "flops:0.45") in place of the per-layer energy rule at each projection.
+        self.rank_policy = None if rank is None else parse_policy(rank)
         if period is not None and (isinstance(period, bool) or int(period) != period or period < 0):
             raise ValueError(f"TRP: period must be an integer >= 0 (0 or None: never project), got {period!r}")
         if float(nuclear) < 0:
@@ -132,7 +144,8 @@ class TRP(Method):
         self.input_size = tuple(input_size)
         self.skip = list(skip)
 
-        layers, self._final_names = self._eligible_layers(eligible)
+        layers, self._final_names, self._requests = self._eligible_layers(eligible)
+        self._fixed_cost = count(self.model, self.input_size).flops - sum(r.dense_cost for r in self._requests.values())
         self._groups: list[WeightGroup] = group_weights(layers, self.scheme)
         self._max_rank = {name: self.scheme.max_rank(ConvGeometry.of(module)) for name, module in layers}
         self._ranks = dict(self._max_rank)
@@ -149,8 +162,9 @@ class TRP(Method):
                              f"valid schemes: {valid}")
         return s
 
-    def _eligible_layers(self, preset: str) -> tuple[list[tuple[str, nn.Module]], list[str]]:
-        """(name, conv) pairs TRP trains, and the names `finalize` decomposes by default."""
+    def _eligible_layers(self, preset: str) -> tuple[list[tuple[str, nn.Module]], list[str], dict[str, RankRequest]]:
+        """(name, conv) pairs TRP trains, the names `finalize` decomposes by default, and each trained
+        layer's rank request (its costs, for a global projection policy)."""
         cands, skipped = surgery.candidates(self.model, self.scheme, self.skip, self.input_size, linear=False)
         convs = [c for c in cands if c.scheme is not None]
         if preset == "default":
@@ -167,7 +181,7 @@ class TRP(Method):
             why = "; ".join(f"{d.name}: {d.reason}" for d in skipped) or "the model has no conv layer"
             raise ValueError(f"TRP: no conv of the model is eligible under scheme {self.scheme.name!r} "
                              f"and preset {preset!r} ({why})")
-        return [(c.name, c.module) for c in train], final
+        return [(c.name, c.module) for c in train], final, {c.name: c.request for c in train}
 
     @property
     def layers(self) -> list[str]:
@@ -187,7 +201,7 @@ class TRP(Method):
 
     def _subgradient(self, mats: Tensor) -> Tensor:
         if self.subgradient == "newton_schulz":
-            return linalg.polar_newton_schulz(mats, steps=NEWTON_SCHULZ_STEPS)
+            return linalg.polar_newton_schulz(mats, **NEWTON_SCHULZ)
         U, S, Vh = _svd_no_sync(mats)
         return _masked_polar(U, S > self.tol * S[..., :1], Vh)
 
@@ -205,10 +219,15 @@ class TRP(Method):
         them in `rank_log`. The SVD also gives the next step's sub-gradient, so that step needs none.
         """
         pending = []
-        for group in self._groups:
-            mats = group.matrices()
-            U, S, Vh = linalg.svd(mats)
-            rank = linalg.energy_rank(S, self.energy)  # (layers,) or, decoupled, (layers, filters)
+        decs = [(group, group.matrices()) for group in self._groups]
+        decs = [(group, mats, linalg.svd(mats)) for group, mats in decs]
+        chosen = self._policy_projection_ranks(decs) if self.rank_policy is not None else None
+        for group, mats, (U, S, Vh) in decs:
+            if chosen is None:
+                rank = linalg.energy_rank(S, self.energy)  # (layers,) or, decoupled, (layers, filters)
+            else:  # one rank per layer, shared by a decoupled layer's filters
+                rank = torch.tensor([chosen[n] for n in group.names], device=S.device)
+                rank = rank.view(-1, *[1] * (S.dim() - 2)).expand(S.shape[:-1])
             keep = linalg.rank_mask(S, rank)
             group.write(linalg.reconstruct(U, S * keep, Vh).to(mats.dtype))
             if self.nuclear:
@@ -220,6 +239,15 @@ class TRP(Method):
                                       "max_rank": self._max_rank[name]})
         self._pending = pending if self.nuclear else None
         return {name: self._ranks[name] for name in self.layers}
+
+    def _policy_projection_ranks(self, decs) -> dict[str, int]:
+        """Ranks of the global `rank_policy` from the spectra just computed (one host sync per projection)."""
+        requests = []
+        for group, _, dec in decs:
+            for name, S in zip(group.names, dec.S.cpu()):
+                req = self._requests[name]
+                requests.append(RankRequest(name, req.max_rank, req.cost, req.dense_cost, pooled_spectrum(S)))
+        return self.rank_policy(requests, fixed_cost=self._fixed_cost)
 
     def ranks(self) -> dict[str, int]:
         """Rank of every trained layer at the last projection (its full rank before the first one)."""

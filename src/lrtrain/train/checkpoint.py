@@ -9,6 +9,7 @@ Everything stored is plain data (tensors, numbers, strings, lists, dicts): no pi
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -66,7 +67,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint with ``weights_only=True``; a damaged file raises ValueError naming it."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         raise ValueError(f"cannot read checkpoint {path}: {err}") from None
 
 

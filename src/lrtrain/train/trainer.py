@@ -152,6 +152,7 @@ class Trainer:
         self.channels_last = _auto(train_cfg["channels_last"], self.device)
         self.compile = _auto(train_cfg["compile"], self.device)
         if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # events and pinned copies then use the training device
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")
         self.run_dir = Path(config["out_dir"])
@@ -168,7 +169,8 @@ class Trainer:
         if model is None:
             from .. import models
 
-            model = models.create(config["model"]["name"], num_classes=config["model"]["num_classes"] or self.data.num_classes)
+            classes = config["model"]["num_classes"] or self.data.num_classes
+            model = models.create(config["model"]["name"], num_classes=classes)
         self.dense_counts = self._count(model)
         model.to(self.device)
         params = {k: v for k, v in config["method"].items() if k != "name"}
@@ -201,7 +203,8 @@ class Trainer:
         self.model = self.method.model.to(self.device, memory_format=self._memory_format())
         net: nn.Module = self.model
         if self.world.distributed:
-            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
         if self.compile:
             mode = self.cfg["train"]["compile_mode"]
             net = torch.compile(net, mode=None if mode == "default" else mode)
@@ -221,8 +224,8 @@ class Trainer:
                                     fused=True if self.device.type == "cuda" else None)
         if previous is not None:
             for p in params:
-                state = previous.state.get(p)
-                if state and all(not torch.is_tensor(v) or v.ndim == 0 or v.shape == p.shape for v in state.values()):
+                state = previous.state.get(p, {})
+                if state and all(v.shape == p.shape for v in state.values() if torch.is_tensor(v) and v.ndim):
                     optimizer.state[p] = state
         return optimizer
 
@@ -266,7 +269,8 @@ class Trainer:
         every = self.cfg["train"]["checkpoint_every"]
         bar = tqdm(total=self.steps_per_epoch, initial=self.batch, desc=f"epoch {epoch + 1}/{self.epochs}",
                    leave=False, dynamic_ncols=True,
-                   disable=not (self.cfg["train"]["progress"] and self.world.is_main))
+                   # None: tqdm shows the bar on a terminal only, so logs of batch jobs stay readable.
+                   disable=None if self.cfg["train"]["progress"] and self.world.is_main else True)
         start, start_batch = time.perf_counter(), self.batch
         try:
             for images, labels in self.data.train.batches(epoch, self.batch):
@@ -358,10 +362,9 @@ class Trainer:
             self._end_epoch(epoch, time.perf_counter() - started, images)
             out_of_time = time_limit is not None and time.perf_counter() - session > time_limit
             stop = (until_step is not None and self.step >= until_step) or self._agree(out_of_time)
-            if self.epoch < self.epochs:
-                self.save_checkpoint()
-                if stop:
-                    return self._stopped()
+            self.save_checkpoint()
+            if stop and self.epoch < self.epochs:
+                return self._stopped()
         return self._finish()
 
     def _agree(self, flag: bool) -> bool:
@@ -373,8 +376,8 @@ class Trainer:
     def _stopped(self) -> dict[str, Any]:
         checkpoint = list_checkpoints(self.run_dir / "checkpoints")[-1]
         if self.world.is_main:
-            print(f"stopped at step {self.step} (epoch {self.epoch + 1}, batch {self.batch}); resume with: "
-                  f"lrtrain train {self.run_dir} --resume", flush=True)
+            print(f"stopped at step {self.step}, checkpoint {checkpoint}; continue (epoch {self.epoch + 1}, "
+                  f"batch {self.batch}) with: lrtrain train {self.run_dir} --resume", flush=True)
         return {"finished": False, "step": self.step, "checkpoint": str(checkpoint)}
 
     def _elapsed(self) -> float:
@@ -443,8 +446,10 @@ class Trainer:
         changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         if changed and self.world.is_main:
             print(f"note: resuming {path} with changed settings: {', '.join(changed)}", flush=True)
+        before = [id(p) for p in self.model.parameters()]
         self.method.load_state_dict(state["method"])
-        self._wrap_model()
+        if self.method.model is not self.model or [id(p) for p in self.method.model.parameters()] != before:
+            self._wrap_model()  # the method rebuilt layers; an unchanged model keeps its compiled graph
         self.model.load_state_dict(state["model"])
         self.optimizer = self._build_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -455,7 +460,8 @@ class Trainer:
         set_rng_state(state["rng"])
         if self.world.is_main:
             self._truncate_ranks()
-            print(f"resumed from {path} (step {self.step}, epoch {self.epoch + 1}, batch {self.batch})", flush=True)
+            print(f"resumed from {path} (step {self.step}, epoch {self.epoch + 1}, batch {self.batch})",
+                  flush=True)
 
     def _write_metrics(self) -> None:
         buffer = io.StringIO()
@@ -519,7 +525,7 @@ class Trainer:
             "wall_time_s": self._elapsed(),
             "device": device_name(self.device),
             "world_size": self.world.world_size,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
         if self.world.is_main:
             self._save_compact(compact)

@@ -1,0 +1,182 @@
+"""Training throughput (images/s) of dense CIFAR ResNets with each speed option on and off, side by side.
+
+    python benchmarks/train_throughput.py [--models resnet20 resnet56] [--steps 50] [--repeats 3]
+
+For every model it builds one `Trainer` per setting: the device's defaults (on a GPU channels_last,
+bf16 autocast and torch.compile are on; on a CPU all are off), each option flipped alone, and all of
+them flipped. The settings are then timed in interleaved rounds (so slow drifts of the machine hit all
+of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated images
+held on the device exactly like CIFAR-10, and the median round is reported. Evaluation is timed at
+batch 128 and at the default large batch. Results go to benchmarks/results/train_throughput_<device>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lrtrain import models
+from lrtrain.config import resolve
+from lrtrain.data import Data, DeviceLoader, make_sample
+from lrtrain.data.cifar import channel_stats
+from lrtrain.train import Trainer
+from lrtrain.train.trainer import device_name, resolve_device
+from lrtrain.train.distributed import World
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIONS = {"channels_last": "channels_last", "amp": "bf16 autocast", "compile": "torch.compile"}
+
+
+def commit() -> str:
+    """The checked-out commit, read from .git without running git ("unknown" outside a checkout)."""
+    git = ROOT / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:12]
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()[:12]
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line[:12]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def settings(device: torch.device, options: list[str]) -> list[tuple[str, dict[str, bool]]]:
+    default = {o: device.type == "cuda" for o in OPTIONS}
+    out = [("default", default)]
+    for o in options:
+        out.append((f"{OPTIONS[o]} {'off' if default[o] else 'on'}", {**default, o: not default[o]}))
+    if len(options) > 1:
+        label = " + ".join(OPTIONS[o] for o in options) + (" off" if device.type == "cuda" else " on")
+        out.append((label, {o: (not default[o]) if o in options else default[o] for o in OPTIONS}))
+    return out
+
+
+def make_data(tensors, batch_size: int, eval_batch_size: int, channels_last: bool, device) -> Data:
+    images, labels, test_images, test_labels = tensors
+    mean, std = channel_stats(images)
+    common = dict(mean=mean, std=std, channels_last=channels_last)
+    train = DeviceLoader(images.to(device), labels, batch_size, shuffle=True, augment=True, **common)
+    test = DeviceLoader(test_images.to(device), test_labels, eval_batch_size, shuffle=False, augment=False,
+                        drop_last=False, **common)
+    return Data(train, test, 10, (1, 3, 32, 32), "generated 32×32")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(trainer: Trainer, steps: int, warmup: int) -> float:
+    batches = trainer.data.train.batches(epoch=0)
+    for _ in range(warmup):
+        trainer.train_step(*next(batches))
+    sync(trainer.device)
+    start = time.perf_counter()
+    images = 0
+    for _ in range(steps):
+        x, y = next(batches)
+        trainer.train_step(x, y)
+        images += len(y)
+    sync(trainer.device)
+    return images / (time.perf_counter() - start)
+
+
+def time_eval(trainer: Trainer, count: int) -> float:
+    trainer.evaluate()  # warm-up (cudnn autotuning of the batch shape)
+    start = time.perf_counter()
+    trainer.evaluate()
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS),
+                        help="options to flip (torch.compile on a CPU compiles for minutes)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--eval-batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, autotuning)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device, World())
+    per_round = args.batch_size * (args.warmup + args.steps)
+    test_count = max(args.eval_batch_sizes) * 4
+    tensors = make_sample(per_round, test_count, image_size=32, num_classes=10, seed=0)
+    run_dir = tempfile.mkdtemp(prefix="lrtrain-bench-")
+    train_rows, eval_rows = [], []
+    for name in args.models:
+        trainers = {}
+        for label, flags in settings(device, args.options):
+            cfg = resolve({"out_dir": run_dir, "model": {"name": name}, "data": {"batch_size": args.batch_size},
+                           "train": {"device": str(device), "progress": False, **flags}})
+            data = make_data(tensors, args.batch_size, max(args.eval_batch_sizes), flags["channels_last"], device)
+            torch.manual_seed(0)
+            trainers[label] = (flags, Trainer(cfg, model=models.create(name), data=data))
+        rates: dict[str, list[float]] = {label: [] for label in trainers}
+        for _ in range(args.repeats):
+            for label, (_, trainer) in trainers.items():
+                rates[label].append(time_steps(trainer, args.steps, args.warmup))
+        default_rate = statistics.median(rates["default"])
+        for label, (flags, _) in trainers.items():
+            rate = statistics.median(rates[label])
+            train_rows.append((name, label, flags, rate, rate / default_rate))
+            print(f"{name:9s} {label:44s} {rate:9.0f} img/s  ({rate / default_rate:.2f}x default)", flush=True)
+        default_trainer = trainers["default"][1]
+        for size in args.eval_batch_sizes:
+            default_trainer.data.test = make_data(tensors, args.batch_size, size, default_trainer.channels_last,
+                                                  device).test
+            rate = time_eval(default_trainer, test_count)
+            eval_rows.append((name, size, rate))
+            print(f"{name:9s} eval batch {size:<33d} {rate:9.0f} img/s", flush=True)
+        del trainers
+
+    write_report(args, device, train_rows, eval_rows)
+
+
+def write_report(args, device, train_rows, eval_rows) -> None:
+    dev = device_name(device)
+    slug = re.sub(r"[^a-z0-9]+", "-", (dev if device.type == "cuda" else "cpu").lower()).strip("-")
+    lines = [
+        "# Training throughput: dense CIFAR ResNets, each speed option on and off",
+        "",
+        f"- device: {dev}",
+        f"- command: `python {' '.join(sys.argv)}`",
+        f"- commit: {commit()}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- torch {torch.__version__}; batch {args.batch_size}, 32×32 images resident on the device, random "
+        f"crop + flip on the device; {args.warmup} warm-up + {args.steps} timed steps per round, "
+        f"median of {args.repeats} interleaved rounds",
+        "",
+        "| model | setting | channels_last | bf16 | compile | train img/s | vs default |",
+        "|---|---|---|---|---|---:|---:|",
+    ]
+    for name, label, flags, rate, ratio in train_rows:
+        marks = ["on" if flags[o] else "off" for o in OPTIONS]
+        lines.append(f"| {name} | {label} | {' | '.join(marks)} | {rate:.0f} | {ratio:.2f}x |")
+    lines += ["", "| model | eval batch | eval img/s |", "|---|---:|---:|"]
+    lines += [f"| {name} | {size} | {rate:.0f} |" for name, size, rate in eval_rows]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"train_throughput_{slug}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

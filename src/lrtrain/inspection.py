@@ -1,0 +1,98 @@
+"""Per-layer tables of a model and the `compress` pipeline behind ``lrtrain info`` and ``lrtrain compress``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import export, models
+from .metrics import count
+from .surgery import Decision, factorize, plan
+
+_DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+def _fmt_rank(r) -> str:
+    return "" if r is None else "x".join(map(str, r)) if isinstance(r, tuple) else str(r)
+
+
+def decision_table(decisions: list[Decision]) -> str:
+    """A fixed-width table: layer, weight shape, dense MACs, chosen rank, MACs after, and why a layer stays dense."""
+    rows = [("layer", "shape", "MACs", "rank/max", "MACs after", "note")]
+    for d in decisions:
+        rank = f"{_fmt_rank(d.rank)}/{_fmt_rank(d.max_rank)}" if d.rank is not None else ""
+        rows.append((d.name, "x".join(map(str, d.shape)), f"{d.dense_flops:,}", rank,
+                     f"{d.flops:,}", "factorized" if d.factorize else d.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) if i in (0, 1, 3) else c.rjust(w) for i, (c, w) in
+                               enumerate(zip(r[:5], widths))) + "  " + r[5] for r in rows)
+
+
+def totals_line(before: nn.Module, after: nn.Module, input_size) -> str:
+    b, a = count(before, input_size), count(after, input_size)
+    return (f"MACs {b.flops / 1e6:.2f} M -> {a.flops / 1e6:.2f} M ({b.flops / a.flops:.2f}x fewer), "
+            f"params {b.params / 1e6:.3f} M -> {a.params / 1e6:.3f} M")
+
+
+def info(model_name: str, rank="energy:0.95", scheme: str = "channel", skip=(), input_size=None,
+         num_classes: int = 10) -> str:
+    """The per-layer table of a registry model under a scheme and rank policy (random weights: spectra
+    of an untrained model only show what eligibility and costs would be)."""
+    model = models.create(model_name, num_classes=num_classes)
+    size = tuple(input_size or models.default_input_size(model_name))
+    return decision_table(plan(model, rank, scheme, skip, size))
+
+
+def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple]:
+    """A trained model from a run directory, a trainer checkpoint or a compact model file.
+
+    Returns ``(model, model name, num_classes, input size)``.
+    """
+    from .train.checkpoint import list_checkpoints, load_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path / "checkpoints")
+        if not found:
+            raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'}")
+        path = found[-1]
+    if not path.exists():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    state = load_checkpoint(path)
+    if "arch" in state:
+        arch = state["arch"]
+        return export.load(path), arch["model"], arch["num_classes"], tuple(arch.get("input_size") or
+                                                                                   models.default_input_size(arch["model"]))
+    if "config" not in state or "model" not in state:
+        raise ValueError(f"{path} is neither an lrtrain checkpoint nor a compact model")
+    cfg = state["config"]
+    name = cfg["model"]["name"]
+    classes = cfg["model"].get("num_classes") or cfg["data"].get("num_classes") or _DATASET_CLASSES.get(cfg["data"]["name"], 10)
+    model = models.create(name, num_classes=classes)
+    weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state["model"].items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path}: its weights do not fit a dense {name} ({first}); a checkpoint of a run whose "
+                         "method changed the layers (ELRT, after SVD fine-tuning) is compact already: use its "
+                         "compact.pt") from None
+    size = (1, 3, 224, 224) if cfg["data"]["name"] == "folder" else models.default_input_size(name)
+    return model.eval(), name, classes, size
+
+
+def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str = "channel", skip=()) -> dict[str, Any]:
+    """Decompose a trained model and write the compact model to `out`; returns the tables to print."""
+    import copy
+
+    model, name, classes, size = load_trained(path)
+    decisions = plan(model, rank, scheme, skip, size)
+    compact = factorize(copy.deepcopy(model), rank, scheme, skip, size)
+    export.save(compact, out, name, classes, input_size=list(size))
+    with torch.no_grad():
+        x = torch.randn(size)
+        drift = (compact(x) - model(x)).abs().max().item()
+    return {"table": decision_table(decisions), "totals": totals_line(model, compact, size), "drift": drift}

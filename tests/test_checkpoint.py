@@ -1,0 +1,130 @@
+"""Checkpoints: atomic writes, retention, weights_only loading, and bit-for-bit resume."""
+
+import csv
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from lrtrain.config import resolve
+from lrtrain.train import Trainer
+from lrtrain.train.checkpoint import (atomic_write, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
+                                      set_rng_state)
+
+
+class DropNet(nn.Sequential):
+    """BatchNorm (buffers) and Dropout (the global RNG): both must survive a resume."""
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.2),
+                         nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 4))
+
+
+def make_cfg(out_dir, **train):
+    return resolve({
+        "out_dir": str(out_dir),
+        "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8, "padding": 1,
+                 "num_classes": 4, "batch_size": 16},
+        "optim": {"lr": 0.05, "nesterov": True, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.5},
+        "train": {"epochs": 3, "progress": False, "checkpoint_every": 3, "keep_checkpoints": 10, **train},
+    })
+
+
+def run(cfg, **fit):
+    torch.manual_seed(1)
+    trainer = Trainer(cfg, model=DropNet())
+    return trainer, trainer.fit(**fit)
+
+
+def _metrics(path):
+    with open(path) as f:
+        timing = ("epoch_time_s", "img_per_s")
+        return [{k: v for k, v in row.items() if k not in timing} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("stop_at", [5, 8])  # inside the second epoch, and at its end
+def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path, stop_at):
+    whole, whole_summary = run(make_cfg(tmp_path / "whole"))
+
+    cfg = make_cfg(tmp_path / "parts")
+    _, stopped = run(cfg, until_step=stop_at)
+    assert stopped == {"finished": False, "step": stop_at,
+                       "checkpoint": str(tmp_path / "parts" / "checkpoints" / f"step_{stop_at:09d}.pt")}
+    torch.manual_seed(12345)  # whatever the RNG holds now, the checkpoint's states replace it
+    resumed = Trainer(cfg, model=DropNet())
+    summary = resumed.fit(resume=True)
+
+    expected, got = whole.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    for a, b in zip(whole.optimizer.state.values(), resumed.optimizer.state.values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert _metrics(tmp_path / "whole" / "metrics.csv") == _metrics(tmp_path / "parts" / "metrics.csv")
+    assert summary["final_acc"] == whole_summary["final_acc"] and summary["steps"] == 12
+
+
+def test_checkpoints_are_plain_data_for_weights_only_loading(tmp_path):
+    cfg = make_cfg(tmp_path, epochs=1)
+    trainer, _ = run(cfg)
+    path = list_checkpoints(tmp_path / "checkpoints")[-1]
+    state = torch.load(path, weights_only=True)
+    assert {"model", "optimizer", "method", "rng", "step", "epoch", "batch", "config", "history"} <= state.keys()
+    assert state["config"] == cfg and state["step"] == 4 and state["epoch"] == 1 and state["batch"] == 0
+    assert state["method"] == {"step": 4}
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in state["model"].items())
+
+
+def test_every_n_steps_and_every_epoch_keeping_the_last_k(tmp_path):
+    run(make_cfg(tmp_path, keep_checkpoints=3))
+    # Every 3 steps (3, 6, 9) and every epoch (4, 8, 12); the newest three remain.
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step_000000008.pt", "step_000000009.pt", "step_000000012.pt"]
+
+
+def test_a_time_limit_stops_after_an_epoch_with_a_checkpoint(tmp_path):
+    _, result = run(make_cfg(tmp_path, checkpoint_every=0), time_limit=0)
+    assert result["finished"] is False and result["step"] == 4
+    assert [load_checkpoint(p)["epoch"] for p in list_checkpoints(tmp_path / "checkpoints")] == [1]
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path, capsys):
+    _, summary = run(make_cfg(tmp_path, epochs=1), resume=True)
+    assert summary["finished"] and "starting from scratch" in capsys.readouterr().out
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "file.pt"
+    atomic_write(target, lambda f: f.write(b"old"))
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.pt"]  # no temporary file left behind
+
+
+def test_save_checkpoint_keeps_the_newest(tmp_path):
+    for step in (10, 2, 30, 4):
+        save_checkpoint(tmp_path, step, {"step": step}, keep=2)
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(tmp_path)] == [10, 30]
+
+
+def test_a_damaged_checkpoint_is_named(tmp_path):
+    path = tmp_path / "step_000000001.pt"
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=f"cannot read checkpoint {path}"):
+        load_checkpoint(path)
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    first = (torch.rand(3), random.random())
+    set_rng_state(state)
+    again = (torch.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and first[1] == again[1]

@@ -1,0 +1,99 @@
+"""Two gloo processes on the CPU: DDP training equals one process, and ranks stay identical."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from lrtrain.config import resolve
+from lrtrain.methods import Method, register_method
+from lrtrain.train import Trainer, broadcast_module_, distributed
+
+
+class PlainNet(nn.Sequential):
+    """No BatchNorm or Dropout: two ranks of 8 images then compute exactly what one process of 16 does."""
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+
+@register_method("test_rank_noise")
+class RankNoise(Method):
+    """A projection that is NOT identical across ranks (noise seeded by the rank), logged at step 3."""
+
+    def after_step(self):
+        super().after_step()
+        if self.step == 3:
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            g = torch.Generator().manual_seed(rank)
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.add_(0.01 * torch.randn(p.shape, generator=g))
+            self.rank_log.append({"step": self.step, "layer": "all", "rank": 1, "max_rank": 1})
+
+
+def make_cfg(out_dir):
+    return resolve({
+        "out_dir": str(out_dir),
+        "data": {"name": "sample", "train_size": 64, "test_size": 30, "image_size": 8, "num_classes": 4,
+                 "batch_size": 16, "eval_batch_size": 8, "augment": False},
+        "optim": {"lr": 0.05},
+        "schedule": {"name": "constant"},
+        "train": {"epochs": 2, "progress": False},
+        "method": {"name": "test_rank_noise"},
+    })
+
+
+def _worker(rank, world_size, port, tmp_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    trainer = Trainer(make_cfg(tmp_path / "ddp"), model=PlainNet())
+    summary = trainer.fit()
+    torch.save({"weights": trainer.model.state_dict(), "summary": summary,
+                "steps_per_epoch": trainer.steps_per_epoch}, tmp_path / f"rank{rank}.pt")
+    torch.manual_seed(100 + rank)
+    different = nn.Linear(3, 2)
+    broadcast_module_(different)
+    torch.save(different.state_dict(), tmp_path / f"broadcast{rank}.pt")
+    distributed.shutdown()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_two_gloo_ranks_train_like_one_process_and_stay_identical(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torch.manual_seed(0)
+    single = Trainer(make_cfg(tmp_path / "single"), model=PlainNet())
+    summary = single.fit()
+
+    assert [r["steps_per_epoch"] for r in ranks] == [4, 4]  # each rank: 32 images in batches of 8
+    # The rank-dependent "projection" was broadcast from rank 0: the ranks are identical.
+    for k, v in ranks[0]["weights"].items():
+        assert torch.equal(v, ranks[1]["weights"][k])
+    # ... and equal to one process with the full batch (rank 0's noise), up to float rounding.
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(ranks[0]["weights"][k], v, rtol=1e-4, atol=1e-5)
+    # Evaluation is sharded and summed over ranks: the same accuracy over all 30 test images.
+    assert ranks[0]["summary"]["final_acc"] == pytest.approx(summary["final_acc"])
+    assert ranks[0]["summary"]["world_size"] == 2
+    # Only rank 0 writes the run directory: one ranks.csv row, not two.
+    assert (tmp_path / "ddp" / "ranks.csv").read_text().splitlines()[1:] == ["3,all,1,1"]
+
+    broadcast = [torch.load(tmp_path / f"broadcast{r}.pt", weights_only=True) for r in range(2)]
+    torch.manual_seed(100)
+    reference = nn.Linear(3, 2).state_dict()
+    for state in broadcast:
+        assert all(torch.equal(state[k], reference[k]) for k in reference)

@@ -1,0 +1,285 @@
+"""The training loop: learning, schedules, method hooks, divergence guard, run directory, CLI."""
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lrtrain import cli
+from lrtrain.config import resolve
+from lrtrain.methods import Method, register_method
+from lrtrain.train import DivergenceError, Schedule, Trainer
+from lrtrain.train.checkpoint import list_checkpoints, load_checkpoint
+
+
+class TinyNet(nn.Sequential):
+    def __init__(self, classes: int = 4):
+        super().__init__(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes))
+
+
+def make_cfg(tmp_path, train_size=128, epochs=2, **sections):
+    recipe = {
+        "out_dir": str(tmp_path / "run"),
+        "data": {"name": "sample", "train_size": train_size, "test_size": 64, "image_size": 12, "padding": 1,
+                 "num_classes": 4, "batch_size": 32, "eval_batch_size": 64},
+        "optim": {"lr": 0.1},
+        "schedule": {"name": "constant"},
+        "train": {"epochs": epochs, "progress": False},
+    }
+    for section, values in sections.items():
+        recipe[section] = {**recipe.get(section, {}), **values} if isinstance(values, dict) else values
+    return resolve(recipe)
+
+
+def fit(cfg, model=None, **kw):
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, model=model or TinyNet())
+    return trainer, trainer.fit(**kw)
+
+
+def test_training_learns_the_generated_set_and_fills_the_run_directory(tmp_path):
+    cfg = make_cfg(tmp_path, train_size=384, epochs=4)
+    trainer, summary = fit(cfg)
+    run = tmp_path / "run"
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    assert last < first - 0.3
+    assert summary["final_acc"] > 60  # four balanced classes: chance is 25 %
+    assert summary["best_acc"] == max(float(r["test_acc"]) for r in rows)
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["dense"] == on_disk["compact"] and on_disk["dense"]["params"] == sum(
+        p.numel() for p in TinyNet().parameters())
+    assert on_disk["steps"] == 4 * 12 and on_disk["device"].startswith("cpu")
+    assert (run / "config.yaml").read_text().startswith("name: run")
+    compact = torch.load(run / "compact.pt", weights_only=True)
+    assert compact["arch"]["input_size"] == [1, 3, 12, 12] and compact["arch"]["method"] == "dense"
+    assert compact["state_dict"].keys() == trainer.model.state_dict().keys()
+
+
+def test_evaluate_uses_eval_mode_and_restores_training_mode(tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(make_cfg(tmp_path), model=TinyNet())
+    trainer.model.train()
+    first = trainer.evaluate()
+    assert trainer.model.training
+    assert trainer.evaluate() == first  # BN running statistics were not updated
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    (Schedule("step", 100, milestones=(30, 60), gamma=0.1), {0: 1.0, 29: 1.0, 30: 0.1, 60: 0.01, 99: 0.01}),
+    (Schedule("cosine", 101), {0: 1.0, 50: 0.5, 100: 0.0}),
+    (Schedule("cosine", 101, min_factor=0.1), {100: 0.1}),
+    (Schedule("constant", 10, warmup_steps=4), {0: 0.25, 3: 1.0, 9: 1.0}),
+    (Schedule("step", 100, milestones=(50,), warmup_steps=10), {0: 0.1, 4: 0.5, 10: 1.0, 50: 0.1}),
+])
+def test_schedules(schedule, expected):
+    assert {s: schedule(s) for s in expected} == pytest.approx(expected)
+
+
+def test_the_trainer_sets_the_scheduled_rate_at_every_step(tmp_path):
+    cfg = make_cfg(tmp_path, epochs=3, schedule={"name": "step", "milestones": [1, 2], "gamma": 0.5,
+                                                   "warmup_epochs": 0.5})
+    _, _ = fit(cfg)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert lrs == pytest.approx([0.1, 0.05, 0.025])  # the rate of each epoch's last step
+
+
+def test_weight_decay_can_spare_norm_and_bias_parameters(tmp_path):
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path, optim={"no_decay_norm_bias": True, "weight_decay": 5e-4})
+    trainer = Trainer(cfg, model=TinyNet())
+    decayed, spared = trainer.optimizer.param_groups
+    assert decayed["weight_decay"] == 5e-4 and spared["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in spared["params"])
+    assert len(decayed["params"]) + len(spared["params"]) == len(list(trainer.model.parameters()))
+
+
+@register_method("test_recording")
+class Recording(Method):
+    """Logs ranks every `period` steps, asks for an optimizer rebuild, and finalizes to a smaller classifier."""
+
+    def __init__(self, model, period: int = 3, rebuild_at: int = -1):
+        super().__init__(model)
+        self.period, self.rebuild_at, self.calls = period, rebuild_at, []
+
+    def setup(self, steps_per_epoch, total_steps):
+        super().setup(steps_per_epoch, total_steps)
+        self.calls.append(("setup", steps_per_epoch, total_steps))
+
+    def before_step(self):
+        self.calls.append(("before", all(p.grad is not None for p in self.model.parameters())))
+
+    def after_step(self):
+        super().after_step()
+        self.calls.append(("after", self.step))
+        if self.step % self.period == 0:
+            self.rank_log.append({"step": self.step, "layer": "8", "rank": 2, "max_rank": 4})
+        self.rebuild_optimizer = self.step == self.rebuild_at
+
+    def finalize(self):
+        fc = self.model[-1]
+        u, s, vh = torch.linalg.svd(fc.weight.detach(), full_matrices=False)
+        first, second = nn.Linear(32, 2, bias=False), nn.Linear(2, 4)
+        with torch.no_grad():
+            first.weight.copy_(vh[:2] * s[:2, None])
+            second.weight.copy_(u[:, :2])
+            second.bias.copy_(fc.bias)
+        self.model[-1] = nn.Sequential(first, second)
+        return self.model
+
+    def ranks(self):
+        return {"8": 2}
+
+
+def test_method_hooks_run_in_protocol_order_and_rank_rows_reach_ranks_csv(tmp_path):
+    cfg = make_cfg(tmp_path, method={"name": "test_recording", "period": 3})
+    trainer, summary = fit(cfg)
+    calls = trainer.method.calls
+    assert calls[0] == ("setup", 4, 8)
+    assert calls[1:] == [c for step in range(1, 9) for c in (("before", True), ("after", step))]
+    with open(tmp_path / "run" / "ranks.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [3, 6]
+    assert trainer.method.rank_log == []
+    assert summary["compact"]["flops"] < summary["dense"]["flops"]
+    assert summary["compact"]["flops"] == summary["dense"]["flops"] - 32 * 4 + (32 * 2 + 2 * 4)
+    assert summary["ranks"] == {"8": 2}
+    module = torch.load(tmp_path / "run" / "compact_module.pt", weights_only=False)
+    assert isinstance(module[-1], nn.Sequential)
+    assert trainer.evaluate(module)["test_acc"] == pytest.approx(summary["final_acc"])
+
+
+def test_an_optimizer_rebuild_keeps_the_momentum_of_surviving_parameters(tmp_path):
+    _, plain = fit(make_cfg(tmp_path / "a", method={"name": "test_recording"}))
+    rebuilt_trainer, rebuilt = fit(make_cfg(tmp_path / "b", method={"name": "test_recording", "rebuild_at": 3}))
+    assert rebuilt_trainer.method.rebuild_optimizer is False
+    a = torch.load(tmp_path / "a" / "run" / "compact.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "run" / "compact.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@register_method("test_swap")
+class Swap(Method):
+    """Replaces its model by a copy at step 2: the trainer must train the new one."""
+
+    def after_step(self):
+        super().after_step()
+        if self.step == 2:
+            self.model = copy.deepcopy(self.model)
+            self.swapped = copy.deepcopy(self.model.state_dict())
+
+
+def test_the_trainer_follows_a_method_that_replaces_its_model(tmp_path):
+    trainer, _ = fit(make_cfg(tmp_path, method={"name": "test_swap"}))
+    assert trainer.model is trainer.method.model
+    assert trainer.optimizer.param_groups[0]["params"][0] is next(trainer.method.model.parameters())
+    changed = trainer.method.model.state_dict()
+    assert not torch.equal(changed["0.weight"], trainer.method.swapped["0.weight"])
+
+
+@register_method("test_nan")
+class PoisonAt(Method):
+    """Writes NaN into the first weight after step `at`."""
+
+    def __init__(self, model, at: int):
+        super().__init__(model)
+        self.at = at
+
+    def after_step(self):
+        super().after_step()
+        if self.step == self.at:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+
+
+@pytest.mark.parametrize("every, at, kept, rows", [(2, 3, [2], 0), (0, 5, [4], 1), (0, 4, [], 1)])
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, every, at, kept, rows):
+    cfg = make_cfg(tmp_path, epochs=3, method={"name": "test_nan", "at": at}, train={"checkpoint_every": every})
+    with pytest.raises(DivergenceError) as err:
+        fit(cfg)
+    message = str(err.value)
+    assert "NaN/Inf" in message and "Lower optim.lr" in message
+    checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [load_checkpoint(p)["step"] for p in checkpoints] == kept
+    if kept:
+        assert str(checkpoints[-1]) in message
+        assert all(torch.isfinite(t).all() for t in load_checkpoint(checkpoints[-1])["model"].values())
+    else:
+        assert "no checkpoint was saved" in message
+    metrics = tmp_path / "run" / "metrics.csv"
+    assert (len(metrics.read_text().splitlines()) - 1 if metrics.exists() else 0) == rows
+
+
+def test_a_run_directory_is_not_overwritten_by_accident(tmp_path):
+    cfg = make_cfg(tmp_path, epochs=1)
+    fit(cfg)
+    with pytest.raises(ValueError, match="already holds a run .* --resume .* --overwrite"):
+        fit(cfg)
+    _, summary = fit(cfg, overwrite=True)
+    assert summary["finished"] and len(list_checkpoints(tmp_path / "run" / "checkpoints")) == 1
+
+
+def _recipe(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+TINY_RESNET = """
+model: {name: resnet20}
+data: {name: sample, train_size: 64, test_size: 32, image_size: 8, num_classes: 4, batch_size: 32}
+train: {epochs: 1, progress: false}
+"""
+
+
+def test_cli_trains_a_registered_model_end_to_end(tmp_path, capsys):
+    recipe = _recipe(tmp_path, TINY_RESNET)
+    out = tmp_path / "out"
+    assert cli.main(["train", recipe, "--out-dir", str(out), "--set", "optim.lr=0.05"]) == 0
+    assert f"results in {out}/" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "resnet20" and summary["dense"]["params"] == 269722 - 6 * 65
+    assert cli.main(["train", recipe, "--out-dir", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli.main(["train", str(out), "--resume"]) == 0  # a run directory is a recipe; nothing left to train
+    assert "resumed from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "optim.lrr=1"],
+     "lrtrain: error: --set optim.lrr=1: unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    (["--set", "data.name=cifar10", "--data-dir", "/nowhere"], "lrtrain: error: CIFAR-10 not found: looked for"),
+    (["--set", "method.name=trpp"], "lrtrain: error: unknown method 'trpp'"),
+    (["--set", "method.period=3"], "lrtrain: error: method 'dense' takes no parameter 'period'"),
+    (["--set", "model.name=resnet21"], "lrtrain: error: unknown model 'resnet21'"),
+])
+def test_cli_reports_user_errors_in_one_line(tmp_path, capsys, args, message):
+    recipe = _recipe(tmp_path, TINY_RESNET)
+    assert cli.main(["train", recipe, "--out-dir", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    recipe = _recipe(tmp_path, TINY_RESNET)
+    with pytest.raises(ValueError, match="unknown method"):
+        cli.main(["train", recipe, "--set", "method.name=nope", "--debug"])
+
+
+def test_the_demo_uses_cifar10_when_present_else_the_generated_set(tmp_path):
+    assert cli.demo_recipe(str(tmp_path))["data"]["name"] == "sample"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).touch()
+    demo = cli.demo_recipe(str(tmp_path))
+    assert demo["data"]["name"] == "cifar10" and demo["data"]["dir"] == str(tmp_path)
+    assert demo["method"] == cli.DEMO_METHOD and demo["model"]["name"] == "resnet20"

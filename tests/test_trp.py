@@ -1,0 +1,362 @@
+import csv
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import lrtrain as lr
+from lrtrain import linalg, models
+from lrtrain.config import load_recipe
+from lrtrain.layers import LowRankConv2d
+from lrtrain.methods import create_method
+from lrtrain.methods.trp import TRP
+from lrtrain.schemes import get_scheme
+from lrtrain.train.trainer import Trainer
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SIZE = (1, 3, 8, 8)
+
+
+def _net(width=8, seed=0, dtype=torch.float32):
+    """Convs named "0", "3", "6" (3×3), "9" (3×3, stride 2), "12" (1×1); the classifier is "16"."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.Conv2d(2 * width, 2 * width, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 4),
+    ).to(dtype)
+
+
+def _data(n=256, seed=0):
+    """Four classes, each a fixed random 3×8×8 pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(4, 3, 8, 8, generator=g)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return protos[y] + 0.5 * torch.randn(n, 3, 8, 8, generator=g), y
+
+
+def _train(method, opt, x, y, steps, batch=32, start=0):
+    losses = []
+    for i in range(start, start + steps):
+        j = (i * batch) % len(x)
+        loss = nn.functional.cross_entropy(method.model(x[j:j + batch]), y[j:j + batch])
+        loss.backward()
+        method.before_step()
+        opt.step()
+        opt.zero_grad()
+        method.after_step()
+        losses.append(loss.item())
+    return losses
+
+
+def _matrix(method, name):
+    return method.scheme.to_matrix(method.model.get_submodule(name).weight.detach())
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled"])
+@pytest.mark.parametrize("subgradient", ["svd", "newton_schulz"])
+def test_subgradient_is_autograd_gradient_of_nuclear_norm(scheme, subgradient):
+    model = _net(dtype=torch.float64)
+    lam = 0.01
+    method = TRP(model, scheme=scheme, nuclear=lam, period=0, subgradient=subgradient, input_size=SIZE)
+    convs = [model.get_submodule(n) for n in method.layers]
+    reg = lam * sum(torch.linalg.matrix_norm(method.scheme.to_matrix(c.weight), "nuc").sum() for c in convs)
+    expected = torch.autograd.grad(reg, [c.weight for c in convs])
+    method.before_step()  # no loss gradient yet: the grads are the sub-gradient alone
+    tol = 1e-10 if subgradient == "svd" else 1e-8  # Newton–Schulz stops after a fixed number of steps
+    for c, e in zip(convs, expected):
+        mat = method.scheme.to_matrix(c.weight.detach())
+        assert torch.linalg.matrix_rank(mat).min() == min(mat.shape[-2:])  # full rank: the gradient is unique
+        torch.testing.assert_close(c.weight.grad, e, atol=tol * lam, rtol=0)
+    assert model[-1].weight.grad is None  # the classifier is not regularized
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled"])
+def test_projection_keeps_energy_rank_and_is_idempotent_at_its_ranks(scheme):
+    method = TRP(_net(dtype=torch.float64), scheme=scheme, energy=0.8, input_size=SIZE)
+    before = {n: torch.linalg.svdvals(_matrix(method, n)) for n in method.layers}
+    ranks = method.project()
+    for name in method.layers:
+        expected = linalg.energy_rank(before[name], 0.8)  # one rank per filter for the decoupled scheme
+        mat = _matrix(method, name)
+        assert torch.equal(torch.linalg.matrix_rank(mat, rtol=1e-9), expected)
+        assert ranks[name] == int(expected.max()) <= method._max_rank[name]
+        torch.testing.assert_close(linalg.project(mat, expected), mat, atol=1e-12, rtol=0)
+    assert method.ranks() == ranks and sum(ranks.values()) < sum(method._max_rank.values())
+    assert [r["layer"] for r in method.rank_log] == method.layers
+    assert all(r["step"] == 0 and r["rank"] == ranks[r["layer"]] for r in method.rank_log)
+
+    # Re-applying the energy rule measures the energy of the truncated weight, so it may cut further
+    # (σ = 3, 1, 0.2 at e = 0.9 keeps 2, then 1): it never raises a rank, and a weight whose rank it
+    # keeps is left as it was.
+    first = {n: _matrix(method, n).clone() for n in method.layers}
+    again = method.project()
+    for name in method.layers:
+        assert again[name] <= ranks[name]
+        r2 = linalg.energy_rank(torch.linalg.svdvals(first[name]), 0.8)
+        torch.testing.assert_close(_matrix(method, name), linalg.project(first[name], r2), atol=1e-12, rtol=0)
+
+
+def test_energy_rule_is_not_idempotent_on_a_projected_spectrum():
+    S = torch.tensor([3.0, 1.0, 0.2], dtype=torch.float64)
+    r = int(linalg.energy_rank(S, 0.9))
+    assert r == 2 and int(linalg.energy_rank(S[:r], 0.9)) == 1
+
+
+def test_projection_step_is_every_period_and_sub_gradient_follows_it():
+    model = _net()
+    method = TRP(model, period=3, nuclear=0.5, subgradient="projection", input_size=SIZE)
+    conv = model[3]
+    for step in range(1, 7):
+        conv.weight.grad = torch.zeros_like(conv.weight)
+        method.before_step()
+        if step in (1, 2, 3, 5, 6):  # no projection before these steps: no sub-gradient
+            assert conv.weight.grad.abs().max() == 0
+        else:  # step 4 follows the projection at step 3: λ·U_r V_rᵀ of the projected weight
+            U, S, Vh = torch.linalg.svd(_matrix(method, "3").double(), full_matrices=False)
+            keep = S > 1e-4 * S[0]
+            assert keep.sum() == method.ranks()["3"] < 8
+            expected = 0.5 * (U[:, keep] @ Vh[keep]).reshape(conv.weight.shape)
+            torch.testing.assert_close(conv.weight.grad.double(), expected, atol=1e-5, rtol=0)
+        method.after_step()
+    assert sorted({r["step"] for r in method.rank_log}) == [3, 6]
+
+
+def test_official_decoupling_paths_match_the_decoupled_layer():
+    """The official network decoupling: r paths, each a 1×1 conv c→n then a depthwise k×k conv, summed."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, stride=2, padding=1, bias=False).double()
+    w = conv.weight.detach()
+    x = torch.randn(2, 6, 9, 9, dtype=torch.float64)
+    for r in (2, 6):  # truncated, and full rank min(c, k²) = 6 where it is exact
+        U, S, Vh = torch.linalg.svd(w.reshape(5, 6, 9), full_matrices=False)
+        root = S[:, :r].sqrt()
+        out = 0
+        for j in range(r):
+            pw = (U[:, :, j] * root[:, j:j + 1]).reshape(5, 6, 1, 1)
+            dw = (root[:, j:j + 1] * Vh[:, j]).reshape(5, 1, 3, 3)
+            out = out + nn.functional.conv2d(nn.functional.conv2d(x, pw), dw, None, 2, 1, 1, 5)
+        low = LowRankConv2d.from_dense(conv, r, "decoupled")
+        torch.testing.assert_close(low(x), out)
+        if r == 6:
+            torch.testing.assert_close(low(x), conv(x))
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled"])
+def test_short_training_lowers_loss_and_ranks(scheme):
+    x, y = _data()
+    totals = {}
+    for nuclear in (0.0, 1e-2):
+        model = _net(width=16)
+        method = create_method("trp", model, scheme=scheme, energy=0.9, period=5, nuclear=nuclear, input_size=SIZE)
+        method.setup(steps_per_epoch=8, total_steps=30)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        losses = _train(method, opt, x, y, 30)
+        assert sum(losses[-8:]) < 0.2 * sum(losses[:8])
+        steps = sorted({r["step"] for r in method.rank_log})
+        assert steps == list(range(5, 31, 5))
+        totals[nuclear] = {s: sum(r["rank"] for r in method.rank_log if r["step"] == s) for s in steps}
+        assert totals[nuclear][30] < totals[nuclear][5] < sum(method._max_rank.values())
+    assert totals[1e-2][30] < totals[0.0][30]  # the nuclear term conditions the weights to lower ranks
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled"])
+def test_finalize_at_last_projection_ranks_is_exact_and_saves_flops(scheme):
+    x, y = _data(64)
+    model = _net(width=16)
+    method = TRP(model, scheme=scheme, energy=0.6, period=4, input_size=SIZE)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(method, opt, x, y, 8)  # ends on a projection
+    model.eval()
+    compact = method.finalize(method.ranks())
+    assert compact is not model and not any(isinstance(m, LowRankConv2d) for m in model.modules())
+    torch.testing.assert_close(compact(x), model(x), atol=1e-4, rtol=0)
+    decisions = {d.name: d for d in lr.plan(model, method.ranks(), scheme, input_size=SIZE, linear=False)}
+    dense, small = lr.count(model, SIZE), lr.count(compact, SIZE)
+    saved = sum(d.dense_flops - d.flops for d in decisions.values())
+    assert saved > 0 and small.flops == dense.flops - saved
+    for name, d in decisions.items():
+        low = compact.get_submodule(name)
+        assert isinstance(low, LowRankConv2d) == d.factorize
+        if d.factorize:
+            assert low.rank == method.ranks()[name] and d.flops < d.dense_flops
+
+
+def test_finalize_default_policies_follow_the_official_rules():
+    torch.manual_seed(1)
+    model = _net(width=32)
+    with torch.no_grad():  # filters of decreasing norm, whose spectra decay at different rates
+        for name in ("3", "6"):
+            conv = model.get_submodule(name)
+            decay = torch.linspace(0.3, 0.8, 32).view(32, 1) ** torch.arange(9.0)
+            U = torch.linalg.qr(torch.randn(32, 32, 9)).Q
+            V = torch.linalg.qr(torch.randn(32, 9, 9)).Q
+            norms = torch.logspace(0, -2, 32).view(32, 1, 1)
+            conv.weight.copy_((norms * (U * decay.unsqueeze(1)) @ V.mT).reshape(32, 32, 3, 3))
+    channel = TRP(model, input_size=SIZE).finalize()
+    for name in ("3", "6"):
+        S = torch.linalg.svdvals(get_scheme("channel").to_matrix(model.get_submodule(name).weight.detach()))
+        assert channel.get_submodule(name).rank == int((S >= 0.05).sum()) < 32
+    decoupled = TRP(model, scheme="decoupled", input_size=SIZE).finalize()
+    for name in ("3", "6"):
+        S = torch.linalg.svdvals(model.get_submodule(name).weight.detach().reshape(32, 32, 9))
+        per_filter = linalg.energy_rank(S, 0.85)
+        assert per_filter.min() < per_filter.max()  # the layer takes what its most demanding filter needs
+        assert decoupled.get_submodule(name).rank == int(per_filter.max())
+
+
+def test_finalize_with_flops_budget_meets_it():
+    model = models.create("resnet20")
+    method = TRP(model, final="flops:0.5", input_size=SIZE)
+    dense = lr.count(model, SIZE).flops
+    assert lr.count(method.finalize(), SIZE).flops <= 0.5 * dense
+    assert lr.count(method.finalize("energy:0.5"), SIZE).flops < dense
+
+
+def test_eligibility_presets_and_skip():
+    model = models.create("resnet20")
+    default = TRP(model, input_size=SIZE)
+    assert "conv1" in default.layers and "layer2.0.conv1" in default.layers and len(default.layers) == 19
+    official = TRP(model, eligible="official")
+    assert "conv1" not in official.layers and "layer2.0.conv1" in official.layers
+    compact = official.finalize("energy:0.5")
+    assert isinstance(compact.layer2[0].conv1, nn.Conv2d)  # stride 2: trained, but left dense at the end
+    assert isinstance(compact.layer2[0].conv2, LowRankConv2d)
+    assert isinstance(official.finalize("energy:0.5").conv1, nn.Conv2d)
+    # network decoupling decomposes them (its 1×1 factor runs before the stride: rank 1 is cheaper than dense)
+    decoupled = TRP(model, scheme="decoupled", eligible="official").finalize("fixed:1")
+    assert isinstance(decoupled.layer2[0].conv1, LowRankConv2d) and isinstance(decoupled.conv1, nn.Conv2d)
+    skipped = TRP(model, skip=["layer3.*", "conv1"])
+    assert not any(n.startswith("layer3") or n == "conv1" for n in skipped.layers) and len(skipped.layers) == 12
+    net = _net()  # a 1×1 conv is eligible under channel by default, not in the official preset
+    assert "12" in TRP(net, input_size=SIZE).layers
+    assert "12" not in TRP(net, eligible="official", input_size=SIZE).layers
+    assert "12" not in TRP(net, scheme="spatial", input_size=SIZE).layers
+
+
+def test_bad_arguments_name_the_problem():
+    net = _net()
+    with pytest.raises(ValueError, match="tucker2.*valid schemes: channel, spatial, decoupled"):
+        TRP(net, scheme="tucker2", input_size=SIZE)
+    with pytest.raises(ValueError, match="'offical'.*default, official"):
+        TRP(net, eligible="offical", input_size=SIZE)
+    with pytest.raises(ValueError, match="'qr'.*svd, newton_schulz, projection"):
+        TRP(net, subgradient="qr", input_size=SIZE)
+    with pytest.raises(ValueError, match="period=0 never projects"):
+        TRP(net, period=0, subgradient="projection", input_size=SIZE)
+    with pytest.raises(ValueError, match="energy must be in"):
+        TRP(net, energy=1.5, input_size=SIZE)
+    with pytest.raises(ValueError, match="no conv of the model is eligible"):
+        TRP(net, skip=["*"], input_size=SIZE)
+    with pytest.raises(ValueError, match=r"\['12'\] are not among"):
+        TRP(net, eligible="official", input_size=SIZE).finalize({"12": 2})
+
+
+@pytest.mark.parametrize("subgradient", ["svd", "newton_schulz", "projection"])
+def test_steps_without_projection_never_read_values_back(subgradient, monkeypatch):
+    x, y = _data(64)
+    model = _net()
+    method = TRP(model, period=4, subgradient=subgradient, input_size=SIZE)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    _train(method, opt, x, y, 4)  # the 4th step projects: the next one uses its pending sub-gradient
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync in a step that does not project")
+
+    for attr in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, attr, sync)
+    for i in range(3):  # steps 5, 6, 7
+        nn.functional.cross_entropy(model(x[:16]), y[:16]).backward()
+        method.before_step()
+        opt.step()
+        opt.zero_grad()
+        method.after_step()
+    monkeypatch.undo()
+    assert method.step == 7
+
+
+def test_state_dict_round_trip_resumes_identically():
+    x, y = _data(128)
+
+    def fresh():
+        model = _net()
+        return model, TRP(model, period=3, nuclear=1e-2, input_size=SIZE)
+
+    model, method = fresh()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(method, opt, x, y, 6)  # step 6 projects: a sub-gradient is pending for step 7
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "method": method.state_dict()}, buf)
+    rows = len(method.rank_log)
+    _train(method, opt, x, y, 5, start=6)
+
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model2, method2 = fresh()
+    model2.load_state_dict(ckpt["model"])
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
+    opt2.load_state_dict(ckpt["opt"])
+    method2.load_state_dict(ckpt["method"])
+    assert method2.step == 6 and method2.ranks() == {r["layer"]: r["rank"] for r in method.rank_log[rows - 5:rows]}
+    _train(method2, opt2, x, y, 5, start=6)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert method2.rank_log == method.rank_log[rows:]
+
+
+TRP_RECIPES = {  # recipe: (model, scheme, period, final policy)
+    "cifar10_resnet20_trp_channel.yaml": ("resnet20", "channel", 5, "Threshold(0.05)"),
+    "cifar10_resnet20_trp_spatial.yaml": ("resnet20", "spatial", 5, "Threshold(0.05)"),
+    "cifar10_resnet20_trp_decoupled.yaml": ("resnet20", "decoupled", 5, "Energy(0.85)"),
+    "cifar10_resnet32_trp_channel.yaml": ("resnet32", "channel", 5, "Threshold(0.05)"),
+    "cifar10_resnet32_trp_spatial.yaml": ("resnet32", "spatial", 5, "Threshold(0.05)"),
+    "cifar10_resnet56_trp_channel.yaml": ("resnet56", "channel", 5, "Threshold(0.05)"),
+    "cifar10_resnet20_nuclear_only.yaml": ("resnet20", "channel", 0, "Energy(0.85)"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(TRP_RECIPES))
+def test_recipes_follow_the_official_protocol(recipe):
+    model_name, scheme, period, final = TRP_RECIPES[recipe]
+    cfg = load_recipe(RECIPES / recipe)
+    assert cfg["model"]["name"] == model_name and cfg["train"]["epochs"] == 164
+    assert cfg["schedule"]["milestones"] == [81, 122] and cfg["optim"]["weight_decay"] == 1e-4
+    assert cfg["data"]["batch_size"] == 128 and cfg["optim"]["lr"] == 0.1
+    with torch.device("meta"):  # shapes only
+        model = models.create(model_name)
+    method = create_method("trp", model, **{k: v for k, v in cfg["method"].items() if k != "name"})
+    assert (method.scheme.name, method.period, method.nuclear, method.energy) == (scheme, period, 3e-4, 0.9)
+    assert repr(method.final) == final
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert sorted(method.layers) == sorted(convs[1:])  # every 3×3 conv but the stem (no 1×1 convs here)
+
+
+def test_trainer_runs_a_trp_recipe_and_writes_ranks(tmp_path):
+    cfg = load_recipe(RECIPES / "cifar10_resnet20_trp_channel.yaml", [
+        "data.name=sample", "data.train_size=64", "data.test_size=32", "data.image_size=8", "data.batch_size=16",
+        "train.epochs=2", "train.progress=false", "train.device=cpu", f"out_dir={tmp_path}",
+        "method.final=energy:0.5"])  # 8 steps leave σ ≥ 0.05 everywhere: the official threshold keeps all
+    summary = Trainer(cfg).fit()
+    with open(tmp_path / "ranks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["step"] for r in rows} == {"5"} and len(rows) == 18  # 8 steps, one projection
+    assert all(int(r["rank"]) < int(r["max_rank"]) for r in rows)
+    assert summary["speedup"] > 1 and summary["ranks"] == {r["layer"]: int(r["rank"]) for r in rows}
+
+
+def test_global_rank_policy_projects_to_the_flops_budget():
+    model = lr.models.create("resnet20")
+    dense = lr.count(model).flops
+    method = TRP(model, scheme="channel", period=1, nuclear=0.0, rank="flops:0.45", final="flops:0.45")
+    method.project()
+    compact = method.finalize(method.ranks())
+    assert lr.count(compact).flops <= 0.45 * dense
+    # the projected weights already have those ranks: decomposing at them changes nothing
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), compact.eval()
+    torch.testing.assert_close(compact(x), model(x), atol=1e-4, rtol=1e-4)
