@@ -9,10 +9,8 @@ reader needs to trust a figure: device, command, commit and date.
 from __future__ import annotations
 
 import csv
-import datetime as dt
+import itertools
 import json
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from typing import Any
 from . import export, models
 from .config import resolve
 from .metrics import latency
+from .provenance import commit, cpu_name, today
 
 ROW_FIELDS = ["run", "method", "model", "top1_final", "top1_best", "top1_before_finalize", "dense_mflops",
               "compact_mflops", "flops_speedup", "dense_params_m", "compact_params_m", "cpu_speedup_b32",
@@ -36,28 +35,6 @@ class RunSpec:
     name: str
     label: str  # how the table and the plot call it
     recipe: dict[str, Any]
-
-
-def commit() -> str:
-    """The current git commit (with ``+dirty`` when the tree has uncommitted changes), or ``unknown``."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None) -> list[str]:
@@ -113,7 +90,7 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2) ->
             "dense_params_m": dense["params"] / 1e6, "compact_params_m": compact["params"] / 1e6,
             "cpu_speedup_b32": _compact_speedup(root / spec.name, model, s.get("num_classes", 10), 32, threads),
             "epochs": s["epochs"], "wall_s": s["wall_time_s"], "device": s["device"],
-            "command": command, "commit": s.get("commit") or commit(), "date": s.get("date") or str(dt.date.today()),
+            "command": command, "commit": s.get("commit") or commit(), "date": s.get("date") or today(),
         })
     return rows
 
@@ -145,16 +122,19 @@ def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: str =
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str = "dense",
+def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | None = "dense",
          paper_points: list[dict[str, Any]] | None = None) -> None:
-    """Top-1 against FLOPs speedup, one marker per method; the dense run as a horizontal line."""
+    """Top-1 against FLOPs speedup, one marker per method; the dense run as a horizontal line.
+
+    With ``dense_label=None`` every row is a marker (a dense run sits at speedup 1).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = iter("osD^v<>pPX*h")
+    markers = itertools.cycle("osD^v<>pPX*h")  # colours still tell apart rows beyond twelve
     for r in rows:
         if r["method"] == dense_label:
             ax.axhline(r["top1_final"], color="grey", linestyle="--", label=f"{dense_label} ({r['top1_final']:.2f}%)")

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 from .config import ConfigError, load_recipe, resolve
 
-# The demo's method: the one line to change to show a low-rank method (e.g. {"name": "lrpet", ...}).
-DEMO_METHOD: dict[str, Any] = {"name": "dense"}
+# The demo's method: LRPET keeping half of each layer's rank, so the demo ends with a compact model.
+DEMO_METHOD: dict[str, Any] = {"name": "lrpet", "goal": 0.5}
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,50 @@ def _run_demo(args: argparse.Namespace) -> int:
     return _fit(cfg, resume=False, overwrite=True, time_limit=None)
 
 
+def _policy_arguments(p: argparse.ArgumentParser, default_rank: str) -> None:
+    p.add_argument("--rank", default=default_rank,
+                   help="rank policy: energy:E, threshold:V, ratio:R, fixed:K or flops:F (default %(default)s)")
+    p.add_argument("--scheme", default="channel", help="channel, spatial, decoupled or tucker2 (default %(default)s)")
+    p.add_argument("--skip", nargs="*", default=[], metavar="PATTERN", help="layer names to keep dense (fnmatch)")
+
+
+def _info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model name (lrtrain.models.list_models())")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--input-size", type=int, nargs=4, metavar=("N", "C", "H", "W"),
+                   help="input shape (default: the model's own, 1 3 32 32 for CIFAR models)")
+    _policy_arguments(p, "ratio:0.5")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .inspection import info
+
+    print(info(args.model, args.rank, args.scheme, args.skip, args.input_size, args.num_classes))
+    return 0
+
+
+def _compress_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a run directory, a checkpoint step_*.pt or a compact model file")
+    p.add_argument("-o", "--out", required=True, help="where to write the compact model (.pt)")
+    _policy_arguments(p, "energy:0.95")
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from .inspection import compress
+
+    result = compress(args.checkpoint, args.out, args.rank, args.scheme, args.skip)
+    print(result["table"])
+    print(result["totals"])
+    print(f"wrote {args.out} (max output change on a random input: {result['drift']:.3g}; load it with "
+          "lrtrain.load)")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
+    "info": Command("per-layer table of a model: shapes, FLOPs, ranks, what a scheme would do", _info_arguments,
+                    _run_info),
+    "compress": Command("decompose a trained model into a compact low-rank one (no fine-tuning)",
+                        _compress_arguments, _run_compress),
     "train": Command("train a model with a method, as a recipe says", _train_arguments, _run_train),
     "demo": Command("a short training run showing the whole pipeline", _demo_arguments, _run_demo),
 }

@@ -43,7 +43,10 @@ def info(model_name: str, rank="energy:0.95", scheme: str = "channel", skip=(), 
     of an untrained model only show what eligibility and costs would be)."""
     model = models.create(model_name, num_classes=num_classes)
     size = tuple(input_size or models.default_input_size(model_name))
-    return decision_table(plan(model, rank, scheme, skip, size))
+    decisions = plan(model, rank, scheme, skip, size)
+    before, after = sum(d.dense_flops for d in decisions), sum(d.flops for d in decisions)
+    return (decision_table(decisions) + f"\nconv/linear MACs {before / 1e6:.2f} M -> {after / 1e6:.2f} M "
+            f"({before / after:.2f}x fewer); {sum(d.factorize for d in decisions)} of {len(decisions)} layers factorized")
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple]:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from .. import config as config_mod
 from ..data import Data, build_data
 from ..methods import create_method
+from ..provenance import commit, today
 from . import distributed
 from .checkpoint import (atomic_write, atomic_write_text, list_checkpoints, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
@@ -526,6 +527,9 @@ class Trainer:
             "device": device_name(self.device),
             "world_size": self.world.world_size,
             "torch": str(torch.__version__),
+            "num_classes": self.data.num_classes,
+            "commit": commit(),
+            "date": today(),
         }
         if self.world.is_main:
             self._save_compact(compact)
@@ -536,16 +540,19 @@ class Trainer:
         return summary
 
     def _save_compact(self, compact: nn.Module) -> None:
-        arch = {
-            "model": self.model_name,
-            "num_classes": self.data.num_classes,
-            "input_size": list(self.data.input_size),
-            "method": self.method.name,
-            "ranks": self.method.ranks(),
-            "modules": {name: type(m).__name__ for name, m in compact.named_modules() if name},
-        }
-        state = {k: v.detach().cpu().contiguous() for k, v in compact.state_dict().items()}
-        atomic_write(self.run_dir / "compact.pt", lambda f: torch.save({"state_dict": state, "arch": arch}, f))
+        from .. import export, models
+
+        extra = {"input_size": list(self.data.input_size), "method": self.method.name, "ranks": self.method.ranks()}
+        path = self.run_dir / "compact.pt"
+        if self.model_name in models.list_models():
+            export.save(compact, path, self.model_name, self.data.num_classes, **extra)
+        else:
+            # A model given as a module (not by registry name) cannot be rebuilt by export.load: its file
+            # keeps the weights and a summary of the architecture only.
+            arch = {"model": self.model_name, "num_classes": self.data.num_classes, **extra,
+                    "modules": {name: type(m).__name__ for name, m in compact.named_modules() if name}}
+            state = {k: v.detach().cpu().contiguous() for k, v in compact.state_dict().items()}
+            atomic_write(path, lambda f: torch.save({"state_dict": state, "arch": arch}, f))
         module = copy.deepcopy(compact).cpu().to(memory_format=torch.contiguous_format)
         atomic_write(self.run_dir / "compact_module.pt", lambda f: torch.save(module, f))
 

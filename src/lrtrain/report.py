@@ -1,0 +1,377 @@
+"""Plots and tables from run directories: what ``lrtrain report`` writes.
+
+`write_report` reads what the `Trainer` left in each run directory (metrics.csv, ranks.csv,
+summary.json, checkpoints/, compact.pt) and writes PNG figures and a README.md linking them:
+
+- ``accuracy.png``: train and test top-1 per epoch, one colour per run;
+- ``accuracy_vs_flops.png``: final top-1 against FLOPs speedup, one point per finished run, with
+  published points when given (`lrtrain.benchmark.plot`);
+- per run, ``<run>_ranks.png``: the rank of every layer at every projection, as a fraction of its
+  maximum rank (layers × projection steps);
+- per run, ``<run>_spectra.png``: singular values (channel matrix form, out × in·k²) of a few layers in
+  the oldest checkpoint kept and in the compact model;
+- per run, a Markdown table of the compact model's layers: rank, MACs and parameters.
+
+A file missing from a run directory drops what needs it, with a note in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from matplotlib import rcParams
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+
+from . import export, models
+from .benchmark import plot as plot_accuracy_vs_flops
+from .inspection import _fmt_rank
+from .layers import LowRankConv2d, LowRankLinear
+from .metrics import count
+from .train.checkpoint import list_checkpoints, load_checkpoint
+
+# A directory holding none of these is not a run directory.
+_RUN_ENTRIES = ("config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "checkpoints")
+_WEIGHT_LAYERS = (LowRankConv2d, LowRankLinear, nn.Conv2d, nn.Linear)
+_DEFAULT_SPECTRA = 3
+
+
+@dataclass
+class _Run:
+    path: Path
+    name: str  # unique within the report: also the stem of the run's image files
+    summary: dict[str, Any] | None
+    method: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _open_run(path: Path, taken: set[str]) -> _Run:
+    if not path.is_dir() or not any((path / entry).exists() for entry in _RUN_ENTRIES):
+        raise FileNotFoundError(f"not a run directory: {path} (expected some of {', '.join(_RUN_ENTRIES)})")
+    # Image names go into Markdown links: keep them to characters that need no escaping.
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.resolve().name) or "run"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if summary is not None:
+        method = summary["method"]
+    elif (path / "config.yaml").exists():
+        method = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("method", {}).get("name", "?")
+    else:
+        method = "?"
+    run = _Run(path, name, summary, method)
+    if summary is None:
+        run.notes.append("no summary.json (unfinished run?): left out of the accuracy-vs-FLOPs plot")
+    return run
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _colours() -> list[str]:
+    return rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_accuracy(curves: dict[str, list[dict[str, str]]], path: Path) -> None:
+    """Train (dashed) and test (solid) top-1 against epoch; ``curves`` maps a run name to its metrics.csv rows."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    colours = _colours()
+    for i, (name, rows) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        ax.plot([int(r["epoch"]) for r in rows], [float(r["train_acc"]) for r in rows], "--", color=colour,
+                label=f"{name} train")
+        # Test accuracy is empty in epochs the run did not evaluate (train.eval_every > 1).
+        tested = [r for r in rows if r["test_acc"]]
+        ax.plot([int(r["epoch"]) for r in tested], [float(r["test_acc"]) for r in tested], "-o", markersize=3,
+                color=colour, label=f"{name} test")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Accuracy during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _save(fig, path)
+
+
+def _rank_fraction(rank: str, max_rank: str) -> float:
+    """rank / max_rank of a ranks.csv row; a tucker2 pair such as "[9, 9]" gives the mean over its modes."""
+    r, top = json.loads(rank), json.loads(max_rank)
+    if isinstance(r, list):
+        return sum(a / b for a, b in zip(r, top)) / len(r)
+    return r / top
+
+
+def plot_rank_heatmap(rows: list[dict[str, str]], path: Path, title: str) -> None:
+    """A heat map of ranks.csv rows: one line per layer, one column per projection step, colour = rank / max."""
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    steps = sorted({int(r["step"]) for r in rows})
+    row_of, col_of = {n: i for i, n in enumerate(layers)}, {s: j for j, s in enumerate(steps)}
+    grid = torch.full((len(layers), len(steps)), math.nan)  # blank where a layer was not projected
+    for r in rows:
+        grid[row_of[r["layer"]], col_of[int(r["step"])]] = _rank_fraction(r["rank"], r["max_rank"])
+    fig = Figure(figsize=(7.5, max(3.0, 1.6 + 0.2 * len(layers))))
+    ax = fig.subplots()
+    image = ax.imshow(grid.numpy(), aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="rank / max rank")
+    every = math.ceil(len(layers) / 60)  # at most 60 readable layer names
+    ax.set_yticks(range(0, len(layers), every), layers[::every], fontsize=7)
+    every = math.ceil(len(steps) / 12)
+    ax.set_xticks(range(0, len(steps), every), [str(s) for s in steps[::every]], fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def singular_values(weight: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``weight`` as an out × (in·k·k) matrix, without the numerically zero ones.
+
+    A rank-r weight has exact zeros beyond r, which round to tiny values that a log scale would stretch.
+    """
+    s = torch.linalg.svdvals(weight.detach().float().reshape(weight.shape[0], -1))
+    return s[s > s[0] * max(weight.shape[0], weight[0].numel()) * torch.finfo(s.dtype).eps]
+
+
+def plot_spectra(spectra: dict[str, dict[str, torch.Tensor]], path: Path, title: str) -> None:
+    """One panel per layer, three to a row, one log-scale curve per source (``{layer: {label: values}}``)."""
+    cols = min(len(spectra), 3)
+    rows = math.ceil(len(spectra) / cols)
+    fig = Figure(figsize=(4.2 * cols, 0.4 + 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(spectra):]:
+        ax.set_visible(False)
+    for ax, (layer, curves) in zip(axes, spectra.items()):
+        for label, s in curves.items():
+            ax.semilogy(range(1, len(s) + 1), s.numpy(), label=label)
+        ax.set_title(layer, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("index")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    for ax in axes[::cols]:
+        ax.set_ylabel("singular value")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv and linear layers by name, a low-rank layer as one (not its factors), in model order."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _WEIGHT_LAYERS) and not any(name.startswith(f + ".") for f in found):
+            found[name] = module
+    return found
+
+
+def _max_rank(module: nn.Module):
+    if isinstance(module, LowRankConv2d):
+        return module.scheme.max_rank(module.geometry)
+    return min(module.in_features, module.out_features)
+
+
+def _load_compact(run: _Run) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The run's compact model and its description, or None (with a note saying why)."""
+    path = run.path / "compact.pt"
+    if not path.exists():
+        run.notes.append("no compact.pt: no rank table, no spectra after training")
+        return None
+    try:
+        arch = load_checkpoint(path).get("arch", {})
+        if "layers" not in arch:
+            run.notes.append(f"compact.pt of model {arch.get('model', '?')!r} has no layer description (not a "
+                             "registry model): no rank table, no spectra after training")
+            return None
+        return export.load(path), arch
+    except ValueError as err:
+        run.notes.append(f"compact.pt cannot be read or rebuilt: {err}")
+        return None
+
+
+def rank_table(model: nn.Module, arch: dict[str, Any]) -> str:
+    """Markdown table of `model`'s conv and linear layers: rank, MACs (compact and dense) and parameters."""
+    size = tuple(arch.get("input_size") or models.default_input_size(arch["model"]))
+    small = count(model, size)
+    dense = count(models.create(arch["model"], num_classes=arch["num_classes"]), size)
+    lines = ["| layer | type | rank / max | MACs | dense MACs | params |", "|---|---|---|---:|---:|---:|"]
+    for name, m in _weight_layers(model).items():
+        low = isinstance(m, (LowRankConv2d, LowRankLinear))
+        kind = type(m).__name__ + (f" ({m.scheme.name})" if isinstance(m, LowRankConv2d) else "")
+        rank = f"{_fmt_rank(m.rank)} / {_fmt_rank(_max_rank(m))}" if low else "dense"
+        macs = sum(c.flops for leaf, c in small.layers.items() if leaf == name or leaf.startswith(name + "."))
+        before = dense.layers[name].flops if name in dense.layers else None
+        params = sum(p.numel() for p in m.parameters())
+        lines.append(f"| {name} | {kind} | {rank} | {macs:,} | {'—' if before is None else f'{before:,}'} "
+                     f"| {params:,} |")
+    lines.append(f"| **total** | | | {small.flops:,} | {dense.flops:,} | {small.params:,} |")
+    return "\n".join(lines)
+
+
+def _spread(names: list[str], k: int) -> list[str]:
+    """k names evenly spread from the first to the last."""
+    if len(names) <= k:
+        return names
+    return [names[round(i * (len(names) - 1) / (k - 1))] for i in range(k)]
+
+
+def _spectra(run: _Run, compact: nn.Module | None, layers: list[str] | None) -> tuple[dict, str]:
+    """``({layer: {label: singular values}}, where "before" comes from)`` for the run's chosen layers."""
+    before: dict[str, torch.Tensor] = {}
+    source = ""
+    kept = list_checkpoints(run.path / "checkpoints")
+    if kept:
+        state = load_checkpoint(kept[0])
+        before = {k.removesuffix(".weight"): v for k, v in state["model"].items()
+                  if k.endswith(".weight") and v.ndim >= 2}
+        source = f"step {state['step']}"
+    else:
+        run.notes.append("no checkpoint: no spectra before training ends")
+    after = {n: m.weight for n, m in _weight_layers(compact).items()} if compact is not None else {}
+    if layers is None:
+        low = [n for n, m in (compact.named_modules() if compact is not None else ())
+               if isinstance(m, (LowRankConv2d, LowRankLinear))]
+        # The low-rank layers are the ones whose spectra changed on purpose; a dense run shows any.
+        layers = _spread(low or list(after) or list(before), _DEFAULT_SPECTRA)
+    spectra = {}
+    for name in layers:
+        curves = {}
+        if name in before:
+            curves[f"before ({source})"] = singular_values(before[name])
+        if name in after:
+            curves["after (compact)"] = singular_values(after[name])
+        if not curves:
+            run.notes.append(f"layer {name!r}: not in this run's checkpoint or compact model, skipped")
+        elif name in after and name not in before and kept:
+            run.notes.append(f"layer {name!r}: the checkpoint holds no dense weight for it (factorized while "
+                             "training): compact model only")
+        if curves:
+            spectra[name] = curves
+    return spectra, source
+
+
+def load_paper_points(path: str | Path) -> list[dict[str, Any]]:
+    """Published results from a YAML list of ``{label, speedup, top1}``, checked."""
+    points = yaml.safe_load(Path(path).read_text())
+    if not isinstance(points, list):
+        raise ValueError(f"{path}: expected a list of {{label, speedup, top1}}, got {type(points).__name__}")
+    for i, p in enumerate(points):
+        ok = (isinstance(p, dict) and {"label", "speedup", "top1"} <= p.keys()
+              and all(isinstance(p[k], (int, float)) and not isinstance(p[k], bool) for k in ("speedup", "top1")))
+        if not ok:
+            raise ValueError(f"{path}: item {i + 1} must be {{label, speedup, top1}} with numbers, got {p!r}")
+    return points
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _runs_table(runs: list[_Run]) -> list[str]:
+    lines = ["| run | method | model | epochs | final top-1 | best top-1 | speedup | MMACs | params (M) | directory |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for run in runs:
+        s = run.summary or {}
+        compact = s.get("compact", {})
+        mmacs = compact["flops"] / 1e6 if compact else None
+        mparams = compact["params"] / 1e6 if compact else None
+        lines.append(f"| {run.name} | {run.method} | {s.get('model', '—')} | {s.get('epochs', '—')} "
+                     f"| {_fmt(s.get('final_acc'))} | {_fmt(s.get('best_acc'))} | {_fmt(s.get('speedup'))} "
+                     f"| {_fmt(mmacs)} | {_fmt(mparams, '.3f')} | `{run.path}` |")
+    return lines
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: str | Path | None = None,
+                 layers: list[str] | None = None) -> Path:
+    """Write the plots of `run_dirs` and a README.md linking them into `out_dir`; returns the README's path.
+
+    ``paper_points``: a YAML file of published ``{label, speedup, top1}`` to show beside the runs.
+    ``layers``: the layers whose singular values to plot (default: three spread across each network;
+    names a run lacks are skipped with a note). Raises FileNotFoundError for a path that is not a run
+    directory.
+    """
+    taken: set[str] = set()
+    runs = [_open_run(Path(p), taken) for p in run_dirs]
+    points = load_paper_points(paper_points) if paper_points is not None else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# Training report", "", *_runs_table(runs), ""]
+
+    curves = {}
+    for run in runs:
+        if (run.path / "metrics.csv").exists():
+            curves[run.name] = _read_csv(run.path / "metrics.csv")
+        else:
+            run.notes.append("no metrics.csv: not in the accuracy plot")
+    if curves:
+        plot_accuracy(curves, out / "accuracy.png")
+        md += ["## Accuracy during training", "", "![accuracy during training](accuracy.png)", ""]
+
+    rows = [{"method": f"{run.name} ({run.method})", "top1_final": run.summary["final_acc"],
+             "flops_speedup": run.summary["speedup"]}
+            for run in runs if run.summary and run.summary.get("speedup") is not None]
+    if rows or points:
+        plot_accuracy_vs_flops(rows, out / "accuracy_vs_flops.png", "Top-1 vs FLOPs speedup", dense_label=None,
+                               paper_points=points)
+        md += ["## Accuracy vs FLOPs", "", "![accuracy vs FLOPs speedup](accuracy_vs_flops.png)", ""]
+
+    for run in runs:
+        md += [f"## Run {run.name}", "", f"Method {run.method}, directory `{run.path}`.", ""]
+        if (run.path / "ranks.csv").exists():
+            image = f"{run.name}_ranks.png"
+            plot_rank_heatmap(_read_csv(run.path / "ranks.csv"), out / image, f"{run.name}: rank during training")
+            md += ["### Rank during training", "", f"![{run.name} rank during training]({image})", ""]
+        else:
+            run.notes.append("no ranks.csv (its method logs no ranks): no rank heat map")
+        loaded = _load_compact(run)
+        compact, arch = loaded if loaded else (None, None)
+        spectra, source = _spectra(run, compact, layers)
+        if spectra:
+            image = f"{run.name}_spectra.png"
+            plot_spectra(spectra, out / image, f"{run.name}: singular values")
+            where = f"the oldest checkpoint kept ({source})" if source else "no checkpoint"
+            md += ["### Singular values", "", f"Before: {where}; after: the compact model. Channel matrix form "
+                   "(out × in·k²), log scale.", "", f"![{run.name} singular values]({image})", ""]
+        if compact is not None:
+            md += ["### Compact model", "", rank_table(compact, arch), ""]
+        if run.notes:
+            md += ["### Notes", "", *[f"- {note}" for note in run.notes], ""]
+    path = out / "README.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``lrtrain report``."""
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by lrtrain train")
+    parser.add_argument("-o", "--out", default="report", help="folder for README.md and the plots (default: report)")
+    parser.add_argument("--paper-points", metavar="YAML",
+                        help="published results to plot beside the runs: a list of {label, speedup, top1}")
+    parser.add_argument("--layers", nargs="+", metavar="NAME",
+                        help="layers whose singular values to plot (default: three spread across the network)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``lrtrain report``: write the report and say where it is."""
+    path = write_report(args.run_dirs, args.out, args.paper_points, args.layers)
+    print(f"report written to {path}")
+    return 0

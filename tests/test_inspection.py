@@ -1,0 +1,75 @@
+"""`lrtrain info` and `lrtrain compress`: tables, compact models from runs, and their errors."""
+
+import pytest
+import torch
+
+import lrtrain as lr
+from lrtrain import cli
+from lrtrain.config import resolve
+from lrtrain.layers import LowRankConv2d
+from lrtrain.train import Trainer
+
+
+def test_info_lists_every_layer_with_its_decision(capsys):
+    assert cli.main(["info", "resnet20", "--rank", "flops:0.45", "--scheme", "spatial", "--skip", "fc"]) == 0
+    out = capsys.readouterr().out
+    assert "layer3.2.conv2" in out and "in the user's skip list" in out
+    total = out.strip().splitlines()[-1]
+    before, after = [float(x) for x in total.split("MACs ")[1].split(" (")[0].replace(" M", "").split(" -> ")]
+    assert before == pytest.approx(lr.count(lr.models.create("resnet20")).flops / 1e6, abs=0.01)
+    assert after <= 0.45 * before + 0.01
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    cfg = resolve({
+        "out_dir": str(root), "model": {"name": "resnet20"},
+        "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 16, "batch_size": 32},
+        "schedule": {"name": "constant"}, "train": {"epochs": 1, "progress": False},
+    })
+    torch.manual_seed(0)
+    Trainer(cfg).fit()
+    return root
+
+
+def test_compress_a_run_writes_a_compact_model_that_loads_back(dense_run, tmp_path, capsys):
+    out = tmp_path / "compact.pt"
+    assert cli.main(["compress", str(dense_run), "--rank", "flops:0.5", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "factorized" in printed and "x fewer" in printed
+    compact = lr.load(out)
+    assert any(isinstance(m, LowRankConv2d) for m in compact.modules())
+    assert lr.count(compact).flops <= 0.5 * lr.count(lr.models.create("resnet20")).flops
+
+
+def test_compress_at_full_energy_keeps_the_function(dense_run, tmp_path):
+    from lrtrain.inspection import compress, load_trained
+
+    out = tmp_path / "full.pt"
+    result = compress(dense_run, out, rank="energy:1.0")
+    assert result["drift"] < 1e-4
+    dense, *_ = load_trained(dense_run)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(lr.load(out)(x), dense(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["info", "resnet20", "--scheme", "chanel"], "did you mean 'channel'"),
+    (["info", "resnet20", "--input-size", "1", "1", "32", "32"], "input_size"),
+    (["compress", "/no/such/run", "-o", "x.pt"], "no such checkpoint"),
+])
+def test_user_errors_are_one_line(args, message, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_compress_refuses_a_checkpoint_of_another_model(dense_run, tmp_path, capsys):
+    from lrtrain.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(list_checkpoints(dense_run / "checkpoints")[-1])
+    state["config"]["model"]["name"] = "resnet32"
+    save_checkpoint(tmp_path, 1, state, keep=1)
+    assert cli.main(["compress", str(tmp_path / "step_000000001.pt"), "-o", str(tmp_path / "c.pt")]) == 2
+    assert "do not fit a dense resnet32" in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""lrtrain report: plots and the Markdown summary, from tiny run directories the Trainer really wrote."""
+
+import argparse
+import re
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+import lrtrain as lr
+from lrtrain import report
+from lrtrain.config import resolve
+from lrtrain.layers import LowRankConv2d
+from lrtrain.train import Trainer
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A TRP run (ranks.csv, low-rank compact model) and a dense run of ResNet-20 on 8×8 generated images."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, method in [("trp", {"name": "trp", "period": 2, "energy": 0.9}), ("dense", {"name": "dense"})]:
+        cfg = resolve({
+            "name": name, "out_dir": str(root / name), "model": {"name": "resnet20"},
+            "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8, "num_classes": 4,
+                     "batch_size": 32},
+            "optim": {"lr": 0.05}, "schedule": {"name": "constant"},
+            "train": {"epochs": 3, "progress": False}, "method": method,
+        })
+        torch.manual_seed(0)
+        Trainer(cfg).fit()
+    return root
+
+
+def linked_images(markdown: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+
+
+def assert_real_png(path):
+    assert path.read_bytes().startswith(PNG_SIGNATURE), path
+    with Image.open(path) as image:
+        width, height = image.size
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 24)
+    assert width > 100 and height > 100, (path, image.size)
+    assert len(colours) > 20, (path, len(colours))  # lines, text and colour maps, not a blank canvas
+
+
+@pytest.fixture(scope="module")
+def two_runs(runs, tmp_path_factory):
+    """The report of both runs, with published points: (its folder, its README)."""
+    folder = tmp_path_factory.mktemp("two_runs")
+    points = folder / "points.yaml"
+    points.write_text("- {label: TRP paper, speedup: 2.2, top1: 90.5}\n"
+                      "- {label: LRPET paper, speedup: 1.8, top1: 91}\n")
+    out = folder / "report"
+    path = report.write_report([runs / "trp", runs / "dense"], out, paper_points=points)
+    assert path == out / "README.md"
+    return out, path.read_text()
+
+
+def test_report_of_two_runs_writes_every_plot_and_links_it(runs, two_runs):
+    out, markdown = two_runs
+    images = linked_images(markdown)
+    assert sorted(images) == sorted(p.name for p in out.glob("*.png")) == sorted(
+        ["accuracy.png", "accuracy_vs_flops.png", "trp_ranks.png", "trp_spectra.png", "dense_spectra.png"])
+    for name in images:
+        assert_real_png(out / name)
+    for run in ("trp", "dense"):
+        assert f"## Run {run}" in markdown and f"`{runs / run}`" in markdown
+    assert "no ranks.csv" in markdown.split("## Run dense")[1]  # the dense method logs no ranks: a note, no plot
+    assert "the oldest checkpoint kept (step 4)" in markdown  # epochs end at steps 2, 4, 6; 2 are kept
+
+
+def test_the_rank_table_lists_the_compact_models_low_rank_layers(runs, two_runs):
+    markdown = two_runs[1].split("## Run dense")[0]
+    compact = lr.load(runs / "trp" / "compact.pt")
+    low = {name: m for name, m in compact.named_modules() if isinstance(m, LowRankConv2d)}
+    assert low
+    for name, m in low.items():
+        assert re.search(rf"^\| {re.escape(name)} \| LowRankConv2d \(channel\) \| {m.rank} / \d+ \| [\d,]+ \|",
+                         markdown, re.MULTILINE), name
+    flops = lr.count(compact, (1, 3, 8, 8)).flops
+    assert f"| **total** | | | {flops:,} |" in markdown
+
+
+def test_the_command_plots_chosen_layers_and_notes_unknown_ones(runs, tmp_path):
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    out = tmp_path / "report"
+    args = parser.parse_args([str(runs / "trp"), "-o", str(out), "--layers", "layer2.0.conv2", "nope"])
+    assert report.run(args) == 0
+    markdown = (out / "README.md").read_text()
+    assert "layer 'nope': not in this run's checkpoint or compact model, skipped" in markdown
+    assert_real_png(out / "trp_spectra.png")
+
+
+def test_missing_files_are_skipped_with_a_note(runs, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(runs / "trp" / "metrics.csv", partial)
+    markdown = report.write_report([partial], tmp_path / "report").read_text()
+    assert linked_images(markdown) == ["accuracy.png"]
+    for missing in ("summary.json", "ranks.csv", "compact.pt", "checkpoint"):
+        assert f"no {missing}" in markdown
+
+
+def test_a_tucker2_rank_log_becomes_a_heat_map(tmp_path):
+    rows = [{"step": str(s), "layer": layer, "rank": f"[{r}, {r}]", "max_rank": "[16, 16]"}
+            for s, r in ((10, 12), (20, 9)) for layer in ("a", "b", "c")]
+    report.plot_rank_heatmap(rows, tmp_path / "ranks.png", "tucker2")
+    assert_real_png(tmp_path / "ranks.png")
+
+
+def test_singular_values_drop_the_numerical_zeros_of_a_low_rank_weight():
+    torch.manual_seed(0)
+    weight = (torch.randn(16, 3) @ torch.randn(3, 8 * 9)).reshape(16, 8, 3, 3)
+    s = report.singular_values(weight)
+    assert len(s) == 3 and torch.allclose(s, torch.linalg.svdvals(weight.reshape(16, -1))[:3])
+
+
+def test_a_path_that_is_not_a_run_directory_is_named_in_the_error(runs, tmp_path):
+    for bad in (tmp_path / "nowhere", tmp_path):
+        with pytest.raises(FileNotFoundError, match=re.escape(str(bad))):
+            report.write_report([runs / "trp", bad], tmp_path / "report")
+    points = tmp_path / "points.yaml"
+    points.write_text("- {label: x, speedup: fast}\n")
+    with pytest.raises(ValueError, match="item 1 must be"):
+        report.write_report([runs / "trp"], tmp_path / "report", paper_points=points)
