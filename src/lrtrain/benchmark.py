@@ -61,7 +61,8 @@ def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None) -
     return done
 
 
-def _compact_speedup(run_dir: Path, model_name: str, num_classes: int, batch: int, threads: int) -> float | None:
+def _compact_speedup(run_dir: Path, model_name: str, num_classes: int, batch: int, threads: int,
+                     iters: int) -> float | None:
     """Measured CPU forward-pass speedup of the run's compact model over the dense model."""
     path = run_dir / "compact.pt"
     if not path.exists():
@@ -69,10 +70,13 @@ def _compact_speedup(run_dir: Path, model_name: str, num_classes: int, batch: in
     compact = export.load(path)
     dense = models.create(model_name, num_classes=num_classes).eval()
     size = (batch, *models.default_input_size(model_name)[1:])
-    return latency(dense, size, threads=threads) / latency(compact, size, threads=threads)
+    warmup = max(1, iters // 4)
+    return (latency(dense, size, warmup, iters, threads=threads)
+            / latency(compact, size, warmup, iters, threads=threads))
 
 
-def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2) -> list[dict[str, Any]]:
+def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
+            latency_iters: int = 20) -> list[dict[str, Any]]:
     """One row per finished run (its summary.json), with measured CPU inference speedup at batch 32."""
     rows = []
     for spec in specs:
@@ -88,7 +92,8 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2) ->
             "dense_mflops": dense["flops"] / 1e6, "compact_mflops": compact["flops"] / 1e6,
             "flops_speedup": dense["flops"] / compact["flops"],
             "dense_params_m": dense["params"] / 1e6, "compact_params_m": compact["params"] / 1e6,
-            "cpu_speedup_b32": _compact_speedup(root / spec.name, model, s.get("num_classes", 10), 32, threads),
+            "cpu_speedup_b32": _compact_speedup(root / spec.name, model, s.get("num_classes", 10), 32, threads,
+                                                latency_iters),
             "epochs": s["epochs"], "wall_s": s["wall_time_s"], "device": s["device"],
             "command": command, "commit": s.get("commit") or commit(), "date": s.get("date") or today(),
         })

@@ -133,7 +133,20 @@ def _run_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    from . import report
+
+    report.add_arguments(p)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    return report.run(args)
+
+
 COMMANDS: dict[str, Command] = {
+    "report": Command("plots and a Markdown summary from run directories", _report_arguments, _run_report),
     "info": Command("per-layer table of a model: shapes, FLOPs, ranks, what a scheme would do", _info_arguments,
                     _run_info),
     "compress": Command("decompose a trained model into a compact low-rank one (no fine-tuning)",

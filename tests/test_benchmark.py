@@ -1,0 +1,94 @@
+"""The resumable benchmark harness and the CPU equal-budget benchmark's run list."""
+
+import copy
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import lrtrain as lr
+from lrtrain import benchmark
+from lrtrain.methods import create_method
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cpu_budget = _load_script("cpu_budget")
+
+TINY = {
+    "seed": 0,
+    "model": {"name": "resnet20"},
+    "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8, "batch_size": 32,
+             "eval_batch_size": 32},
+    "optim": {"lr": 0.05},
+    "schedule": {"name": "cosine", "warmup_epochs": 1},
+    "train": {"epochs": 2, "device": "cpu", "keep_checkpoints": 1, "progress": False},
+}
+
+
+def _specs():
+    chosen = {"dense", "lrpet"}
+    return [s for s in cpu_budget.specs(copy.deepcopy(TINY)) if s.name in chosen]
+
+
+def _final(root, name):
+    return json.loads((root / name / "summary.json").read_text())
+
+
+def test_interrupted_runs_resume_to_the_uninterrupted_result_and_tabulate(tmp_path):
+    torch.manual_seed(0)
+    straight = tmp_path / "straight"
+    assert benchmark.run_all(_specs(), straight) == ["dense", "lrpet"]
+    # a time limit of 0 s stops the first run after its first epoch, resumably
+    stopped = tmp_path / "stopped"
+    assert benchmark.run_all(_specs(), stopped, time_limit=0.0) == []
+    assert not (stopped / "dense" / "summary.json").exists()
+    assert benchmark.run_all(_specs(), stopped) == ["dense", "lrpet"]
+    for name in ("dense", "lrpet"):
+        a, b = _final(straight, name), _final(stopped, name)
+        assert a["final_acc"] == b["final_acc"] and a["final_loss"] == b["final_loss"]
+        assert a["compact"] == b["compact"]
+
+    rows = benchmark.collect(_specs(), stopped, "pytest", threads=1, latency_iters=2)
+    stem = tmp_path / "results" / "budget"
+    benchmark.write_table(rows, stem, "tiny", "notes")
+    with open(stem.with_suffix(".csv")) as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == benchmark.ROW_FIELDS
+    assert [r["method"] for r in table] == ["dense", "LRPET (ET + BN rect.)"]
+    assert float(table[1]["flops_speedup"]) >= 1 / cpu_budget.BUDGET - 1e-6
+    assert float(table[1]["cpu_speedup_b32"]) > 0
+    assert "| LRPET (ET + BN rect.) |" in stem.with_suffix(".md").read_text()
+    benchmark.plot(rows, stem.with_suffix(".png"), "tiny")
+    assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _compact_after_one_projection(method):
+    if hasattr(method, "swap"):
+        method.swap()
+    elif hasattr(method, "project"):
+        method.project()
+    return method.finalize()
+
+
+@pytest.mark.parametrize("name,label,params", [m for m in cpu_budget.METHODS if m[0] != "dense"],
+                         ids=[m[0] for m in cpu_budget.METHODS if m[0] != "dense"])
+def test_every_low_rank_run_meets_the_budget(name, label, params):
+    model = lr.models.create("resnet20")
+    dense = lr.count(model).flops
+    params = dict(params)
+    method = create_method(params.pop("name"), model, **params)
+    method.setup(steps_per_epoch=10, total_steps=100)
+    compact = _compact_after_one_projection(method)
+    assert lr.count(compact).flops <= cpu_budget.BUDGET * dense
+    assert dense / lr.count(compact).flops >= 2.17
