@@ -23,11 +23,8 @@ The channel format, with one extra activation per layer, stays within about 15 %
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lrtrain as lr
+from lrtrain.provenance import commit, device_label
 from lrtrain.methods.base import Method
 from lrtrain.methods.elrt import ELRT
 from lrtrain.metrics import trace_shapes
@@ -59,29 +57,6 @@ class Config:
     forward: nn.Module  # the model, or its compiled form
     times: list[float] = field(default_factory=list)
     hook_times: list[float] = field(default_factory=list)
-
-
-def commit() -> str:
-    here = Path(__file__).parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=here).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here).stdout
-    return f"{head} (with uncommitted changes)" if dirty.strip() else head
-
-
-def device_label(device: torch.device, threads: int) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"CPU {cpu}, {threads} thread(s)"
 
 
 def sync(device: torch.device) -> None:

@@ -20,12 +20,9 @@ reported too.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import itertools
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,32 +30,12 @@ from pathlib import Path
 import torch
 
 import lrtrain as lr
+from lrtrain.provenance import commit, device_label
 from lrtrain import linalg
 from lrtrain.methods.matrices import group_weights
 from lrtrain.methods.trp import TRP
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def commit() -> str:
-    here = Path(__file__).parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=here).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=here).stdout
-    return f"{head} (with uncommitted changes)" if dirty.strip() else head
-
-
-def cpu_label(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"CPU {cpu}, {threads} thread(s), torch {torch.__version__}"
 
 
 def loop_subgradient(convs: list[torch.nn.Conv2d], scheme, tol: float) -> None:
@@ -166,7 +143,7 @@ def main(argv=None) -> None:
     lines = [
         "# TRP nuclear sub-gradient on ResNet-56's eligible weights: per-layer SVD vs batched SVD vs Newton–Schulz",
         "",
-        f"- device: {cpu_label(torch.get_num_threads())}",
+        f"- device: {device_label('cpu', torch.get_num_threads())}",
         f"- command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
         f"- commit: {commit()}",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",

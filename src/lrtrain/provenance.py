@@ -33,3 +33,14 @@ def cpu_name() -> str:
 
 def today() -> str:
     return dt.date.today().isoformat()
+
+
+def device_label(device=None, threads: int | None = None) -> str:
+    """``NVIDIA H100 80GB HBM3`` for a GPU, else ``CPU <model>, N thread(s)``; with torch's version."""
+    import torch
+
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    threads = threads or torch.get_num_threads()
+    return f"CPU {cpu_name()}, {threads} thread(s), torch {torch.__version__}"

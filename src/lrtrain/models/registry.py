@@ -27,6 +27,19 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
+def init_conv_bn_(model: nn.Module) -> None:
+    """He (fan-out) init of every conv, unit scale and zero shift of every BatchNorm (He et al. 2016).
+
+    The classifier keeps PyTorch's default init: fan-out Kaiming on a 64→10 layer starts with large logits.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
                    input_size: tuple[int, int, int, int] = CIFAR_INPUT):
     """File a builder under ``name`` (default: the function's name); usable bare or with arguments.
