@@ -128,3 +128,38 @@ def test_rng_state_round_trip():
     set_rng_state(state)
     again = (torch.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and first[1] == again[1]
+
+
+def _plain(value, where="checkpoint"):
+    """Assert `value` is plain data all the way down: what weights_only loading allows and nothing else."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, (str, int)), f"{where}: key {k!r}"
+            _plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _plain(v, f"{where}[{i}]")
+    else:
+        assert value is None or isinstance(value, (torch.Tensor, bool, int, float, str)), \
+            f"{where} is a {type(value).__name__}"
+
+
+@pytest.mark.parametrize("method, check", [
+    ({"name": "trp", "period": 3}, lambda s: s["pending"] and s["ranks"]),           # after a projection
+    ({"name": "lrpet", "goal": 0.5, "period": 3}, lambda s: s["last_projection"] == s["step"]),
+    ({"name": "elrt", "rank": "ratio:0.5", "skip": []}, lambda s: s["ranks"]),
+    ({"name": "svd_finetune", "rank": "ratio:0.5", "dense_fraction": 0.34}, lambda s: s["swapped"]),
+])
+def test_every_methods_checkpoints_hold_plain_data_only(tmp_path, method, check):
+    cfg = make_cfg(tmp_path, epochs=2, checkpoint_every=3)
+    cfg["method"] = method
+    run(cfg)
+    paths = list_checkpoints(tmp_path / "checkpoints")
+    # Steps 3, 4 (end of epoch 1: the SVD fine-tuning swap), 6 (a TRP/LRPET projection) and 8.
+    assert [p.name for p in paths] == [f"step_00000000{i}.pt" for i in (3, 4, 6, 8)]
+    states = [torch.load(path, weights_only=True) for path in paths]
+    for path, state in zip(paths, states):
+        _plain(state, path.name)
+    assert check(states[2]["method"]), states[2]["method"]
+    # The compact model too: plain data, rebuilt without pickled code.
+    _plain(torch.load(tmp_path / "compact.pt", weights_only=True), "compact.pt")

@@ -96,3 +96,50 @@ def test_newton_schulz_warmup_reaches_the_polar_factor_of_ill_conditioned_matric
     fast = linalg.polar_newton_schulz(a, steps=6, warmup=10)
     assert (cubic - exact).norm() / exact.norm() > 0.05  # the cubic alone lifts σ = 1e-5 too slowly
     assert (fast - exact).norm() / exact.norm() < 1e-9
+
+
+def _flaky_svd(monkeypatch, failures):
+    """Make torch.linalg.svd fail (raise, or return NaN) on its first calls, as on an ill-conditioned weight."""
+    real, calls = torch.linalg.svd, []
+
+    def svd(a, **kw):
+        calls.append(a.dtype)
+        how = failures[len(calls) - 1] if len(calls) <= len(failures) else None
+        if how == "raise":
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge because the input "
+                                           "matrix is ill-conditioned or has too many repeated singular values")
+        U, S, Vh = real(a, **kw)
+        return (U, S * float("nan"), Vh) if how == "nan" else (U, S, Vh)
+
+    monkeypatch.setattr(torch.linalg, "svd", svd)
+    return calls
+
+
+@pytest.mark.parametrize("failures, dtypes", [
+    (["raise"], [torch.float32, torch.float64]),
+    (["nan"], [torch.float32, torch.float64]),
+    (["raise", "nan"], [torch.float32, torch.float64, torch.float64]),  # then a jittered float64 matrix
+])
+def test_svd_falls_back_instead_of_crashing(monkeypatch, failures, dtypes):
+    a = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(0))
+    calls = _flaky_svd(monkeypatch, failures)
+    dec = linalg.svd(a)
+    assert calls == dtypes
+    assert dec.S.dtype == torch.float32 and bool(torch.isfinite(dec.S).all())
+    torch.testing.assert_close(linalg.reconstruct(*dec), a, atol=1e-5, rtol=1e-5)
+
+
+def test_svd_gives_up_with_a_clear_error_when_every_fallback_fails(monkeypatch):
+    _flaky_svd(monkeypatch, ["raise"] * 3)
+    with pytest.raises(RuntimeError, match=r"SVD of a \(6, 4\) weight failed even in float64 with jitter"):
+        linalg.svd(torch.randn(6, 4))
+
+
+def test_svd_of_non_finite_weights_names_the_layers():
+    a = torch.randn(3, 5, 4)
+    a[1, 2, 0] = float("inf")
+    with pytest.raises(linalg.NonFiniteError, match=r"^b: the weight contains NaN or Inf values"):
+        linalg.svd(a, names=["a", "b", "c"])
+    mats = [torch.randn(5, 4), torch.full((3, 3), float("nan")), torch.randn(5, 4)]
+    with pytest.raises(linalg.NonFiniteError, match=r"^second: the weight contains NaN"):
+        linalg.svd_many(mats, ["first", "second", "third"])

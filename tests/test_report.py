@@ -1,6 +1,5 @@
 """lrtrain report: plots and the Markdown summary, from tiny run directories the Trainer really wrote."""
 
-import argparse
 import re
 import shutil
 
@@ -9,6 +8,7 @@ import torch
 from PIL import Image
 
 import lrtrain as lr
+from lrtrain import cli
 from lrtrain import report
 from lrtrain.config import resolve
 from lrtrain.layers import LowRankConv2d
@@ -86,11 +86,8 @@ def test_the_rank_table_lists_the_compact_models_low_rank_layers(runs, two_runs)
 
 
 def test_the_command_plots_chosen_layers_and_notes_unknown_ones(runs, tmp_path):
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
     out = tmp_path / "report"
-    args = parser.parse_args([str(runs / "trp"), "-o", str(out), "--layers", "layer2.0.conv2", "nope"])
-    assert report.run(args) == 0
+    assert cli.main(["report", str(runs / "trp"), "-o", str(out), "--layers", "layer2.0.conv2", "nope"]) == 0
     markdown = (out / "README.md").read_text()
     assert "layer 'nope': not in this run's checkpoint or compact model, skipped" in markdown
     assert_real_png(out / "trp_spectra.png")

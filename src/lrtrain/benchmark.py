@@ -25,7 +25,8 @@ from .provenance import commit, cpu_name, today
 
 ROW_FIELDS = ["run", "method", "model", "top1_final", "top1_best", "top1_before_finalize", "dense_mflops",
               "compact_mflops", "flops_speedup", "dense_params_m", "compact_params_m", "cpu_speedup_b32",
-              "epochs", "wall_s", "device", "command", "commit", "date"]
+              "epochs", "wall_s", "device", "command", "commit", "date",
+              "flops_reduction", "paper_top1", "top1_diff", "paper_speedup", "paper_source"]
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RunSpec:
     name: str
     label: str  # how the table and the plot call it
     recipe: dict[str, Any]
+    paper: dict[str, Any] | None = None  # the published figure beside it: {"top1", "speedup", "source"}
 
 
 def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None) -> list[str]:
@@ -96,8 +98,17 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
                                                 latency_iters),
             "epochs": s["epochs"], "wall_s": s["wall_time_s"], "device": s["device"],
             "command": command, "commit": s.get("commit") or commit(), "date": s.get("date") or today(),
+            "flops_reduction": 1 - compact["flops"] / dense["flops"],
+            **_paper_columns(spec.paper, s["final_acc"]),
         })
     return rows
+
+
+def _paper_columns(paper: dict[str, Any] | None, top1: float) -> dict[str, Any]:
+    if paper is None:
+        return {"paper_top1": None, "top1_diff": None, "paper_speedup": None, "paper_source": None}
+    return {"paper_top1": paper["top1"], "top1_diff": top1 - paper["top1"], "paper_speedup": paper["speedup"],
+            "paper_source": paper["source"]}
 
 
 def _fmt(v: Any) -> str:
@@ -108,51 +119,75 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: str = "") -> None:
-    """`stem`.csv with every field and `stem`.md with the fields a reader compares."""
+def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: str = "",
+                columns: list[str] | None = None) -> None:
+    """`stem`.csv with every field and `stem`.md with the fields a reader compares (``columns``).
+
+    Device, commit, date and command not among the columns follow the table when every row shares them.
+    """
     stem.parent.mkdir(parents=True, exist_ok=True)
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, ROW_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    shown = ["method", "top1_final", "top1_best", "compact_mflops", "flops_speedup", "compact_params_m",
-             "cpu_speedup_b32", "epochs", "wall_s"]
+    shown = columns or ["method", "top1_final", "top1_best", "compact_mflops", "flops_speedup",
+                        "compact_params_m", "cpu_speedup_b32", "epochs", "wall_s"]
     lines = [f"# {title}", "", notes.strip(), "",
              "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in shown) + " |" for r in rows]
-    if rows:
-        first = rows[0]
-        lines += ["", f"Device: {first['device']}. Commit: {first['commit']}. Date: {first['date']}.",
-                  f"Command: `{first['command']}`"]
+    shared = {k: rows[0][k] for k in ("device", "commit", "date", "command")
+              if rows and k not in shown and all(r[k] == rows[0][k] for r in rows)}
+    if shared:
+        lines += [""] + [f"{k.capitalize()}: " + (f"`{v}`" if k == "command" else f"{v}.") for k, v in shared.items()]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | None = "dense",
-         paper_points: list[dict[str, Any]] | None = None) -> None:
+         paper_points: list[dict[str, Any]] | None = None, panels: str | None = None) -> None:
     """Top-1 against FLOPs speedup, one marker per method; the dense run as a horizontal line.
 
-    With ``dense_label=None`` every row is a marker (a dense run sits at speedup 1).
+    With ``dense_label=None`` every row is a marker (a dense run sits at speedup 1). A paper point
+    ``{label, speedup, top1}`` is a black cross; one that also names a ``method`` gets that method's
+    marker and colour, hollow. ``panels`` names a key (e.g. "model"): one panel per value, each row and
+    paper point in the panel of its value.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = itertools.cycle("osD^v<>pPX*h")  # colours still tell apart rows beyond twelve
-    for r in rows:
-        if r["method"] == dense_label:
-            ax.axhline(r["top1_final"], color="grey", linestyle="--", label=f"{dense_label} ({r['top1_final']:.2f}%)")
-        else:
-            ax.scatter(r["flops_speedup"], r["top1_final"], marker=next(markers), s=60, label=r["method"])
-    for p in paper_points or []:
-        ax.scatter(p["speedup"], p["top1"], marker="x", color="black", s=50)
-        ax.annotate(p["label"], (p["speedup"], p["top1"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    ax.set_xlabel("FLOPs speedup (dense / compact)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    points = paper_points or []
+    groups = list(dict.fromkeys(x[panels] for x in [*rows, *points])) if panels else [None]
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
+    markers = itertools.cycle("osD^v<>pPX*h")  # colours still tell apart methods beyond twelve
+    colours = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    style: dict[str, tuple[str, str]] = {}  # method -> (marker, colour), the same in every panel
+
+    def style_of(method: str) -> tuple[str, str]:
+        return style.setdefault(method, (next(markers), "grey" if method == dense_label else next(colours)))
+
+    for ax, group in zip(axes[0], groups):
+        for r in (r for r in rows if panels is None or r[panels] == group):
+            if r["method"] == dense_label:
+                ax.axhline(r["top1_final"], color="grey", linestyle="--",
+                           label=f"{dense_label} ({r['top1_final']:.2f}%)")
+            else:
+                marker, colour = style_of(r["method"])
+                ax.scatter(r["flops_speedup"], r["top1_final"], marker=marker, color=colour, s=60, label=r["method"])
+        for p in (p for p in points if panels is None or p[panels] == group):
+            if "method" in p:
+                marker, colour = style_of(p["method"])
+                ax.scatter(p["speedup"], p["top1"], marker=marker, facecolors="none", edgecolors=colour, s=80,
+                           linewidths=1.5, label=p["label"])
+            else:
+                ax.scatter(p["speedup"], p["top1"], marker="x", color="black", s=50)
+                ax.annotate(p["label"], (p["speedup"], p["top1"]), fontsize=7, xytext=(4, 2),
+                            textcoords="offset points")
+        ax.set_xlabel("FLOPs speedup (dense / compact)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(title if group is None else f"{title}: {group}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

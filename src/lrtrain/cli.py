@@ -8,6 +8,7 @@ with one line ``lrtrain: error: ...`` and status 2; ``--debug`` shows the traceb
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,6 +37,8 @@ def _fit(cfg: dict[str, Any], *, resume: bool, overwrite: bool, time_limit: floa
     if summary["finished"] and trainer.world.is_main:
         print(f"results in {summary['run_dir']}/: summary.json, metrics.csv, config.yaml, compact.pt "
               f"(final accuracy {summary['final_acc']:.2f}%)")
+    if summary.get("signal"):  # stopped cleanly by SIGINT/SIGTERM: the shell's 128 + signal number
+        return 128 + int(getattr(signal, summary["signal"]))
     return 0
 
 
@@ -128,15 +131,56 @@ def _run_compress(args: argparse.Namespace) -> int:
     result = compress(args.checkpoint, args.out, args.rank, args.scheme, args.skip)
     print(result["table"])
     print(result["totals"])
+    if result.get("note"):
+        print(f"note: {result['note']}")
     print(f"wrote {args.out} (max output change on a random input: {result['drift']:.3g}; load it with "
           "lrtrain.load)")
     return 0
 
 
-def _report_arguments(p: argparse.ArgumentParser) -> None:
-    from . import report
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    from .export import EXPORT_FORMATS
 
-    report.add_arguments(p)
+    p.add_argument("model", help="a run directory (its compact.pt) or a compact model file")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
+    p.add_argument("-o", "--out", required=True, help="the file to write")
+    p.add_argument("--input-size", type=int, nargs=4, metavar=("N", "C", "H", "W"),
+                   help="example input shape (default: the one the model was trained on); the batch "
+                        "dimension stays dynamic")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import export, models
+
+    source = Path(args.model)
+    if source.is_dir():
+        source = source / "compact.pt"
+        if not source.is_file():
+            raise FileNotFoundError(f"{args.model} has no compact.pt: its run has not finished (continue it with "
+                                    f"lrtrain train {args.model} --resume), or make one with lrtrain compress")
+    elif not source.exists():
+        raise FileNotFoundError(f"no such run directory or compact model: {source}")
+    model, arch = export.load_with_arch(source)
+    size = tuple(args.input_size or arch.get("input_size") or models.default_input_size(arch["model"]))
+    export.export(model, args.out, args.format, size, **({"opset": args.opset} if args.opset else {}))
+    diff = export.check_export(model, args.out, args.format, size)
+    check = ("not checked: onnxruntime is not installed" if diff is None
+             else f"max abs difference from the compact model on a random batch: {diff:.3g}")
+    print(f"wrote {args.out} ({args.format}, example input {'x'.join(map(str, size))}; {check})")
+    return 0
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    # Declared here, not in report.py, so building the parser does not import matplotlib.
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by lrtrain train")
+    p.add_argument("-o", "--out", default="report", help="folder for README.md and the plots (default: report)")
+    p.add_argument("--paper-points", metavar="YAML",
+                   help="published results to plot beside the runs: a list of {label, speedup, top1}")
+    p.add_argument("--layers", nargs="+", metavar="NAME",
+                   help="layers whose singular values to plot (default: three spread across the network)")
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -151,6 +195,8 @@ COMMANDS: dict[str, Command] = {
                     _run_info),
     "compress": Command("decompose a trained model into a compact low-rank one (no fine-tuning)",
                         _compress_arguments, _run_compress),
+    "export": Command("write a compact model as TorchScript, ONNX or a plain state_dict", _export_arguments,
+                      _run_export),
     "train": Command("train a model with a method, as a recipe says", _train_arguments, _run_train),
     "demo": Command("a short training run showing the whole pipeline", _demo_arguments, _run_demo),
 }
@@ -172,17 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .train import DivergenceError
+    from .train import DivergenceError, OutOfMemory
 
     try:
         return COMMANDS[args.command].run(args)
-    except DivergenceError as err:
+    except (DivergenceError, OutOfMemory) as err:
         if args.debug:
             raise
-        print(f"lrtrain: error: {err}", file=sys.stderr)
+        _error(err)
         return 1
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if args.debug:
             raise
-        print(f"lrtrain: error: {err}", file=sys.stderr)
+        _error(err)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("lrtrain: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except RuntimeError as err:  # out of memory outside the training loop (which says more itself)
+        from .train.trainer import is_out_of_memory
+
+        if args.debug or not is_out_of_memory(err):
+            raise
+        _error(f"out of memory: {str(err).splitlines()[0]} (lower data.batch_size or data.eval_batch_size)")
+        return 1
+
+
+def _error(err: BaseException) -> None:
+    """The one line a user mistake gets (messages of torch and others may span several)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    print(f"lrtrain: error: {text}", file=sys.stderr)

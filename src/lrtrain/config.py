@@ -273,5 +273,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
 
 
 def dump(cfg: dict[str, Any], path: str | Path) -> None:
-    """Write a resolved config as YAML (the run directory's config.yaml)."""
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    """Write a resolved config as YAML (the run directory's config.yaml), atomically: a run killed while
+    writing it keeps the previous one, which ``lrtrain train RUN --resume`` reads."""
+    from .train.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))

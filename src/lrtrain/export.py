@@ -5,6 +5,10 @@ started from and describes every layer that differs from it (a low-rank conv and
 layer...). Loading rebuilds the model from the registry, replaces those layers, and loads the weights:
 no pickled code, so files load with ``torch.load(weights_only=True)`` and need no training code.
 
+For deployment, `export_torchscript`, `export_onnx` (needs the ``onnx`` package) and `export_state_dict`
+write a model in those formats, and `check_export` measures how far the written file's outputs are from
+the model's (``lrtrain export`` runs both).
+
     >>> import lrtrain as lr, tempfile, os
     >>> model = lr.factorize(lr.models.create("resnet20"), rank=lr.FlopsBudget(0.5))
     >>> path = os.path.join(tempfile.mkdtemp(), "compact.pt")
@@ -15,8 +19,11 @@ no pickled code, so files load with ``torch.load(weights_only=True)`` and need n
 
 from __future__ import annotations
 
+import copy
+import io
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import torch
 from torch import nn
@@ -96,28 +103,157 @@ def rebuild(arch: dict[str, Any]) -> nn.Module:
     return model
 
 
-def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, **extra: Any) -> None:
-    """Write `model` (a registry model, possibly with low-rank layers) so that `load` rebuilds it."""
+def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    # Imported here: the checkpoint module sits in the training package, which loading never needs.
     from .train.checkpoint import atomic_write
 
+    atomic_write(path, write)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, **extra: Any) -> None:
+    """Write `model` (a registry model, possibly with low-rank layers) so that `load` rebuilds it."""
     arch = describe(model, model_name, num_classes, **extra)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda f: torch.save({"format": FORMAT, "arch": arch, "state_dict": state}, f))
+    state = _state(model)
+    _atomic_write(path, lambda f: torch.save({"format": FORMAT, "arch": arch, "state_dict": state}, f))
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a model written by `save` (or a run's ``compact.pt``), in eval mode."""
+def load_with_arch(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """`load`, also returning the file's ``arch`` (model name, classes, layers, input size when known)."""
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a compact model file") from None
     except Exception as err:  # truncated or corrupt files raise several error types
-        raise ValueError(f"cannot read compact model {path}: {err}") from None
+        raise ValueError(f"cannot read compact model {path}: {' '.join(str(err).split())}") from None
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
-        raise ValueError(f"{path} is not a compact model written by lrtrain (no 'arch'/'state_dict')")
-    model = rebuild(blob["arch"])
+        hint = " (a training checkpoint: make a compact model of it with lrtrain compress)" \
+            if isinstance(blob, dict) and "config" in blob else ""
+        raise ValueError(f"{path} is not a compact model written by lrtrain (no 'arch'/'state_dict'){hint}")
+    arch = blob["arch"]
+    if "layers" not in arch:
+        raise ValueError(f"{path} holds the weights of a {arch.get('model', 'model')} that was given to the "
+                         "trainer as a module, not by registry name, so lrtrain cannot rebuild it; its run's "
+                         "compact_module.pt has the whole module (torch.load(..., weights_only=False))")
+    model = rebuild(arch)
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: the weights do not fit the described architecture: {err}") from None
-    return model.eval()
+        raise ValueError(f"{path}: the weights do not fit the described architecture: "
+                         f"{' '.join(str(err).split())[:300]}") from None
+    return model.eval(), arch
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a model written by `save` (or a run's ``compact.pt``), in eval mode."""
+    return load_with_arch(path, map_location)[0]
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+EXPORT_FORMATS = ("torchscript", "onnx", "state_dict")
+
+
+def _deployable(model: nn.Module) -> nn.Module:
+    """A CPU float copy in eval mode (exports are for inference, and the caller's model stays as it is)."""
+    return copy.deepcopy(model).cpu().float().eval()
+
+
+def _example(input_size) -> torch.Tensor:
+    return torch.randn(tuple(input_size), generator=torch.Generator().manual_seed(0))
+
+
+def export_torchscript(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32)) -> None:
+    """Write `model` as TorchScript (``torch.jit.load`` reads it without lrtrain).
+
+    The model is scripted (any batch size, any input size); a model that cannot be scripted is traced on a
+    random input of `input_size`.
+    """
+    net = _deployable(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the C++ path
+        try:
+            module = torch.jit.script(net)
+        except Exception:
+            with torch.no_grad():
+                module = torch.jit.trace(net, _example(input_size))
+        _atomic_write(path, lambda f: torch.jit.save(module, f))
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32), opset: int | None = None) -> None:
+    """Write `model` as ONNX (input ``images``, output ``logits``, the batch dimension dynamic).
+
+    Uses the TorchScript-based exporter (the newer one needs ``onnxscript``); needs the ``onnx`` package.
+    """
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it to write the file)
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx package: pip install onnx (onnxruntime too, to check "
+                         "the exported model)") from None
+    net = _deployable(model)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
+        torch.onnx.export(net, (_example(input_size),), buffer, dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    _atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def export_state_dict(model: nn.Module, path: str | Path) -> None:
+    """Write the model's state_dict alone: plain tensors, for ``torch.load(weights_only=True)``.
+
+    It fits ``rebuild(arch)`` (or the model `load` returns) for ``arch`` the architecture `describe` gives.
+    """
+    state = _state(model)
+    _atomic_write(path, lambda f: torch.save(state, f))
+
+
+EXPORTERS: dict[str, Callable[..., None]] = {
+    "torchscript": lambda model, path, input_size, **kw: export_torchscript(model, path, input_size),
+    "onnx": lambda model, path, input_size, opset=None: export_onnx(model, path, input_size, opset),
+    "state_dict": lambda model, path, input_size, **kw: export_state_dict(model, path),
+}
+
+
+def export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32), **options: Any) -> None:
+    """Write `model` to `path` in `format` (one of `EXPORT_FORMATS`)."""
+    if format not in EXPORTERS:
+        raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    EXPORTERS[format](model, path, tuple(input_size), **options)
+
+
+def check_export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32)) -> float | None:
+    """Largest absolute difference between the exported file's outputs and the model's on a random batch.
+
+    The batch has one more image than `input_size` says (the exported batch dimension must not be fixed).
+    None for ONNX when onnxruntime is not installed.
+    """
+    net = _deployable(model)
+    size = (input_size[0] + 1, *input_size[1:])
+    x = torch.randn(size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = net(x)
+        if format == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                got = torch.jit.load(str(path), map_location="cpu")(x)
+        elif format == "state_dict":
+            other = copy.deepcopy(net)
+            other.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            got = other(x)
+        elif format == "onnx":
+            try:
+                import onnxruntime
+            except ImportError:
+                return None
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        else:
+            raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    return (got.float() - expected.float()).abs().max().item()

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import export, models
 from .metrics import count
-from .surgery import Decision, factorize, plan
+from .surgery import Decision, factorize, plan, why_none
 
 _DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
 
@@ -93,9 +93,15 @@ def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str 
 
     model, name, classes, size = load_trained(path)
     decisions = plan(model, rank, scheme, skip, size)
+    note = ""
+    if not any(d.factorize for d in decisions):
+        if all(d.rank is None for d in decisions):  # not one layer is eligible: the request cannot work
+            raise ValueError(f"no layer was factorized, so there is nothing to compress ({why_none(decisions)})")
+        note = f"no layer was factorized: at these ranks none is cheaper than dense ({why_none(decisions, 1)})"
     compact = factorize(copy.deepcopy(model), rank, scheme, skip, size)
     export.save(compact, out, name, classes, input_size=list(size))
     with torch.no_grad():
         x = torch.randn(size)
         drift = (compact(x) - model(x)).abs().max().item()
-    return {"table": decision_table(decisions), "totals": totals_line(model, compact, size), "drift": drift}
+    return {"table": decision_table(decisions), "totals": totals_line(model, compact, size), "drift": drift,
+            "note": note}

@@ -23,12 +23,26 @@ class SVD(NamedTuple):
     Vh: Tensor
 
 
-def svd(a: Tensor) -> SVD:
+class NonFiniteError(ValueError):
+    """A weight holds NaN or Inf values, so it has no decomposition (training diverged)."""
+
+
+def _nonfinite_message(a: Tensor, names: list[str] | None) -> str:
+    if names is not None and a.dim() >= 3 and len(names) == a.shape[0]:
+        bad = [n for n, m in zip(names, a) if not bool(torch.isfinite(m).all())]
+        if bad:
+            return f"{', '.join(bad)}: the weight contains NaN or Inf values, so it has no SVD"
+    return f"SVD of a {tuple(a.shape)} weight failed: it contains NaN or Inf values"
+
+
+def svd(a: Tensor, names: list[str] | None = None) -> SVD:
     """Thin SVD of a (batch of) matrices, computed in float32 at least, with fallbacks.
 
     Low-precision inputs are promoted (LAPACK/cuSOLVER have no bf16 path). If the decomposition fails
     to converge or returns non-finite values (ill-conditioned or degenerate weights), it is retried in
-    float64, then on a slightly jittered matrix, before giving up with a clear error.
+    float64, then on a slightly jittered matrix, before giving up with a clear error. A matrix holding
+    NaN or Inf raises `NonFiniteError`, naming the layers when ``names`` (one per matrix of the batch,
+    i.e. per index of the first dimension) is given.
     """
     work = a if a.dtype in (torch.float32, torch.float64) else a.float()
     attempts = (
@@ -45,22 +59,25 @@ def svd(a: Tensor) -> SVD:
             continue
         if bool(torch.isfinite(S).all()):
             return SVD(U.to(work.dtype), S.to(work.dtype), Vh.to(work.dtype))
+        if not bool(torch.isfinite(a).all()):
+            break  # no retry can help
     if not bool(torch.isfinite(a).all()):
-        raise ValueError(f"SVD of a {tuple(a.shape)} weight failed: it contains NaN or Inf values")
+        raise NonFiniteError(_nonfinite_message(a, names))
     raise RuntimeError(f"SVD of a {tuple(a.shape)} weight failed even in float64 with jitter: {last_error}")
 
 
-def svd_many(mats: list[Tensor]) -> list[SVD]:
+def svd_many(mats: list[Tensor], names: list[str] | None = None) -> list[SVD]:
     """SVD of every matrix in `mats`, one batched call per group of equal shape, dtype and device.
 
-    Returns the decompositions in the order of `mats`.
+    Returns the decompositions in the order of `mats`. ``names`` (one per matrix) name the layers in
+    the error raised for a matrix holding NaN or Inf.
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, m in enumerate(mats):
         groups[(tuple(m.shape), m.dtype, m.device)].append(i)
     out: list[SVD | None] = [None] * len(mats)
     for idx in groups.values():
-        batch = svd(torch.stack([mats[i] for i in idx]))
+        batch = svd(torch.stack([mats[i] for i in idx]), names=None if names is None else [names[i] for i in idx])
         for j, i in enumerate(idx):
             out[i] = SVD(batch.U[j], batch.S[j], batch.Vh[j])
     return out  # type: ignore[return-value]

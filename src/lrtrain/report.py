@@ -360,16 +360,6 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
     return path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``lrtrain report``."""
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by lrtrain train")
-    parser.add_argument("-o", "--out", default="report", help="folder for README.md and the plots (default: report)")
-    parser.add_argument("--paper-points", metavar="YAML",
-                        help="published results to plot beside the runs: a list of {label, speedup, top1}")
-    parser.add_argument("--layers", nargs="+", metavar="NAME",
-                        help="layers whose singular values to plot (default: three spread across the network)")
-
-
 def run(args: argparse.Namespace) -> int:
     """``lrtrain report``: write the report and say where it is."""
     path = write_report(args.run_dirs, args.out, args.paper_points, args.layers)

@@ -243,7 +243,10 @@ class Tucker2(Scheme):
     has_matrix_form = False
 
     def max_rank(self, g):
-        return (g.in_channels, g.out_channels)
+        # r_in is the rank of the mode-1 unfolding (c × n·k²), r_out of the mode-0 one (n × c·k²): a 1×1 conv
+        # with c > n has r_in ≤ n, not c.
+        kh, kw = g.kernel_size
+        return (min(g.in_channels, g.out_channels * kh * kw), min(g.out_channels, g.in_channels * kh * kw))
 
     def check_rank(self, g, rank, where="layer"):
         r_in, r_out = (rank, rank) if not isinstance(rank, (tuple, list)) else tuple(rank)

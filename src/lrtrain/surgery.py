@@ -129,21 +129,25 @@ def attach_spectra(cands: list[Candidate]) -> None:
     A decoupled conv gets one row of singular values per output filter (see `ranks`).
     """
     convs = [c for c in cands if c.scheme is not None]
-    mats = []
+    mats, names = [], []
     for c in cands:
         w = c.module.weight.detach()
         if c.scheme is None:
             mats.append(w)
         elif c.scheme.has_matrix_form:
             mats.append(c.scheme.to_matrix(w))
+        else:
+            continue
+        names.append(c.name)
     tucker = [c for c in convs if not c.scheme.has_matrix_form]
-    decs = iter(linalg.svd_many(mats))
+    decs = iter(linalg.svd_many(mats, names))
     for c in cands:
         if c.scheme is None or c.scheme.has_matrix_form:
             c.request.spectrum = next(decs).S
     if tucker:
-        outs = linalg.svd_many([c.module.weight.detach().flatten(1) for c in tucker])
-        ins = linalg.svd_many([c.module.weight.detach().transpose(0, 1).flatten(1) for c in tucker])
+        tucker_names = [c.name for c in tucker]
+        outs = linalg.svd_many([c.module.weight.detach().flatten(1) for c in tucker], tucker_names)
+        ins = linalg.svd_many([c.module.weight.detach().transpose(0, 1).flatten(1) for c in tucker], tucker_names)
         for c, o, i in zip(tucker, outs, ins):
             c.request.spectrum = (i.S, o.S)
 
@@ -201,6 +205,15 @@ def plan(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", 
     return sorted(decisions, key=lambda d: order[d.name])
 
 
+def why_none(decisions: list[Decision], limit: int = 3) -> str:
+    """Why no layer is factorized, in one short line: the first `limit` layers and their reasons."""
+    if not decisions:
+        return "the model has no conv or linear layer"
+    shown = "; ".join(f"{d.name}: {d.reason}" for d in decisions[:limit])
+    more = len(decisions) - limit
+    return shown + (f"; and {more} more layer{'s' if more > 1 else ''}" if more > 0 else "")
+
+
 def _kind(c: Candidate) -> str:
     return "linear" if c.scheme is None else "conv"
 
@@ -227,7 +240,11 @@ def factorize(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.
             log.info("factorize: %s kept dense: %s", d.name, d.reason)
             continue
         module = model.get_submodule(d.name)
-        new = (LowRankLinear.from_dense(module, d.rank) if d.kind == "linear"
-               else LowRankConv2d.from_dense(module, d.rank, scheme))
+        try:
+            new = (LowRankLinear.from_dense(module, d.rank) if d.kind == "linear"
+                   else LowRankConv2d.from_dense(module, d.rank, scheme))
+        except linalg.NonFiniteError:
+            raise linalg.NonFiniteError(f"{d.name}: the weight contains NaN or Inf values, so it cannot be "
+                                        "factorized") from None
         replace_module(model, d.name, new)
     return model

@@ -32,7 +32,7 @@ from ..layers import LowRankConv2d, LowRankLinear
 from ..metrics import trace_shapes
 from ..ranks import Rank, RankPolicy, RankRequest, parse_policy
 from ..schemes import ConvGeometry, get_scheme
-from ..surgery import Decision, candidates, plan, replace_module
+from ..surgery import Decision, candidates, plan, replace_module, why_none
 from . import register_method
 from .base import Method
 
@@ -188,6 +188,9 @@ class ELRT(Method):
         if skip is None:  # explicit per-layer ranks say themselves which layers are factorized
             skip = [] if isinstance(rank, dict) else _default_skip(model, input_size)
         self.decisions = self._plan(rank, equal_ranks, skip, tuple(input_size))
+        if not any(d.factorize for d in self.decisions):
+            raise ValueError(f"ELRT: no layer of {type(model).__name__} can be factorized "
+                             f"({why_none(self.decisions)})")
         self.layers: dict[str, LowRank] = {}
         for d in self.decisions:
             if not d.factorize:
@@ -204,6 +207,9 @@ class ELRT(Method):
             return plan(self.model, rank, self.scheme, skip, input_size)
         policy = parse_policy(rank)
         cands, skipped = candidates(self.model, self.scheme, skip, input_size)
+        if not cands:
+            raise ValueError(f"ELRT: no layer of {type(self.model).__name__} can be factorized "
+                             f"({why_none(skipped)})")
         requests = [_tied(c.request) if equal_ranks else c.request for c in cands]
         chosen = policy(requests, fixed_cost=sum(d.dense_flops for d in skipped))
         return plan(self.model, chosen, self.scheme, skip, input_size)

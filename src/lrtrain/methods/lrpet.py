@@ -161,7 +161,7 @@ class LRPET(Method):
                                                                              self._fixed_cost)
         if not cands:
             raise ValueError(f"LRPET: {type(model).__name__} has no conv that can be projected "
-                             f"(skipped: {', '.join(f'{d.name}: {d.reason}' for d in skipped) or 'none'})")
+                             f"({surgery.why_none(skipped)})")
         self._cands = {c.name: c for c in cands}
         self._groups: list[WeightGroup] = group_weights([(c.name, c.module) for c in cands], self._scheme)
         pairs = conv_bn_pairs(model, self.input_size) if bn_rectify else {}
@@ -198,7 +198,7 @@ class LRPET(Method):
         for g in self._groups:
             mats = g.matrices()
             scale, unscale = self._rectifiers(g, mats)
-            work.append((g, mats, unscale, linalg.svd(scale.unsqueeze(-1) * mats)))
+            work.append((g, mats, unscale, linalg.svd(scale.unsqueeze(-1) * mats, names=g.names)))
         if self._policy is not None and self._policy.needs_spectrum:
             requests = [dataclasses.replace(self._cands[name].request, spectrum=dec.S[i])
                         for g, _, _, dec in work for i, name in enumerate(g.names)]
@@ -249,7 +249,8 @@ class LRPET(Method):
         compact = copy.deepcopy(self.model)
         names = list(self._cands)
         convs = [compact.get_submodule(n) for n in names]
-        sigma1 = [dec.S[0] for dec in linalg.svd_many([self._scheme.to_matrix(c.weight.detach()) for c in convs])]
+        sigma1 = [dec.S[0] for dec in linalg.svd_many([self._scheme.to_matrix(c.weight.detach()) for c in convs],
+                                                       names)]
         vanished = [n for n, c, s in zip(names, convs, sigma1) if float(s) < _VANISHED_SIGMA]
         for name in vanished:
             surgery.replace_module(compact, name, VanishedConv2d(compact.get_submodule(name)))

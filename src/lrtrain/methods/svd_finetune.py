@@ -69,6 +69,10 @@ class SVDFinetune(Method):
             raise ValueError(f"SVDFinetune: dense_fraction must be in [0, 1) (the part of the steps trained "
                              f"dense before the swap), got {dense_fraction!r}")
         self.dense_fraction = float(dense_fraction)
+        cands, skipped = surgery.candidates(model, self.scheme, self.skip, self.input_size, self.linear)
+        if not cands:  # found now, not at the swap halfway through training
+            raise ValueError(f"SVDFinetune: no layer of {type(model).__name__} can be factorized under scheme "
+                             f"{self.scheme.name!r} ({surgery.why_none(skipped)})")
         if init is not None:
             _load_pretrained(model, init)
         self.swapped = False

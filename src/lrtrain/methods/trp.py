@@ -51,13 +51,13 @@ def _masked_polar(U: Tensor, keep: Tensor, Vh: Tensor) -> Tensor:
     return (U * keep.unsqueeze(-2).to(U.dtype)) @ Vh
 
 
-def _svd_no_sync(mats: Tensor) -> linalg.SVD:
+def _svd_no_sync(mats: Tensor, names: list[str] | None = None) -> linalg.SVD:
     """SVD without `linalg.svd`'s finiteness check (a host sync); falls back to it if LAPACK fails."""
     try:
         return linalg.SVD(*torch.linalg.svd(mats.float() if mats.dtype not in (torch.float32, torch.float64)
                                             else mats, full_matrices=False))
     except RuntimeError:
-        return linalg.svd(mats)
+        return linalg.svd(mats, names)
 
 
 @register_method("trp")
@@ -178,7 +178,7 @@ class TRP(Method):
             # although it trains them with TRP like the others.
             final = [c.name for c in train if self.scheme.name == "decoupled" or tuple(c.module.stride) == (1, 1)]
         if not train:
-            why = "; ".join(f"{d.name}: {d.reason}" for d in skipped) or "the model has no conv layer"
+            why = surgery.why_none(skipped) if skipped else "the model has no conv layer"
             raise ValueError(f"TRP: no conv of the model is eligible under scheme {self.scheme.name!r} "
                              f"and preset {preset!r} ({why})")
         return [(c.name, c.module) for c in train], final, {c.name: c.request for c in train}
@@ -196,13 +196,13 @@ class TRP(Method):
         if not self.nuclear or (pending is None and self.subgradient == "projection"):
             return
         for i, group in enumerate(self._groups):
-            sub = pending[i] if pending is not None else self._subgradient(group.matrices())
+            sub = pending[i] if pending is not None else self._subgradient(group.matrices(), group.names)
             group.add_to_grad(self.nuclear * sub)
 
-    def _subgradient(self, mats: Tensor) -> Tensor:
+    def _subgradient(self, mats: Tensor, names: list[str] | None = None) -> Tensor:
         if self.subgradient == "newton_schulz":
             return linalg.polar_newton_schulz(mats, **NEWTON_SCHULZ)
-        U, S, Vh = _svd_no_sync(mats)
+        U, S, Vh = _svd_no_sync(mats, names)
         return _masked_polar(U, S > self.tol * S[..., :1], Vh)
 
     def after_step(self) -> None:
@@ -220,7 +220,7 @@ class TRP(Method):
         """
         pending = []
         decs = [(group, group.matrices()) for group in self._groups]
-        decs = [(group, mats, linalg.svd(mats)) for group, mats in decs]
+        decs = [(group, mats, linalg.svd(mats, names=group.names)) for group, mats in decs]
         chosen = self._policy_projection_ranks(decs) if self.rank_policy is not None else None
         for group, mats, (U, S, Vh) in decs:
             if chosen is None:

@@ -13,14 +13,17 @@ method's rank log), checkpoints/, and at the end compact.pt, compact_module.pt a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
 import json
 import random
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import config as config_mod
+from ..linalg import NonFiniteError
 from ..data import Data, build_data
 from ..methods import create_method
 from ..provenance import commit, today
@@ -45,6 +49,26 @@ _RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compac
 
 class DivergenceError(RuntimeError):
     """The loss became NaN or Inf; the run stopped and kept its last good checkpoint."""
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message says which batch size to lower."""
+
+
+# Signals that stop a run cleanly: the step under way ends, a checkpoint is saved, `fit` returns.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or a RuntimeError saying so (other backends; the CPU allocator)."""
+    text = str(err).lower()
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def resolve_device(name: str, world: distributed.World) -> torch.device:
@@ -167,6 +191,7 @@ class Trainer:
         torch.manual_seed(config["seed"])
         random.seed(config["seed"])
         self.model_name = config["model"]["name"] if model is None else type(model).__name__
+        self._registry_model = model is None
         if model is None:
             from .. import models
 
@@ -188,6 +213,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._elapsed_before = 0.0  # seconds spent by the sessions this run resumed from
         self._session_start = time.perf_counter()
+        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during `fit`
+        self._evaluating = False
 
     # -- building -----------------------------------------------------------------------------------
 
@@ -285,11 +312,16 @@ class Trainer:
                     stats = f"loss {shown[0]:.3f} acc {shown[1]:.1f}% " if shown else ""
                     bar.set_postfix_str(f"{stats}lr {self.optimizer.param_groups[0]['lr']:.4g} {rate:.0f} img/s")
                 last = self.batch == self.steps_per_epoch
-                if until_step is not None and self.step >= until_step and not last:
+                # A signal is seen between steps without a sync; several processes agree on it at
+                # checkpoints only (an agreement is a collective), so they all stop at the same step.
+                signalled = self.stop_signal is not None and not self.world.distributed
+                if ((until_step is not None and self.step >= until_step) or signalled) and not last:
                     self.save_checkpoint()
                     return False
                 if every and self.step % every == 0 and not last:
                     self.save_checkpoint()
+                    if self.world.distributed and self._agree(self.stop_signal is not None):
+                        return False
         finally:
             bar.close()
         return True
@@ -300,6 +332,7 @@ class Trainer:
         model = model if model is not None else self.model
         was_training = model.training
         model.eval()
+        self._evaluating = True
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, images
         images_seen = 0
         for images, labels in self.data.test.batches():
@@ -309,6 +342,7 @@ class Trainer:
                                      (logits.argmax(1) == labels).sum().double()])
             images_seen += labels.shape[0]
         model.train(was_training)
+        self._evaluating = False
         sums[2] = images_seen
         loss, correct, n = distributed.all_reduce_sum_(sums).tolist()
         return {"test_loss": loss / n, "test_acc": 100.0 * correct / n}
@@ -352,8 +386,20 @@ class Trainer:
         ``overwrite``. ``until_step`` stops after that many steps and ``time_limit`` (seconds) after the
         first epoch that ends past it, both with a checkpoint to resume from: the result is then
         ``{"finished": False, "step": ..., "checkpoint": ...}``.
+
+        SIGINT and SIGTERM (Ctrl-C, a batch system's stop) stop the run the same way after the step under
+        way: the result then also holds ``"signal"`` (its name, e.g. ``"SIGTERM"``). A second signal stops
+        at once (KeyboardInterrupt). A loss or a weight that becomes NaN/Inf raises `DivergenceError`
+        naming the last good checkpoint; running out of device memory raises `OutOfMemory`.
         """
-        self._prepare_run_dir(resume, overwrite)
+        with self._translate_errors():
+            self._prepare_run_dir(resume, overwrite)
+            with self._stop_on_signals():
+                stopped = self._train(until_step, time_limit)
+            return stopped if stopped is not None else self._finish()
+
+    def _train(self, until_step: int | None, time_limit: float | None) -> dict[str, Any] | None:
+        """The epochs left; the stopped result when it stops before the end, else None."""
         session = time.perf_counter()
         for epoch in range(self.epoch, self.epochs):
             started, images_before = time.perf_counter(), self.sums.samples
@@ -362,11 +408,52 @@ class Trainer:
             images = (self.sums.samples - images_before) * self.world.world_size
             self._end_epoch(epoch, time.perf_counter() - started, images)
             out_of_time = time_limit is not None and time.perf_counter() - session > time_limit
-            stop = (until_step is not None and self.step >= until_step) or self._agree(out_of_time)
+            stop = (until_step is not None and self.step >= until_step) \
+                or self._agree(out_of_time or self.stop_signal is not None)
             self.save_checkpoint()
             if stop and self.epoch < self.epochs:
                 return self._stopped()
-        return self._finish()
+        return None
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training: SIGINT/SIGTERM set `stop_signal` (the loop stops with a checkpoint); a second
+        one raises KeyboardInterrupt. Handlers can only be installed from the main thread."""
+        self.stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
+            self.stop_signal = signum  # nothing else here: the handler may interrupt a write to stdout
+
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    @contextlib.contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        """NaN weights met by a method's SVD become a `DivergenceError`, and running out of device
+        memory an `OutOfMemory` naming the batch size to lower."""
+        try:
+            yield
+        except NonFiniteError as err:
+            self._diverged(str(err), f"epoch {self.epoch + 1}")
+        except RuntimeError as err:
+            if isinstance(err, (DivergenceError, OutOfMemory)) or not is_out_of_memory(err):
+                raise
+            key = "data.eval_batch_size" if self._evaluating else "data.batch_size"
+            size = self.cfg["data"]["eval_batch_size" if self._evaluating else "batch_size"]
+            kept = list_checkpoints(self.run_dir / "checkpoints")
+            last = f"; the last checkpoint is {kept[-1]}" if kept else ""
+            raise OutOfMemory(f"out of memory on {device_name(self.device)} at step {self.step} "
+                              f"({'evaluation' if self._evaluating else 'training'}) with {key}={size}: "
+                              f"lower it, e.g. --set {key}={max(1, size // 2)}{last}") from err
 
     def _agree(self, flag: bool) -> bool:
         """True on every rank when any rank says so (a wall-clock limit must stop all ranks together)."""
@@ -376,10 +463,15 @@ class Trainer:
 
     def _stopped(self) -> dict[str, Any]:
         checkpoint = list_checkpoints(self.run_dir / "checkpoints")[-1]
+        name = signal.Signals(self.stop_signal).name if self.stop_signal is not None else None
         if self.world.is_main:
-            print(f"stopped at step {self.step}, checkpoint {checkpoint}; continue (epoch {self.epoch + 1}, "
+            why = f"{name} received: " if name else ""
+            print(f"{why}stopped at step {self.step}, checkpoint {checkpoint}; continue (epoch {self.epoch + 1}, "
                   f"batch {self.batch}) with: lrtrain train {self.run_dir} --resume", flush=True)
-        return {"finished": False, "step": self.step, "checkpoint": str(checkpoint)}
+        result: dict[str, Any] = {"finished": False, "step": self.step, "checkpoint": str(checkpoint)}
+        if name:
+            result["signal"] = name
+        return result
 
     def _elapsed(self) -> float:
         """Seconds of this run so far, over all the sessions it was resumed in."""
@@ -398,12 +490,21 @@ class Trainer:
             if overwrite and not resume:
                 for path in [*existing, *(self.run_dir / f for f in _RUN_FILES)]:
                     path.unlink(missing_ok=True)
+            for stale in [*ckpt_dir.glob(".step_*.tmp"), *self.run_dir.glob(".*.tmp")]:
+                stale.unlink(missing_ok=True)  # half-written files of a process that was killed
         if self.world.distributed:
             torch.distributed.barrier()
         if resume and existing:
-            self.load_checkpoint(existing[-1])
+            try:
+                state = load_checkpoint(existing[-1])
+            except ValueError as err:
+                hint = (f"; move it away to resume from the one before, {existing[-2]}" if len(existing) > 1
+                        else "; it is the run's only checkpoint: start again with --overwrite")
+                raise ValueError(f"{_one_line(str(err))}{hint}") from None
+            self.load_checkpoint(existing[-1], state)
         elif resume and self.world.is_main:
             print(f"no checkpoint in {ckpt_dir}: starting from scratch", flush=True)
+            self._truncate_ranks()  # rows a killed first session logged before any checkpoint
         if self.world.is_main:
             config_mod.dump(self.cfg, self.run_dir / "config.yaml")
 
@@ -436,24 +537,38 @@ class Trainer:
             torch.distributed.barrier()  # every rank sees the file before going on
         return path
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint written by `save_checkpoint` into this trainer.
+    def load_checkpoint(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
+        """Restore a checkpoint written by `save_checkpoint` into this trainer (``state``: its content,
+        when already read).
 
         The method's state is loaded first, so a method that changed layer shapes can rebuild them
-        before the weights are loaded.
+        before the weights are loaded. A checkpoint of another model or method raises ValueError naming both.
         """
-        state = load_checkpoint(path)
+        state = load_checkpoint(path) if state is None else state
+        if not isinstance(state, dict) or not {"config", "model", "method", "optimizer"} <= state.keys():
+            raise ValueError(f"{path} is not a training checkpoint of lrtrain")
         saved, now = _flat(state["config"]), _flat(self.cfg)
+        was = (saved.get("model.name"), saved.get("method.name"))
+        this = (now["model.name"] if self._registry_model else was[0], now["method.name"])
+        if was != this:
+            raise ValueError(f"checkpoint {path} holds a {was[0]} trained with method {was[1]!r}, but this run "
+                             f"builds a {this[0]} with method {this[1]!r}: resume with the recipe it was saved "
+                             "with, or start again with --overwrite")
         changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         if changed and self.world.is_main:
             print(f"note: resuming {path} with changed settings: {', '.join(changed)}", flush=True)
         before = [id(p) for p in self.model.parameters()]
-        self.method.load_state_dict(state["method"])
-        if self.method.model is not self.model or [id(p) for p in self.method.model.parameters()] != before:
-            self._wrap_model()  # the method rebuilt layers; an unchanged model keeps its compiled graph
-        self.model.load_state_dict(state["model"])
-        self.optimizer = self._build_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.method.load_state_dict(state["method"])
+            if self.method.model is not self.model or [id(p) for p in self.method.model.parameters()] != before:
+                self._wrap_model()  # the method rebuilt layers; an unchanged model keeps its compiled graph
+            self.model.load_state_dict(state["model"])
+            self.optimizer = self._build_optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            detail = _one_line(f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err))
+            raise ValueError(f"checkpoint {path} does not fit this run's {self.model_name} with method "
+                             f"{self.method.name!r}: {detail}") from None
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
         self.sums.load(state["sums"])
         self.history = state["history"]
@@ -486,7 +601,10 @@ class Trainer:
         if not path.exists():
             return
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+            # A row is kept when whole (a killed process may have left half of one) and not newer.
+            rows = [r for r in csv.DictReader(f)
+                    if all(r.get(k) is not None for k in RANK_FIELDS) and r["step"].isdigit()
+                    and int(r["step"]) <= self.step]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, RANK_FIELDS, extrasaction="ignore")
         writer.writeheader()

@@ -1,0 +1,424 @@
+"""The papers' CIFAR-10 table, reproduced: every method on ResNet-20 and ResNet-56, several runs at once.
+
+`RUNS` lists each training: a recipe from recipes/, the overrides that make it this row, and the published
+figure it is compared with. One call trains the unfinished runs, ``--parallel N`` of them at a time, each
+in its own process (``python -m lrtrain train RECIPE --out-dir ROOT/NAME --resume --time-limit T``) on the
+same device: a CIFAR ResNet leaves most of a GPU idle, so N processes finish about N times the work. A run
+resumes from its newest checkpoint, so the table is built over many calls of at most 10 minutes each:
+
+    python benchmarks/reproduce.py --list                                  # the runs and how far each got
+    python benchmarks/reproduce.py --runs 'resnet20_*' --parallel 2 --time-limit 3000
+    python benchmarks/reproduce.py --report-only   # benchmarks/results/cifar10.{md,csv}, cifar10_acc_vs_flops.png
+
+``--time-limit`` bounds the whole call: each worker is told to stop (checkpointed, after the epoch that
+passes its limit) ``--margin`` seconds before the call's end (or twice its last epoch time if longer), no
+worker starts with less than that left, and any worker still running at the end is terminated (it then
+resumes from its last epoch's checkpoint). ``--epochs-scale`` shrinks every schedule (tests, CPU tries);
+``--set KEY=VALUE`` overrides every run's recipe.
+
+Round trip with the GPU machine (the exact calls are in benchmarks/gpu/README.md). The run folders live in
+benchmarks/checkpoints/reproduce/ (committed between sessions: what a later session resumes). A call
+carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
+
+1. here, before the calls: ``mv benchmarks/checkpoints/reproduce .data/reproduce`` (ignored by git: the run
+   folders then travel only in the call that names them in ``carry``, not beside each data part);
+2. on the GPU machine (``$OUT`` set) the runs train in ``--root`` /tmp/lrtrain-reproduce (it survives
+   between calls while the machine is warm, and the working tree copied in at each call cannot
+   overwrite it); ``--seed .data/reproduce`` merges the carried folders in first, a run only where the
+   carried copy is further along;
+3. at the end of the call the runs it trained are packed into ``$OUT/reproduce_runs.tar.NNN`` (pieces of
+   at most 15 MiB: $OUT returns at most 8 files of 16 MiB, no deeper than 2 folders, which a run
+   folder with its checkpoints/ is), holding each run's small files, its newest checkpoint when
+   unfinished and compact.pt when finished (ResNet-56: 7 MB a checkpoint, 2-4 MB a compact model);
+4. here: ``python benchmarks/reproduce.py --root .data/reproduce --unpack FILES_AT`` merges them back
+   (again the further-along copy wins), and the next call carries .data/reproduce again; at the end of the
+   session ``mv .data/reproduce benchmarks/checkpoints/reproduce``, ``--report-only``, commit.
+
+The device has no git repository, so the trainer writes commit "unknown" there: ``--commit SHA`` puts the
+commit that the session sent into the summaries of the runs it finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lrtrain import benchmark
+from lrtrain.config import load_recipe
+from lrtrain.train.checkpoint import atomic_write_text, list_checkpoints
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RECIPES = ROOT / "recipes"
+PACK_NAME = "reproduce_runs.tar"
+PIECE = 15 * 2**20
+# Files a run folder needs to be resumed or reported; compact_module.pt (a pickled copy of compact.pt)
+# stays behind.
+SMALL_FILES = ("config.yaml", "metrics.csv", "ranks.csv", "summary.json", "train.log")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str                       # folder under the root; --runs patterns match it
+    label: str                      # the method as the table and the plot name it
+    recipe: str                     # file under recipes/
+    overrides: tuple[str, ...] = ()
+    paper: dict[str, Any] | None = None   # {"top1", "speedup", "source"}: the published figure
+
+
+def _paper(top1: float, speedup: float, source: str) -> dict[str, Any]:
+    return {"top1": top1, "speedup": speedup, "source": source}
+
+
+TRP_README = "TRP official README"
+TRP_QUOTED = "TRP paper, as quoted by later papers"
+NO_NUCLEAR = ("method.nuclear=0",)
+# ResNet-20 has no SVD-fine-tune recipe of its own: the ResNet-56 one (dense half, then decomposition and
+# fine-tuning under one cosine schedule) at the FLOPs of TRP's ResNet-20 channel row (2.17x: at most 46 %)
+# and with TRP's 164 epochs, the protocol every ResNet-20 row it is compared with uses.
+R20_SVD = ("model.name=resnet20", "method.rank=flops:0.46", "train.epochs=164")
+R56_SPATIAL = ("method.scheme=spatial",)
+
+RUNS = [
+    Run("resnet20_dense", "dense", "cifar10_resnet20_dense.yaml", paper=_paper(91.74, 1.0, TRP_README)),
+    Run("resnet20_svd_finetune", "SVD + fine-tune", "cifar10_resnet56_svd_finetune.yaml", R20_SVD),
+    Run("resnet20_trp_channel_nuclear", "TRP channel + nuclear", "cifar10_resnet20_trp_channel.yaml",
+        paper=_paper(90.50, 2.17, TRP_README)),
+    Run("resnet20_trp_channel", "TRP channel", "cifar10_resnet20_trp_channel.yaml", NO_NUCLEAR),
+    Run("resnet20_trp_spatial_nuclear", "TRP spatial + nuclear", "cifar10_resnet20_trp_spatial.yaml",
+        paper=_paper(90.62, 2.84, TRP_README)),
+    Run("resnet20_trp_spatial", "TRP spatial", "cifar10_resnet20_trp_spatial.yaml", NO_NUCLEAR),
+    Run("resnet20_lrpet", "LRPET", "cifar10_resnet20_lrpet.yaml"),
+    Run("resnet20_elrt_tucker2", "ELRT tucker2", "cifar10_resnet20_elrt_tucker2.yaml"),
+    Run("resnet20_elrt_channel", "ELRT channel", "cifar10_resnet20_elrt_channel.yaml"),
+    Run("resnet56_dense", "dense", "cifar10_resnet56_dense.yaml", paper=_paper(93.14, 1.0, TRP_QUOTED)),
+    Run("resnet56_svd_finetune", "SVD + fine-tune", "cifar10_resnet56_svd_finetune.yaml"),
+    Run("resnet56_trp_channel_nuclear", "TRP channel + nuclear", "cifar10_resnet56_trp_channel.yaml",
+        paper=_paper(92.77, 2.31, TRP_QUOTED)),
+    Run("resnet56_trp_channel", "TRP channel", "cifar10_resnet56_trp_channel.yaml", NO_NUCLEAR),
+    Run("resnet56_trp_spatial_nuclear", "TRP spatial + nuclear", "cifar10_resnet56_trp_channel.yaml", R56_SPATIAL),
+    Run("resnet56_trp_spatial", "TRP spatial", "cifar10_resnet56_trp_channel.yaml", R56_SPATIAL + NO_NUCLEAR),
+    Run("resnet56_lrpet", "LRPET", "cifar10_resnet56_lrpet.yaml", paper=_paper(93.27, 2.24, "LRPET official README")),
+    Run("resnet56_elrt_tucker2", "ELRT tucker2", "cifar10_resnet56_elrt_tucker2.yaml"),
+    Run("resnet56_elrt_channel", "ELRT channel", "cifar10_resnet56_elrt_channel.yaml"),
+]
+
+
+def select(patterns: list[str] | None) -> list[Run]:
+    """The runs whose names match any of `patterns` (shell wildcards), in `RUNS` order."""
+    if not patterns:
+        return list(RUNS)
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(r.name, p) for r in RUNS)]
+    if unmatched:
+        raise SystemExit(f"no run matches {', '.join(unmatched)}; runs: {', '.join(r.name for r in RUNS)}")
+    return [r for r in RUNS if any(fnmatch.fnmatchcase(r.name, p) for p in patterns)]
+
+
+def overrides(run: Run, extra: list[str], epochs_scale: float) -> list[str]:
+    """Every ``--set`` a worker gets: the run's own, the call's, the scaled schedule, one checkpoint kept."""
+    sets = [*run.overrides, *extra]
+    if epochs_scale != 1:
+        cfg = load_recipe(RECIPES / run.recipe, sets)
+
+        def scaled(e):
+            return max(1, round(e * epochs_scale))
+
+        sets += [f"train.epochs={scaled(cfg['train']['epochs'])}",
+                 f"schedule.milestones={[scaled(m) for m in cfg['schedule']['milestones']]}",
+                 f"schedule.warmup_epochs={cfg['schedule']['warmup_epochs'] * epochs_scale}"]
+    # One checkpoint is all a resume needs, and it is what travels back from the GPU machine.
+    return [*sets, "train.keep_checkpoints=1"]
+
+
+def spec(run: Run, sets: list[str]) -> benchmark.RunSpec:
+    return benchmark.RunSpec(run.name, run.label, load_recipe(RECIPES / run.recipe, sets), paper=run.paper)
+
+
+def worker_command(run: Run, sets: list[str], run_dir: Path, data_dir: str | None, limit: float | None) -> list[str]:
+    cmd = [sys.executable, "-m", "lrtrain", "train", str(RECIPES / run.recipe), "--out-dir", str(run_dir), "--resume"]
+    for s in sets:
+        cmd += ["--set", s]
+    if data_dir:
+        cmd += ["--data-dir", data_dir]
+    if limit is not None:
+        cmd += ["--time-limit", f"{limit:.1f}"]
+    return cmd
+
+
+# -- run folders ---------------------------------------------------------------------------------------
+
+def progress(run_dir: Path) -> tuple[int, int]:
+    """(1, 0) for a finished run, (0, step of its newest checkpoint) for a started one, (0, -1) otherwise."""
+    if (run_dir / "summary.json").exists():
+        return 1, 0
+    kept = list_checkpoints(run_dir / "checkpoints")
+    return 0, int(kept[-1].stem.split("_")[1]) if kept else -1
+
+
+def _last_epoch_seconds(run_dir: Path) -> float:
+    try:
+        lines = (run_dir / "metrics.csv").read_text().splitlines()
+        header, last = lines[0].split(","), lines[-1].split(",")
+        return float(last[header.index("epoch_time_s")])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _run_folders(source: Path) -> Path:
+    """A folder of run folders from `source`: itself, or the pack pieces it holds (or is one of) unpacked."""
+    pieces = sorted(source.glob(PACK_NAME + ".*")) if source.is_dir() else \
+        sorted(source.parent.glob(source.name.rsplit(".", 1)[0] + ".*"))
+    if not pieces:
+        return source
+    tmp = Path(tempfile.mkdtemp(prefix="reproduce-unpack-"))
+    stream = io.BytesIO(b"".join(p.read_bytes() for p in pieces))
+    with tarfile.open(fileobj=stream) as tar:
+        tar.extractall(tmp, filter="data")
+    return tmp
+
+
+def merge(sources: list[Path], root: Path) -> list[str]:
+    """Copy into `root` every run folder of `sources` that is further along than root's; returns their names."""
+    taken = []
+    for source in sources:
+        if not source.exists():
+            print(f"note: {source} does not exist: nothing merged from it")
+            continue
+        folders = _run_folders(source)
+        for src in sorted(p for p in folders.iterdir() if p.is_dir()):
+            dst = root / src.name
+            if progress(src) > progress(dst):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst)
+                taken.append(src.name)
+        if folders != source:
+            shutil.rmtree(folders)
+    print(f"merged into {root}: {', '.join(taken) or 'nothing newer'}")
+    return taken
+
+
+def pack(root: Path, names: list[str], dest: Path) -> list[Path]:
+    """`names`' run folders, lean (see the module doc), as ``dest/reproduce_runs.tar.NNN`` pieces."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in names:
+            run_dir = root / name
+            finished = (run_dir / "summary.json").exists()
+            files = [run_dir / f for f in SMALL_FILES]
+            files += [run_dir / "compact.pt"] if finished else list_checkpoints(run_dir / "checkpoints")[-1:]
+            for f in files:
+                if f.exists():
+                    tar.add(f, arcname=str(f.relative_to(root)))
+    data = buffer.getvalue()
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob(PACK_NAME + ".*"):
+        old.unlink()
+    pieces = []
+    for i in range(0, len(data), PIECE):
+        pieces.append(dest / f"{PACK_NAME}.{i // PIECE:03d}")
+        pieces[-1].write_bytes(data[i:i + PIECE])
+    size = len(data) / 2**20
+    warn = "  (over what $OUT returns: run fewer at once)" if size > 60 or len(pieces) > 8 else ""
+    print(f"packed {len(names)} run(s) into {len(pieces)} piece(s) in {dest}, {size:.1f} MiB{warn}")
+    return pieces
+
+
+def _set_commit(run_dir: Path, sha: str) -> None:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text())
+    if summary.get("commit") in (None, "unknown"):
+        summary["commit"] = sha
+        atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Worker:
+    run: Run
+    proc: subprocess.Popen
+    log: Any
+
+
+def train(runs: list[Run], args: argparse.Namespace) -> list[str]:
+    """Train the unfinished `runs` under ``args.root``, ``args.parallel`` at a time; returns the names trained."""
+    root: Path = args.root
+    started = time.monotonic()
+    deadline = None if args.time_limit is None else started + args.time_limit
+    # Started runs first: finishing them bounds how many unfinished ones there are to carry.
+    todo = sorted((r for r in runs if not progress(root / r.name)[0]), key=lambda r: progress(root / r.name)[1] < 0)
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    # Workers share the CPU: torch's default (one thread per core each) would oversubscribe it.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.parallel)))
+    active: list[_Worker] = []
+    trained: list[str] = []
+    while todo or active:
+        while todo and len(active) < args.parallel:
+            run = todo[0]
+            run_dir = root / run.name
+            limit = None
+            if deadline is not None:
+                limit = deadline - time.monotonic() - max(args.margin, 2 * _last_epoch_seconds(run_dir))
+                if limit <= 0:
+                    todo.clear()  # too little time left to start anything
+                    break
+            todo.pop(0)
+            sets = overrides(run, args.set, args.epochs_scale)
+            cmd = worker_command(run, sets, run_dir, args.data_dir, limit)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(run_dir / "train.log", "a")
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            active.append(_Worker(run, proc, log))
+            trained.append(run.name)
+            print(f"started {run.name} (pid {proc.pid}"
+                  f"{'' if limit is None else f', stops after the epoch that passes {limit:.1f} s'})", flush=True)
+        if deadline is not None and time.monotonic() > deadline:
+            for w in active:
+                print(f"time is up: terminating {w.run.name} (it resumes from its last checkpoint)", flush=True)
+                w.proc.terminate()
+            for w in active:
+                try:
+                    w.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    w.proc.kill()
+                    w.proc.wait()
+        for w in [w for w in active if w.proc.poll() is not None]:
+            active.remove(w)
+            w.log.close()
+            run_dir = root / w.run.name
+            if args.commit:
+                _set_commit(run_dir, args.commit)
+            state = "finished" if progress(run_dir)[0] else f"stopped (exit {w.proc.returncode})"
+            print(f"{w.run.name}: {state}; log {run_dir / 'train.log'}", flush=True)
+            if w.proc.returncode:
+                print("".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:]), flush=True)
+        time.sleep(0.2)
+    return trained
+
+
+# -- report --------------------------------------------------------------------------------------------
+
+COLUMNS = ["model", "method", "top1_final", "top1_best", "paper_top1", "top1_diff", "flops_reduction",
+           "flops_speedup", "paper_speedup", "dense_mflops", "compact_mflops", "dense_params_m",
+           "compact_params_m", "cpu_speedup_b32", "epochs", "wall_s", "device", "commit", "date"]
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`args.out`.csv/.md and the accuracy-vs-FLOPs plot from the finished runs under ``args.root``."""
+    sets = {r.name: overrides(r, args.set, args.epochs_scale) for r in runs}
+    specs = {r.name: spec(r, sets[r.name]) for r in runs}
+    rows = benchmark.collect(list(specs.values()), args.root, "", threads=args.threads,
+                             latency_iters=args.latency_iters)
+    by_name = {r.name: r for r in runs}
+    for row in rows:
+        run = by_name[row["run"]]
+        row["command"] = " ".join(["lrtrain train", f"recipes/{run.recipe}",
+                                   *(f"--set {s}" for s in sets[run.name])])
+    pending = []
+    for run in runs:
+        finished, step = progress(args.root / run.name)
+        if not finished:
+            pending.append(f"{run.name} ({'not started' if step < 0 else f'step {step}'})")
+    notes = (f"CIFAR-10 (10,000 test images), one training per row, run by benchmarks/reproduce.py from the "
+             f"recipe and overrides of its `RUNS` entry (the csv's command column). top1_diff = top1_final − "
+             f"paper_top1; flops_reduction = 1 − compact/dense MACs; flops_speedup = dense/compact MACs. "
+             f"cpu_speedup_b32: measured forward-pass speedup of the compact model over the dense one on "
+             f"the CPU ({benchmark.cpu_name()}, {args.threads} threads, batch 32). Paper figures: "
+             f"{', '.join(sorted({r.paper['source'] for r in runs if r.paper}))}; none was found for the other "
+             f"rows (no CIFAR figure of TRP without the nuclear term, LRPET on ResNet-20, ELRT, SVD + fine-tune).")
+    if pending:
+        notes += f"\n\nNot finished yet: {', '.join(pending)}."
+    benchmark.write_table(rows, args.out, "CIFAR-10: the papers' low-rank methods, reproduced", notes,
+                          columns=COLUMNS)
+    points = [{"label": f"{r.label} (paper)", "method": r.label, "model": specs[r.name].recipe["model"]["name"],
+               **r.paper} for r in runs if r.paper]
+    benchmark.plot(rows, args.out.parent / f"{args.out.name}_acc_vs_flops.png",
+                   "CIFAR-10: ours (filled) and the papers (hollow)", paper_points=points, panels="model")
+    return rows
+
+
+def print_status(runs: list[Run], root: Path) -> None:
+    for run in runs:
+        finished, step = progress(root / run.name)
+        if finished:
+            s = json.loads((root / run.name / "summary.json").read_text())
+            state = f"finished: {s['final_acc']:.2f} % at {s['speedup'] or 0:.2f}x"
+        else:
+            state = "not started" if step < 0 else f"at step {step}"
+        print(f"{run.name:32s} {state}")
+
+
+def _default_root() -> Path:
+    # On the GPU machine ($OUT set) /tmp outlives each call while the machine is warm; see the module doc.
+    return Path("/tmp/lrtrain-reproduce") if os.environ.get("OUT") else HERE / "checkpoints" / "reproduce"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", nargs="+", metavar="PATTERN", help="run names or wildcards (default: all)")
+    p.add_argument("--parallel", type=int, default=1, help="worker processes at once, all on the same device")
+    p.add_argument("--time-limit", type=float, help="seconds for the whole call")
+    p.add_argument("--margin", type=float, default=90.0,
+                   help="seconds kept at the end for each worker's last epoch, finalization and the pack")
+    p.add_argument("--root", type=Path, default=_default_root(), help="run folders (default: %(default)s)")
+    p.add_argument("--seed", type=Path, nargs="+", default=[],
+                   help="run folders or packs merged into the root before training (further-along copy wins)")
+    p.add_argument("--pack", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
+                   help="after training, pack the runs trained into this folder (default: $OUT when set)")
+    p.add_argument("--unpack", type=Path, nargs="+", help="only merge these packs or folders into the root")
+    p.add_argument("--pack-only", action="store_true",
+                   help="only pack every run of the root into --pack (to recover a call cut off before its pack)")
+    p.add_argument("--data-dir", help="where CIFAR-10 is (passed to every worker)")
+    p.add_argument("--epochs-scale", type=float, default=1.0, help="scale every schedule (tiny tests)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run's recipe")
+    p.add_argument("--commit", help="commit to record in summaries that lack one (the GPU machine has no .git)")
+    p.add_argument("--report-only", action="store_true", help="only write the table and the plot")
+    p.add_argument("--list", action="store_true", help="only print the runs and their state")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "cifar10", help="results stem")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of the report's latency measurement")
+    p.add_argument("--latency-iters", type=int, default=20, help="forward passes of each latency measurement")
+    args = p.parse_args(argv)
+    runs = select(args.runs)
+    args.root.mkdir(parents=True, exist_ok=True)
+    if args.list:
+        print_status(runs, args.root)
+        return
+    if args.unpack:
+        merge(args.unpack, args.root)
+        return
+    if args.pack_only:
+        if args.pack is None:
+            raise SystemExit("--pack-only needs --pack DIR (or $OUT)")
+        pack(args.root, [r.name for r in runs if (args.root / r.name).is_dir()], args.pack)
+        return
+    if args.report_only:
+        for row in report(runs, args):
+            print(f"{row['run']:32s} top-1 {row['top1_final']:6.2f}  speedup {row['flops_speedup']:.2f}x")
+        return
+    if args.seed:
+        merge(args.seed, args.root)
+    trained = train(runs, args)
+    if args.pack is not None and trained:
+        pack(args.root, trained, args.pack)
+    print_status(runs, args.root)
+
+
+if __name__ == "__main__":
+    main()

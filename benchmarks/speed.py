@@ -1,0 +1,469 @@
+"""Speed of the methods, as ratios measured side by side in one run (issue 8, part B).
+
+- **B.1** training step of each method vs dense training, same model and batch (ResNet-56, batch 128):
+  TRP (projection every 5 steps; the nuclear sub-gradient after each projection as its recipes do, or every
+  step by batched SVD or by Newton–Schulz), LRPET, ELRT (Tucker-2 and channel). Each configuration is a
+  `Trainer` built from its recipe, stepped through `Trainer.train_step` (the step training runs) on
+  generated 32×32 images held on the device (benchmarks/train_throughput.py's helpers), in interleaved
+  rounds (a drift of a shared machine hits all alike), median round kept. A window is a whole number of
+  TRP periods, so TRP's projections are inside it; LRPET projects once per CIFAR-10 epoch (390 steps at
+  batch 128), too rarely for a window: its projection is timed alone and spread over its period.
+- **B.3** inference latency of each compact model vs the dense one: CPU batch 1 and 32 (``--threads``
+  threads, pinned to as many cores), and on CUDA batch 256 in bf16, eager and torch.compile'd; the
+  measured speedup beside the FLOPs speedup. Compact models come from benchmarks/reproduce.py's finished
+  runs where there are (trained ranks), else from the method's own ``finalize()`` on fresh weights at the
+  recipe's target (TRP, whose ranks come out of training: at the paper's speedup). Where a model falls
+  short of its FLOPs speedup, a profile says where its time goes: per conv kernel shape (k×k, 1×1, k×1,
+  1×k) its MACs, time and MAC rate, and everything else (batch norm, ReLU, additions, pooling) together.
+- **B.4** dense ResNet-20/56 training throughput: our Trainer at its device defaults vs a plain PyTorch
+  loop (a Dataset of uint8 images through torchvision transforms in a DataLoader, fp32, no
+  channels_last, no compile), on the same generated images and device.
+
+B.2 (TRP's nuclear sub-gradient paths) is benchmarks/trp_subgradient.py, ELRT's step time per layer kind
+benchmarks/elrt_step.py, the trainer's speed options benchmarks/train_throughput.py: speed.md links their
+results beside this one's.
+
+    PYTHONPATH=src python benchmarks/speed.py --threads 2            # CPU: a few minutes
+    PYTHONPATH=src python3 benchmarks/speed.py --budget 420          # the GPU machine (benchmarks/gpu/README.md)
+
+Writes benchmarks/results/speed_<device>.md, rewritten after every section (so a run stopped by its
+budget or its call's limit keeps what it measured; with $OUT set a copy goes there), and refreshes the
+index benchmarks/results/speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrtrain import export, models
+from lrtrain.config import load_recipe, resolve
+from lrtrain.data import make_sample
+from lrtrain.methods import create_method
+from lrtrain.metrics import count, latency
+from lrtrain.provenance import commit, cpu_name, today
+from lrtrain.train import Trainer
+from lrtrain.train.distributed import World
+from lrtrain.train.trainer import _auto, device_name, resolve_device
+
+import reproduce
+from train_throughput import make_data, sync, time_steps
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CIFAR_TRAIN = 50_000
+TRP_R56 = "cifar10_resnet56_trp_channel.yaml"
+
+B1 = [  # (label, recipe, overrides): ResNet-56, the recipes' own settings unless said
+    ("dense", "cifar10_resnet56_dense.yaml", ()),
+    ("TRP channel, λ after each projection (recipe)", TRP_R56, ()),
+    ("TRP channel, λ every step (batched SVD)", TRP_R56, ("method.subgradient=svd",)),
+    ("TRP channel, λ every step (Newton–Schulz)", TRP_R56, ("method.subgradient=newton_schulz",)),
+    ("TRP spatial, λ after each projection", TRP_R56, ("method.scheme=spatial",)),
+    ("LRPET (goal 0.54)", "cifar10_resnet56_lrpet.yaml", ()),
+    ("ELRT tucker2", "cifar10_resnet56_elrt_tucker2.yaml", ()),
+    ("ELRT channel", "cifar10_resnet56_elrt_channel.yaml", ()),
+]
+B3_RUNS = ("svd_finetune", "trp_channel_nuclear", "trp_spatial_nuclear", "lrpet", "elrt_tucker2", "elrt_channel")
+# TRP's ranks come out of training; untrained, its compact model is cut at the published speedup (ResNet-56
+# spatial has none: ResNet-20's).
+TRP_SPEEDUP = {"resnet20_trp_channel_nuclear": 2.17, "resnet20_trp_spatial_nuclear": 2.84,
+               "resnet56_trp_channel_nuclear": 2.31, "resnet56_trp_spatial_nuclear": 2.84}
+
+
+class Report:
+    """The results file, rewritten after every section so that a stopped run keeps what it measured."""
+
+    def __init__(self, path: Path, header: list[str], budget: float | None):
+        self.path, self.lines = path, header
+        self.deadline = None if budget is None else time.monotonic() + budget
+
+    def over_budget(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def add(self, lines: list[str]) -> None:
+        self.lines += ["", *lines]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(self.lines) + "\n")
+        if os.environ.get("OUT"):
+            shutil.copy(self.path, Path(os.environ["OUT"]) / self.path.name)
+        print("\n".join(lines), flush=True)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+# -- B.1 ----------------------------------------------------------------------------------------------
+
+def _trainer(recipe: str, sets: tuple[str, ...], device: torch.device, batch: int, tensors, compile_: str,
+             run_dir: str) -> Trainer:
+    cfg = load_recipe(reproduce.RECIPES / recipe, [*sets, f"train.device={device}", "train.progress=false",
+                                                   f"data.batch_size={batch}"])
+    if compile_ != "auto":
+        cfg["train"]["compile"] = compile_ == "on"
+    cfg["out_dir"] = run_dir
+    data = make_data(tensors, batch, batch, _auto(cfg["train"]["channels_last"], device), device)
+    return Trainer(cfg, data=data)
+
+
+def train_steps(args, device: torch.device, report: Report) -> None:
+    steps = -(-args.steps // 5) * 5  # whole TRP periods
+    lrpet_period = CIFAR_TRAIN // args.batch
+    tensors = make_sample(args.batch * (args.warmup + steps), 64, image_size=32, num_classes=10, seed=0)
+    run_dir = tempfile.mkdtemp(prefix="lrtrain-speed-")
+    trainers = {}
+    for label, recipe, sets in B1:
+        # LRPET's own period would be the generated set's tiny epoch: it is timed apart, at CIFAR-10's.
+        extra = ("method.period=1000000000",) if "lrpet" in recipe else ()
+        trainers[label] = _trainer(recipe, (*sets, *extra), device, args.batch, tensors, args.compile, run_dir)
+    rates: dict[str, list[float]] = {label: [] for label in trainers}
+    for _ in range(args.rounds):
+        for label, trainer in trainers.items():
+            rates[label].append(time_steps(trainer, steps, args.warmup))
+    rows, dense_ms = [], None
+    for label, trainer in trainers.items():
+        ms = 1000 * args.batch / statistics.median(rates[label])
+        projection, every = None, None
+        if hasattr(trainer.method, "project"):
+            times = [_timed(trainer.method.project, device) for _ in range(args.rounds + 1)]
+            trainer.method.rank_log.clear()
+            projection = 1000 * statistics.median(times[1:])
+            every = lrpet_period if "LRPET" in label else trainer.method.period
+            if "LRPET" in label:
+                ms += projection / every
+        dense_ms = dense_ms or ms
+        macs = count(trainer.model).flops
+        rows.append([label, f"{macs / 1e6:.1f}", f"{ms:.1f}", f"{ms / dense_ms:.2f}x",
+                     "—" if projection is None else f"{projection:.1f}", "—" if every is None else str(every)])
+    report.add([f"## B.1 Training step vs dense (ResNet-56, batch {args.batch})", "",
+                f"Mean step time over {steps} steps (after {args.warmup} warm-up), median of {args.rounds} "
+                f"interleaved rounds, through `Trainer.train_step` at the recipes' settings on {device_name(device)} "
+                f"(compile {args.compile}). The TRP windows hold their projections; LRPET's step adds its "
+                f"projection (timed alone) / {lrpet_period}. MMACs: the model being trained (ELRT trains "
+                "factorized).", "",
+                *_table(["method", "trained MMACs", "step ms", "vs dense", "projection ms (alone)", "every (steps)"],
+                        rows)])
+
+
+# -- B.3 ----------------------------------------------------------------------------------------------
+
+def compact_models(model_name: str, runs_root: Path) -> list[tuple[str, nn.Module, str]]:
+    """(label, compact model, where its ranks come from) for the reproduce runs of `model_name` in B3_RUNS."""
+    out = []
+    for run in reproduce.RUNS:
+        if not run.name.startswith(model_name + "_") or run.name.removeprefix(model_name + "_") not in B3_RUNS:
+            continue
+        path = runs_root / run.name / "compact.pt"
+        if path.exists():
+            out.append((run.label, export.load(path), "trained run"))
+            continue
+        cfg = load_recipe(reproduce.RECIPES / run.recipe, reproduce.overrides(run, [], 1.0))
+        params = {k: v for k, v in cfg["method"].items() if k != "name"}
+        source = "fresh weights, the recipe's ranks"
+        if run.name in TRP_SPEEDUP:
+            params["final"] = f"flops:{1 / TRP_SPEEDUP[run.name]:.4f}"
+            source = f"fresh weights, cut at the paper's {TRP_SPEEDUP[run.name]}x"
+        torch.manual_seed(0)
+        method = create_method(cfg["method"]["name"], models.create(model_name), **params)
+        method.setup(CIFAR_TRAIN // 128, CIFAR_TRAIN // 128 * cfg["train"]["epochs"])
+        out.append((run.label, method.finalize().eval(), source))
+    return out
+
+
+@contextmanager
+def pinned(threads: int):
+    """``threads`` torch threads on as many of this process's cores, for the block."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    if cores:
+        os.sched_setaffinity(0, cores[:threads])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if cores:
+            os.sched_setaffinity(0, cores)
+
+
+def cpu_latencies(nets: dict[str, nn.Module], batch: int, args) -> dict[str, float]:
+    times: dict[str, list[float]] = {label: [] for label in nets}
+    with pinned(args.threads):
+        for _ in range(args.rounds):
+            for label, net in nets.items():
+                times[label].append(latency(net, (batch, 3, 32, 32), warmup=2, iters=args.iters))
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def gpu_latencies(nets: dict[str, nn.Module], device: torch.device, args, compiled: bool) -> dict[str, float]:
+    """Seconds per forward pass at batch ``args.gpu_batch`` in bf16, channels_last (a mean over a loop)."""
+    x = torch.randn(args.gpu_batch, 3, 32, 32, device=device, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    ready = {}
+    for label, net in nets.items():
+        net = copy.deepcopy(net).to(device, torch.bfloat16, memory_format=torch.channels_last).eval()
+        ready[label] = torch.compile(net) if compiled else net
+    times: dict[str, list[float]] = {label: [] for label in nets}
+    with torch.no_grad():
+        for label, net in ready.items():
+            for _ in range(3):  # compilation, cudnn autotuning
+                net(x)
+        for _ in range(args.rounds):
+            for label, net in ready.items():
+                times[label].append(_timed(lambda: [net(x) for _ in range(args.iters)], device) / args.iters)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def _kernel(shape: list[int]) -> str:
+    return f"{shape[2]}×{shape[3]}"
+
+
+def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dtype) -> list[list[str]]:
+    """Rows (kernel shape, MMACs, ms, GMAC/s) of the convs by kernel shape, then everything else, from a profile."""
+    from torch.profiler import ProfilerActivity, profile
+
+    net = copy.deepcopy(net).to(device, dtype).eval()
+    macs: dict[str, int] = {}
+    convs = {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    for name, layer in count(net).layers.items():
+        if name in convs:
+            key = _kernel([0, 0, *convs[name].kernel_size])
+            macs[key] = macs.get(key, 0) + layer.flops * batch
+    x = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    reps = 10
+    with torch.no_grad():
+        net(x)
+        sync(device)
+        with profile(activities=activities, record_shapes=True) as prof:
+            for _ in range(reps):
+                net(x)
+            sync(device)
+    events = prof.key_averages(group_by_input_shape=True)
+    total_us = sum(e.self_device_time_total if cuda else e.self_cpu_time_total for e in events)
+    conv_us: dict[str, float] = {}
+    for e in events:
+        if e.key == "aten::conv2d" and e.input_shapes and len(e.input_shapes[1]) == 4:
+            key = _kernel(e.input_shapes[1])
+            conv_us[key] = conv_us.get(key, 0.0) + (e.device_time_total if cuda else e.cpu_time_total)
+    rows = []
+    for key in sorted(conv_us, key=lambda k: -conv_us[k]):
+        ms = conv_us[key] / reps / 1000
+        rows.append([f"conv {key}", f"{macs.get(key, 0) / 1e6:.0f}", f"{ms:.2f}",
+                     f"{macs.get(key, 0) / (ms / 1000) / 1e9:.0f}"])
+    other = (total_us - sum(conv_us.values())) / reps / 1000
+    rows.append(["everything else", "—", f"{other:.2f}", "—"])
+    return rows
+
+
+def inference(args, device: torch.device, report: Report) -> None:
+    for model_name in args.models:
+        dense = models.create(model_name).eval()
+        dense_macs = count(dense).flops
+        compacts = compact_models(model_name, args.runs_root)
+        nets = {"dense": dense, **{label: net for label, net, _ in compacts}}
+        sources = {"dense": "—", **{label: src for label, _, src in compacts}}
+        flops_speedup = {label: dense_macs / count(net).flops for label, net in nets.items()}
+        columns: dict[str, dict[str, float]] = {}
+        for batch in args.cpu_batches:
+            columns[f"CPU b{batch}"] = cpu_latencies(nets, batch, args)
+        if device.type == "cuda":
+            for compiled in (False, True):
+                if report.over_budget():
+                    break
+                columns[f"GPU b{args.gpu_batch} bf16 {'compiled' if compiled else 'eager'}"] = \
+                    gpu_latencies(nets, device, args, compiled)
+        header = ["method", "ranks from", "MMACs", "FLOPs speedup"]
+        header += [f"{c} ms (speedup)" for c in columns]
+        rows = []
+        for label, net in nets.items():
+            cells = [label, sources[label], f"{count(net).flops / 1e6:.1f}", f"{flops_speedup[label]:.2f}x"]
+            cells += [f"{1000 * t[label]:.2f} ({t['dense'] / t[label]:.2f}x)" for t in columns.values()]
+            rows.append(cells)
+        lines = [f"## B.3 Inference latency: {model_name}, compact vs dense", "",
+                 f"CPU: {cpu_name()}, {args.threads} thread(s) pinned to as many cores, fp32, median of "
+                 f"{args.rounds} interleaved rounds of the median of {args.iters} forward passes. GPU: mean of "
+                 f"{args.iters} forward passes in a loop, median of {args.rounds} rounds, bf16 weights and "
+                 "inputs, channels_last.", "", *_table(header, rows)]
+        # Where the time goes, for the models that fall short of their FLOPs speedup by more than 20 % on the
+        # CPU at the largest batch (batch 1 is dominated by per-layer overheads any model has).
+        batch = max(args.cpu_batches)
+        cpu = columns[f"CPU b{batch}"]
+        short = [label for label in nets if label != "dense" and cpu["dense"] / cpu[label] < 0.8 * flops_speedup[label]]
+        for label in ["dense", *short] if short else []:
+            lines += ["", f"### {model_name} {label}: CPU batch {batch}, where the time goes (profiler)", "",
+                      *_table(["part", "MMACs (batch)", "ms", "GMAC/s"], breakdown(nets[label], batch, torch.device("cpu"),
+                                                                       torch.float32))]
+            if device.type == "cuda":
+                lines += ["", f"GPU batch {args.gpu_batch} bf16 eager:", "",
+                          *_table(["part", "MMACs (batch)", "ms", "GMAC/s"],
+                                  breakdown(nets[label], args.gpu_batch, device, torch.bfloat16))]
+        report.add(lines)
+
+
+# -- B.4 ----------------------------------------------------------------------------------------------
+
+class _Images(torch.utils.data.Dataset):
+    """uint8 images through torchvision transforms, one PIL image at a time, as a plain CIFAR loop does."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def plain_loop(model_name: str, tensors, device: torch.device, args) -> float:
+    """Images/s of a plain PyTorch loop: DataLoader + torchvision transforms, fp32, SGD."""
+    import torchvision.transforms as T
+
+    from lrtrain.data.cifar import channel_stats
+
+    images, labels = tensors[0], tensors[1]
+    mean, std = channel_stats(images)
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize((mean / 255).tolist(), (std / 255).tolist())])
+    loader = torch.utils.data.DataLoader(_Images(images, labels, transform), batch_size=args.batch, shuffle=True,
+                                         num_workers=args.workers, pin_memory=device.type == "cuda",
+                                         drop_last=True)
+    torch.manual_seed(0)
+    model = models.create(model_name).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    batches = iter(loader)
+
+    def step():
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    return args.batch * args.steps / _timed(lambda: [step() for _ in range(args.steps)], device)
+
+
+def throughput(args, device: torch.device, report: Report) -> None:
+    tensors = make_sample(args.batch * (args.warmup + args.steps), 64, image_size=32, num_classes=10, seed=0)
+    run_dir = tempfile.mkdtemp(prefix="lrtrain-speed-")
+    rows = []
+    for model_name in args.models:
+        if report.over_budget():
+            break
+        cfg = resolve({"out_dir": run_dir, "model": {"name": model_name}, "data": {"batch_size": args.batch},
+                       "train": {"device": str(device), "progress": False}})
+        data = make_data(tensors, args.batch, args.batch, _auto(cfg["train"]["channels_last"], device), device)
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, data=data)
+        ours, plain = [], []
+        for _ in range(args.rounds):
+            ours.append(time_steps(trainer, args.steps, args.warmup))
+            plain.append(plain_loop(model_name, tensors, device, args))
+        o, p = statistics.median(ours), statistics.median(plain)
+        rows.append([model_name, f"{o:.0f}", f"{p:.0f}", f"{o / p:.2f}x"])
+    settings = "channels_last, bf16 autocast, torch.compile" if device.type == "cuda" else "fp32, no compile"
+    report.add([f"## B.4 Dense training throughput: our trainer vs a plain PyTorch loop (batch {args.batch})", "",
+                f"Ours: `Trainer.train_step` at its {device.type} defaults ({settings}), images resident on the "
+                f"device, augmentation there. Plain: a Dataset of uint8 images → PIL → RandomCrop(32, 4), "
+                f"RandomHorizontalFlip, ToTensor, Normalize in a DataLoader ({args.workers} workers), fp32, "
+                f"SGD. {args.warmup} warm-up + {args.steps} timed steps, median of {args.rounds} interleaved "
+                "rounds, the same generated images.", "",
+                *_table(["model", "ours img/s", "plain img/s", "ours / plain"], rows)])
+
+
+# -- files ----------------------------------------------------------------------------------------------
+
+def write_index() -> None:
+    """benchmarks/results/speed.md: every speed result file, this script's and the related benchmarks'."""
+    groups = [("B.1, B.3, B.4 (benchmarks/speed.py)", "speed_*.md"),
+              ("B.2 TRP's nuclear sub-gradient paths (benchmarks/trp_subgradient.py)", "trp_subgradient_*.md"),
+              ("ELRT step time per layer kind (benchmarks/elrt_step.py)", "elrt_step_*.md"),
+              ("Trainer speed options (benchmarks/train_throughput.py)", "train_throughput_*.md")]
+    lines = ["# Speed results", "", "Ratios measured side by side within one run; one file per device.", ""]
+    for title, pattern in groups:
+        files = sorted(RESULTS.glob(pattern))
+        lines += [f"- {title}: " + (", ".join(f"[{f.name}]({f.name})" for f in files) or "none yet")]
+    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", nargs="+", default=["train", "inference", "throughput"],
+                   choices=["train", "inference", "throughput"], help="B.1, B.3, B.4")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (B.3 pins them; all sections use them)")
+    p.add_argument("--batch", type=int, default=128, help="training batch (B.1, B.4)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round (B.1 rounds up to TRP periods)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20, help="forward passes per latency measurement (B.3)")
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"], help="B.3 and B.4 models")
+    p.add_argument("--cpu-batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--gpu-batch", type=int, default=256)
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile in B.1")
+    p.add_argument("--workers", type=int, help="DataLoader workers of B.4's plain loop (default: 8 on CUDA, 0 on CPU)")
+    p.add_argument("--runs-root", type=Path, default=HERE / "checkpoints" / "reproduce",
+                   help="reproduce.py's run folders, for trained compact models")
+    p.add_argument("--budget", type=float, help="seconds; sections and GPU measurements past it are skipped")
+    p.add_argument("--commit", help="the commit measured (the GPU machine has no .git)")
+    p.add_argument("--note", default="", help="a line for the header, e.g. the machine's load")
+    p.add_argument("--index-only", action="store_true", help="only refresh benchmarks/results/speed.md")
+    args = p.parse_args(argv)
+    if args.index_only:
+        write_index()
+        return
+    device = resolve_device(args.device, World())
+    torch.set_num_threads(args.threads)
+    if args.workers is None:
+        args.workers = 8 if device.type == "cuda" else 0
+    slug = re.sub(r"[^a-z0-9]+", "-", (device_name(device) if device.type == "cuda" else "cpu").lower()).strip("-")
+    started = time.monotonic()
+    report = Report(RESULTS / f"speed_{slug}.md", [
+        "# Speed: each method's cost, measured side by side (issue 8, part B)", "",
+        f"- device: {device_name(device)}" + (f"; CPU {cpu_name()}" if device.type == "cpu" else ""),
+        f"- command: `python {' '.join(sys.argv)}`",
+        f"- commit: {args.commit or commit()}",
+        f"- date: {today()}",
+        f"- torch {torch.__version__}" + (f"; {args.note}" if args.note else "")], args.budget)
+    sections = {"train": train_steps, "inference": inference, "throughput": throughput}
+    for name in args.sections:
+        if report.over_budget():
+            report.add([f"(section {name} skipped: the {args.budget:.0f} s budget was spent)"])
+            continue
+        sections[name](args, device, report)
+    write_index()
+    print(f"wrote {report.path} and {RESULTS / 'speed.md'} in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

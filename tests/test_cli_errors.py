@@ -1,0 +1,197 @@
+"""Bad input through the command line: one line ``lrtrain: error: ...`` naming the problem, no traceback.
+
+(Recipe-level messages are tested in test_config.py, override messages and a missing CIFAR directory in
+test_trainer.py; here each kind of mistake goes through `cli.main` as a user would make it.)
+"""
+
+import pickle
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lrtrain import cli
+from lrtrain.config import resolve
+from lrtrain.train import OutOfMemory, Trainer
+from lrtrain.train.checkpoint import list_checkpoints
+
+TINY = """
+model: {name: resnet20}
+data: {name: sample, train_size: 64, test_size: 32, image_size: 8, num_classes: 4, batch_size: 16}
+train: {epochs: 1, progress: false}
+"""
+
+
+def _recipe(tmp_path, text=TINY, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def _fails(capsys, argv, status=2) -> str:
+    """Run the command, expect `status` and one line on stderr; return that line."""
+    assert cli.main(argv) == status
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("lrtrain: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err + captured.out
+    return err.strip()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: {name: resnet20\ntrain: [", "recipe.yaml: not valid YAML: "),
+    ("optim:\n  lrr: 0.1\n", "recipe.yaml: unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("train:\n  epoch: 3\n", "recipe.yaml: unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ("train:\n  epochs: ten\n", "recipe.yaml: train.epochs must be an integer, got 'ten'"),
+    ("data:\n  augment: maybe\n", "recipe.yaml: data.augment must be true/false, got 'maybe'"),
+    ("optim: 0.1\n", "recipe.yaml: optim must be a mapping, got 0.1"),
+])
+def test_recipe_mistakes(tmp_path, capsys, text, message):
+    err = _fails(capsys, ["train", _recipe(tmp_path, text), "--out-dir", str(tmp_path / "run")])
+    assert message in err
+
+
+def test_missing_recipe_and_missing_image_folder(tmp_path, capsys, monkeypatch):
+    assert "no recipe file" in _fails(capsys, ["train", str(tmp_path / "nope.yaml")])
+    recipe = _recipe(tmp_path)
+    err = _fails(capsys, ["train", recipe, "--set", "data.name=folder", "--data-dir", str(tmp_path / "nowhere")])
+    assert f"image folder not found: expected {tmp_path / 'nowhere' / 'train'}" in err
+    monkeypatch.delenv("LRTRAIN_DATA", raising=False)
+    assert "data.name folder needs data.dir" in _fails(capsys, ["train", recipe, "--set", "data.name=folder"])
+
+
+def _fake_cifar(root):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                         b"labels": list(range(10)) * 2}, f)
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_cifar_batch_is_named(tmp_path, capsys, damage):
+    folder = _fake_cifar(tmp_path)
+    batch = folder / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:1000] if damage == "truncated" else b"\x00garbage")
+    err = _fails(capsys, ["train", _recipe(tmp_path), "--set", "data.name=cifar10", "--data-dir", str(tmp_path),
+                          "--out-dir", str(tmp_path / "run")])
+    assert f"corrupt CIFAR file {batch}" in err
+
+
+@pytest.fixture
+def run_dir(tmp_path, capsys):
+    """A finished tiny run with checkpoints at steps 2, 4 (end of the epoch)."""
+    run = tmp_path / "run"
+    assert cli.main(["train", _recipe(tmp_path), "--out-dir", str(run), "--set", "train.checkpoint_every=2"]) == 0
+    capsys.readouterr()
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000000002.pt", "step_000000004.pt"]
+    return run
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_checkpoint_on_resume_is_named_with_the_way_out(run_dir, capsys, damage):
+    newest, older = list_checkpoints(run_dir / "checkpoints")[::-1]
+    data = newest.read_bytes()
+    newest.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00not a checkpoint", "empty": b""}[damage])
+    err = _fails(capsys, ["train", str(run_dir), "--resume"])
+    assert f"cannot read checkpoint {newest}" in err
+    assert err.endswith(f"move it away to resume from the one before, {older}")
+    older.unlink()
+    err = _fails(capsys, ["train", str(run_dir), "--resume"])
+    assert err.endswith("it is the run's only checkpoint: start again with --overwrite")
+
+
+def test_a_checkpoint_of_another_model_or_method_names_both(run_dir, capsys):
+    config = run_dir / "config.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("name: resnet20", "name: resnet32"))  # as if the run dir held another run
+    err = _fails(capsys, ["train", str(run_dir), "--resume"])
+    assert "holds a resnet20 trained with method 'dense', but this run builds a resnet32 with method 'dense'" in err
+    config.write_text(text)
+    err = _fails(capsys, ["train", str(run_dir), "--resume", "--set", "method.name=lrpet", "--set", "method.goal=0.5"])
+    assert "holds a resnet20 trained with method 'dense', but this run builds a resnet20 with method 'lrpet'" in err
+    # Same model name, other shapes: the weights do not fit, and the message says so in one line.
+    err = _fails(capsys, ["train", str(run_dir), "--resume", "--set", "model.num_classes=7"])
+    assert "does not fit this run's resnet20 with method 'dense'" in err and "size mismatch for fc.weight" in err
+
+
+@pytest.mark.parametrize("method, message", [
+    ("{name: lrpet, rank: {layer1.0.conv1: 999}}",
+     "layer1.0.conv1: rank 999 is out of range for scheme 'channel' (weight (16, 16, 3, 3): valid ranks are 1..16)"),
+    ("{name: svd_finetune, rank: {layer1.0.conv1: 999}, dense_fraction: 0.0}",
+     "layer1.0.conv1: rank 999 is out of range for scheme 'channel'"),
+    ("{name: elrt, rank: {layer1.0.conv1: [20, 4]}}", "r_in in 1..16, r_out in 1..16"),
+    ("{name: lrpet, rank: {layer9.conv1: 4}}",
+     "layer 'layer9.conv1' was given a rank but cannot be factorized: no such conv/linear layer in the model"),
+    ("{name: trp, rank: 'fixed:0'}", "FixedRank: the rank must be a positive integer, got 0"),
+])
+def test_impossible_ranks(tmp_path, capsys, method, message):
+    recipe = _recipe(tmp_path, TINY + f"method: {method}\n")
+    assert message in _fails(capsys, ["train", recipe, "--out-dir", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("method, message", [
+    ("{name: trp, skip: ['*']}", "TRP: no conv of the model is eligible under scheme 'channel'"),
+    ("{name: lrpet, goal: 0.5, skip: ['*']}", "LRPET: CifarResNet has no conv that can be projected"),
+    ("{name: elrt, skip: ['*']}", "ELRT: no layer of CifarResNet can be factorized"),
+    ("{name: svd_finetune, skip: ['*']}", "SVDFinetune: no layer of CifarResNet can be factorized"),
+])
+def test_a_model_with_no_eligible_layer(tmp_path, capsys, method, message):
+    recipe = _recipe(tmp_path, TINY + f"method: {method}\n")
+    err = _fails(capsys, ["train", recipe, "--out-dir", str(tmp_path / "run")])
+    assert message in err and "conv1: in the user's skip list" in err and "more layers" in err
+
+
+def test_compress_with_nothing_to_factorize_says_so(run_dir, tmp_path, capsys):
+    err = _fails(capsys, ["compress", str(run_dir), "--skip", "*", "-o", str(tmp_path / "c.pt")])
+    assert "no layer was factorized, so there is nothing to compress (conv1: in the user's skip list" in err
+    assert not (tmp_path / "c.pt").exists()
+    # Eligible layers that are only not cheaper at the asked ranks: the file is written, with a note.
+    assert cli.main(["compress", str(run_dir), "--rank", "energy:1.0", "-o", str(tmp_path / "full.pt")]) == 0
+    assert "note: no layer was factorized: at these ranks none is cheaper than dense" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_out_of_memory_suggests_a_smaller_batch(tmp_path, capsys, monkeypatch, error):
+    def step(self, images, labels):
+        if self.step == 2:
+            raise error
+        self.step += 1
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    recipe = _recipe(tmp_path, TINY.replace("train: {", "train: {checkpoint_every: 1, "))
+    err = _fails(capsys, ["train", recipe, "--out-dir", str(tmp_path / "run")], status=1)
+    assert err.startswith("lrtrain: error: out of memory on cpu")
+    assert "at step 2 (training) with data.batch_size=16: lower it, e.g. --set data.batch_size=8" in err
+    assert err.endswith(f"the last checkpoint is {tmp_path / 'run' / 'checkpoints' / 'step_000000002.pt'}")
+    with pytest.raises(OutOfMemory) as raised:  # --debug: the traceback, down to the original error
+        cli.main(["train", recipe, "--out-dir", str(tmp_path / "other"), "--debug"])
+    assert raised.value.__cause__ is error
+
+
+class _FailsInEval(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+
+    def forward(self, x):
+        if not self.training and x.shape[0] > 1:  # evaluation batches, not the FLOPs count's single image
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return super().forward(x)
+
+
+def test_out_of_memory_in_evaluation_names_the_eval_batch_size(tmp_path):
+    cfg = resolve({"out_dir": str(tmp_path / "run"), "train": {"epochs": 1, "progress": False},
+                   "data": {"name": "sample", "train_size": 32, "test_size": 16, "image_size": 8,
+                            "num_classes": 4, "batch_size": 16}})
+    with pytest.raises(OutOfMemory, match=r"\(evaluation\) with data.eval_batch_size=1024: lower it, "
+                                          r"e.g. --set data.eval_batch_size=512"):
+        Trainer(cfg, model=_FailsInEval()).fit()

@@ -1,0 +1,159 @@
+"""Export of compact models: TorchScript, ONNX and state_dict files compute what the model computes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lrtrain as lr
+from lrtrain import cli, export
+from lrtrain.methods.lrpet import VanishedConv2d
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+SIZE = (1, 3, 32, 32)
+
+
+def _compact() -> torch.nn.Module:
+    """A ResNet-20 with every kind of layer a compact model may hold: channel, spatial, decoupled and
+    tucker2 low-rank convs, a low-rank classifier, a vanished conv, and dense layers."""
+    torch.manual_seed(0)
+    model = lr.factorize(lr.models.create("resnet20"), rank=lr.FlopsBudget(0.5), skip=["layer2.*", "layer3.0.*"])
+    model.layer2[0].conv1 = lr.LowRankConv2d.from_dense(model.layer2[0].conv1, 8, "spatial")
+    model.layer2[0].conv2 = lr.LowRankConv2d.from_dense(model.layer2[0].conv2, 3, "decoupled")
+    model.layer2[1].conv1 = lr.LowRankConv2d.from_dense(model.layer2[1].conv1, (8, 12), "tucker2")
+    model.layer2[1].conv2 = VanishedConv2d(model.layer2[1].conv2)
+    model.fc = lr.LowRankLinear.from_dense(model.fc, 5)
+    for m in model.modules():  # BN statistics that are not the identity, so they must be exported too
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def compact_file(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    lr.save(_compact(), run / "compact.pt", model_name="resnet20", num_classes=10, input_size=list(SIZE))
+    return run / "compact.pt"
+
+
+def _inputs():
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))  # another batch size
+
+
+def _max_diff(a, b) -> float:
+    return (torch.as_tensor(a).float() - b.float()).abs().max().item()
+
+
+def test_torchscript_matches_the_model_on_another_batch_size(compact_file, tmp_path):
+    model = lr.load(compact_file)
+    export.export_torchscript(model, tmp_path / "m.pt", SIZE)
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    x = _inputs()
+    with torch.no_grad():
+        assert _max_diff(scripted(x), model(x)) < 1e-4
+
+
+def test_onnx_matches_in_onnxruntime(compact_file, tmp_path):
+    pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime): "
+                                                    "the exported file cannot be run here")
+    model = lr.load(compact_file)
+    export.export_onnx(model, tmp_path / "m.onnx", SIZE)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    x = _inputs()
+    with torch.no_grad():
+        assert _max_diff(session.run(None, {"images": x.numpy()})[0], model(x)) < 1e-4
+
+
+def test_state_dict_is_plain_tensors_that_fit_the_rebuilt_architecture(compact_file, tmp_path):
+    model, arch = export.load_with_arch(compact_file)
+    export.export_state_dict(model, tmp_path / "w.pt")
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    rebuilt = export.rebuild(arch).eval()
+    rebuilt.load_state_dict(state)
+    x = _inputs()
+    with torch.no_grad():
+        assert _max_diff(rebuilt(x), model(x)) == 0
+
+
+@pytest.mark.parametrize("fmt", export.EXPORT_FORMATS)
+def test_cli_exports_a_run_directory_and_checks_the_file(compact_file, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
+    out = tmp_path / f"model.{fmt}"
+    assert cli.main(["export", str(compact_file.parent), "--format", fmt, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith(f"wrote {out} ({fmt}, example input 1x3x32x32;")
+    if "not checked" not in printed:
+        assert float(printed.rsplit(": ", 1)[1].rstrip(")")) < 1e-4
+    assert out.stat().st_size > 0
+
+
+def test_cli_exports_a_compact_file_with_another_input_size(compact_file, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert cli.main(["export", str(compact_file), "--format", "torchscript", "-o", str(out),
+                     "--input-size", "2", "3", "40", "40"]) == 0
+    assert "example input 2x3x40x40" in capsys.readouterr().out
+    with torch.no_grad():
+        x = torch.randn(1, 3, 40, 40)
+        assert _max_diff(torch.jit.load(str(out))(x), lr.load(compact_file)(x)) < 1e-4
+
+
+def test_without_onnxruntime_the_export_says_it_was_not_checked(compact_file, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
+    assert cli.main(["export", str(compact_file), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "not checked: onnxruntime is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_compact", "has no compact.pt: its run has not finished"),
+    ("missing", "no such run directory or compact model"),
+    ("checkpoint", "is not a compact model written by lrtrain (no 'arch'/'state_dict') (a training checkpoint: "
+                   "make a compact model of it with lrtrain compress)"),
+    ("truncated", "cannot read compact model"),
+    ("no_onnx", "ONNX export needs the onnx package: pip install onnx"),
+])
+def test_export_errors_are_one_line(compact_file, tmp_path, capsys, monkeypatch, case, message):
+    source, fmt = str(compact_file), "torchscript"
+    if case == "no_compact":
+        source = str(tmp_path)
+    elif case == "missing":
+        source = str(tmp_path / "nothing.pt")
+    elif case == "checkpoint":
+        source = str(tmp_path / "step_000000001.pt")
+        torch.save({"config": {}, "model": {}, "step": 1}, source)
+    elif case == "truncated":
+        source = str(tmp_path / "half.pt")
+        Path(source).write_bytes(compact_file.read_bytes()[:5000])
+    else:
+        monkeypatch.setitem(sys.modules, "onnx", None)
+        fmt = "onnx"
+    assert cli.main(["export", source, "--format", fmt, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrtrain: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_compact_model_loads_in_a_fresh_process_without_the_training_code(compact_file, tmp_path):
+    x = _inputs()
+    with torch.no_grad():
+        torch.save({"x": x, "y": lr.load(compact_file)(x)}, tmp_path / "io.pt")
+    script = (
+        "import sys, torch, lrtrain\n"
+        f"model = lrtrain.load({str(compact_file)!r})\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    assert (model(io['x']) - io['y']).abs().max() < 1e-5\n"
+        "print(sorted(m for m in sys.modules if m.startswith('lrtrain.train') or m.startswith('lrtrain.data')))\n"
+    )
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"  # neither the trainer nor the data pipeline was imported

@@ -1,0 +1,151 @@
+"""benchmarks/reproduce.py: parallel workers, resuming across calls through a pack, and the report.
+
+Two tiny runs of its real run list (ResNet-20 dense and TRP, 5 epochs of 64 generated 8×8 images) go
+through the GPU round trip: a first call whose workers stop after their first epoch and pack the runs,
+then a second call on a fresh root seeded from that pack, two workers at once, finishing both.
+"""
+
+import csv
+import json
+import io
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrtrain.config import load_recipe
+from lrtrain.train import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import reproduce  # noqa: E402
+
+RUNS = ["resnet20_dense", "resnet20_trp_channel_nuclear"]
+SETS = ["data.name=sample", "data.train_size=64", "data.test_size=32", "data.image_size=8", "data.padding=1",
+        "data.batch_size=16", "data.eval_batch_size=32", "train.device=cpu"]
+SCALE = 0.03  # 164 epochs -> 5, milestones 81, 122 -> 2, 4
+TINY = ["--epochs-scale", str(SCALE), *(a for s in SETS for a in ("--set", s))]
+
+
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory):
+    """Call 1 stops every worker after its first epoch and packs; call 2 resumes from the pack elsewhere."""
+    d = tmp_path_factory.mktemp("reproduce")
+    # Workers and the in-process reference below must use the same thread count to agree bit for bit.
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        # A margin of all but 0.2 s of the call: each worker stops after the epoch that passes 0.2 s.
+        reproduce.main([*TINY, "--runs", *RUNS, "--parallel", "2", "--root", str(d / "first"),
+                        "--pack", str(d / "out1"), "--time-limit", "100", "--margin", "99.8"])
+        interrupted = {name: reproduce.progress(d / "first" / name) for name in RUNS}
+        reproduce.main([*TINY, "--runs", *RUNS, "--parallel", "2", "--root", str(d / "second"),
+                        "--seed", str(d / "out1"), "--pack", str(d / "out2")])
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    return d, interrupted
+
+
+def test_first_call_stops_resumably_and_packs_only_what_a_resume_needs(calls):
+    d, interrupted = calls
+    for name in RUNS:
+        finished, step = interrupted[name]
+        assert not finished and 0 < step < 20  # 4 steps an epoch, 5 epochs
+    pieces = sorted((d / "out1").iterdir())
+    assert [p.name for p in pieces] == ["reproduce_runs.tar.000"]
+    with tarfile.open(fileobj=io.BytesIO(pieces[0].read_bytes())) as tar:
+        names = set(tar.getnames())
+    for name in RUNS:
+        assert {f"{name}/config.yaml", f"{name}/metrics.csv", f"{name}/train.log"} <= names
+        assert sum(n.startswith(f"{name}/checkpoints/step_") for n in names) == 1
+    assert not any(n.endswith(("compact.pt", "compact_module.pt")) for n in names)
+
+
+def test_second_call_resumes_both_in_parallel_and_matches_an_uninterrupted_run(calls, tmp_path):
+    d, _ = calls
+    for name in RUNS:
+        assert reproduce.progress(d / "second" / name) == (1, 0)
+        log = (d / "second" / name / "train.log").read_text()
+        assert "stopped at step" in log and "resumed from" in log
+    with tarfile.open(fileobj=io.BytesIO((d / "out2" / "reproduce_runs.tar.000").read_bytes())) as tar:
+        names = set(tar.getnames())
+    assert {f"{name}/compact.pt" for name in RUNS} <= names and not any("checkpoints" in n for n in names)
+
+    run = next(r for r in reproduce.RUNS if r.name == "resnet20_trp_channel_nuclear")
+    cfg = load_recipe(reproduce.RECIPES / run.recipe, reproduce.overrides(run, SETS, SCALE))
+    cfg["out_dir"] = str(tmp_path / "reference")
+    reference = Trainer(cfg).fit()
+    resumed = json.loads((d / "second" / run.name / "summary.json").read_text())
+    for key in ("final_acc", "best_acc", "pre_finalize_acc", "steps", "compact", "ranks"):
+        assert resumed[key] == reference[key], key
+    ours = torch.load(d / "second" / run.name / "compact.pt", weights_only=True)["state_dict"]
+    theirs = torch.load(tmp_path / "reference" / "compact.pt", weights_only=True)["state_dict"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_report_writes_the_table_with_paper_columns_and_the_plot(calls):
+    d, _ = calls
+    stem = d / "results" / "cifar10"
+    reproduce.main([*TINY, "--runs", *RUNS, "--root", str(d / "second"), "--out", str(stem), "--report-only",
+                    "--threads", "1", "--latency-iters", "2"])
+    with open(stem.with_suffix(".csv")) as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows.keys() == set(RUNS)
+    trp = rows["resnet20_trp_channel_nuclear"]
+    assert float(trp["paper_top1"]) == 90.50 and float(trp["paper_speedup"]) == 2.17
+    assert float(trp["top1_diff"]) == pytest.approx(float(trp["top1_final"]) - 90.50)
+    assert float(trp["flops_reduction"]) == pytest.approx(1 - float(trp["compact_mflops"]) / float(trp["dense_mflops"]))
+    assert trp["paper_source"] == "TRP official README"
+    assert trp["command"].startswith("lrtrain train recipes/cifar10_resnet20_trp_channel.yaml --set ")
+    md = stem.with_suffix(".md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    assert [c.strip() for c in header.strip("|").split("|")] == reproduce.COLUMNS
+    assert md.count("| resnet20 |") == 2
+    png = stem.parent / "cifar10_acc_vs_flops.png"
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _fake_run(root: Path, name: str, step: int | None = None, finished: bool = False) -> Path:
+    run_dir = root / name
+    (run_dir / "checkpoints").mkdir(parents=True)
+    if step is not None:
+        (run_dir / "checkpoints" / f"step_{step:09d}.pt").write_bytes(b"")
+    if finished:
+        (run_dir / "summary.json").write_text("{}")
+    return run_dir
+
+
+def test_merge_keeps_the_copy_that_is_further_along(tmp_path):
+    root, incoming = tmp_path / "root", tmp_path / "incoming"
+    _fake_run(root, "ahead", step=50)
+    _fake_run(incoming, "ahead", step=20)
+    _fake_run(root, "behind", step=20)
+    _fake_run(incoming, "behind", step=50)
+    _fake_run(root, "done", finished=True)
+    _fake_run(incoming, "done", step=90)
+    _fake_run(incoming, "new", step=10)
+    assert reproduce.merge([incoming, tmp_path / "missing"], root) == ["behind", "new"]
+    assert {n: reproduce.progress(root / n) for n in ["ahead", "behind", "done", "new"]} == {
+        "ahead": (0, 50), "behind": (0, 50), "done": (1, 0), "new": (0, 10)}
+
+
+def test_run_list_covers_the_issue_and_every_entry_resolves():
+    names = [r.name for r in reproduce.RUNS]
+    assert len(set(names)) == len(names) == 18
+    for model in ("resnet20", "resnet56"):
+        for method in ("dense", "svd_finetune", "trp_channel_nuclear", "trp_channel", "trp_spatial_nuclear",
+                       "trp_spatial", "lrpet", "elrt_tucker2", "elrt_channel"):
+            assert f"{model}_{method}" in names
+    for run in reproduce.RUNS:
+        cfg = reproduce.spec(run, reproduce.overrides(run, [], 1.0)).recipe
+        assert cfg["model"]["name"] == run.name.split("_")[0]
+        assert cfg["train"]["keep_checkpoints"] == 1
+    assert [r.name for r in reproduce.select(["resnet56_trp_*"])] == [
+        "resnet56_trp_channel_nuclear", "resnet56_trp_channel", "resnet56_trp_spatial_nuclear", "resnet56_trp_spatial"]
+    with pytest.raises(SystemExit, match="no run matches"):
+        reproduce.select(["resnet18_*"])
