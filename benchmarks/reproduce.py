@@ -3,7 +3,7 @@
 `RUNS` lists each training: a recipe from recipes/, the overrides that make it this row, and the published
 figure it is compared with. One call trains the unfinished runs, ``--parallel N`` of them at a time, each
 in its own process (``python -m lrtrain train RECIPE --out-dir ROOT/NAME --resume --time-limit T``) on the
-same device: a CIFAR ResNet leaves most of a GPU idle, so N processes finish about N times the work. A run
+same device: one CIFAR ResNet training leaves most of a GPU idle, several keep more of it busy. A run
 resumes from its newest checkpoint, so the table is built over many calls of at most 10 minutes each:
 
     python benchmarks/reproduce.py --list                                  # the runs and how far each got
@@ -26,10 +26,11 @@ carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
    between calls while the machine is warm, and the working tree copied in at each call cannot
    overwrite it); ``--seed .data/reproduce`` merges the carried folders in first, a run only where the
    carried copy is further along;
-3. at the end of the call the runs it trained are packed into ``$OUT/reproduce_runs.tar.NNN`` (pieces of
-   at most 15 MiB: $OUT returns at most 8 files of 16 MiB, no deeper than 2 folders, which a run
-   folder with its checkpoints/ is), holding each run's small files, its newest checkpoint when
+3. at the end of the call the runs it trained are packed into ``$OUT/reproduce_runs.tar.NNN``, pieces of
+   at most 15 MiB ($OUT returns at most 8 files of 16 MiB each, none deeper than 2 folders, so a run
+   folder cannot come back as it is), holding each run's small files, its newest checkpoint when
    unfinished and compact.pt when finished (ResNet-56: 7 MB a checkpoint, 2-4 MB a compact model);
+   ``--pack-only`` packs every run of the root (a call cut off before its pack);
 4. here: ``python benchmarks/reproduce.py --root .data/reproduce --unpack FILES_AT`` merges them back
    (again the further-along copy wins), and the next call carries .data/reproduce again; at the end of the
    session ``mv .data/reproduce benchmarks/checkpoints/reproduce``, ``--report-only``, commit.
@@ -192,6 +193,7 @@ def _run_folders(source: Path) -> Path:
 def merge(sources: list[Path], root: Path) -> list[str]:
     """Copy into `root` every run folder of `sources` that is further along than root's; returns their names."""
     taken = []
+    root.mkdir(parents=True, exist_ok=True)
     for source in sources:
         if not source.exists():
             print(f"note: {source} does not exist: nothing merged from it")
@@ -396,7 +398,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency-iters", type=int, default=20, help="forward passes of each latency measurement")
     args = p.parse_args(argv)
     runs = select(args.runs)
-    args.root.mkdir(parents=True, exist_ok=True)
     if args.list:
         print_status(runs, args.root)
         return

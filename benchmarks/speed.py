@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -132,12 +133,13 @@ def train_steps(args, device: torch.device, report: Report) -> None:
     steps = -(-args.steps // 5) * 5  # whole TRP periods
     lrpet_period = CIFAR_TRAIN // args.batch
     tensors = make_sample(args.batch * (args.warmup + steps), 64, image_size=32, num_classes=10, seed=0)
-    run_dir = tempfile.mkdtemp(prefix="lrtrain-speed-")
     trainers = {}
+    # LRPET's own period would be the generated set's tiny epoch: it is timed apart, at CIFAR-10's.
+    apart = {label for label, recipe, _ in B1 if "lrpet" in recipe}
     for label, recipe, sets in B1:
-        # LRPET's own period would be the generated set's tiny epoch: it is timed apart, at CIFAR-10's.
-        extra = ("method.period=1000000000",) if "lrpet" in recipe else ()
-        trainers[label] = _trainer(recipe, (*sets, *extra), device, args.batch, tensors, args.compile, run_dir)
+        extra = ("method.period=1000000000",) if label in apart else ()
+        trainers[label] = _trainer(recipe, (*sets, *extra), device, args.batch, tensors, args.compile,
+                                   args.scratch)
     rates: dict[str, list[float]] = {label: [] for label in trainers}
     for _ in range(args.rounds):
         for label, trainer in trainers.items():
@@ -150,8 +152,8 @@ def train_steps(args, device: torch.device, report: Report) -> None:
             times = [_timed(trainer.method.project, device) for _ in range(args.rounds + 1)]
             trainer.method.rank_log.clear()
             projection = 1000 * statistics.median(times[1:])
-            every = lrpet_period if "LRPET" in label else trainer.method.period
-            if "LRPET" in label:
+            every = lrpet_period if label in apart else trainer.method.period
+            if label in apart:
                 ms += projection / every
         dense_ms = dense_ms or ms
         macs = count(trainer.model).flops
@@ -239,8 +241,30 @@ def _kernel(shape: list[int]) -> str:
     return f"{shape[2]}×{shape[3]}"
 
 
-def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dtype) -> list[list[str]]:
-    """Rows (kernel shape, MMACs, ms, GMAC/s) of the convs by kernel shape, then everything else, from a profile."""
+@dataclass
+class Breakdown:
+    """Where a forward pass spends its time, from a profile: MACs and ms per conv kernel shape, the rest."""
+
+    conv: dict[str, tuple[float, float]]  # kernel shape -> (MACs over the batch, ms)
+    other_ms: float
+
+    def rows(self) -> list[list[str]]:
+        rows = [[f"conv {k}", f"{macs / 1e6:.0f}", f"{ms:.2f}", f"{macs / ms / 1e6:.3g}"]
+                for k, (macs, ms) in sorted(self.conv.items(), key=lambda kv: -kv[1][1])]
+        return rows + [["everything else", "—", f"{self.other_ms:.2f}", "—"]]
+
+    def versus(self, dense: "Breakdown") -> str:
+        """One line: how far the convs' time follows their MACs, and what the rest costs, against dense."""
+        macs, ms = (sum(v[i] for v in self.conv.values()) for i in (0, 1))
+        dense_macs, dense_ms = (sum(v[i] for v in dense.conv.values()) for i in (0, 1))
+        rates = ", ".join(f"{k} at {m / t / 1e6:.3g}" for k, (m, t) in self.conv.items())
+        dense_rates = ", ".join(f"{k} at {m / t / 1e6:.3g}" for k, (m, t) in dense.conv.items())
+        return (f"Convs: {macs / dense_macs:.2f} of dense's MACs in {ms / dense_ms:.2f} of its time (GMAC/s: "
+                f"{rates}; dense {dense_rates}). Everything else: {self.other_ms:.2f} ms (dense "
+                f"{dense.other_ms:.2f} ms).")
+
+
+def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dtype) -> Breakdown:
     from torch.profiler import ProfilerActivity, profile
 
     net = copy.deepcopy(net).to(device, dtype).eval()
@@ -268,14 +292,8 @@ def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dty
         if e.key == "aten::conv2d" and e.input_shapes and len(e.input_shapes[1]) == 4:
             key = _kernel(e.input_shapes[1])
             conv_us[key] = conv_us.get(key, 0.0) + (e.device_time_total if cuda else e.cpu_time_total)
-    rows = []
-    for key in sorted(conv_us, key=lambda k: -conv_us[k]):
-        ms = conv_us[key] / reps / 1000
-        rows.append([f"conv {key}", f"{macs.get(key, 0) / 1e6:.0f}", f"{ms:.2f}",
-                     f"{macs.get(key, 0) / (ms / 1000) / 1e9:.0f}"])
-    other = (total_us - sum(conv_us.values())) / reps / 1000
-    rows.append(["everything else", "—", f"{other:.2f}", "—"])
-    return rows
+    conv = {k: (macs.get(k, 0), us / reps / 1000) for k, us in conv_us.items()}
+    return Breakdown(conv, (total_us - sum(conv_us.values())) / reps / 1000)
 
 
 def inference(args, device: torch.device, report: Report) -> None:
@@ -312,14 +330,18 @@ def inference(args, device: torch.device, report: Report) -> None:
         batch = max(args.cpu_batches)
         cpu = columns[f"CPU b{batch}"]
         short = [label for label in nets if label != "dense" and cpu["dense"] / cpu[label] < 0.8 * flops_speedup[label]]
-        for label in ["dense", *short] if short else []:
-            lines += ["", f"### {model_name} {label}: CPU batch {batch}, where the time goes (profiler)", "",
-                      *_table(["part", "MMACs (batch)", "ms", "GMAC/s"], breakdown(nets[label], batch, torch.device("cpu"),
-                                                                       torch.float32))]
-            if device.type == "cuda":
-                lines += ["", f"GPU batch {args.gpu_batch} bf16 eager:", "",
-                          *_table(["part", "MMACs (batch)", "ms", "GMAC/s"],
-                                  breakdown(nets[label], args.gpu_batch, device, torch.bfloat16))]
+        places = [("CPU", f"batch {batch}", torch.device("cpu"), torch.float32, batch)]
+        if device.type == "cuda":
+            places.append(("GPU", f"batch {args.gpu_batch} bf16 eager", device, torch.bfloat16, args.gpu_batch))
+        for where, what, dev, dtype, size in places if short else []:
+            dense_parts = breakdown(dense, size, dev, dtype)
+            lines += ["", f"### {model_name}, {where} {what}: where the time goes (profiler)", "",
+                      f"dense: {dense_parts.other_ms + sum(v[1] for v in dense_parts.conv.values()):.2f} ms", "",
+                      *_table(["part", "MMACs (batch)", "ms", "GMAC/s"], dense_parts.rows())]
+            for label in short:
+                parts = breakdown(nets[label], size, dev, dtype)
+                lines += ["", f"{label}: {parts.versus(dense_parts)}", "",
+                          *_table(["part", "MMACs (batch)", "ms", "GMAC/s"], parts.rows())]
         report.add(lines)
 
 
@@ -375,12 +397,11 @@ def plain_loop(model_name: str, tensors, device: torch.device, args) -> float:
 
 def throughput(args, device: torch.device, report: Report) -> None:
     tensors = make_sample(args.batch * (args.warmup + args.steps), 64, image_size=32, num_classes=10, seed=0)
-    run_dir = tempfile.mkdtemp(prefix="lrtrain-speed-")
     rows = []
     for model_name in args.models:
         if report.over_budget():
             break
-        cfg = resolve({"out_dir": run_dir, "model": {"name": model_name}, "data": {"batch_size": args.batch},
+        cfg = resolve({"out_dir": args.scratch, "model": {"name": model_name}, "data": {"batch_size": args.batch},
                        "train": {"device": str(device), "progress": False}})
         data = make_data(tensors, args.batch, args.batch, _auto(cfg["train"]["channels_last"], device), device)
         torch.manual_seed(0)
@@ -391,7 +412,8 @@ def throughput(args, device: torch.device, report: Report) -> None:
             plain.append(plain_loop(model_name, tensors, device, args))
         o, p = statistics.median(ours), statistics.median(plain)
         rows.append([model_name, f"{o:.0f}", f"{p:.0f}", f"{o / p:.2f}x"])
-    settings = "channels_last, bf16 autocast, torch.compile" if device.type == "cuda" else "fp32, no compile"
+    settings = ("channels_last, bf16 autocast, torch.compile; cudnn.benchmark, which it sets, is then on for "
+                "the plain loop too" if device.type == "cuda" else "fp32, no compile")
     report.add([f"## B.4 Dense training throughput: our trainer vs a plain PyTorch loop (batch {args.batch})", "",
                 f"Ours: `Trainer.train_step` at its {device.type} defaults ({settings}), images resident on the "
                 f"device, augmentation there. Plain: a Dataset of uint8 images → PIL → RandomCrop(32, 4), "
@@ -456,11 +478,13 @@ def main(argv: list[str] | None = None) -> None:
         f"- date: {today()}",
         f"- torch {torch.__version__}" + (f"; {args.note}" if args.note else "")], args.budget)
     sections = {"train": train_steps, "inference": inference, "throughput": throughput}
-    for name in args.sections:
-        if report.over_budget():
-            report.add([f"(section {name} skipped: the {args.budget:.0f} s budget was spent)"])
-            continue
-        sections[name](args, device, report)
+    # The trainers' run folder: they write ranks.csv there when a method projects.
+    with tempfile.TemporaryDirectory(prefix="lrtrain-speed-") as args.scratch:
+        for name in args.sections:
+            if report.over_budget():
+                report.add([f"(section {name} skipped: the {args.budget:.0f} s budget was spent)"])
+                continue
+            sections[name](args, device, report)
     write_index()
     print(f"wrote {report.path} and {RESULTS / 'speed.md'} in {time.monotonic() - started:.0f} s")
 

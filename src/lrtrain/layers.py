@@ -52,7 +52,7 @@ class LowRankConv2d(nn.Module):
         super().__init__()
         self.scheme = get_scheme(scheme)
         self.geometry = ConvGeometry(in_channels, out_channels, _pair(kernel_size), _pair(stride), _pair(padding),
-                                     _pair(dilation), bias)
+                                     _pair(dilation), bias=bias)
         self._rank = self.scheme.check_rank(self.geometry, rank, where=f"LowRankConv2d{self.geometry.shape}")
         self.factors = nn.Sequential(*[
             nn.Conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.dilation, s.groups,

@@ -59,32 +59,19 @@ class ConvSpec:
 
 
 @dataclass(frozen=True)
-class ConvGeometry:
-    """The dense conv a factorization replaces (schemes only factorize groups=1; `groups` is kept so a
-    skipped grouped conv is still costed right)."""
-
-    in_channels: int
-    out_channels: int
-    kernel_size: Pair
-    stride: Pair = (1, 1)
-    padding: Pair = (0, 0)
-    dilation: Pair = (1, 1)
-    bias: bool = False
-    groups: int = 1
+class ConvGeometry(ConvSpec):
+    """The dense conv a factorization replaces: its own `ConvSpec` (schemes only factorize groups=1;
+    `groups` is kept so a skipped grouped conv is still costed right)."""
 
     @classmethod
     def of(cls, conv: torch.nn.Conv2d) -> "ConvGeometry":
         padding = conv.padding if not isinstance(conv.padding, str) else (0, 0)  # string padding: not factorized
         return cls(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
-                   tuple(padding), tuple(conv.dilation), conv.bias is not None, conv.groups)
+                   tuple(padding), tuple(conv.dilation), groups=conv.groups, bias=conv.bias is not None)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-
-    def dense_spec(self) -> ConvSpec:
-        return ConvSpec(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                        self.dilation, self.groups, self.bias)
 
 
 def spec_macs(specs: list[ConvSpec], hw: Pair) -> int:

@@ -63,7 +63,7 @@ def _linear_request(name: str, lin: nn.Linear, rows: int) -> RankRequest:
 def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, hw) -> RankRequest:
     g = ConvGeometry.of(conv)
     return RankRequest(name, scheme.max_rank(g), cost=lambda r: spec_macs(scheme.specs(g, r), hw),
-                       dense_cost=spec_macs([g.dense_spec()], hw))
+                       dense_cost=spec_macs([g], hw))
 
 
 def _why_not(conv: nn.Conv2d, scheme: Scheme) -> str:
