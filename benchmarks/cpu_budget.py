@@ -39,7 +39,10 @@ COMMON = {
     # bf16 autocast and channels_last are off: this CPU has no bf16 matrix units, and both measured slower
     # than fp32 NCHW here (benchmarks/results/train_throughput_cpu.md: 232 img/s fp32, 119 bf16, 212 NHWC).
     "train": {"epochs": 20, "device": "cpu", "amp": False, "channels_last": False, "compile": False,
-              "keep_checkpoints": 1, "progress": False},
+              "keep_checkpoints": 1, "progress": False,
+              # Projections leave BatchNorm statistics behind the weights (LRPET projects at the end of an
+              # epoch): every compact model, dense included, gets them re-estimated on 50 batches.
+              "bn_recalibrate": 50},
 }
 
 METHODS = [  # (run folder, label, method parameters)

@@ -78,7 +78,7 @@ def demo_recipe(data_dir: str | None = None, epochs: int = 2) -> dict[str, Any]:
         "data": {**data, "batch_size": 64},
         "optim": {"lr": 0.05, "weight_decay": 5e-4},
         "schedule": {"name": "cosine"},
-        "train": {"epochs": epochs},
+        "train": {"epochs": epochs, "bn_recalibrate": 20},
         "method": DEMO_METHOD,
     }, source="demo")
 

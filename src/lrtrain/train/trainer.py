@@ -37,6 +37,7 @@ from ..data import Data, build_data
 from ..methods import create_method
 from ..provenance import commit, today
 from . import distributed
+from .bn import recalibrate_bn
 from .checkpoint import (atomic_write, atomic_write_text, list_checkpoints, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .schedule import from_config as schedule_from_config
@@ -615,6 +616,9 @@ class Trainer:
         """Finalize the method, evaluate and count the compact model, save it, write summary.json."""
         pre_finalize = self.history[-1]["test_acc"]
         compact = self.method.finalize().to(self.device, memory_format=self._memory_format())
+        # Before the broadcast: under DDP rank 0's statistics are the ones every rank keeps.
+        recalibrated = recalibrate_bn(compact, self.data.train.batches(self.epochs),
+                                      self.cfg["train"]["bn_recalibrate"], torch.bfloat16 if self.amp else None)
         if self.world.distributed:
             distributed.broadcast_module_(compact)
         final = self.evaluate(compact)
@@ -634,6 +638,7 @@ class Trainer:
             "best_acc": best["test_acc"],
             "best_epoch": best["epoch"],
             "pre_finalize_acc": pre_finalize,
+            "bn_recalibrated_batches": recalibrated,
             "final_acc": final["test_acc"],
             "final_loss": final["test_loss"],
             "dense": {"flops": dense.flops, "params": dense.params},
