@@ -1,5 +1,6 @@
 """BatchNorm recalibration of a compact model before its final evaluation."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -29,3 +30,22 @@ def test_the_trainer_recalibrates_the_compact_model_when_asked(tmp_path):
     assert summary["bn_recalibrated_batches"] == 3
     _, plain = fit(make_cfg(tmp_path / "plain"))
     assert plain["bn_recalibrated_batches"] == 0
+
+
+def _lrpet_run(tmp_path, recalibrate):
+    cfg = make_cfg(tmp_path, train={"bn_recalibrate": recalibrate},
+                   method={"name": "lrpet", "goal": 0.6, "period": "epoch", "input_size": [1, 3, 12, 12]})
+    return fit(cfg)
+
+
+def test_an_epoch_end_right_after_a_projection_is_evaluated_with_fresh_statistics_on_a_copy(tmp_path):
+    fresh, _ = _lrpet_run(tmp_path / "fresh", recalibrate=4)
+    stale, _ = _lrpet_run(tmp_path / "stale", recalibrate=0)
+    # the training model (weights and running statistics) is the same: only the evaluation differs
+    for (name, a), b in zip(fresh.model.state_dict().items(), stale.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert fresh.method.bn_stale  # LRPET projected after the last step
+    last_fresh, last_stale = fresh.history[-1], stale.history[-1]
+    assert last_fresh["test_loss"] != last_stale["test_loss"]
+    assert last_stale["test_loss"] == pytest.approx(stale.evaluate()["test_loss"], rel=1e-6)
+    assert last_fresh["test_loss"] == pytest.approx(fresh.evaluate(fresh._fresh_bn_copy())["test_loss"], rel=1e-6)

@@ -73,7 +73,10 @@ def test_finalize_before_the_swap_factorizes_without_fine_tuning():
 def test_state_round_trip_after_the_swap_rebuilds_the_structure_tucker2():
     method = SVDFinetune(_net(), rank="energy:0.8", scheme="tucker2", input_size=SMALL)
     method.setup(steps_per_epoch=1, total_steps=4)
-    _steps(method, 3)
+    _steps(method, 2)
+    assert method.swapped and method.bn_stale  # swapped after step 2: BatchNorm statistics are stale
+    _steps(method, 1)
+    assert not method.bn_stale
     buf = io.BytesIO()
     torch.save({"method": method.state_dict(), "model": method.model.state_dict()}, buf)
     buf.seek(0)
@@ -85,6 +88,7 @@ def test_state_round_trip_after_the_swap_rebuilds_the_structure_tucker2():
     assert fresh.swapped and fresh.step == 3 and fresh.ranks() == method.ranks()
     assert any(isinstance(r, tuple) for r in fresh.ranks().values())
     assert not fresh.rebuild_optimizer and fresh.rank_log == []
+    assert not fresh.bn_stale  # the swap happened at step 2, not at the resumed step
 
 
 def _config(out_dir):

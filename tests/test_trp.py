@@ -124,6 +124,7 @@ def test_projection_step_is_every_period_and_sub_gradient_follows_it():
             expected = 0.5 * (U[:, keep] @ Vh[keep]).reshape(conv.weight.shape)
             torch.testing.assert_close(conv.weight.grad.double(), expected, atol=1e-5, rtol=0)
         method.after_step()
+        assert method.bn_stale == (step in (3, 6))  # BatchNorm statistics lag the weights just projected
     assert sorted({r["step"] for r in method.rank_log}) == [3, 6]
 
 

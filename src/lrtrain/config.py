@@ -102,8 +102,9 @@ SCHEMA: dict[str, Any] = {
         "eval_every": _f(1, int, "evaluate on the test set every N epochs (and after the last)"),
         "checkpoint_every": _f(0, int, "also checkpoint every N steps (0: only at epoch ends)"),
         "keep_checkpoints": _f(2, int, "how many of the latest checkpoints to keep"),
-        "bn_recalibrate": _f(0, int, "re-estimate BatchNorm statistics of the compact model on this many "
-                             "training batches before its final evaluation (0: off)"),
+        "bn_recalibrate": _f(0, int, "re-estimate BatchNorm statistics on this many training batches before "
+                             "the compact model's final evaluation, and on a copy of the model before an "
+                             "epoch-end evaluation that follows a projection (0: off)"),
         "progress": _f(True, bool, "tqdm progress bar per epoch"),
     },
     "method": {

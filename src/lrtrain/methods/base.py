@@ -57,6 +57,13 @@ class Method:
         """Called after ``optimizer.step()``; counts steps."""
         self.step += 1
 
+    @property
+    def bn_stale(self) -> bool:
+        """True when the method replaced weights (a projection, a decomposition) after the last training
+        step's forward pass: the BatchNorm running statistics then describe weights the model no longer
+        has, and an evaluation right now should re-estimate them first (the trainer does, on a copy)."""
+        return False
+
     def finalize(self) -> nn.Module:
         """Return the compact model (LowRank layers where the method made them)."""
         return self.model

@@ -179,6 +179,10 @@ class LRPET(Method):
         if self.step % self._resolved_period() == 0:
             self.project()
 
+    @property
+    def bn_stale(self) -> bool:
+        return self._last_projection == self.step
+
     def _resolved_period(self) -> int:
         if self.period != "epoch":
             return self.period

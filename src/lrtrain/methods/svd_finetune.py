@@ -77,6 +77,7 @@ class SVDFinetune(Method):
             _load_pretrained(model, init)
         self.swapped = False
         self.swap_step: int | None = None
+        self._swapped_at: int | None = None  # the step at which the swap happened
         self._ranks: dict[str, Any] = {}
         if self.dense_fraction == 0.0:
             self.swap()
@@ -106,12 +107,17 @@ class SVDFinetune(Method):
         self._ranks = {name: m.rank for name, m in self.model.named_modules()
                        if isinstance(m, (LowRankConv2d, LowRankLinear))}
         self.swapped = True
+        self._swapped_at = self.step
         self.rebuild_optimizer = True
         for name, r in self._ranks.items():
             m = self.model.get_submodule(name)
             top = (self.scheme.max_rank(m.geometry) if isinstance(m, LowRankConv2d)
                    else min(m.in_features, m.out_features))
             self.rank_log.append({"step": self.step, "layer": name, "rank": r, "max_rank": top})
+
+    @property
+    def bn_stale(self) -> bool:
+        return self._swapped_at == self.step
 
     def finalize(self) -> nn.Module:
         """The factorized model (factorized now, without fine-tuning, if training stopped before the swap)."""
@@ -124,7 +130,7 @@ class SVDFinetune(Method):
 
     def state_dict(self) -> dict[str, Any]:
         # tucker2 ranks are (r_in, r_out) pairs: stored as lists, plain data for weights_only loading
-        return {"step": self.step, "swapped": self.swapped,
+        return {"step": self.step, "swapped": self.swapped, "swapped_at": self._swapped_at,
                 "ranks": {n: list(r) if isinstance(r, tuple) else r for n, r in self._ranks.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -137,6 +143,7 @@ class SVDFinetune(Method):
         if state["swapped"] and not self.swapped:
             self.swap({n: tuple(r) if isinstance(r, list) else int(r) for n, r in state["ranks"].items()})
             self.rank_log.clear()  # logged by the interrupted run already
+            self._swapped_at = state.get("swapped_at")  # absent from checkpoints of older versions
             self.rebuild_optimizer = False  # the loop builds its optimizer after loading a checkpoint
         elif self.swapped and not state["swapped"]:
             raise ValueError("SVDFinetune: this state was saved before the swap, but the model is already "

@@ -211,6 +211,10 @@ class TRP(Method):
         if self.period and self.step % self.period == 0:
             self.project()
 
+    @property
+    def bn_stale(self) -> bool:
+        return bool(self.period) and self.step > 0 and self.step % self.period == 0
+
     @torch.no_grad()
     def project(self) -> dict[str, int]:
         """Step B now: replace every eligible weight by its truncated SVD keeping `energy` of Σσ².

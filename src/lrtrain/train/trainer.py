@@ -357,7 +357,7 @@ class Trainer:
                                "train_loss": loss, "train_acc": acc, "test_loss": None, "test_acc": None,
                                "epoch_time_s": seconds, "img_per_s": images / seconds}
         if (epoch + 1) % self.cfg["train"]["eval_every"] == 0 or epoch + 1 == self.epochs:
-            row.update(self.evaluate())
+            row.update(self.evaluate(self._fresh_bn_copy()))
         self.history.append(row)
         self.epoch, self.batch = epoch + 1, 0
         self.sums.reset()
@@ -366,6 +366,26 @@ class Trainer:
             test = f"  test {row['test_acc']:.2f}%" if row["test_acc"] is not None else ""
             print(f"epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  acc {acc:.2f}%{test}  lr {row['lr']:.4g}  "
                   f"{row['img_per_s']:.0f} img/s  {seconds:.1f} s", flush=True)
+
+    def _fresh_bn_copy(self) -> nn.Module | None:
+        """A copy of the model with re-estimated BatchNorm statistics when the method has just replaced
+        weights (LRPET projects at an epoch's end), so the epoch's test accuracy is the model's and not
+        that of stale statistics; None (evaluate the model itself) otherwise or with bn_recalibrate 0.
+        The training model is not touched, so the run is the same with or without this."""
+        if not (self.method.bn_stale and self.cfg["train"]["bn_recalibrate"]):
+            return None
+        model = copy.deepcopy(self.model)
+        self._recalibrate(model)
+        return model
+
+    def _recalibrate(self, model: nn.Module) -> int:
+        """Re-estimate `model`'s BatchNorm statistics on `train.bn_recalibrate` training batches (under
+        DDP rank 0's statistics are broadcast, so every rank evaluates the same model)."""
+        used = recalibrate_bn(model, self.data.train.batches(self.epochs), self.cfg["train"]["bn_recalibrate"],
+                              torch.bfloat16 if self.amp else None)
+        if self.world.distributed:
+            distributed.broadcast_module_(model)
+        return used
 
     def _diverged(self, what: str, where: str) -> None:
         kept = list_checkpoints(self.run_dir / "checkpoints")
@@ -616,11 +636,7 @@ class Trainer:
         """Finalize the method, evaluate and count the compact model, save it, write summary.json."""
         pre_finalize = self.history[-1]["test_acc"]
         compact = self.method.finalize().to(self.device, memory_format=self._memory_format())
-        # Before the broadcast: under DDP rank 0's statistics are the ones every rank keeps.
-        recalibrated = recalibrate_bn(compact, self.data.train.batches(self.epochs),
-                                      self.cfg["train"]["bn_recalibrate"], torch.bfloat16 if self.amp else None)
-        if self.world.distributed:
-            distributed.broadcast_module_(compact)
+        recalibrated = self._recalibrate(compact)
         final = self.evaluate(compact)
         counts = self._count(compact)
         evaluated = [r for r in self.history if r["test_acc"] is not None]
