@@ -92,3 +92,9 @@ def test_every_low_rank_run_meets_the_budget(name, label, params):
     compact = _compact_after_one_projection(method)
     assert lr.count(compact).flops <= cpu_budget.BUDGET * dense
     assert dense / lr.count(compact).flops >= 2.17
+
+
+def test_only_the_elrt_runs_train_channels_last():
+    chosen = {s.name: s.recipe["train"]["channels_last"] for s in cpu_budget.specs()}
+    assert {n for n, cl in chosen.items() if cl} == {"elrt_tucker2", "elrt_tucker2_noorth"}
+    assert all(cl is False for n, cl in chosen.items() if not n.startswith("elrt"))
