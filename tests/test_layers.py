@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from lrtrain import LowRankConv2d, LowRankLinear, count
+from lrtrain.layers import PointwiseConv2d
 from lrtrain.schemes import ConvGeometry, get_scheme
 
 GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation)
@@ -100,3 +101,35 @@ def test_linear_full_rank_exact_and_truncation_optimal():
     torch.testing.assert_close((low.weight - lin.weight).square().sum(), S[3:].square().sum())
     with pytest.raises(ValueError, match=r"rank 8 is out of range \(valid ranks are 1..7\)"):
         LowRankLinear.from_dense(lin, 8)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_equals_the_conv_in_value_and_gradient(bias, channels_last):
+    torch.manual_seed(0)
+    fast = PointwiseConv2d(6, 10, bias=bias)
+    ref = nn.Conv2d(6, 10, 1, bias=bias)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 6, 7, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fast(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-5)
+    if bias:
+        torch.testing.assert_close(fast.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the same output dtype as the conv's
+        assert fast(x).dtype == ref(x).dtype == torch.bfloat16
+    torch.testing.assert_close(fast(x[0]), ref(x[0]), atol=1e-5, rtol=1e-5)  # unbatched input
+
+
+def test_plain_one_by_one_factors_are_pointwise_convs():
+    kinds = [type(c) for c in LowRankConv2d(16, 32, 3, 4, "tucker2", stride=2, padding=1).factors]
+    assert kinds == [PointwiseConv2d, nn.Conv2d, PointwiseConv2d]
+    kinds = [type(c) for c in LowRankConv2d(16, 32, 1, 4, "channel", stride=2).factors]
+    assert kinds == [nn.Conv2d, PointwiseConv2d]  # the strided 1×1 factor stays a conv
