@@ -61,3 +61,13 @@ def test_conv_with_another_consumer_or_called_into_two_bns_is_not_paired():
     assert conv_bn_pairs(model) == {"conv_c": "bn_c"}
     # the hook fallback cannot see the residual use of conv_a's output, but sees conv_b's two BNs
     assert _pairs_from_forward(model, (1, 4, 8, 8)) == {"conv_a": "bn_a", "conv_c": "bn_c"}
+
+
+def test_low_rank_layers_trace_with_fx_and_their_last_factor_pairs_with_the_bn():
+    from lrtrain import LowRankConv2d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(LowRankConv2d(8, 16, 3, 4, "tucker2", padding=1), nn.BatchNorm2d(16), nn.ReLU()).eval()
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(torch.fx.symbolic_trace(net)(x), net(x))  # the 1×1 factors' layout test is opaque
+    assert conv_bn_pairs(net) == {"0.factors.2": "1"}

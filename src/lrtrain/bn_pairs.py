@@ -35,12 +35,19 @@ def conv_bn_pairs(model: nn.Module, input_size=(1, 3, 32, 32)) -> dict[str, str]
     (in eval mode, under no_grad, on zeros) is needed instead.
     """
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _ConvLeafTracer().trace(model)
     except Exception as err:  # fx raises many kinds of errors on untraceable Python control flow
         log.info("conv_bn_pairs: torch.fx cannot trace %s (%s); pairing from a forward pass",
                  type(model).__name__, err)
         return _pairs_from_forward(model, input_size)
     return _pairs_from_graph(model, graph)
+
+
+class _ConvLeafTracer(fx.Tracer):
+    """Every nn.Conv2d is one call_module node, subclasses (lrtrain's PointwiseConv2d) included."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
 
 
 def _pairs_from_graph(model: nn.Module, graph: fx.Graph) -> dict[str, str]:

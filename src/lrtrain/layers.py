@@ -1,12 +1,17 @@
 """Factorized layers: `LowRankConv2d` and `LowRankLinear`.
 
-Each is a thin nn.Module over a chain of standard layers (so it exports, compiles and quantizes like any
-other model); the maths of each decomposition lives in `schemes`.
+Each is a thin nn.Module over a chain of standard layers (so it exports, compiles and traces like any
+other model; plain 1×1 factors are `PointwiseConv2d`, an nn.Conv2d with a faster NCHW path, which
+type-keyed tools such as eager-mode quantization mappings must list); the maths of each decomposition
+lives in `schemes`.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
@@ -41,14 +46,20 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or not x.is_contiguous():
-            return self._conv_forward(x, self.weight, self.bias)
-        b, c, h, w = x.shape
-        y = torch.matmul(self.weight.view(self.out_channels, c), x.view(b, c, h * w))
-        bias = self.bias  # a local, so that TorchScript refines its Optional type
-        if bias is not None:
-            y = y + bias.view(-1, 1).to(y.dtype)  # under autocast y is bf16, as the conv's output
-        return y.view(b, self.out_channels, h, w)
+        return pointwise_conv(x, self.weight, self.bias)
+
+
+@torch.fx.wrap  # one opaque call in a torch.fx graph: its layout test cannot be traced symbolically
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` for a 1×1 `weight`, as a matrix product when `x` is NCHW-contiguous."""
+    if x.dim() != 4 or not x.is_contiguous():
+        return F.conv2d(x, weight, bias)
+    b, c, h, w = x.shape
+    n = weight.shape[0]
+    y = torch.matmul(weight.view(n, c), x.view(b, c, h * w))
+    if bias is not None:
+        y = y + bias.view(-1, 1).to(y.dtype)  # under autocast y is bf16, as the conv's output
+    return y.view(b, n, h, w)
 
 
 def _factor_conv(s, device, dtype) -> nn.Conv2d:
