@@ -143,3 +143,37 @@ def test_svd_of_non_finite_weights_names_the_layers():
     mats = [torch.randn(5, 4), torch.full((3, 3), float("nan")), torch.randn(5, 4)]
     with pytest.raises(linalg.NonFiniteError, match=r"^second: the weight contains NaN"):
         linalg.svd_many(mats, ["first", "second", "third"])
+
+
+def test_full_precision_sets_ieee_matmuls_inside_and_restores_the_callers_choice():
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with pytest.raises(RuntimeError):
+            with linalg.full_precision():
+                assert torch.get_float32_matmul_precision() == "highest"
+                with linalg.full_precision():
+                    pass
+                assert torch.get_float32_matmul_precision() == "highest"
+                raise RuntimeError("restored even so")
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+def test_the_methods_linear_algebra_runs_without_tf32_when_training_allows_it(monkeypatch):
+    from lrtrain import LRPET, TRP, models
+
+    seen = []
+    reconstruct = linalg.reconstruct
+    monkeypatch.setattr(linalg, "reconstruct", lambda *a: seen.append(torch.get_float32_matmul_precision())
+                        or reconstruct(*a))
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # what the trainer sets on a GPU
+        LRPET(models.create("resnet20"), goal=0.5, period=1).project()
+        TRP(models.create("resnet20"), period=1).project()
+        assert seen and set(seen) == {"highest"}
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(saved)

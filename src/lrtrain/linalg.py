@@ -8,8 +8,9 @@ layers. All functions accept a batch dimension: a "matrix" here is a tensor of s
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,6 +22,23 @@ class SVD(NamedTuple):
     U: Tensor
     S: Tensor
     Vh: Tensor
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """float32 matrix products in full (IEEE) precision inside, whatever the caller chose.
+
+    Training on a GPU allows TF32 matrix products (``torch.set_float32_matmul_precision("high")``), whose
+    ~1e-3 relative round-off would put a projected weight's zeroed singular values back at ~1e-3·σ₁:
+    numerical ranks, Newton–Schulz polar factors and every reconstruction would then be wrong. The
+    methods' hooks and `surgery.factorize` run under this (as a context or a decorator).
+    """
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
 
 
 class NonFiniteError(ValueError):

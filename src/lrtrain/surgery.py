@@ -224,6 +224,7 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+@linalg.full_precision()
 def factorize(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", scheme: str | Scheme = "channel",
               skip: Iterable[str] = (), input_size=(1, 3, 32, 32), linear: bool = True) -> nn.Module:
     """Replace every eligible conv/linear of `model` (in place) by its low-rank form; return the model.

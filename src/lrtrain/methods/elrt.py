@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from .. import linalg
 from ..layers import LowRankConv2d, LowRankLinear
 from ..metrics import trace_shapes
 from ..ranks import Rank, RankPolicy, RankRequest, parse_policy
@@ -259,6 +260,7 @@ class ELRT(Method):
         return self.orth * torch.stack(terms).sum()
 
     @torch.no_grad()
+    @linalg.full_precision()
     def before_step(self) -> None:
         """Add the regularizer's gradient 4λ·(VVᵀ − I)·V to every factor's gradient, per equal-shape group."""
         if self.orth == 0.0:
@@ -277,6 +279,7 @@ class ELRT(Method):
     def ranks(self) -> dict[str, Rank]:
         return {name: layer.rank for name, layer in self.layers.items()}
 
+    @linalg.full_precision()
     def finalize(self) -> nn.Module:
         """The model as trained: it is already made of the compact factorized layers."""
         return self.model

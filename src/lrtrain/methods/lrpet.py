@@ -192,6 +192,7 @@ class LRPET(Method):
         return self.steps_per_epoch
 
     @torch.no_grad()
+    @linalg.full_precision()
     def project(self, energy_transfer: bool | None = None) -> None:
         """Project every managed conv onto its rank now (`after_step` calls this every `period` steps).
 
@@ -239,6 +240,7 @@ class LRPET(Method):
         that needs spectra)."""
         return {name: int(r) for name, r in self._ranks.items()}
 
+    @linalg.full_precision()
     def finalize(self) -> nn.Module:
         """The compact model: a copy of the trained model with each projected conv factorized.
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .. import surgery
+from .. import linalg, surgery
 from ..layers import LowRankConv2d, LowRankLinear
 from ..ranks import parse_policy
 from ..schemes import get_scheme
@@ -98,6 +98,7 @@ class SVDFinetune(Method):
         if self.step >= self.swap_step:
             self.swap()
 
+    @linalg.full_precision()
     def swap(self, ranks: dict[str, Any] | None = None) -> None:
         """Factorize the model now, by the rank policy or by explicit `ranks`; the loop must rebuild its optimizer."""
         if self.swapped:

@@ -190,6 +190,7 @@ class TRP(Method):
 
     # ----------------------------------------------------------------------------------------- hooks
     @torch.no_grad()
+    @linalg.full_precision()
     def before_step(self) -> None:
         """Step A: add λ·U_r V_rᵀ to the gradient of every eligible weight."""
         pending, self._pending = self._pending, None
@@ -216,6 +217,7 @@ class TRP(Method):
         return bool(self.period) and self.step > 0 and self.step % self.period == 0
 
     @torch.no_grad()
+    @linalg.full_precision()
     def project(self) -> dict[str, int]:
         """Step B now: replace every eligible weight by its truncated SVD keeping `energy` of Σσ².
 
@@ -258,6 +260,7 @@ class TRP(Method):
         return {name: self._ranks[name] for name in self.layers}
 
     # -------------------------------------------------------------------------------------- finalize
+    @linalg.full_precision()
     def finalize(self, rank: RankPolicy | str | dict | None = None) -> nn.Module:
         """The compact model: a copy of the trained one with eligible convs decomposed, no fine-tuning.
 
