@@ -163,3 +163,22 @@ def test_every_methods_checkpoints_hold_plain_data_only(tmp_path, method, check)
     assert check(states[2]["method"]), states[2]["method"]
     # The compact model too: plain data, rebuilt without pickled code.
     _plain(torch.load(tmp_path / "compact.pt", weights_only=True), "compact.pt")
+
+
+def test_a_run_resumed_in_another_memory_layout_gets_momentum_laid_out_like_its_weights(tmp_path):
+    run(make_cfg(tmp_path, channels_last=False), until_step=5)
+    path = list_checkpoints(tmp_path / "checkpoints")[-1]
+    state = torch.load(path, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True  # as a CUDA run saves it
+    torch.save(state, path)
+    torch.manual_seed(1)
+    trainer = Trainer(make_cfg(tmp_path, channels_last=True), model=DropNet())
+    trainer.load_checkpoint(path)
+    params = list(trainer.model.parameters())
+    assert params[0].is_contiguous(memory_format=torch.channels_last) and not params[0].is_contiguous()
+    for i, p in enumerate(params):
+        momentum = trainer.optimizer.state[p]["momentum_buffer"]
+        assert momentum.stride() == p.stride()
+        assert torch.equal(momentum, state["optimizer"]["state"][i]["momentum_buffer"])
+    assert all(g["fused"] is None for g in trainer.optimizer.param_groups)  # this device's choice (CPU)

@@ -361,3 +361,15 @@ def test_global_rank_policy_projects_to_the_flops_budget():
     x = torch.randn(2, 3, 32, 32)
     model.eval(), compact.eval()
     torch.testing.assert_close(compact(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_sub_gradient_on_a_weight_without_gradient_is_laid_out_like_the_weight():
+    from lrtrain.methods.matrices import group_weights
+    from lrtrain.schemes import get_scheme
+
+    conv = nn.Conv2d(4, 6, 3).to(memory_format=torch.channels_last)
+    group = group_weights([("c", conv)], get_scheme("channel"))[0]
+    delta = torch.randn(1, 6, 36)
+    group.add_to_grad(delta)
+    assert conv.weight.grad.stride() == conv.weight.stride()  # fused CUDA optimizers require it
+    torch.testing.assert_close(conv.weight.grad.flatten(1), delta[0])

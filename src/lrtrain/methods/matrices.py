@@ -28,11 +28,6 @@ class WeightGroup:
         """The weights in the scheme's matrix form, stacked: (layers, ..., m, n)."""
         return torch.stack([self.scheme.to_matrix(m.weight.detach()) for m in self.modules])
 
-    def grad_matrices(self) -> Tensor:
-        """The weights' gradients in matrix form (zeros where a layer has no gradient yet)."""
-        return torch.stack([self.scheme.to_matrix(m.weight.grad if m.weight.grad is not None
-                                                  else torch.zeros_like(m.weight)) for m in self.modules])
-
     @torch.no_grad()
     def write(self, mats: Tensor) -> None:
         """Copy stacked matrices back into the layers' weights."""
@@ -44,8 +39,8 @@ class WeightGroup:
         """Add stacked matrices (in matrix form) to the layers' weight gradients."""
         for m, mat in zip(self.modules, mats):
             delta = self.scheme.from_matrix(mat, m.weight.shape).to(m.weight.dtype)
-            if m.weight.grad is None:
-                m.weight.grad = delta.clone()
+            if m.weight.grad is None:  # laid out like the weight (channels_last), as fused optimizers require
+                m.weight.grad = torch.zeros_like(m.weight).add_(delta)
             else:
                 m.weight.grad.add_(delta)
 

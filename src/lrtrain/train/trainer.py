@@ -148,6 +148,18 @@ class _DeviceSums:
         self._snapshot = None
 
 
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each state tensor its parameter's memory layout. Loaded or carried-over momentum keeps the
+    layout it was saved with (NCHW from a CPU run), and fused CUDA SGD refuses buffers strided unlike
+    their parameters (channels_last convs)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p).copy_(value)
+
+
 def _auto(value: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if value == "auto" else bool(value)
 
@@ -256,6 +268,7 @@ class Trainer:
                 state = previous.state.get(p, {})
                 if state and all(v.shape == p.shape for v in state.values() if torch.is_tensor(v) and v.ndim):
                     optimizer.state[p] = state
+            _match_layouts(optimizer)
         return optimizer
 
     def _after_step(self) -> None:
@@ -585,7 +598,11 @@ class Trainer:
                 self._wrap_model()  # the method rebuilt layers; an unchanged model keeps its compiled graph
             self.model.load_state_dict(state["model"])
             self.optimizer = self._build_optimizer()
+            fused = [g["fused"] for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(state["optimizer"])
+            for group, f in zip(self.optimizer.param_groups, fused):  # this device's choice, not the saver's
+                group["fused"] = f
+            _match_layouts(self.optimizer)
         except (RuntimeError, KeyError, ValueError) as err:
             detail = _one_line(f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err))
             raise ValueError(f"checkpoint {path} does not fit this run's {self.model_name} with method "
