@@ -37,7 +37,7 @@ class RankNoise(Method):
             self.rank_log.append({"step": self.step, "layer": "all", "rank": 1, "max_rank": 1})
 
 
-def make_cfg(out_dir):
+def make_cfg(out_dir, method=None):
     return resolve({
         "out_dir": str(out_dir),
         "data": {"name": "sample", "train_size": 64, "test_size": 30, "image_size": 8, "num_classes": 4,
@@ -45,7 +45,7 @@ def make_cfg(out_dir):
         "optim": {"lr": 0.05},
         "schedule": {"name": "constant"},
         "train": {"epochs": 2, "progress": False},
-        "method": {"name": "test_rank_noise"},
+        "method": method or {"name": "test_rank_noise"},
     })
 
 
@@ -97,3 +97,36 @@ def test_two_gloo_ranks_train_like_one_process_and_stay_identical(tmp_path):
     reference = nn.Linear(3, 2).state_dict()
     for state in broadcast:
         assert all(torch.equal(state[k], reference[k]) for k in reference)
+
+
+class NormNet(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+
+def _lrpet_worker(rank, world_size, port, tmp_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    method = {"name": "lrpet", "rank": "flops:0.5", "period": 2, "input_size": [1, 3, 8, 8]}
+    trainer = Trainer(make_cfg(tmp_path / "lrpet", method), model=NormNet())
+    summary = trainer.fit()
+    with torch.no_grad():
+        trainer.model[4].running_var.mul_(1 + rank)  # each process's statistics drift with its own batches
+    trainer.method.project()
+    torch.save({"summary": summary, "var": trainer.model[4].running_var.clone(), "ranks": trainer.method.ranks(),
+                "weights": trainer.model.state_dict()}, tmp_path / f"lrpet{rank}.pt")
+    distributed.shutdown()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_lrpet_under_ddp_rectifies_with_rank_0_statistics_so_every_process_picks_the_same_ranks(tmp_path):
+    mp.spawn(_lrpet_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"lrpet{r}.pt", weights_only=True) for r in range(2))
+    torch.testing.assert_close(a["var"], b["var"], rtol=0, atol=0)
+    assert a["ranks"] == b["ranks"] and a["summary"]["compact"] == b["summary"]["compact"]
+    for k, v in a["weights"].items():
+        assert torch.equal(v, b["weights"][k]), k

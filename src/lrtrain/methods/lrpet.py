@@ -199,6 +199,11 @@ class LRPET(Method):
         `energy_transfer` overrides the constructor's choice for this call.
         """
         transfer = self.energy_transfer if energy_transfer is None else energy_transfer
+        # Under DDP each process's BatchNorm statistics moved with its own batch since the forward pass
+        # synced them: all rectify with rank 0's, so all see the same spectra and pick the same ranks.
+        from ..train.distributed import broadcast_tensors_  # here: lrtrain.train imports the methods
+
+        broadcast_tensors_([bn.running_var for bn in self._bns.values()])
         work = []
         for g in self._groups:
             mats = g.matrices()

@@ -65,9 +65,14 @@ def broadcast_module_(model: nn.Module, src: int = 0) -> None:
 
     One flattened broadcast per dtype, not one per tensor. No-op without a process group.
     """
+    broadcast_tensors_([t.data for t in (*model.parameters(), *model.buffers())], src)
+
+
+def broadcast_tensors_(tensors: list[Tensor], src: int = 0) -> None:
+    """Overwrite each tensor with rank ``src``'s, in place: one flattened broadcast per dtype. No-op
+    without a process group."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    tensors = [t.data for t in (*model.parameters(), *model.buffers())]
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for t in tensors:
         by_dtype.setdefault(t.dtype, []).append(t)
