@@ -283,3 +283,22 @@ def test_the_demo_uses_cifar10_when_present_else_the_generated_set(tmp_path):
     demo = cli.demo_recipe(str(tmp_path))
     assert demo["data"]["name"] == "cifar10" and demo["data"]["dir"] == str(tmp_path)
     assert demo["method"] == cli.DEMO_METHOD and demo["model"]["name"] == "resnet20"
+
+
+@pytest.mark.parametrize("method", [{"name": "elrt", "rank": "ratio:0.5", "input_size": [1, 3, 12, 12]},
+                                    {"name": "lrpet", "goal": 0.5, "period": 3, "input_size": [1, 3, 12, 12]}])
+def test_ranks_csv_of_a_resumed_run_equals_the_uninterrupted_runs(tmp_path, method):
+    def ranks_csv(run):
+        return (run / "ranks.csv").read_text()
+
+    fit(make_cfg(tmp_path / "whole", method=method))
+    parts = make_cfg(tmp_path / "parts", method=method)
+    fit(parts, until_step=5)  # mid-epoch: ELRT logged its ranks at construction, LRPET at step 3
+    fit(parts, resume=True)
+    assert ranks_csv(tmp_path / "parts" / "run") == ranks_csv(tmp_path / "whole" / "run")
+    # a first session killed before its first checkpoint, started again from scratch: no stale rows
+    fresh = make_cfg(tmp_path / "fresh", method=method)
+    (tmp_path / "fresh" / "run").mkdir(parents=True)
+    (tmp_path / "fresh" / "run" / "ranks.csv").write_text(ranks_csv(tmp_path / "whole" / "run"))
+    fit(fresh)
+    assert ranks_csv(tmp_path / "fresh" / "run") == ranks_csv(tmp_path / "whole" / "run")

@@ -536,9 +536,11 @@ class Trainer:
                         else "; it is the run's only checkpoint: start again with --overwrite")
                 raise ValueError(f"{_one_line(str(err))}{hint}") from None
             self.load_checkpoint(existing[-1], state)
-        elif resume and self.world.is_main:
-            print(f"no checkpoint in {ckpt_dir}: starting from scratch", flush=True)
-            self._truncate_ranks()  # rows a killed first session logged before any checkpoint
+        elif self.world.is_main:
+            if resume:
+                print(f"no checkpoint in {ckpt_dir}: starting from scratch", flush=True)
+            # rows a killed first session logged before any checkpoint: the method logs its own again
+            (self.run_dir / "ranks.csv").unlink(missing_ok=True)
         if self.world.is_main:
             config_mod.dump(self.cfg, self.run_dir / "config.yaml")
 
@@ -612,6 +614,7 @@ class Trainer:
         self.history = state["history"]
         self._elapsed_before = state["elapsed"]
         set_rng_state(state["rng"])
+        self.method.rank_log.clear()  # rows up to this step (a constructor's too) are in ranks.csv already
         if self.world.is_main:
             self._truncate_ranks()
             print(f"resumed from {path} (step {self.step}, epoch {self.epoch + 1}, batch {self.batch})",
