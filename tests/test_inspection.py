@@ -73,3 +73,20 @@ def test_compress_refuses_a_checkpoint_of_another_model(dense_run, tmp_path, cap
     save_checkpoint(tmp_path, 1, state, keep=1)
     assert cli.main(["compress", str(tmp_path / "step_000000001.pt"), "-o", str(tmp_path / "c.pt")]) == 2
     assert "do not fit a dense resnet32" in capsys.readouterr().err
+
+
+def test_a_model_with_more_classes_than_its_data_compresses_and_loads_back(tmp_path):
+    from lrtrain.inspection import load_trained
+
+    cfg = resolve({
+        "out_dir": str(tmp_path / "run"), "model": {"name": "resnet20", "num_classes": 12},
+        "data": {"name": "sample", "train_size": 32, "test_size": 16, "image_size": 8, "batch_size": 16,
+                 "num_classes": 4},
+        "schedule": {"name": "constant"}, "train": {"epochs": 1, "progress": False},
+    })
+    torch.manual_seed(0)
+    summary = Trainer(cfg).fit()
+    assert summary["num_classes"] == 12
+    assert lr.load(tmp_path / "run" / "compact.pt").fc.out_features == 12
+    model, name, classes, _ = load_trained(tmp_path / "run")  # not the data's 4 classes
+    assert (name, classes, model.fc.out_features) == ("resnet20", 12, 12)

@@ -73,9 +73,9 @@ def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple]:
         raise ValueError(f"{path} is neither an lrtrain checkpoint nor a compact model")
     cfg = state["config"]
     name = cfg["model"]["name"]
-    classes = cfg["model"].get("num_classes") or cfg["data"].get("num_classes") or _DATASET_CLASSES.get(cfg["data"]["name"], 10)
-    model = models.create(name, num_classes=classes)
     weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state["model"].items()}
+    classes = _classes(name, cfg, weights)
+    model = models.create(name, num_classes=classes)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
@@ -83,8 +83,24 @@ def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple]:
         raise ValueError(f"{path}: its weights do not fit a dense {name} ({first}); a checkpoint of a run whose "
                          "method changed the layers (ELRT, after SVD fine-tuning) is compact already: use its "
                          "compact.pt") from None
-    size = (1, 3, 224, 224) if cfg["data"]["name"] == "folder" else models.default_input_size(name)
+    if cfg["data"]["name"] == "folder":
+        side = cfg["data"].get("image_size") or 224
+        size = (1, 3, side, side)
+    else:
+        size = models.default_input_size(name)
     return model.eval(), name, classes, size
+
+
+def _classes(name: str, cfg: dict[str, Any], weights: dict[str, Any]) -> int:
+    """The class count the checkpoint's model was built with: its classifier's rows when the weights hold
+    it (the data set's count need not be it), else from the config."""
+    linears = [n for n, m in models.create(name).named_modules() if isinstance(m, nn.Linear)]
+    head = weights.get(f"{linears[-1]}.weight") if linears else None
+    if head is not None and getattr(head, "ndim", 0) == 2:
+        return int(head.shape[0])
+    data = cfg["data"]
+    return cfg["model"].get("num_classes") or (data.get("num_classes") if data["name"] == "sample" else None) \
+        or _DATASET_CLASSES.get(data["name"], 10)
 
 
 def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str = "channel", skip=()) -> dict[str, Any]:

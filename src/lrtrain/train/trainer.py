@@ -205,11 +205,13 @@ class Trainer:
         random.seed(config["seed"])
         self.model_name = config["model"]["name"] if model is None else type(model).__name__
         self._registry_model = model is None
+        # the classes the model is built for (model.num_classes may exceed the data's, e.g. 1000 for a
+        # CIFAR fine-tune): compact.pt must rebuild this model, not one sized by the data
+        self.num_classes = config["model"]["num_classes"] or self.data.num_classes
         if model is None:
             from .. import models
 
-            classes = config["model"]["num_classes"] or self.data.num_classes
-            model = models.create(config["model"]["name"], num_classes=classes)
+            model = models.create(config["model"]["name"], num_classes=self.num_classes)
         self.dense_counts = self._count(model)
         model.to(self.device)
         params = {k: v for k, v in config["method"].items() if k != "name"}
@@ -686,7 +688,7 @@ class Trainer:
             "device": device_name(self.device),
             "world_size": self.world.world_size,
             "torch": str(torch.__version__),
-            "num_classes": self.data.num_classes,
+            "num_classes": self.num_classes,
             "commit": commit(),
             "date": today(),
         }
@@ -704,11 +706,11 @@ class Trainer:
         extra = {"input_size": list(self.data.input_size), "method": self.method.name, "ranks": self.method.ranks()}
         path = self.run_dir / "compact.pt"
         if self.model_name in models.list_models():
-            export.save(compact, path, self.model_name, self.data.num_classes, **extra)
+            export.save(compact, path, self.model_name, self.num_classes, **extra)
         else:
             # A model given as a module (not by registry name) cannot be rebuilt by export.load: its file
             # keeps the weights and a summary of the architecture only.
-            arch = {"model": self.model_name, "num_classes": self.data.num_classes, **extra,
+            arch = {"model": self.model_name, "num_classes": self.num_classes, **extra,
                     "modules": {name: type(m).__name__ for name, m in compact.named_modules() if name}}
             state = {k: v.detach().cpu().contiguous() for k, v in compact.state_dict().items()}
             atomic_write(path, lambda f: torch.save({"state_dict": state, "arch": arch}, f))
