@@ -130,3 +130,31 @@ def test_lrpet_under_ddp_rectifies_with_rank_0_statistics_so_every_process_picks
     assert a["ranks"] == b["ranks"] and a["summary"]["compact"] == b["summary"]["compact"]
     for k, v in a["weights"].items():
         assert torch.equal(v, b["weights"][k]), k
+
+
+def _resume_worker(rank, world_size, port, tmp_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    for name, stops in (("whole", [None]), ("parts", [2, None])):  # step 2 of 4: mid-epoch
+        for until in stops:
+            torch.manual_seed(0)
+            Trainer(make_cfg(tmp_path / name, {"name": "dense"}), model=PlainNet()).fit(
+                resume=until is None and name == "parts", until_step=until)
+    distributed.shutdown()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_ddp_metrics_of_a_run_resumed_mid_epoch_equal_the_uninterrupted_runs(tmp_path):
+    mp.spawn(_resume_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+
+    def metrics(name):
+        rows = (tmp_path / name / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        keep = [i for i, k in enumerate(header) if k in ("epoch", "train_loss", "train_acc", "test_acc")]
+        return [[float(row.split(",")[i]) for i in keep] for row in rows[1:]]
+
+    whole, parts = metrics("whole"), metrics("parts")
+    assert len(whole) == len(parts) == 2
+    for a, b in zip(whole, parts):
+        assert a == pytest.approx(b, rel=1e-6)  # not rank 0's partial sums counted twice

@@ -136,16 +136,20 @@ class _DeviceSums:
         return int(distributed.all_reduce_sum_(self.values[2:].clone()).item())
 
     def state(self) -> dict[str, Any]:
-        return {"values": self.values.cpu(), "samples": self.samples}
+        """The sums over all ranks (a collective: every rank calls it when a checkpoint is saved)."""
+        total = distributed.all_reduce_sum_(torch.cat([self.values, self.values.new_tensor([self.samples])]))
+        return {"values": total[:3].cpu(), "samples": int(total[3])}
 
-    def load(self, state: dict[str, Any]) -> None:
-        self.values.copy_(state["values"])
-        self.samples = int(state["samples"])
+    def load(self, state: dict[str, Any], is_main: bool = True) -> None:
+        """Restore `state`'s totals on the main rank (zeros elsewhere), so the next `read` sums them once."""
+        self.values.copy_(state["values"] if is_main else torch.zeros_like(state["values"]))
+        self.samples = int(state["samples"]) if is_main else 0
 
     def reset(self) -> None:
         self.values.zero_()
         self.samples = 0
         self._snapshot = None
+        self._copy_samples = None  # a copy still in flight holds the previous epoch's sums
 
 
 def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -553,6 +557,7 @@ class Trainer:
             self._diverged(f"the loss was NaN/Inf in {nonfinite} step(s)", f"epoch {self.epoch + 1}")
         if not self._weights_finite():
             self._diverged("the weights became NaN/Inf", f"epoch {self.epoch + 1}")
+        sums = self.sums.state()  # a collective: on every rank
         path = None
         if self.world.is_main:
             state = {
@@ -564,7 +569,7 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "method": self.method.state_dict(),
-                "sums": self.sums.state(),
+                "sums": sums,
                 "history": self.history,
                 "elapsed": self._elapsed(),
                 "rng": rng_state(),
@@ -612,7 +617,7 @@ class Trainer:
             raise ValueError(f"checkpoint {path} does not fit this run's {self.model_name} with method "
                              f"{self.method.name!r}: {detail}") from None
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
-        self.sums.load(state["sums"])
+        self.sums.load(state["sums"], self.world.is_main)
         self.history = state["history"]
         self._elapsed_before = state["elapsed"]
         set_rng_state(state["rng"])
