@@ -373,3 +373,10 @@ def test_a_sub_gradient_on_a_weight_without_gradient_is_laid_out_like_the_weight
     group.add_to_grad(delta)
     assert conv.weight.grad.stride() == conv.weight.stride()  # fused CUDA optimizers require it
     torch.testing.assert_close(conv.weight.grad.flatten(1), delta[0])
+
+
+def test_a_per_layer_rank_policy_on_the_decoupled_scheme_takes_the_most_demanding_filter():
+    by_rule = TRP(_net(), scheme="decoupled", energy=0.7, period=1, nuclear=0.0, input_size=SIZE)
+    by_policy = TRP(_net(), scheme="decoupled", rank="energy:0.7", period=1, nuclear=0.0, input_size=SIZE)
+    assert by_rule.project() == by_policy.project()  # not the rank of the filters' pooled spectrum
+    assert any(r < by_rule._max_rank[n] for n, r in by_rule.ranks().items())

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .. import linalg, surgery
 from ..metrics import count
-from ..ranks import Energy, RankPolicy, RankRequest, Threshold, parse_policy, pooled_spectrum
+from ..ranks import Energy, RankPolicy, RankRequest, Threshold, parse_policy
 from ..schemes import SCHEMES, ConvGeometry, Scheme, get_scheme
 from . import register_method
 from .base import Method
@@ -252,7 +252,9 @@ class TRP(Method):
         for group, _, dec in decs:
             for name, S in zip(group.names, dec.S.cpu()):
                 req = self._requests[name]
-                requests.append(RankRequest(name, req.max_rank, req.cost, req.dense_cost, pooled_spectrum(S)))
+                # decoupled: the (filters, k) spectra; per-layer rules take the rank the most demanding
+                # filter needs, FlopsBudget pools them
+                requests.append(RankRequest(name, req.max_rank, req.cost, req.dense_cost, S))
         return self.rank_policy(requests, fixed_cost=self._fixed_cost)
 
     def ranks(self) -> dict[str, int]:
