@@ -82,3 +82,11 @@ def test_explicit_ranks_and_errors():
 def test_wrong_input_size_is_reported():
     with pytest.raises(ValueError, match="input_size"):
         lr.factorize(models.create("resnet20"), rank=4, input_size=(1, 1, 32, 32))
+
+
+def test_a_skipped_conv_with_string_padding_is_costed_at_its_real_output_size():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding="same"), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
+    cands, skipped = lr.surgery.candidates(net, "channel", input_size=(1, 3, 10, 10))
+    assert [d.name for d in skipped] == ["0"] and "padding='same'" in skipped[0].reason
+    assert skipped[0].dense_flops == lr.count(net, (1, 3, 10, 10)).layers["0"].flops == 8 * 3 * 9 * 100
+    assert cands[0].request.dense_cost == lr.count(net, (1, 3, 10, 10)).layers["2"].flops

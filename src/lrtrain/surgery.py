@@ -60,10 +60,12 @@ def _linear_request(name: str, lin: nn.Linear, rows: int) -> RankRequest:
                        dense_cost=rows * lin.in_features * lin.out_features)
 
 
-def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, hw) -> RankRequest:
+def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, in_shape, out_shape) -> RankRequest:
     g = ConvGeometry.of(conv)
-    return RankRequest(name, scheme.max_rank(g), cost=lambda r: spec_macs(scheme.specs(g, r), hw),
-                       dense_cost=spec_macs([g], hw))
+    hw = tuple(in_shape[-2:])
+    # the dense cost from the traced output: right for convs no scheme reads (padding="same" and the like)
+    dense = _prod(out_shape[-3:]) * (conv.in_channels // conv.groups) * _prod(conv.kernel_size)
+    return RankRequest(name, scheme.max_rank(g), cost=lambda r: spec_macs(scheme.specs(g, r), hw), dense_cost=dense)
 
 
 def _why_not(conv: nn.Conv2d, scheme: Scheme) -> str:
@@ -91,7 +93,7 @@ def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterabl
             continue
         in_shape = shapes[name][0]
         if isinstance(module, nn.Conv2d):
-            req = _conv_request(name, module, scheme, tuple(in_shape[-2:]))
+            req = _conv_request(name, module, scheme, in_shape, shapes[name][1])
             reason = _why_not(module, scheme)
             shape = tuple(module.weight.shape)
         else:
