@@ -380,3 +380,11 @@ def test_a_per_layer_rank_policy_on_the_decoupled_scheme_takes_the_most_demandin
     by_policy = TRP(_net(), scheme="decoupled", rank="energy:0.7", period=1, nuclear=0.0, input_size=SIZE)
     assert by_rule.project() == by_policy.project()  # not the rank of the filters' pooled spectrum
     assert any(r < by_rule._max_rank[n] for n, r in by_rule.ranks().items())
+
+
+def test_a_preset_that_leaves_no_conv_says_so():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"preset 'official' \(2 factorizable conv\(s\), but the preset keeps only "
+                                         r"3x3 convs other than the first\)"):
+        TRP(net, eligible="official", input_size=SIZE)

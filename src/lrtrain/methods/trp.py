@@ -178,7 +178,12 @@ class TRP(Method):
             # although it trains them with TRP like the others.
             final = [c.name for c in train if self.scheme.name == "decoupled" or tuple(c.module.stride) == (1, 1)]
         if not train:
-            why = surgery.why_none(skipped) if skipped else "the model has no conv layer"
+            if convs:  # the scheme could factorize some, the preset or the cost rule left none
+                why = (f"{len(convs)} factorizable conv(s), but the preset keeps only 3x3 convs other than the "
+                       "first" if preset == "official" else
+                       f"{len(convs)} factorizable conv(s), none cheaper factorized than dense")
+            else:
+                why = surgery.why_none(skipped) if skipped else "the model has no conv layer"
             raise ValueError(f"TRP: no conv of the model is eligible under scheme {self.scheme.name!r} "
                              f"and preset {preset!r} ({why})")
         return [(c.name, c.module) for c in train], final, {c.name: c.request for c in train}

@@ -406,6 +406,12 @@ class Trainer:
             distributed.broadcast_module_(model)
         return used
 
+    def _where(self) -> str:
+        """The place in training of the current step, for messages (at an epoch's end `epoch` has moved on)."""
+        if self.batch:
+            return f"epoch {self.epoch + 1}"
+        return f"end of epoch {self.epoch}" if self.epoch else "before the first step"
+
     def _diverged(self, what: str, where: str) -> None:
         kept = list_checkpoints(self.run_dir / "checkpoints")
         last = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was saved before"
@@ -483,7 +489,7 @@ class Trainer:
         try:
             yield
         except NonFiniteError as err:
-            self._diverged(str(err), f"epoch {self.epoch + 1}")
+            self._diverged(str(err), self._where())
         except RuntimeError as err:
             if isinstance(err, (DivergenceError, OutOfMemory)) or not is_out_of_memory(err):
                 raise
@@ -554,9 +560,9 @@ class Trainer:
         """Checkpoint the current state (rank 0 writes); refuses, with DivergenceError, after a NaN/Inf loss."""
         nonfinite = self.sums.nonfinite()
         if nonfinite:
-            self._diverged(f"the loss was NaN/Inf in {nonfinite} step(s)", f"epoch {self.epoch + 1}")
+            self._diverged(f"the loss was NaN/Inf in {nonfinite} step(s)", self._where())
         if not self._weights_finite():
-            self._diverged("the weights became NaN/Inf", f"epoch {self.epoch + 1}")
+            self._diverged("the weights became NaN/Inf", self._where())
         sums = self.sums.state()  # a collective: on every rank
         path = None
         if self.world.is_main:
