@@ -113,13 +113,15 @@ def conv_breakdown(cfg: Config, args, device: torch.device) -> dict[str, float]:
         conv = cfg.model.get_submodule(name)
         kind = "1x1" if conv.kernel_size == (1, 1) else "kxk"
         x = torch.randn(args.batch, *in_shape[1:], device=device).to(memory_format=fmt).requires_grad_()
+        with torch.no_grad():  # a dense output gradient, as in training (sum()'s is a stride-0 broadcast)
+            grad = torch.randn_like(conv(x))
         times = []
         for i in range(args.warmup + args.iters):
             sync(device)
             start = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 out = conv(x)
-            out.float().sum().backward()
+            out.backward(grad.to(out.dtype))
             sync(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
