@@ -348,6 +348,11 @@ def test_trainer_runs_a_trp_recipe_and_writes_ranks(tmp_path):
     assert {r["step"] for r in rows} == {"5"} and len(rows) == 18  # 8 steps, one projection
     assert all(int(r["rank"]) < int(r["max_rank"]) for r in rows)
     assert summary["speedup"] > 1 and summary["ranks"] == {r["layer"]: int(r["rank"]) for r in rows}
+    compact = lr.load(tmp_path / "compact.pt")
+    assert summary["compact_ranks"] == {n: m.rank for n, m in compact.named_modules() if isinstance(m, LowRankConv2d)}
+    # the final energy:0.5 cut goes below the last projection's 0.9-energy ranks
+    assert all(r <= summary["ranks"][n] for n, r in summary["compact_ranks"].items())
+    assert summary["compact_ranks"] != {n: summary["ranks"][n] for n in summary["compact_ranks"]}
 
 
 def test_global_rank_policy_projects_to_the_flops_budget():

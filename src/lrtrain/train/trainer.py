@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import config as config_mod
+from ..layers import LowRankConv2d, LowRankLinear
 from ..linalg import NonFiniteError
 from ..data import Data, build_data
 from ..methods import create_method
@@ -694,7 +695,8 @@ class Trainer:
             "compact": {"flops": small.flops, "params": small.params},
             "speedup": dense.flops / small.flops if small.flops else None,
             "flops_reduction": 1 - small.flops / dense.flops if dense.flops else None,
-            "ranks": self.method.ranks(),
+            "ranks": self.method.ranks(),  # the method's last training ranks (TRP: its last projection)
+            "compact_ranks": _factor_ranks(compact),  # the compact model's (TRP: after `final`'s truncation)
             "wall_time_s": self._elapsed(),
             "device": device_name(self.device),
             "world_size": self.world.world_size,
@@ -727,6 +729,12 @@ class Trainer:
             atomic_write(path, lambda f: torch.save({"state_dict": state, "arch": arch}, f))
         module = copy.deepcopy(compact).cpu().to(memory_format=torch.contiguous_format)
         atomic_write(self.run_dir / "compact_module.pt", lambda f: torch.save(module, f))
+
+
+def _factor_ranks(model: nn.Module) -> dict[str, Any]:
+    """``{name: rank}`` of every factorized layer of `model` (tucker2 ranks as ``[r_in, r_out]``)."""
+    return {name: list(m.rank) if isinstance(m.rank, tuple) else int(m.rank)
+            for name, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
