@@ -11,6 +11,9 @@ and sums the times by kind (k×k vs 1×1), which says where the time goes that t
     PYTHONPATH=src python benchmarks/elrt_step.py                         # ResNet-56, CPU, batch 32
     PYTHONPATH=src python benchmarks/elrt_step.py --device cuda --batch 128 --bf16 --channels-last
 
+Results go to benchmarks/results/elrt_step_<device>[_bf16][_channels_last].md and, with $OUT set, to $OUT
+too (the GPU machine keeps nothing else; pass ``--commit SHA`` there, it has no .git).
+
 What it found on CPU (results/elrt_step_cpu*.md): the step does not scale with the FLOPs. At CIFAR widths
 (16–64 channels) a conv's CPU time follows the activation volume it reads and writes more than its MACs:
 a 3×3 conv 8→8 takes about half the time of 16→16 for a quarter of the MACs, and 1×1 convs run at a
@@ -40,6 +43,8 @@ from lrtrain.methods.base import Method
 from lrtrain.methods.elrt import ELRT
 from lrtrain.metrics import trace_shapes
 
+from bench_common import raise_recompile_limit, sync, write_result
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -57,11 +62,6 @@ class Config:
     forward: nn.Module  # the model, or its compiled form
     times: list[float] = field(default_factory=list)
     hook_times: list[float] = field(default_factory=list)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build(args, label: str, method_kw: dict | None, device: torch.device) -> Config:
@@ -129,7 +129,7 @@ def conv_breakdown(cfg: Config, args, device: torch.device) -> dict[str, float]:
     return sums
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet56")
     p.add_argument("--batch", type=int, default=32)
@@ -145,11 +145,13 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
     p.add_argument("--breakdown", action="store_true", help="also time each conv leaf alone, by kind")
     p.add_argument("--no-write", action="store_true", help="print only; do not write the results file")
-    args = p.parse_args()
+    p.add_argument("--commit", help="the commit measured (default: git's; the GPU machine has no .git)")
+    args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    raise_recompile_limit()
 
     configs = [build(args, "dense", None, device)]
     for scheme in args.schemes:
@@ -180,7 +182,7 @@ def main():
         f"# ELRT training step time vs dense ({args.model}, batch {args.batch}, {options})", "",
         f"- device: {device_label(device, args.threads)}",
         f"- command: `PYTHONPATH=src python benchmarks/elrt_step.py {' '.join(sys.argv[1:])}`",
-        f"- commit: {commit()}",
+        f"- commit: {args.commit or commit()}",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; torch {torch.__version__}",
         f"- step = forward + backward + before_step + SGD step + after_step; median of {args.iters} "
         "round-robin steps after warm-up", "",
@@ -209,9 +211,8 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
         suffix = device.type + ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
-        (RESULTS / f"elrt_step_{suffix}.md").write_text(text)
+        write_result(RESULTS / f"elrt_step_{suffix}.md", text)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ resumes from its newest checkpoint, so the table is built over many calls of at 
     python benchmarks/reproduce.py --report-only   # benchmarks/results/cifar10.{md,csv}, cifar10_acc_vs_flops.png
 
 ``--time-limit`` bounds the whole call: each worker is told to stop (checkpointed, after the epoch that
-passes its limit) ``--margin`` seconds before the call's end (or twice its last epoch time if longer), no
-worker starts with less than that left, and any worker still running at the end is terminated (it then
-resumes from its last epoch's checkpoint). ``--epochs-scale`` shrinks every schedule (tests, CPU tries);
+passes its limit) ``--margin`` seconds before the call's end (or twice its last epoch time if longer), less
+``--startup`` seconds for its start (process, imports, data, compilation: its limit counts from its first
+epoch), no worker starts with less than that left (a run never trained: with less than the margin again,
+too little to reach its first checkpoint), and any worker still running at the end is terminated (it then
+resumes from its last checkpoint). ``--epochs-scale`` shrinks every schedule (tests, CPU tries);
 ``--set KEY=VALUE`` overrides every run's recipe.
 
 Round trip with the GPU machine (the exact calls are in benchmarks/gpu/README.md). The run folders live in
@@ -21,19 +23,25 @@ benchmarks/checkpoints/reproduce/ (committed between sessions: what a later sess
 carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
 
 1. here, before the calls: ``mv benchmarks/checkpoints/reproduce .data/reproduce`` (ignored by git: the run
-   folders then travel only in the call that names them in ``carry``, not beside each data part);
+   folders then travel only in the call that names them in ``carry``, not beside each data part), and
+   ``--root .data/reproduce --make-seed .data/seed --runs ...``: what a call training those runs needs of
+   them (the started unfinished ones, lean as in 3., and the summary.json of every finished run, so that
+   it is not trained again), since all of .data/reproduce outgrows 64 MiB as ResNet-56 checkpoints
+   accumulate;
 2. on the GPU machine (``$OUT`` set) the runs train in ``--root`` /tmp/lrtrain-reproduce (it survives
    between calls while the machine is warm, and the working tree copied in at each call cannot
-   overwrite it); ``--seed .data/reproduce`` merges the carried folders in first, a run only where the
-   carried copy is further along;
-3. at the end of the call the runs it trained are packed into ``$OUT/reproduce_runs.tar.NNN``, pieces of
-   at most 15 MiB ($OUT returns at most 8 files of 16 MiB each, none deeper than 2 folders, so a run
-   folder cannot come back as it is), holding each run's small files, its newest checkpoint when
-   unfinished and compact.pt when finished (ResNet-56: 7 MB a checkpoint, 2-4 MB a compact model);
-   ``--pack-only`` packs every run of the root (a call cut off before its pack);
+   overwrite it); ``--seed .data/seed`` (with the same ``--runs``) merges the carried runs in first, a run
+   only where the carried copy is further along;
+3. each time a worker exits, the runs the call started are packed (again) into
+   ``$OUT/reproduce_runs.tar.NNN``, pieces of at most 15 MiB ($OUT returns at most 8 files of 16 MiB each,
+   none deeper than 2 folders, so a run folder cannot come back as it is), holding each run's small files,
+   its newest checkpoint when unfinished and compact.pt when finished (ResNet-56: 7 MB a checkpoint, 2-4 MB
+   a compact model): a call cut off by its limit still returns what its workers finished. The root's
+   .trained.json names the runs its latest training call started, which ``--pack-only`` packs (a call cut
+   off with workers still running);
 4. here: ``python benchmarks/reproduce.py --root .data/reproduce --unpack FILES_AT`` merges them back
-   (again the further-along copy wins), and the next call carries .data/reproduce again; at the end of the
-   session ``mv .data/reproduce benchmarks/checkpoints/reproduce``, ``--report-only``, commit.
+   (again the further-along copy wins); at the end of the session ``mv .data/reproduce
+   benchmarks/checkpoints/reproduce``, ``--report-only``, commit.
 
 The device has no git repository, so the trainer writes commit "unknown" there: ``--commit SHA`` puts the
 commit that the session sent into the summaries of the runs it finishes.
@@ -47,6 +55,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -65,6 +74,7 @@ ROOT = HERE.parent
 RECIPES = ROOT / "recipes"
 PACK_NAME = "reproduce_runs.tar"
 PIECE = 15 * 2**20
+TRAINED = ".trained.json"  # in the root: the runs its latest training call started, for --pack-only
 # Files a run folder needs to be resumed or reported; compact_module.pt (a pickled copy of compact.pt)
 # stays behind.
 SMALL_FILES = ("config.yaml", "metrics.csv", "ranks.csv", "summary.json", "train.log")
@@ -211,18 +221,26 @@ def merge(sources: list[Path], root: Path) -> list[str]:
     return taken
 
 
-def pack(root: Path, names: list[str], dest: Path) -> list[Path]:
-    """`names`' run folders, lean (see the module doc), as ``dest/reproduce_runs.tar.NNN`` pieces."""
+def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = ()) -> list[Path]:
+    """`names`' run folders, lean (see the module doc), and only the summary.json of the finished runs
+    `marks`, as ``dest/reproduce_runs.tar.NNN`` pieces."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name in names:
+        for name in [*names, *marks]:
             run_dir = root / name
             finished = (run_dir / "summary.json").exists()
-            files = [run_dir / f for f in SMALL_FILES]
-            files += [run_dir / "compact.pt"] if finished else list_checkpoints(run_dir / "checkpoints")[-1:]
+            if name in marks:
+                files = [run_dir / "summary.json"]
+            else:
+                files = [run_dir / f for f in SMALL_FILES]
+                files += [run_dir / "compact.pt"] if finished else list_checkpoints(run_dir / "checkpoints")[-1:]
             for f in files:
-                if f.exists():
+                try:
                     tar.add(f, arcname=str(f.relative_to(root)))
+                except FileNotFoundError:
+                    # Not written yet, or a checkpoint that a running worker replaced since it was listed:
+                    # the pack after that worker exits holds the new one.
+                    pass
     data = buffer.getvalue()
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob(PACK_NAME + ".*"):
@@ -232,9 +250,17 @@ def pack(root: Path, names: list[str], dest: Path) -> list[Path]:
         pieces.append(dest / f"{PACK_NAME}.{i // PIECE:03d}")
         pieces[-1].write_bytes(data[i:i + PIECE])
     size = len(data) / 2**20
-    warn = "  (over what $OUT returns: run fewer at once)" if size > 60 or len(pieces) > 8 else ""
-    print(f"packed {len(names)} run(s) into {len(pieces)} piece(s) in {dest}, {size:.1f} MiB{warn}")
+    warn = "  (over what a call carries or $OUT returns: fewer runs)" if size > 60 or len(pieces) > 8 else ""
+    print(f"packed {len(names) + len(marks)} run(s) into {len(pieces)} piece(s) in {dest}, {size:.1f} MiB{warn}")
     return pieces
+
+
+def make_seed(root: Path, runs: list[Run], dest: Path) -> list[Path]:
+    """Pack into `dest` what a call training `runs` needs of `root`: the started unfinished ones (lean),
+    and the summary.json of every finished run, which keeps such a call from training it again."""
+    states = {r.name: progress(root / r.name) for r in RUNS}
+    started = [r.name for r in runs if states[r.name][0] == 0 and states[r.name][1] >= 0]
+    return pack(root, started, dest, marks=tuple(name for name, (done, _) in states.items() if done))
 
 
 def _set_commit(run_dir: Path, sha: str) -> None:
@@ -254,10 +280,33 @@ class _Worker:
     run: Run
     proc: subprocess.Popen
     log: Any
+    terminated: bool = False  # by the call's deadline
 
 
-def train(runs: list[Run], args: argparse.Namespace) -> list[str]:
-    """Train the unfinished `runs` under ``args.root``, ``args.parallel`` at a time; returns the names trained."""
+# How a worker ends when the deadline terminates it: stopped by SIGTERM with a checkpoint (128 + 15), killed
+# by it before the trainer set its handler, or killed 10 s later.
+DEADLINE_EXITS = (128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGKILL)
+
+
+def worker_limit(left: float, run_dir: Path, margin: float, startup: float) -> float | None:
+    """The ``--time-limit`` of a worker for `run_dir` started `left` seconds before the call's end; None:
+    do not start it.
+
+    The trainer counts its limit from its first epoch, so the worker's start (process, imports, data,
+    compilation: `startup`) comes off it, as does the reserve for the epoch that passes the limit. A run
+    never trained must get at least that reserve again to train in: stopped before its first checkpoint,
+    it would have spent its start for nothing."""
+    reserve = max(margin, 2 * _last_epoch_seconds(run_dir))
+    limit = left - startup - reserve
+    fresh = progress(run_dir) == (0, -1)
+    return limit if limit > (reserve if fresh else 0) else None
+
+
+def train(runs: list[Run], args: argparse.Namespace) -> None:
+    """Train the unfinished `runs` under ``args.root``, ``args.parallel`` at a time.
+
+    With ``args.pack``, the runs started are packed there again each time a worker exits, so a call cut
+    off by its limit still returns what its workers finished."""
     root: Path = args.root
     started = time.monotonic()
     deadline = None if args.time_limit is None else started + args.time_limit
@@ -265,21 +314,24 @@ def train(runs: list[Run], args: argparse.Namespace) -> list[str]:
     todo = sorted((r for r in runs if not progress(root / r.name)[0]), key=lambda r: progress(root / r.name)[1] < 0)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    # Workers share the CPU: torch's default (one thread per core each) would oversubscribe it.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.parallel)))
+    # Workers share the CPU: torch's default (one thread per core each) would oversubscribe it, and so would
+    # Inductor's compile workers (one process per core each, all compiling at the start of the call).
+    share = str(max(1, (os.cpu_count() or 1) // args.parallel))
+    env.setdefault("OMP_NUM_THREADS", share)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
     active: list[_Worker] = []
     trained: list[str] = []
+    skipped: list[str] = []
     while todo or active:
         while todo and len(active) < args.parallel:
-            run = todo[0]
+            run = todo.pop(0)
             run_dir = root / run.name
             limit = None
             if deadline is not None:
-                limit = deadline - time.monotonic() - max(args.margin, 2 * _last_epoch_seconds(run_dir))
-                if limit <= 0:
-                    todo.clear()  # too little time left to start anything
-                    break
-            todo.pop(0)
+                limit = worker_limit(deadline - time.monotonic(), run_dir, args.margin, args.startup)
+                if limit is None:
+                    skipped.append(run.name)
+                    continue
             sets = overrides(run, args.set, args.epochs_scale)
             cmd = worker_command(run, sets, run_dir, args.data_dir, limit)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,30 +341,43 @@ def train(runs: list[Run], args: argparse.Namespace) -> list[str]:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
             active.append(_Worker(run, proc, log))
             trained.append(run.name)
+            atomic_write_text(root / TRAINED, json.dumps(trained) + "\n")
             print(f"started {run.name} (pid {proc.pid}"
                   f"{'' if limit is None else f', stops after the epoch that passes {limit:.1f} s'})", flush=True)
         if deadline is not None and time.monotonic() > deadline:
             for w in active:
                 print(f"time is up: terminating {w.run.name} (it resumes from its last checkpoint)", flush=True)
                 w.proc.terminate()
+                w.terminated = True
             for w in active:
                 try:
                     w.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     w.proc.kill()
                     w.proc.wait()
-        for w in [w for w in active if w.proc.poll() is not None]:
+        exited = [w for w in active if w.proc.poll() is not None]
+        for w in exited:
             active.remove(w)
             w.log.close()
             run_dir = root / w.run.name
             if args.commit:
                 _set_commit(run_dir, args.commit)
-            state = "finished" if progress(run_dir)[0] else f"stopped (exit {w.proc.returncode})"
+            code = w.proc.returncode
+            failed = code != 0 and not (w.terminated and code in DEADLINE_EXITS)
+            if progress(run_dir)[0]:
+                state = "finished"
+            elif failed:
+                state = f"FAILED (exit {code})"
+            else:
+                state = f"stopped {'by the deadline' if w.terminated else 'at its time limit'}, resumable"
             print(f"{w.run.name}: {state}; log {run_dir / 'train.log'}", flush=True)
-            if w.proc.returncode:
+            if failed:
                 print("".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:]), flush=True)
+        if exited and args.pack is not None:
+            pack(root, trained, args.pack)
         time.sleep(0.2)
-    return trained
+    if skipped:
+        print(f"not started, too little time left: {', '.join(skipped)}", flush=True)
 
 
 # -- report --------------------------------------------------------------------------------------------
@@ -379,14 +444,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--time-limit", type=float, help="seconds for the whole call")
     p.add_argument("--margin", type=float, default=90.0,
                    help="seconds kept at the end for each worker's last epoch, finalization and the pack")
+    p.add_argument("--startup", type=float, default=45.0,
+                   help="seconds a worker takes before its first epoch (imports, data, compilation), which its "
+                        "own time limit does not count")
     p.add_argument("--root", type=Path, default=_default_root(), help="run folders (default: %(default)s)")
     p.add_argument("--seed", type=Path, nargs="+", default=[],
                    help="run folders or packs merged into the root before training (further-along copy wins)")
     p.add_argument("--pack", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
-                   help="after training, pack the runs trained into this folder (default: $OUT when set)")
+                   help="pack the runs trained into this folder, again after each worker exits "
+                        "(default: $OUT when set)")
     p.add_argument("--unpack", type=Path, nargs="+", help="only merge these packs or folders into the root")
     p.add_argument("--pack-only", action="store_true",
-                   help="only pack every run of the root into --pack (to recover a call cut off before its pack)")
+                   help="only pack the runs that the root's latest training call started into --pack (to "
+                        "recover a call cut off with workers still running)")
+    p.add_argument("--make-seed", type=Path, metavar="DIR",
+                   help="only pack into DIR the root's started unfinished runs of --runs and the summary.json "
+                        "of its finished ones: a --seed that carries no more than a call needs")
     p.add_argument("--data-dir", help="where CIFAR-10 is (passed to every worker)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="scale every schedule (tiny tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run's recipe")
@@ -407,7 +480,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.pack_only:
         if args.pack is None:
             raise SystemExit("--pack-only needs --pack DIR (or $OUT)")
-        pack(args.root, [r.name for r in runs if (args.root / r.name).is_dir()], args.pack)
+        record = args.root / TRAINED
+        trained = json.loads(record.read_text()) if record.exists() else []
+        pack(args.root, [r.name for r in runs if r.name in trained], args.pack)
+        return
+    if args.make_seed:
+        make_seed(args.root, runs, args.make_seed)
         return
     if args.report_only:
         for row in report(runs, args):
@@ -415,9 +493,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.seed:
         merge(args.seed, args.root)
-    trained = train(runs, args)
-    if args.pack is not None and trained:
-        pack(args.root, trained, args.pack)
+    train(runs, args)
     print_status(runs, args.root)
 
 

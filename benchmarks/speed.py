@@ -26,9 +26,10 @@ results beside this one's.
     PYTHONPATH=src python benchmarks/speed.py --threads 2            # CPU: a few minutes
     PYTHONPATH=src python3 benchmarks/speed.py --budget 420          # the GPU machine (benchmarks/gpu/README.md)
 
-Writes benchmarks/results/speed_<device>.md, rewritten after every section (so a run stopped by its
-budget or its call's limit keeps what it measured; with $OUT set a copy goes there), and refreshes the
-index benchmarks/results/speed.md.
+Writes benchmarks/results/speed_<device>.md, rewritten after every section and every B.3 column (so a run
+stopped by its budget or its call's limit keeps what it measured; with $OUT set a copy goes there), and
+refreshes the index benchmarks/results/speed.md. ``--budget`` is checked before every section, model and
+column, and before each compilation of B.3's compiled column.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -61,7 +60,8 @@ from lrtrain.train.distributed import World
 from lrtrain.train.trainer import _auto, device_name, resolve_device
 
 import reproduce
-from train_throughput import make_data, sync, time_steps
+from bench_common import device_slug, raise_recompile_limit, sync, write_result
+from train_throughput import make_data, time_steps
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -86,21 +86,27 @@ TRP_SPEEDUP = {"resnet20_trp_channel_nuclear": 2.17, "resnet20_trp_spatial_nucle
 
 
 class Report:
-    """The results file, rewritten after every section so that a stopped run keeps what it measured."""
+    """The results file, rewritten after every section (B.3: every column) so that a stopped run keeps what
+    it measured."""
 
     def __init__(self, path: Path, header: list[str], budget: float | None):
-        self.path, self.lines = path, header
+        self.path, self.sections = path, [header]
         self.deadline = None if budget is None else time.monotonic() + budget
 
     def over_budget(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
     def add(self, lines: list[str]) -> None:
-        self.lines += ["", *lines]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("\n".join(self.lines) + "\n")
-        if os.environ.get("OUT"):
-            shutil.copy(self.path, Path(os.environ["OUT"]) / self.path.name)
+        self.sections.append(lines)
+        self._write(lines)
+
+    def update(self, lines: list[str]) -> None:
+        """Replace the last section with a fuller one."""
+        self.sections[-1] = lines
+        self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        write_result(self.path, "\n\n".join("\n".join(s) for s in self.sections) + "\n")
         print("\n".join(lines), flush=True)
 
 
@@ -219,18 +225,21 @@ def cpu_latencies(nets: dict[str, nn.Module], batch: int, args) -> dict[str, flo
     return {label: statistics.median(t) for label, t in times.items()}
 
 
-def gpu_latencies(nets: dict[str, nn.Module], device: torch.device, args, compiled: bool) -> dict[str, float]:
-    """Seconds per forward pass at batch ``args.gpu_batch`` in bf16, channels_last (a mean over a loop)."""
+def gpu_latencies(nets: dict[str, nn.Module], device: torch.device, args, compiled: bool,
+                  report: Report) -> dict[str, float]:
+    """Seconds per forward pass at batch ``args.gpu_batch`` in bf16, channels_last (a mean over a loop); the
+    nets not yet prepared when the report's budget runs out are left out (a compilation takes a while)."""
     x = torch.randn(args.gpu_batch, 3, 32, 32, device=device, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
     ready = {}
-    for label, net in nets.items():
-        net = copy.deepcopy(net).to(device, torch.bfloat16, memory_format=torch.channels_last).eval()
-        ready[label] = torch.compile(net) if compiled else net
-    times: dict[str, list[float]] = {label: [] for label in nets}
     with torch.no_grad():
-        for label, net in ready.items():
+        for label, net in nets.items():
+            if report.over_budget():
+                break
+            net = copy.deepcopy(net).to(device, torch.bfloat16, memory_format=torch.channels_last).eval()
+            ready[label] = torch.compile(net) if compiled else net
             for _ in range(3):  # compilation, cudnn autotuning
-                net(x)
+                ready[label](x)
+        times: dict[str, list[float]] = {label: [] for label in ready}
         for _ in range(args.rounds):
             for label, net in ready.items():
                 times[label].append(_timed(lambda: [net(x) for _ in range(args.iters)], device) / args.iters)
@@ -297,52 +306,68 @@ def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dty
 
 
 def inference(args, device: torch.device, report: Report) -> None:
-    for model_name in args.models:
+    for i, model_name in enumerate(args.models):
+        if report.over_budget():
+            report.add([f"(B.3 of {', '.join(args.models[i:])} skipped: the {args.budget:.0f} s budget was spent)"])
+            return
         dense = models.create(model_name).eval()
         dense_macs = count(dense).flops
         compacts = compact_models(model_name, args.runs_root)
         nets = {"dense": dense, **{label: net for label, net, _ in compacts}}
         sources = {"dense": "—", **{label: src for label, _, src in compacts}}
         flops_speedup = {label: dense_macs / count(net).flops for label, net in nets.items()}
-        columns: dict[str, dict[str, float]] = {}
-        for batch in args.cpu_batches:
-            columns[f"CPU b{batch}"] = cpu_latencies(nets, batch, args)
+        measures = [(f"CPU b{batch}", lambda b=batch: cpu_latencies(nets, b, args)) for batch in args.cpu_batches]
         if device.type == "cuda":
-            for compiled in (False, True):
-                if report.over_budget():
-                    break
-                columns[f"GPU b{args.gpu_batch} bf16 {'compiled' if compiled else 'eager'}"] = \
-                    gpu_latencies(nets, device, args, compiled)
-        header = ["method", "ranks from", "MMACs", "FLOPs speedup"]
-        header += [f"{c} ms (speedup)" for c in columns]
-        rows = []
-        for label, net in nets.items():
-            cells = [label, sources[label], f"{count(net).flops / 1e6:.1f}", f"{flops_speedup[label]:.2f}x"]
-            cells += [f"{1000 * t[label]:.2f} ({t['dense'] / t[label]:.2f}x)" for t in columns.values()]
-            rows.append(cells)
-        lines = [f"## B.3 Inference latency: {model_name}, compact vs dense", "",
-                 f"CPU: {cpu_name()}, {args.threads} thread(s) pinned to as many cores, fp32, median of "
-                 f"{args.rounds} interleaved rounds of the median of {args.iters} forward passes. GPU: mean of "
-                 f"{args.iters} forward passes in a loop, median of {args.rounds} rounds, bf16 weights and "
-                 "inputs, channels_last.", "", *_table(header, rows)]
+            measures += [(f"GPU b{args.gpu_batch} bf16 {'compiled' if compiled else 'eager'}",
+                          lambda c=compiled: gpu_latencies(nets, device, args, c, report)) for compiled in (False, True)]
+        columns: dict[str, dict[str, float]] = {}
+
+        def table() -> list[str]:
+            header = ["method", "ranks from", "MMACs", "FLOPs speedup", *(f"{c} ms (speedup)" for c in columns)]
+            rows = []
+            for label, net in nets.items():
+                cells = [label, sources[label], f"{count(net).flops / 1e6:.1f}", f"{flops_speedup[label]:.2f}x"]
+                cells += [f"{1000 * t[label]:.2f} ({t['dense'] / t[label]:.2f}x)" if label in t else "—"
+                          for t in columns.values()]
+                rows.append(cells)
+            cut = (f" The {args.budget:.0f} s budget ran out during this model: what is missing (a column, a "
+                   "profile, a cell marked —) was not measured.") if report.over_budget() else ""
+            return [f"## B.3 Inference latency: {model_name}, compact vs dense", "",
+                    f"CPU: {cpu_name()}, {args.threads} thread(s) pinned to as many cores, fp32, median of "
+                    f"{args.rounds} interleaved rounds of the median of {args.iters} forward passes. GPU: mean of "
+                    f"{args.iters} forward passes in a loop, median of {args.rounds} rounds, bf16 weights and "
+                    f"inputs, channels_last.{cut}", "", *_table(header, rows)]
+
+        # Written after every column: a call cut off by its limit keeps the columns measured.
+        report.add(table())
+        for name, measure in measures:
+            if report.over_budget():
+                break
+            times = measure()
+            if times:
+                columns[name] = times
+            report.update(table())
         # Where the time goes, for the models that fall short of their FLOPs speedup by more than 20 % on the
         # CPU at the largest batch (batch 1 is dominated by per-layer overheads any model has).
         batch = max(args.cpu_batches)
-        cpu = columns[f"CPU b{batch}"]
-        short = [label for label in nets if label != "dense" and cpu["dense"] / cpu[label] < 0.8 * flops_speedup[label]]
+        cpu = columns.get(f"CPU b{batch}", {})
+        short = [label for label in cpu if label != "dense" and cpu["dense"] / cpu[label] < 0.8 * flops_speedup[label]]
         places = [("CPU", f"batch {batch}", torch.device("cpu"), torch.float32, batch)]
         if device.type == "cuda":
             places.append(("GPU", f"batch {args.gpu_batch} bf16 eager", device, torch.bfloat16, args.gpu_batch))
+        profiles = []
         for where, what, dev, dtype, size in places if short else []:
+            if report.over_budget():
+                break
             dense_parts = breakdown(dense, size, dev, dtype)
-            lines += ["", f"### {model_name}, {where} {what}: where the time goes (profiler)", "",
-                      f"dense: {dense_parts.other_ms + sum(v[1] for v in dense_parts.conv.values()):.2f} ms", "",
-                      *_table(["part", "MMACs (batch)", "ms", "GMAC/s"], dense_parts.rows())]
+            profiles += ["", f"### {model_name}, {where} {what}: where the time goes (profiler)", "",
+                         f"dense: {dense_parts.other_ms + sum(v[1] for v in dense_parts.conv.values()):.2f} ms", "",
+                         *_table(["part", "MMACs (batch)", "ms", "GMAC/s"], dense_parts.rows())]
             for label in short:
                 parts = breakdown(nets[label], size, dev, dtype)
-                lines += ["", f"{label}: {parts.versus(dense_parts)}", "",
-                          *_table(["part", "MMACs (batch)", "ms", "GMAC/s"], parts.rows())]
-        report.add(lines)
+                profiles += ["", f"{label}: {parts.versus(dense_parts)}", "",
+                             *_table(["part", "MMACs (batch)", "ms", "GMAC/s"], parts.rows())]
+            report.update(table() + profiles)
 
 
 # -- B.4 ----------------------------------------------------------------------------------------------
@@ -455,8 +480,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile in B.1")
     p.add_argument("--workers", type=int, help="DataLoader workers of B.4's plain loop (default: 8 on CUDA, 0 on CPU)")
     p.add_argument("--runs-root", type=Path, default=HERE / "checkpoints" / "reproduce",
-                   help="reproduce.py's run folders, for trained compact models")
-    p.add_argument("--budget", type=float, help="seconds; sections and GPU measurements past it are skipped")
+                   help="reproduce.py's run folders: a RUN/compact.pt there is B.3's trained model for that run "
+                        "(default: %(default)s; fresh weights for the runs without one)")
+    p.add_argument("--budget", type=float, help="seconds; the sections, B.3 models, columns and compilations past it are skipped")
     p.add_argument("--commit", help="the commit measured (the GPU machine has no .git)")
     p.add_argument("--note", default="", help="a line for the header, e.g. the machine's load")
     p.add_argument("--index-only", action="store_true", help="only refresh benchmarks/results/speed.md")
@@ -468,9 +494,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.workers is None:
         args.workers = 8 if device.type == "cuda" else 0
-    slug = re.sub(r"[^a-z0-9]+", "-", (device_name(device) if device.type == "cuda" else "cpu").lower()).strip("-")
+    raise_recompile_limit()
     started = time.monotonic()
-    report = Report(RESULTS / f"speed_{slug}.md", [
+    report = Report(RESULTS / f"speed_{device_slug(device)}.md", [
         "# Speed: each method's cost, measured side by side (issue 8, part B)", "",
         f"- device: {device_name(device)}" + (f"; CPU {cpu_name()}" if device.type == "cpu" else ""),
         f"- command: `python {' '.join(sys.argv)}`",

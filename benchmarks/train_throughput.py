@@ -7,14 +7,15 @@ bf16 autocast and torch.compile are on; on a CPU all are off), each option flipp
 them flipped. The settings are then timed in interleaved rounds (so slow drifts of the machine hit all
 of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated images
 held on the device exactly like CIFAR-10, and the median round is reported. Evaluation is timed at
-batch 128 and at the default large batch. Results go to benchmarks/results/train_throughput_<device>.md.
+batch 128 and at the default large batch. Results go to benchmarks/results/train_throughput_<device>.md
+(and, with $OUT set, a copy to $OUT: the GPU machine keeps nothing else; pass ``--commit SHA`` there, it has
+no .git).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,8 @@ from lrtrain.data.cifar import channel_stats
 from lrtrain.train import Trainer
 from lrtrain.train.trainer import device_name, resolve_device
 from lrtrain.train.distributed import World
+
+from bench_common import device_slug, raise_recompile_limit, sync, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {"channels_last": "channels_last", "amp": "bf16 autocast", "compile": "torch.compile"}
@@ -74,11 +77,6 @@ def make_data(tensors, batch_size: int, eval_batch_size: int, channels_last: boo
     return Data(train, test, 10, (1, 3, 32, 32), "generated 32×32")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(trainer: Trainer, steps: int, warmup: int) -> float:
     batches = trainer.data.train.batches(epoch=0)
     for _ in range(warmup):
@@ -113,9 +111,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--commit", help="the commit measured (default: read from .git; the GPU machine has none)")
     args = parser.parse_args()
 
     device = resolve_device(args.device, World())
+    raise_recompile_limit()
     per_round = args.batch_size * (args.warmup + args.steps)
     test_count = max(args.eval_batch_sizes) * 4
     tensors = make_sample(per_round, test_count, image_size=32, num_classes=10, seed=0)
@@ -152,13 +152,12 @@ def main() -> None:
 
 def write_report(args, device, train_rows, eval_rows) -> None:
     dev = device_name(device)
-    slug = re.sub(r"[^a-z0-9]+", "-", (dev if device.type == "cuda" else "cpu").lower()).strip("-")
     lines = [
         "# Training throughput: dense CIFAR ResNets, each speed option on and off",
         "",
         f"- device: {dev}",
         f"- command: `python {' '.join(sys.argv)}`",
-        f"- commit: {commit()}",
+        f"- commit: {args.commit or commit()}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- torch {torch.__version__}; batch {args.batch_size}, 32×32 images resident on the device, random "
         f"crop + flip on the device; {args.warmup} warm-up + {args.steps} timed steps per round, "
@@ -172,9 +171,8 @@ def write_report(args, device, train_rows, eval_rows) -> None:
         lines.append(f"| {name} | {label} | {' | '.join(marks)} | {rate:.0f} | {ratio:.2f}x |")
     lines += ["", "| model | eval batch | eval img/s |", "|---|---:|---:|"]
     lines += [f"| {name} | {size} | {rate:.0f} |" for name, size, rate in eval_rows]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"train_throughput_{slug}.md"
-    path.write_text("\n".join(lines) + "\n")
+    path = args.out / f"train_throughput_{device_slug(device)}.md"
+    write_result(path, "\n".join(lines) + "\n")
     print(f"wrote {path}")
 
 

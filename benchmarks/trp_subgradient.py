@@ -15,6 +15,10 @@ sub-gradient of the nuclear norm: ‖G‖₂ ≤ 1 and ⟨G, W⟩ = ‖W‖_*, s
 reported too.
 
     PYTHONPATH=src python benchmarks/trp_subgradient.py --threads 1
+    PYTHONPATH=src python3 benchmarks/trp_subgradient.py --device cuda --commit SHA   # the GPU machine
+
+Results go to benchmarks/results/trp_subgradient_<device>.md and, with $OUT set, to $OUT too (the GPU
+machine keeps nothing else).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from lrtrain.provenance import commit, device_label
 from lrtrain import linalg
 from lrtrain.methods.matrices import group_weights
 from lrtrain.methods.trp import TRP
+
+from bench_common import device_slug, sync, write_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -90,9 +96,10 @@ def as_in_training(method: TRP, convs: list[torch.nn.Conv2d], step: float = 1e-3
         w.add_(step * w.norm() / w.numel() ** 0.5 * torch.randn_like(w))
 
 
-def run_scheme(scheme_name: str, state: str, repeats: int) -> tuple[list[dict], int, int, int]:
+def run_scheme(scheme_name: str, state: str, repeats: int,
+               device: torch.device) -> tuple[list[dict], int, int, int]:
     torch.manual_seed(0)
-    model = lr.models.create("resnet56")
+    model = lr.models.create("resnet56").to(device)
     methods = {kind: TRP(model, scheme=scheme_name, nuclear=1.0, period=0, subgradient=kind)
                for kind in ("svd", "newton_schulz")}
     probe = methods["svd"]
@@ -115,8 +122,10 @@ def run_scheme(scheme_name: str, state: str, repeats: int) -> tuple[list[dict], 
         for label, path in paths.items():
             for c in convs:
                 c.weight.grad = None
+            sync(device)
             start = time.perf_counter()
             path()
+            sync(device)
             elapsed = time.perf_counter() - start
             if i:
                 times[label].append(elapsed)
@@ -136,16 +145,19 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=RESULTS / "trp_subgradient_cpu.md")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", type=Path, help="results file (default: results/trp_subgradient_<device>.md)")
+    parser.add_argument("--commit", help="the commit measured (default: git's; the GPU machine has no .git)")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     lines = [
         "# TRP nuclear sub-gradient on ResNet-56's eligible weights: per-layer SVD vs batched SVD vs Newton–Schulz",
         "",
-        f"- device: {device_label('cpu', torch.get_num_threads())}",
+        f"- device: {device_label(device, torch.get_num_threads())}",
         f"- command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
-        f"- commit: {commit()}",
+        f"- commit: {args.commit or commit()}",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- protocol: ResNet-56 (Kaiming normal init, seed 0), TRP's default eligibility (every conv "
         f"but where factorizing cannot save FLOPs); each path adds U_r V_rᵀ (λ = 1) to the weights' gradients; "
@@ -156,7 +168,7 @@ def main(argv=None) -> None:
     states = {"init": "at initialization",
               "training": "between projections: projected to 90 % energy, then a full-rank step of relative size 1e-3"}
     for (state, what), scheme in itertools.product(states.items(), ("channel", "spatial")):
-        rows, layers, groups, deficient = run_scheme(scheme, state, args.repeats)
+        rows, layers, groups, deficient = run_scheme(scheme, state, args.repeats, device)
         lines += [f"## {scheme} scheme, {what}: {layers} weights in {groups} shape groups ({deficient} with "
                   f"σ_min < {TRP.tol:g}·σ₁)", "",
                   "| path | time (ms) | speed-up vs loop | max error vs U_r V_rᵀ | median error vs U_r V_rᵀ "
@@ -168,8 +180,7 @@ def main(argv=None) -> None:
         lines.append("")
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_result(args.out or RESULTS / f"trp_subgradient_{device_slug(device)}.md", text)
 
 
 if __name__ == "__main__":

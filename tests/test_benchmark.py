@@ -4,6 +4,8 @@ import copy
 import csv
 import importlib.util
 import json
+import sys
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from lrtrain import benchmark
 from lrtrain.methods import create_method
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import each other
 
 
 def _load_script(name):
@@ -98,3 +101,70 @@ def test_only_the_elrt_runs_train_channels_last():
     chosen = {s.name: s.recipe["train"]["channels_last"] for s in cpu_budget.specs()}
     assert {n for n, cl in chosen.items() if cl} == {"elrt_tucker2", "elrt_tucker2_noorth"}
     assert all(cl is False for n, cl in chosen.items() if not n.startswith("elrt"))
+
+
+def test_result_files_and_speed_sections_are_copied_to_out(tmp_path, monkeypatch):
+    import speed
+
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    report = speed.Report(tmp_path / "results" / "speed_x.md", ["# header"], budget=None)
+    report.add(["## A", "a"])
+    report.add(["## B", "first"])
+    report.update(["## B", "fuller"])
+    text = "# header\n\n## A\na\n\n## B\nfuller\n"
+    assert (tmp_path / "results" / "speed_x.md").read_text() == text
+    assert (tmp_path / "out" / "speed_x.md").read_text() == text
+
+
+def test_elrt_step_records_the_commit_given_and_copies_its_result_to_out(tmp_path, monkeypatch):
+    import elrt_step
+
+    monkeypatch.setattr(elrt_step, "RESULTS", tmp_path / "results")
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    elrt_step.main(["--model", "resnet20", "--batch", "2", "--warmup", "0", "--iters", "1", "--reductions", "0.5",
+                    "--commit", "abc1234"])
+    text = (tmp_path / "out" / "elrt_step_cpu.md").read_text()
+    assert "- commit: abc1234" in text and text == (tmp_path / "results" / "elrt_step_cpu.md").read_text()
+
+
+class _Report:
+    """Collects speed.py's sections; its budget runs out once `over` is set."""
+
+    def __init__(self):
+        self.sections, self.over = [], False
+
+    def over_budget(self):
+        return self.over
+
+    def add(self, lines):
+        self.sections.append(lines)
+
+    def update(self, lines):
+        self.sections[-1] = lines
+
+
+def test_speed_inference_writes_each_column_and_stops_at_the_budget(monkeypatch):
+    import speed
+
+    args = Namespace(models=["resnet20", "resnet56"], cpu_batches=[1, 32], threads=1, rounds=1, iters=1,
+                     gpu_batch=2, budget=60, runs_root=Path("/nonexistent"))
+    report = _Report()
+
+    def first_column_spends_the_budget(nets, batch, args):
+        report.over = True
+        return {label: 1e-3 for label in nets}
+
+    monkeypatch.setattr(speed, "compact_models", lambda model, root: [("half", speed.models.create(model), "x")])
+    monkeypatch.setattr(speed, "cpu_latencies", first_column_spends_the_budget)
+    speed.inference(args, torch.device("cpu"), report)
+    first, skipped = report.sections
+    header = next(line for line in first if line.startswith("| method"))
+    assert "CPU b1 ms (speedup)" in header and "CPU b32" not in header and "budget ran out" in first[2]
+    assert skipped == ["(B.3 of resnet56 skipped: the 60 s budget was spent)"]
+
+    # The GPU columns leave out the nets not prepared (compiled) in time; bf16 on the CPU stands in here.
+    nets = {"dense": speed.models.create("resnet20").eval(), "half": speed.models.create("resnet20").eval()}
+    checks = Namespace(over_budget=iter([False, True]).__next__)
+    assert list(speed.gpu_latencies(nets, torch.device("cpu"), args, False, checks)) == ["dense"]

@@ -37,9 +37,10 @@ def calls(tmp_path_factory):
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        # A margin of all but 0.5 s of the call: each worker stops after the epoch that passes 0.5 s.
+        # A startup allowance of all but 0.75 s of the call and a margin of 0.25 s: each worker stops after
+        # the epoch that passes 0.5 s (a fresh run gets started with at least the margin to train in).
         reproduce.main([*TINY, "--runs", *RUNS, "--parallel", "2", "--root", str(d / "first"),
-                        "--pack", str(d / "out1"), "--time-limit", "100", "--margin", "99.5"])
+                        "--pack", str(d / "out1"), "--time-limit", "100", "--margin", "0.25", "--startup", "99.25"])
         interrupted = {name: reproduce.progress(d / "first" / name) for name in RUNS}
         reproduce.main([*TINY, "--runs", *RUNS, "--parallel", "2", "--root", str(d / "second"),
                         "--seed", str(d / "out1"), "--pack", str(d / "out2")])
@@ -149,3 +150,84 @@ def test_run_list_covers_the_issue_and_every_entry_resolves():
         "resnet56_trp_channel_nuclear", "resnet56_trp_channel", "resnet56_trp_spatial_nuclear", "resnet56_trp_spatial"]
     with pytest.raises(SystemExit, match="no run matches"):
         reproduce.select(["resnet18_*"])
+
+
+def _tar_names(folder: Path) -> set[str]:
+    stream = io.BytesIO(b"".join(p.read_bytes() for p in sorted(folder.glob(reproduce.PACK_NAME + ".*"))))
+    with tarfile.open(fileobj=stream) as tar:
+        return set(tar.getnames())
+
+
+def test_worker_limit_takes_off_the_startup_and_starts_no_fresh_run_without_time_to_train(tmp_path):
+    fresh = tmp_path / "fresh"
+    started = _fake_run(tmp_path, "started", step=10)
+    (started / "metrics.csv").write_text("epoch,epoch_time_s\n0,30\n")  # its reserve: 2 epochs, 60 s
+    assert reproduce.worker_limit(300, fresh, margin=90, startup=45) == pytest.approx(165)
+    assert reproduce.worker_limit(2 * 90 + 45 + 1, fresh, margin=90, startup=45) == pytest.approx(91)
+    assert reproduce.worker_limit(2 * 90 + 45 - 1, fresh, margin=90, startup=45) is None
+    # A started run resumes from its checkpoint: any time past its start and reserve is worth it.
+    assert reproduce.worker_limit(100, started, margin=30, startup=30) == pytest.approx(10)
+    assert reproduce.worker_limit(89, started, margin=30, startup=30) is None
+
+
+# Stand-ins for `lrtrain train`, by run: finish, fail, or train until terminated.
+FAKE_WORKERS = {
+    "resnet20_dense": "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); "
+                      "(d / 'compact.pt').write_bytes(b'c'); "
+                      "(d / 'summary.json').write_text(json.dumps({'final_acc': 90.0, 'speedup': 1.0}))",
+    "resnet20_svd_finetune": "import sys; print('boom'); sys.exit(1)",
+    "resnet20_trp_channel_nuclear": "import pathlib, sys, time; d = pathlib.Path(sys.argv[1]) / 'checkpoints'; "
+                                    "d.mkdir(); (d / 'step_000000004.pt').write_bytes(b'x'); "
+                                    "print('still training', flush=True); time.sleep(60)",
+}
+
+
+def test_a_call_packs_after_each_worker_and_pack_only_packs_just_its_runs(tmp_path, monkeypatch, capsys):
+    root, out = tmp_path / "root", tmp_path / "out"
+    monkeypatch.setattr(reproduce, "worker_command",
+                        lambda run, sets, run_dir, data_dir, limit: [sys.executable, "-c", FAKE_WORKERS[run.name],
+                                                                     str(run_dir)])
+    packs = []
+    real_pack = reproduce.pack
+
+    def recording_pack(root, names, dest, **kw):
+        packs.append(list(names))
+        return real_pack(root, names, dest, **kw)
+
+    monkeypatch.setattr(reproduce, "pack", recording_pack)
+    _fake_run(root, "resnet56_dense", step=8)  # merged from a seed, not trained by this call
+    reproduce.main(["--runs", *FAKE_WORKERS, "--root", str(root), "--pack", str(out), "--time-limit", "4",
+                    "--margin", "0", "--startup", "0"])
+    printed = capsys.readouterr().out
+    # One pack as each worker exits, each holding every run started so far.
+    assert packs == [["resnet20_dense"], ["resnet20_dense", "resnet20_svd_finetune"], list(FAKE_WORKERS)]
+    assert "resnet20_dense: finished" in printed
+    assert "resnet20_svd_finetune: FAILED (exit 1)" in printed and "boom" in printed
+    assert "resnet20_trp_channel_nuclear: stopped by the deadline, resumable" in printed
+    assert "still training" not in printed  # an expected stop is one line, without its log's tail
+    names = _tar_names(out)
+    assert {"resnet20_dense/compact.pt", "resnet20_trp_channel_nuclear/checkpoints/step_000000004.pt"} <= names
+    assert not any(n.startswith("resnet56_dense") for n in names)
+
+    reproduce.main(["--root", str(root), "--pack", str(tmp_path / "again"), "--pack-only"])
+    assert _tar_names(tmp_path / "again") == names
+    merged = tmp_path / "merged"
+    reproduce.main(["--root", str(merged), "--unpack", str(tmp_path / "again")])
+    assert reproduce.progress(merged / "resnet20_dense") == (1, 0)
+    assert reproduce.progress(merged / "resnet20_trp_channel_nuclear") == (0, 4)
+
+
+def test_make_seed_holds_the_selected_unfinished_runs_and_marks_the_finished_ones(tmp_path):
+    root, seed, gpu = tmp_path / "root", tmp_path / "seed", tmp_path / "gpu"
+    done = _fake_run(root, "resnet56_dense", finished=True)
+    (done / "compact.pt").write_bytes(b"c" * 1000)
+    for name, step in [("resnet56_lrpet", 7), ("resnet20_lrpet", 9)]:
+        run_dir = _fake_run(root, name, step=step)
+        (run_dir / "config.yaml").write_text("{}\n")
+    reproduce.main(["--root", str(root), "--make-seed", str(seed), "--runs", "resnet56_*"])
+    assert _tar_names(seed) == {"resnet56_dense/summary.json", "resnet56_lrpet/config.yaml",
+                                "resnet56_lrpet/checkpoints/step_000000007.pt"}
+    reproduce.merge([seed], gpu)
+    assert {p.name for p in gpu.iterdir()} == {"resnet56_dense", "resnet56_lrpet"}
+    assert reproduce.progress(gpu / "resnet56_dense") == (1, 0)  # a call seeded so does not train it again
+    assert reproduce.progress(gpu / "resnet56_lrpet") == (0, 7)
