@@ -16,6 +16,7 @@ from lrtrain.methods import register_method
 from lrtrain.methods.trp import TRP
 from lrtrain.train import DivergenceError, Trainer
 from lrtrain.train.checkpoint import list_checkpoints
+from test_trainer import PoisonAt  # noqa: F401  (registers the "test_nan" method)
 
 SMALL = (1, 3, 8, 8)
 
@@ -108,24 +109,9 @@ def test_the_cli_reports_divergence_in_one_line_with_status_1(tmp_path, capsys):
     assert f"the last good checkpoint is {tmp_path / 'run' / 'checkpoints' / 'step_000000002.pt'}" in err
 
 
-@register_method("test_bn_poisoned")
-class PoisonedStatistics(lr.methods.Method):
-    """Turns a BatchNorm's running variance NaN after step `at`: only the checkpoint's weight check sees it."""
-
-    def __init__(self, model, at: int):
-        super().__init__(model)
-        self.at = at
-
-    def after_step(self):
-        super().after_step()
-        if self.step == self.at:
-            bn = next(m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d))
-            bn.running_var.fill_(float("nan"))
-
-
 def test_nan_found_at_an_epoch_end_checkpoint_names_that_epoch(tmp_path):
     cfg = _cfg(tmp_path)
     cfg["train"]["checkpoint_every"] = 0
-    cfg["method"] = {"name": "test_bn_poisoned", "at": 4}  # the last step of epoch 1 (4 steps an epoch)
+    cfg["method"] = {"name": "test_nan", "at": 4, "statistics": True}  # the last step of epoch 1 (4 steps each)
     with pytest.raises(DivergenceError, match=r"the weights became NaN/Inf by step 4 \(end of epoch 1\)"):
         Trainer(cfg, model=_net()).fit()

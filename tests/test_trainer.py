@@ -187,17 +187,20 @@ def test_the_trainer_follows_a_method_that_replaces_its_model(tmp_path):
 
 @register_method("test_nan")
 class PoisonAt(Method):
-    """Writes NaN into the first weight after step `at`."""
+    """Writes NaN into the first weight after step `at` (``statistics=True``: into the first BatchNorm's
+    running variance, which only the checkpoint's weight check sees)."""
 
-    def __init__(self, model, at: int):
+    def __init__(self, model, at: int, statistics: bool = False):
         super().__init__(model)
-        self.at = at
+        self.at, self.statistics = at, statistics
 
     def after_step(self):
         super().after_step()
         if self.step == self.at:
             with torch.no_grad():
-                next(self.model.parameters()).fill_(float("nan"))
+                target = (next(m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d)).running_var
+                          if self.statistics else next(self.model.parameters()))
+                target.fill_(float("nan"))
 
 
 @pytest.mark.parametrize("every, at, kept, rows", [(2, 3, [2], 0), (0, 5, [4], 1), (0, 4, [], 1)])
