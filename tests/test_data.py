@@ -187,3 +187,30 @@ def test_folder_loader_crops_and_labels_by_folder(tmp_path):
 def test_folder_without_train_and_val_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"expected .*train/<class>"):
         build_data(_sample_cfg(name="folder", dir=str(tmp_path)), device=torch.device("cpu"))
+
+
+def test_folder_crops_are_the_same_on_resume_and_with_any_number_of_workers(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(["ant", "bee"]):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (16, 12), (60 * k + 10 * i, 7 * i, 90)).save(tmp_path / split / cls / f"{i}.png")
+            Image.effect_noise((16, 12), 64).convert("RGB").save(tmp_path / split / cls / "noise.png")
+
+    def loader(workers):
+        return FolderLoader(tmp_path / "train", True, 8, 2, workers=workers, augment=True, drop_last=True, seed=3,
+                            device=torch.device("cpu"))
+
+    whole = [x for x, _ in loader(0).batches(epoch=1)]
+    assert len(whole) == 5
+    resumed = [x for x, _ in loader(0).batches(epoch=1, start=2)]
+    assert all(torch.equal(a, b) for a, b in zip(whole[2:], resumed, strict=True))
+    parallel = [x for x, _ in loader(2).batches(epoch=1)]
+    assert all(torch.equal(a, b) for a, b in zip(whole, parallel, strict=True))
+    other_epoch = [x for x, _ in loader(0).batches(epoch=2)]
+    assert not all(torch.equal(a, b) for a, b in zip(whole, other_epoch))
+    state = torch.get_rng_state()
+    next(loader(0).batches(epoch=0))
+    assert torch.equal(torch.get_rng_state(), state)  # loading in the training process leaves its RNG alone

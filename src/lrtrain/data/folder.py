@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .cifar import normalize
 
@@ -20,31 +20,51 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
 
 
-class _ShardSampler(Sampler[int]):
-    """This rank's indices of an epoch, in an order drawn from (seed, epoch), from a given position on."""
+class _ShardSampler(Sampler[tuple[int, int]]):
+    """This rank's indices of an epoch, in an order drawn from (seed, epoch), from a given position on,
+    each with the seed of its augmentation (a function of seed, epoch and index only)."""
 
     def __init__(self, n: int, shuffle: bool, seed: int, rank: int, world_size: int):
         self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
         self.epoch, self.start = 0, 0
         self.per_rank = n // world_size if shuffle else len(range(rank, n, world_size))
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch_seed = self.seed * 1_000_003 + self.epoch
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=generator)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed))
             order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
         else:
             order = torch.arange(self.rank, self.n, self.world_size)
-        return iter(order[self.start :].tolist())
+        return ((i, (epoch_seed * 1_000_000_007 + i) % 2**63) for i in order[self.start :].tolist())
 
     def __len__(self) -> int:
         return self.per_rank - self.start
 
 
+class _SeededItems(Dataset):
+    """`dataset[index]` with torch's RNG seeded for that sample first: an image's random crop and flip
+    depend on (seed, epoch, index) only, not on the worker that loads it nor on where a resumed epoch
+    starts."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):  # without workers this is the training process's RNG
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
 class FolderLoader:
     """Batches of an ImageFolder on ``device``, with the `DeviceLoader` interface (``len``, ``batches``).
 
-    Resuming mid-epoch restores the epoch's sample order; the random crops are drawn afresh.
+    Resuming mid-epoch restores the epoch's sample order and its random crops (seeded per sample), with
+    any number of worker processes.
     """
 
     def __init__(self, root: Path, train: bool, image_size: int, batch_size: int, *, workers: int,
@@ -61,7 +81,7 @@ class FolderLoader:
         self.sampler = _ShardSampler(len(self.dataset), train, seed, rank, world_size)
         self.batch_size, self.drop_last = batch_size, train and drop_last
         self.device, self.channels_last = device, channels_last
-        self.loader = DataLoader(self.dataset, batch_size=batch_size, sampler=self.sampler,
+        self.loader = DataLoader(_SeededItems(self.dataset), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, pin_memory=device.type == "cuda",
                                  drop_last=self.drop_last, persistent_workers=workers > 0)
         full, rest = divmod(self.sampler.per_rank, batch_size)
