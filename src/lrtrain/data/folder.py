@@ -83,7 +83,10 @@ class FolderLoader:
         self.device, self.channels_last = device, channels_last
         self.loader = DataLoader(_SeededItems(self.dataset), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, pin_memory=device.type == "cuda",
-                                 drop_last=self.drop_last, persistent_workers=workers > 0)
+                                 drop_last=self.drop_last, persistent_workers=workers > 0,
+                                 # its own generator for the workers' base seed, which DataLoader would
+                                 # otherwise draw from the training process's RNG at every epoch
+                                 generator=torch.Generator().manual_seed(seed))
         full, rest = divmod(self.sampler.per_rank, batch_size)
         self.steps = full if self.drop_last or rest == 0 else full + 1
         if self.steps == 0:
