@@ -195,3 +195,23 @@ def test_out_of_memory_in_evaluation_names_the_eval_batch_size(tmp_path):
     with pytest.raises(OutOfMemory, match=r"\(evaluation\) with data.eval_batch_size=1024: lower it, "
                                           r"e.g. --set data.eval_batch_size=512"):
         Trainer(cfg, model=_FailsInEval()).fit()
+
+
+def test_help_and_a_bad_recipe_answer_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("data: {nmae: cifar10}\n")
+    code = ("import sys, contextlib, io\n"
+            "from lrtrain import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            "        cli.main(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            f"status = cli.main(['train', {str(recipe)!r}])\n"
+            "print(status, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert "unknown key 'data.nmae' (did you mean 'data.name'?)" in done.stderr

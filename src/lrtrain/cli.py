@@ -139,10 +139,10 @@ def _run_compress(args: argparse.Namespace) -> int:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    from .export import EXPORT_FORMATS
-
+    # No `choices`: they live in export, which imports torch, and building the parser must not (the
+    # export command names the valid formats when given another).
     p.add_argument("model", help="a run directory (its compact.pt) or a compact model file")
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
+    p.add_argument("--format", required=True, help="what to write: torchscript, onnx or state_dict")
     p.add_argument("-o", "--out", required=True, help="the file to write")
     p.add_argument("--input-size", type=int, nargs=4, metavar=("N", "C", "H", "W"),
                    help="example input shape (default: the one the model was trained on); the batch "
@@ -218,15 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .train import DivergenceError, OutOfMemory
-
     try:
         return COMMANDS[args.command].run(args)
-    except (DivergenceError, OutOfMemory) as err:
-        if args.debug:
-            raise
-        _error(err)
-        return 1
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if args.debug:
             raise
@@ -237,10 +230,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("lrtrain: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
-    except RuntimeError as err:  # out of memory outside the training loop (which says more itself)
-        from .train.trainer import is_out_of_memory
+    except RuntimeError as err:
+        # imported only now: a command that fails before training (a bad recipe) never loads torch
+        from .train.trainer import DivergenceError, OutOfMemory, is_out_of_memory
 
-        if args.debug or not is_out_of_memory(err):
+        if args.debug:
+            raise
+        if isinstance(err, (DivergenceError, OutOfMemory)):
+            _error(err)
+            return 1
+        if not is_out_of_memory(err):  # out of memory outside the training loop (which says more itself)
             raise
         _error(f"out of memory: {str(err).splitlines()[0]} (lower data.batch_size or data.eval_batch_size)")
         return 1

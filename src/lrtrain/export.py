@@ -95,6 +95,8 @@ def describe(model: nn.Module, model_name: str, num_classes: int, **extra: Any) 
 def rebuild(arch: dict[str, Any]) -> nn.Module:
     """The module `describe` described, with freshly initialized weights."""
     model = models.create(arch["model"], num_classes=arch["num_classes"])
+    if any(spec["type"] not in LAYER_TYPES for spec in arch["layers"].values()):
+        from . import methods  # noqa: F401  (methods register their own layer types when imported)
     for name, spec in arch["layers"].items():
         if spec["type"] not in LAYER_TYPES:
             raise ValueError(f"layer {name!r} has type {spec['type']!r}, which this version of lrtrain cannot "
