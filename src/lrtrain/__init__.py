@@ -24,6 +24,8 @@ __all__ = sorted([*_EXPORTS, "linalg", "models", "schemes"])
 
 
 def __getattr__(name: str) -> Any:
+    if name.startswith("__"):  # tools probe modules for dunders (__wrapped__, __path__...): never a submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     else:

@@ -1,0 +1,20 @@
+"""The package's public names load on first use and all resolve."""
+
+import doctest
+
+import pytest
+
+import lrtrain
+
+
+def test_every_public_name_resolves_and_the_package_docstring_runs():
+    for name in lrtrain.__all__:
+        assert getattr(lrtrain, name) is not None, name
+    assert set(lrtrain.__all__) <= set(dir(lrtrain))
+    assert doctest.testmod(lrtrain).failed == 0
+
+
+def test_unknown_names_and_dunder_probes_raise_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        lrtrain.nothing_here
+    assert not hasattr(lrtrain, "__wrapped__")
