@@ -133,3 +133,23 @@ def test_plain_one_by_one_factors_are_pointwise_convs():
     assert kinds == [PointwiseConv2d, nn.Conv2d, PointwiseConv2d]
     kinds = [type(c) for c in LowRankConv2d(16, 32, 1, 4, "channel", stride=2).factors]
     assert kinds == [nn.Conv2d, PointwiseConv2d]  # the strided 1×1 factor stays a conv
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_low_rank_layers_compile_into_one_graph_with_the_eager_result(channels_last):
+    torch.manual_seed(0)
+    net = nn.Sequential(LowRankConv2d(8, 16, 3, (4, 6), "tucker2", padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        LowRankConv2d(16, 16, 3, 5, "channel", stride=2, padding=1))
+    x = torch.randn(2, 8, 6, 6)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)  # fullgraph: no graph break anywhere
+    out = compiled(x)
+    torch.testing.assert_close(out, net(x))
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net(x).square().sum().backward()
+    for a, p in zip(grads, net.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
