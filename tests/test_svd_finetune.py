@@ -1,3 +1,4 @@
+import csv
 import io
 
 import pytest
@@ -115,3 +116,15 @@ def test_trainer_run_resumed_after_the_swap_equals_the_uninterrupted_run(tmp_pat
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_the_logged_learning_rate_of_the_swap_epoch_is_the_schedules(tmp_path):
+    cfg = _config(tmp_path)
+    cfg["schedule"]["name"] = "cosine"
+    trainer = Trainer(cfg, model=_net())
+    trainer.fit()  # 4 steps per epoch, the swap (and the optimizer's rebuild) after step 8
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        logged = [float(r["lr"]) for r in csv.DictReader(f)]
+    expected = [cfg["optim"]["lr"] * trainer.schedule(4 * epoch - 1) for epoch in (1, 2, 3, 4)]
+    assert logged == pytest.approx(expected)
+    assert logged[1] < 0.9 * cfg["optim"]["lr"]  # not the rebuilt optimizer's base rate

@@ -373,7 +373,10 @@ class Trainer:
         loss, acc, nonfinite, _ = self.sums.read()
         if nonfinite:
             self._diverged(f"the loss was NaN/Inf in {nonfinite} step(s)", f"epoch {epoch + 1}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+        # the learning rate of the epoch's last step (an optimizer rebuilt by a swap holds the base rate
+        # until the next step sets it)
+        last_lr = self.cfg["optim"]["lr"] * self.schedule(max(self.step - 1, 0))
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": last_lr,
                                "train_loss": loss, "train_acc": acc, "test_loss": None, "test_acc": None,
                                "epoch_time_s": seconds, "img_per_s": images / seconds}
         if (epoch + 1) % self.cfg["train"]["eval_every"] == 0 or epoch + 1 == self.epochs:
