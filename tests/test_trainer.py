@@ -185,6 +185,49 @@ def test_the_trainer_follows_a_method_that_replaces_its_model(tmp_path):
     assert not torch.equal(changed["0.weight"], trainer.method.swapped["0.weight"])
 
 
+@register_method("test_grow")
+class Grow(Method):
+    """After the last step factorizes the classifier into two new layers (which no step then gives a
+    momentum buffer); the convolutions and BN survive with theirs."""
+
+    def after_step(self):
+        super().after_step()
+        if self.step == self.total_steps:
+            self.model[-1] = nn.Sequential(nn.Linear(32, 3, bias=False), nn.Linear(3, 4))
+            self.rebuild_optimizer = True
+
+
+def test_a_rebuild_that_adds_parameters_gives_them_zero_momentum_so_fused_sgd_accepts_it(tmp_path):
+    trainer, _ = fit(make_cfg(tmp_path, method={"name": "test_grow"}))
+    opt = trainer.optimizer
+    params = [p for group in opt.param_groups for p in group["params"]]
+    assert all(torch.is_tensor(opt.state[p].get("momentum_buffer")) for p in params)
+    # the CUDA trainer's fused SGD: a mix of carried and missing buffers raised a TypeError here
+    for group in opt.param_groups:
+        group["fused"] = True
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_a_zero_momentum_buffer_is_exactly_sgds_first_step():
+    torch.manual_seed(0)
+    fresh, filled = nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(5, 3))
+    with torch.no_grad():
+        filled.copy_(fresh)
+    a = torch.optim.SGD([fresh], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    b = torch.optim.SGD([filled], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    b.state[filled]["momentum_buffer"] = torch.zeros_like(filled)
+    for _ in range(3):
+        g = torch.randn(5, 3)
+        fresh.grad, filled.grad = g.clone(), g.clone()
+        a.step(), b.step()
+        assert torch.equal(fresh, filled)
+    assert torch.equal(a.state[fresh]["momentum_buffer"], b.state[filled]["momentum_buffer"])
+
+
 @register_method("test_nan")
 class PoisonAt(Method):
     """Writes NaN into the first weight after step `at` (``statistics=True``: into the first BatchNorm's

@@ -165,6 +165,20 @@ def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = torch.empty_like(p).copy_(value)
 
 
+def _fill_momentum(optimizer: torch.optim.SGD) -> None:
+    """Give a zero momentum buffer to each new parameter once any parameter carries one over.
+
+    Fused SGD (the CUDA default) takes its buffers as one list that must be all tensors or all None:
+    after a swap the surviving BatchNorm and classifier parameters keep theirs and the new factors
+    have none, which it refuses. With no dampening a zero buffer is exactly SGD's own first step
+    (buffer = gradient), so the new parameters train as they would in a fresh optimizer."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any("momentum_buffer" in optimizer.state.get(p, {}) for p in params):
+        return
+    for p in params:
+        optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+
+
 def _auto(value: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if value == "auto" else bool(value)
 
@@ -275,6 +289,7 @@ class Trainer:
                 state = previous.state.get(p, {})
                 if state and all(v.shape == p.shape for v in state.values() if torch.is_tensor(v) and v.ndim):
                     optimizer.state[p] = state
+            _fill_momentum(optimizer)
             _match_layouts(optimizer)
         return optimizer
 
