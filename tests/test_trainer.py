@@ -212,6 +212,20 @@ def test_a_rebuild_that_adds_parameters_gives_them_zero_momentum_so_fused_sgd_ac
     assert all(not torch.equal(a, p) for a, p in zip(before, params))
 
 
+def test_resuming_a_checkpoint_saved_right_after_a_swap_fills_the_missing_momentum(tmp_path):
+    cfg = make_cfg(tmp_path, method={"name": "test_grow"})
+    trainer, _ = fit(cfg)
+    state = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    new = [i for i, p in enumerate(trainer.optimizer.param_groups[0]["params"]) if p.shape in {(3, 32), (4, 3)}]
+    for i in new:  # as written by a run before the fix: the new layers had no buffer yet
+        del state["optimizer"]["state"][i]
+    resumed = Trainer(cfg, model=TinyNet())
+    resumed.method.model[-1] = nn.Sequential(nn.Linear(32, 3, bias=False), nn.Linear(3, 4))
+    resumed.load_checkpoint("saved", state)
+    opt = resumed.optimizer
+    assert all(torch.is_tensor(opt.state[p].get("momentum_buffer")) for g in opt.param_groups for p in g["params"])
+
+
 def test_a_zero_momentum_buffer_is_exactly_sgds_first_step():
     torch.manual_seed(0)
     fresh, filled = nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(5, 3))

@@ -636,6 +636,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             for group, f in zip(self.optimizer.param_groups, fused):  # this device's choice, not the saver's
                 group["fused"] = f
+            _fill_momentum(self.optimizer)  # saved right after a swap, before its new layers took a step
             _match_layouts(self.optimizer)
         except (RuntimeError, KeyError, ValueError) as err:
             detail = _one_line(f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err))
