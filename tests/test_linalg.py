@@ -177,3 +177,41 @@ def test_the_methods_linear_algebra_runs_without_tf32_when_training_allows_it(mo
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(saved)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 144), (2, 96, 48), (4, 8, 16, 9), (5, 5)])
+@pytest.mark.parametrize("host", [True, False])
+def test_gram_eigh_gives_the_svds_spectrum_truncation_and_polar_factor(shape, host):
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    dec = linalg.gram_eigh(a, host=host)
+    assert dec.S.device.type == "cpu" and dec.S.dtype == torch.float64 and dec.basis.dtype == a.dtype
+    U, S, Vh = torch.linalg.svd(a.double(), full_matrices=False)
+    torch.testing.assert_close(dec.S, S, rtol=1e-6, atol=1e-6 * S.amax().item())
+    rank = linalg.energy_rank(S, 0.8)
+    assert torch.equal(linalg.energy_rank(dec.S, 0.8), rank)
+    keep = linalg.rank_mask(S, rank)
+    truncated = linalg.reconstruct(U, S * keep, Vh)
+    torch.testing.assert_close(dec.apply(a, keep).double(), truncated, rtol=0, atol=2e-5 * truncated.abs().amax())
+    polar = (U * keep.unsqueeze(-2)) @ Vh
+    torch.testing.assert_close(dec.apply(a, keep / dec.S).double(), polar, rtol=0, atol=2e-5)
+    new_values = linalg.transfer_energy(S, rank)
+    torch.testing.assert_close(dec.apply(a, new_values / dec.S).double(), linalg.reconstruct(U, new_values, Vh),
+                               rtol=0, atol=2e-5 * truncated.abs().amax())
+
+
+def test_gram_eigh_of_a_rank_deficient_matrix_has_exact_zero_tail_and_no_nan():
+    a = _low_rank(12, 40, 3).float()
+    dec = linalg.gram_eigh(a)
+    assert (dec.S[3:] < 1e-5 * dec.S[0]).all() and (dec.S[:3] > 0.1 * dec.S[0]).all()
+    assert linalg.numerical_rank(dec.S, 1e-4).item() == 3
+    keep = linalg.rank_mask(dec.S, 3)
+    torch.testing.assert_close(dec.apply(a, keep), a, rtol=0, atol=2e-5 * a.abs().amax().item())
+    zero = linalg.gram_eigh(torch.zeros(4, 6))
+    assert torch.equal(zero.S, torch.zeros(4, dtype=torch.float64)) and torch.isfinite(zero.basis).all()
+
+
+def test_gram_eigh_names_the_layer_holding_nan():
+    mats = torch.randn(3, 4, 6)
+    mats[1, 0, 0] = float("inf")
+    with pytest.raises(linalg.NonFiniteError, match=r"^b: the weight contains NaN or Inf values"):
+        linalg.gram_eigh(mats, names=["a", "b", "c"])

@@ -12,8 +12,10 @@ Training alternates two steps on every eligible conv weight W, seen in its schem
 At the end, `finalize` decomposes the trained weights without fine-tuning (the official rule drops the
 singular values below 0.05), through `surgery`, so no layer ends up costlier than its dense form.
 
-Every group of equal-shaped weights costs one batched SVD (`matrices.group_weights`); a step that does not
-project never reads a value back to the host: the numerical rank is a mask ``σ > tol·σ₁`` kept on device.
+Every group of equal-shaped weights costs one batched decomposition (`matrices.group_weights`): a
+projection, one eigendecomposition of the float64 Gram matrices on the host (`linalg.gram_eigh`); the
+every-step sub-gradient, one SVD or Newton–Schulz iteration on the device. A step that does not project
+never reads a value back to the host: the numerical rank is a mask ``σ > tol·σ₁`` kept on device.
 
 Where this differs from the official code (yuhuixu1993/Trained-Rank-Pruning): it projects before the steps
 ``i`` with ``i % period == 0`` counted from each epoch's start (so also before the very first step, on the
@@ -103,6 +105,9 @@ class TRP(Method):
             ``"projection"`` (only on the step after a projection: the official code). The step after a
             projection always reuses the projection's SVD.
         input_size: input shape used to trace the model (eligibility, FLOPs of `finalize`).
+        host_eigh: a projection decomposes each group's float64 Gram matrices with LAPACK on the host
+            (one device sync per projection, milliseconds for a CIFAR ResNet) rather than on the weights'
+            device (`linalg.gram_eigh`).
 
     Call `before_step` on unscaled gradients (after ``GradScaler.unscale_`` under fp16 AMP). With
     ``subgradient="svd"`` on CUDA, cuSOLVER may synchronize inside ``torch.linalg.svd``;
@@ -116,7 +121,7 @@ class TRP(Method):
     def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9, period: int | None = 5,
                  nuclear: float = 3e-4, final: RankPolicy | str | dict | None = None, eligible: str = "default",
                  skip: Iterable[str] = (), subgradient: str = "svd", input_size=(1, 3, 32, 32),
-                 rank: RankPolicy | str | None = None):
+                 rank: RankPolicy | str | None = None, host_eigh: bool = True):
         super().__init__(model)
         self.scheme = self._matrix_scheme(scheme)
         if not 0.0 < float(energy) <= 1.0:
@@ -135,6 +140,7 @@ class TRP(Method):
         self.period = int(period or 0)
         self.nuclear = float(nuclear)
         self.subgradient = subgradient
+        self.host_linalg = bool(host_eigh)
         if self.subgradient == "projection" and self.nuclear and not self.period:
             raise ValueError("TRP: subgradient='projection' applies λ only after projections, but period=0 never "
                              "projects; use subgradient='svd' or 'newton_schulz' for nuclear-norm-only training")
@@ -227,22 +233,26 @@ class TRP(Method):
         """Step B now: replace every eligible weight by its truncated SVD keeping `energy` of Σσ².
 
         Returns the new ranks (for the decoupled scheme, the largest rank of the layer's filters) and logs
-        them in `rank_log`. The SVD also gives the next step's sub-gradient, so that step needs none.
+        them in `rank_log`. The decomposition (`linalg.gram_eigh`: the singular values and the smaller-side
+        singular vectors, which give both the truncation and U_r V_rᵀ) also gives the next step's
+        sub-gradient, so that step needs none.
         """
         pending = []
-        decs = [(group, group.matrices()) for group in self._groups]
-        decs = [(group, mats, linalg.svd(mats, names=group.names)) for group, mats in decs]
+        decs = [(group, mats, linalg.gram_eigh(mats, names=group.names, host=self.host_linalg))
+                for group, mats in ((g, g.matrices()) for g in self._groups)]
         chosen = self._policy_projection_ranks(decs) if self.rank_policy is not None else None
-        for group, mats, (U, S, Vh) in decs:
+        for group, mats, dec in decs:
+            S = dec.S  # on the host: the ranks below need no device sync
             if chosen is None:
                 rank = linalg.energy_rank(S, self.energy)  # (layers,) or, decoupled, (layers, filters)
             else:  # one rank per layer, shared by a decoupled layer's filters
-                rank = torch.tensor([chosen[n] for n in group.names], device=S.device)
+                rank = torch.tensor([chosen[n] for n in group.names])
                 rank = rank.view(-1, *[1] * (S.dim() - 2)).expand(S.shape[:-1])
             keep = linalg.rank_mask(S, rank)
-            group.write(linalg.reconstruct(U, S * keep, Vh).to(mats.dtype))
-            if self.nuclear:
-                pending.append(_masked_polar(U, keep, Vh))
+            group.write(dec.apply(mats, keep))
+            if self.nuclear:  # U_r V_rᵀ = U_r Σ_r⁻¹ U_rᵀ W over the numerically non-zero kept directions
+                live = keep & (S > self.tol * S[..., :1])
+                pending.append(dec.apply(mats, torch.where(live, 1 / S, 0.0)))
             layer_rank = rank if rank.dim() == 1 else rank.amax(-1)
             for name, r in zip(group.names, layer_rank.tolist()):
                 self._ranks[name] = r
@@ -255,7 +265,7 @@ class TRP(Method):
         """Ranks of the global `rank_policy` from the spectra just computed (one host sync per projection)."""
         requests = []
         for group, _, dec in decs:
-            for name, S in zip(group.names, dec.S.cpu()):
+            for name, S in zip(group.names, dec.S):
                 req = self._requests[name]
                 # decoupled: the (filters, k) spectra; per-layer rules take the rank the most demanding
                 # filter needs, FlopsBudget pools them

@@ -1,0 +1,155 @@
+"""TRP's projection (step B) on a CIFAR ResNet's eligible weights: three ways to decompose, timed side by side.
+
+- ``device SVD``: ``torch.linalg.svd`` of each group of equal-shaped weight forms on the weights' device
+  (cuSOLVER on a GPU), what `TRP.project` did before `linalg.gram_eigh`;
+- ``Gram eigh, host``: ``TRP(host_eigh=True).project()``: the float64 Gram matrices of the smaller side,
+  eigendecomposed by LAPACK on the host (one device sync per projection);
+- ``Gram eigh, device``: ``TRP(host_eigh=False).project()``: the same on the weights' device.
+
+Each path projects the same weights (the state TRP sees between projections: a projection at 90 % energy,
+then a small full-rank update), keeps 90 % of each weight's energy and, as in training with λ > 0, also
+forms the next step's sub-gradient U_r V_rᵀ. The paths run round-robin (one call of each in turn, the
+weights restored before every call, untimed) and the median is kept, so a machine shared with other work
+slows them alike. Error: the largest relative Frobenius distance of a projected weight to the float64 SVD
+truncation of the same weight at the same rank; "ranks differ" counts layers whose energy rank differs from
+the float64 one.
+
+    PYTHONPATH=src python benchmarks/trp_projection.py --threads 1
+    PYTHONPATH=src python3 benchmarks/trp_projection.py --device cuda --commit SHA   # the GPU machine
+
+Results go to benchmarks/results/trp_projection_<device>.md and, with $OUT set, to $OUT too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import lrtrain as lr
+from lrtrain import linalg
+from lrtrain.methods.trp import TRP, _masked_polar
+from lrtrain.provenance import commit, device_label
+
+from bench_common import device_slug, sync, write_result
+from trp_subgradient import as_in_training
+
+RESULTS = Path(__file__).parent / "results"
+ENERGY = 0.9
+
+
+@torch.no_grad()
+@linalg.full_precision()
+def device_svd_projection(method: TRP) -> None:
+    """The SVD way: a batched SVD of each group on the weights' device, truncation and U_r V_rᵀ from it."""
+    for group in method._groups:
+        mats = group.matrices()
+        U, S, Vh = linalg.svd(mats, names=group.names)
+        keep = linalg.rank_mask(S, linalg.energy_rank(S, ENERGY))
+        group.write(linalg.reconstruct(U, S * keep, Vh).to(mats.dtype))
+        _masked_polar(U, keep, Vh)
+        keep.sum(-1).tolist()  # the ranks go to the rank log, on the host
+
+
+def run(model_name: str, scheme: str, repeats: int, device: torch.device) -> tuple[list[dict], int, str]:
+    torch.manual_seed(0)
+    model = lr.models.create(model_name).to(device)
+    methods = {host: TRP(model, scheme=scheme, energy=ENERGY, nuclear=3e-4, period=0, eligible="official",
+                         subgradient="svd", host_eigh=host) for host in (True, False)}
+    probe = methods[True]
+    convs = [model.get_submodule(n) for n in probe.layers]
+    as_in_training(TRP(model, scheme=scheme, energy=ENERGY, nuclear=0.0, eligible="official"), convs)
+    start = [c.weight.detach().clone() for c in convs]
+    references = []
+    for w in start:
+        mat = probe.scheme.to_matrix(w.double())
+        U, S, Vh = torch.linalg.svd(mat, full_matrices=False)
+        rank = linalg.energy_rank(S, ENERGY)
+        references.append((linalg.reconstruct(U, S * linalg.rank_mask(S, rank), Vh), rank))
+    paths = {
+        "device SVD (before)": lambda: device_svd_projection(probe),
+        "Gram eigh, host (TRP default)": methods[True].project,
+        "Gram eigh, device": methods[False].project,
+    }
+    times: dict[str, list[float]] = {label: [] for label in paths}
+    errs: dict[str, tuple[float, int]] = {}
+    for i in range(repeats + 1):  # the first round warms up (cuSOLVER handles, LAPACK) and is not timed
+        for label, path in paths.items():
+            with torch.no_grad():
+                for c, w in zip(convs, start):
+                    c.weight.copy_(w)
+            sync(device)
+            t0 = time.perf_counter()
+            path()
+            sync(device)
+            if i:
+                times[label].append(time.perf_counter() - t0)
+            else:
+                errs[label] = projection_error(convs, probe, references)
+        for m in methods.values():
+            m.rank_log.clear()
+    base = statistics.median(times["device SVD (before)"])
+    rows = [{"path": label, "ms": 1e3 * statistics.median(t), "speedup": base / statistics.median(t),
+             "error": errs[label][0], "ranks": errs[label][1]} for label, t in times.items()]
+    shapes = ", ".join(f"{len(g.names)}×{tuple(g.matrices().shape[1:])}" for g in probe._groups)
+    return rows, len(convs), shapes
+
+
+def projection_error(convs, method: TRP, references) -> tuple[float, int]:
+    worst, differ = 0.0, 0
+    for c, (ref, rank) in zip(convs, references):
+        got = method.scheme.to_matrix(c.weight.detach().double())
+        worst = max(worst, float((got - ref).norm() / ref.norm()))
+        mine = linalg.energy_rank(torch.linalg.svdvals(got), 1.0 - 1e-9)  # the rank the projection left
+        differ += int((mine.amax() != rank.amax()).item()) if mine.dim() else int(mine.item() != rank.item())
+    return worst, differ
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--schemes", nargs="+", default=["channel", "spatial", "decoupled"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", type=Path, help="results file (default: results/trp_projection_<device>.md)")
+    parser.add_argument("--commit", help="the commit measured (default: git's; the GPU machine has no .git)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lines = [
+        "# TRP projection (step B): device SVD vs float64 Gram eigendecomposition on the host or the device",
+        "",
+        f"- device: {device_label(device, torch.get_num_threads())}",
+        f"- command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
+        f"- commit: {args.commit or commit()}",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- protocol: TRP's official eligibility, weights as between two projections (projected to 90 % energy, "
+        f"then a full-rank step of relative size 1e-3); each call projects every eligible weight to 90 % energy "
+        f"and forms U_r V_rᵀ; median of {args.repeats} round-robin calls; error = largest ‖W' − W_r‖_F / ‖W_r‖_F "
+        f"against the float64 SVD truncation W_r; a GPU timing includes the path's device syncs.",
+        "",
+    ]
+    for model_name, scheme in itertools.product(args.models, args.schemes):
+        rows, layers, shapes = run(model_name, scheme, args.repeats, device)
+        lines += [f"## {model_name}, {scheme} scheme: {layers} weights ({shapes})", "",
+                  "| path | time (ms) | speed-up vs device SVD | max error vs float64 truncation | ranks differ |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['path']} | {r['ms']:.2f} | {r['speedup']:.2f}× | {r['error']:.1e} | {r['ranks']} |"
+                  for r in rows]
+        lines.append("")
+        print("\n".join(lines[-len(rows) - 5:]), flush=True)
+    text = "\n".join(lines)
+    write_result(args.out or RESULTS / f"trp_projection_{device_slug(device)}.md", text)
+    print(f"wrote {args.out or RESULTS / f'trp_projection_{device_slug(device)}.md'}")
+
+
+if __name__ == "__main__":
+    main()
