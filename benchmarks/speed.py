@@ -26,9 +26,10 @@ results beside this one's.
     PYTHONPATH=src python benchmarks/speed.py --threads 2            # CPU: a few minutes
     PYTHONPATH=src python3 benchmarks/speed.py --budget 420          # the GPU machine (benchmarks/gpu/README.md)
 
-Writes benchmarks/results/speed_<device>.md, rewritten after every section and every B.3 column (so a run
-stopped by its budget or its call's limit keeps what it measured; with $OUT set a copy goes there), and
-refreshes the index benchmarks/results/speed.md. ``--budget`` is checked before every section, model and
+Writes benchmarks/results/speed_<section>_<device>.md (section: train, inference, throughput; a run of
+some sections leaves the others' files alone), rewritten after every B.3 column (so a run stopped by its
+budget or its call's limit keeps what it measured; with $OUT set a copy goes there), and refreshes the
+index benchmarks/results/speed.md. ``--budget`` is checked before every section, model and
 column, and before each compilation of B.3's compiled column.
 """
 
@@ -89,9 +90,8 @@ class Report:
     """The results file, rewritten after every section (B.3: every column) so that a stopped run keeps what
     it measured."""
 
-    def __init__(self, path: Path, header: list[str], budget: float | None):
-        self.path, self.sections = path, [header]
-        self.deadline = None if budget is None else time.monotonic() + budget
+    def __init__(self, path: Path, header: list[str], deadline: float | None):
+        self.path, self.sections, self.deadline = path, [header], deadline
 
     def over_budget(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -452,7 +452,10 @@ def throughput(args, device: torch.device, report: Report) -> None:
 
 def write_index() -> None:
     """benchmarks/results/speed.md: every speed result file, this script's and the related benchmarks'."""
-    groups = [("B.1, B.3, B.4 (benchmarks/speed.py)", "speed_*.md"),
+    groups = [("B.1 training step vs dense (benchmarks/speed.py)", "speed_train_*.md"),
+              ("B.3 compact-model latency vs dense (benchmarks/speed.py)", "speed_inference_*.md"),
+              ("B.4 trainer vs a plain PyTorch loop (benchmarks/speed.py)", "speed_throughput_*.md"),
+              ("TRP projection paths (benchmarks/trp_projection.py)", "trp_projection_*.md"),
               ("B.2 TRP's nuclear sub-gradient paths (benchmarks/trp_subgradient.py)", "trp_subgradient_*.md"),
               ("ELRT step time per layer kind (benchmarks/elrt_step.py)", "elrt_step_*.md"),
               ("Trainer speed options (benchmarks/train_throughput.py)", "train_throughput_*.md")]
@@ -461,6 +464,13 @@ def write_index() -> None:
         files = sorted(RESULTS.glob(pattern))
         lines += [f"- {title}: " + (", ".join(f"[{f.name}]({f.name})" for f in files) or "none yet")]
     (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+
+
+SECTIONS = {
+    "train": (train_steps, "B.1 Speed: each method's training step vs dense (issue 8)"),
+    "inference": (inference, "B.3 Speed: compact-model latency vs dense (issue 8)"),
+    "throughput": (throughput, "B.4 Speed: our trainer vs a plain PyTorch loop (issue 8)"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -496,23 +506,28 @@ def main(argv: list[str] | None = None) -> None:
         args.workers = 8 if device.type == "cuda" else 0
     raise_recompile_limit()
     started = time.monotonic()
-    report = Report(RESULTS / f"speed_{device_slug(device)}.md", [
-        "# Speed: each method's cost, measured side by side (issue 8, part B)", "",
+    deadline = None if args.budget is None else started + args.budget
+    header = [
         f"- device: {device_name(device)}" + (f"; CPU {cpu_name()}" if device.type == "cpu" else ""),
         f"- command: `python {' '.join(sys.argv)}`",
         f"- commit: {args.commit or commit()}",
         f"- date: {today()}",
-        f"- torch {torch.__version__}" + (f"; {args.note}" if args.note else "")], args.budget)
-    sections = {"train": train_steps, "inference": inference, "throughput": throughput}
+        f"- torch {torch.__version__}" + (f"; {args.note}" if args.note else "")]
+    written = []
     # The trainers' run folder: they write ranks.csv there when a method projects.
     with tempfile.TemporaryDirectory(prefix="lrtrain-speed-") as args.scratch:
         for name in args.sections:
+            # one file per section, so that a run of some sections leaves the others' results alone
+            run, title = SECTIONS[name]
+            report = Report(RESULTS / f"speed_{name}_{device_slug(device)}.md", [f"# {title}", "", *header],
+                            deadline)
             if report.over_budget():
-                report.add([f"(section {name} skipped: the {args.budget:.0f} s budget was spent)"])
+                print(f"section {name} skipped: the {args.budget:.0f} s budget was spent", flush=True)
                 continue
-            sections[name](args, device, report)
+            run(args, device, report)
+            written.append(report.path.name)
     write_index()
-    print(f"wrote {report.path} and {RESULTS / 'speed.md'} in {time.monotonic() - started:.0f} s")
+    print(f"wrote {', '.join(written)} and speed.md in {RESULTS} in {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def test_result_files_and_speed_sections_are_copied_to_out(tmp_path, monkeypatch
 
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     (tmp_path / "out").mkdir()
-    report = speed.Report(tmp_path / "results" / "speed_x.md", ["# header"], budget=None)
+    report = speed.Report(tmp_path / "results" / "speed_x.md", ["# header"], deadline=None)
     report.add(["## A", "a"])
     report.add(["## B", "first"])
     report.update(["## B", "fuller"])
@@ -168,3 +168,22 @@ def test_speed_inference_writes_each_column_and_stops_at_the_budget(monkeypatch)
     nets = {"dense": speed.models.create("resnet20").eval(), "half": speed.models.create("resnet20").eval()}
     checks = Namespace(over_budget=iter([False, True]).__next__)
     assert list(speed.gpu_latencies(nets, torch.device("cpu"), args, False, checks)) == ["dense"]
+
+
+def test_speed_writes_one_file_per_section_and_a_later_run_of_one_keeps_the_others(tmp_path, monkeypatch):
+    import speed
+
+    monkeypatch.setattr(speed, "RESULTS", tmp_path)
+
+    def fake(label):
+        return lambda args, device, report: report.add([f"## {label} measured at {args.commit}"])
+
+    monkeypatch.setattr(speed, "SECTIONS", {name: (fake(name), f"{name} title") for name in speed.SECTIONS})
+    speed.main(["--device", "cpu", "--threads", "1", "--commit", "first"])
+    speed.main(["--device", "cpu", "--threads", "1", "--sections", "inference", "--commit", "second"])
+    train, inference = (tmp_path / "speed_train_cpu.md").read_text(), (tmp_path / "speed_inference_cpu.md").read_text()
+    assert train.startswith("# train title") and "## train measured at first" in train
+    assert "- commit: second" in inference and "## inference measured at second" in inference
+    assert "first" not in inference and (tmp_path / "speed_throughput_cpu.md").exists()
+    index = (tmp_path / "speed.md").read_text()
+    assert "[speed_train_cpu.md](speed_train_cpu.md)" in index and "speed_inference_cpu.md" in index
