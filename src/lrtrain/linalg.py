@@ -138,11 +138,13 @@ def gram_eigh(a: Tensor, names: list[str] | None = None, host: bool = True) -> G
     """Singular values and the smaller-side singular vectors of a (batch of) matrices, from the
     eigendecomposition of the float64 Gram matrix (``A·Aᵀ`` or ``Aᵀ·A``).
 
-    Far cheaper than an SVD for a CNN's weight forms (k ≤ 192, one side often 9× the other): one small
-    product on the device, then, with ``host`` (the default), one copy of the k×k Gram matrices to the
-    host and a LAPACK ``syevd`` there, on one thread; the device waits for that once, where a GPU SVD
-    (cuSOLVER) of these shapes takes milliseconds per matrix. float64 keeps every σ above ~1e-7·σ₁ exact to
-    float32 round-off. A matrix holding NaN or Inf raises `NonFiniteError` (naming ``names`` as `svd` does).
+    Cheaper than an SVD of a CNN's weight forms, whose smaller side is short (CIFAR: k ≤ 192, often 9×
+    shorter than the other): one small product on the device, then, with ``host`` (the default), one copy
+    of the k×k Gram matrices to the host and a LAPACK ``syevd`` there (on one thread for k ≤ 256), so the
+    device is waited for once and the singular values arrive on the host, where rank rules read them.
+    benchmarks/trp_projection.py times it against a batched SVD on the device. float64 keeps every σ above
+    ~1e-7·σ₁ exact to float32 round-off. A matrix holding NaN or Inf raises `NonFiniteError` (naming
+    ``names`` as `svd` does).
     """
     left = a.shape[-2] <= a.shape[-1]
     a64 = a.double()
@@ -151,7 +153,8 @@ def gram_eigh(a: Tensor, names: list[str] | None = None, host: bool = True) -> G
         gram = gram.cpu()
     if not bool(torch.isfinite(gram).all()):
         raise NonFiniteError(_nonfinite_message(a, names))
-    with _one_thread() if gram.device.type == "cpu" else contextlib.nullcontext():
+    small = gram.device.type == "cpu" and gram.shape[-1] <= 256  # ImageNet widths keep torch's threads
+    with _one_thread() if small else contextlib.nullcontext():
         eigenvalues, vectors = torch.linalg.eigh(gram)
     S = eigenvalues.flip(-1).clamp_min(0).sqrt().cpu()
     return GramEigh(vectors.flip(-1).to(device=a.device, dtype=a.dtype), S, left)
