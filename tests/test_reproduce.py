@@ -11,6 +11,7 @@ import io
 import os
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,33 @@ def test_make_seed_holds_the_selected_unfinished_runs_and_marks_the_finished_one
     assert {p.name for p in gpu.iterdir()} == {"resnet56_dense", "resnet56_lrpet"}
     assert reproduce.progress(gpu / "resnet56_dense") == (1, 0)  # a call seeded so does not train it again
     assert reproduce.progress(gpu / "resnet56_lrpet") == (0, 7)
+
+
+def test_list_says_how_far_each_unfinished_run_got(calls, tmp_path, capsys):
+    d, _ = calls
+    reproduce.main([*TINY, "--runs", *RUNS, "--root", str(d / "first"), "--list"])
+    out = capsys.readouterr().out
+    with open(d / "first" / "resnet20_dense" / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert f"epoch {last['epoch']}/10, test {float(last['test_acc']):.2f} % (best " in out
+    (tmp_path / "bare" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "bare" / "checkpoints" / "step_000000012.pt").write_bytes(b"")
+    assert reproduce.where(tmp_path / "bare") == "step 12" and reproduce.where(tmp_path / "none") == "not started"
+
+
+def test_gpu_monitor_summarizes_nvidia_smi_samples(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '40, 1000\\n80, 3000\\n[N/A], 5\\n'\nsleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monitor = reproduce.GpuMonitor()
+    try:
+        for _ in range(100):
+            if len(monitor.samples) == 2:
+                break
+            time.sleep(0.05)
+        assert monitor.summary() == "GPU utilization 60 % mean, 40-80 % over 2 samples; memory up to 3000 MiB"
+    finally:
+        monitor.stop()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert reproduce.GpuMonitor().summary() is None
