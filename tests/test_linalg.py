@@ -161,19 +161,34 @@ def test_full_precision_sets_ieee_matmuls_inside_and_restores_the_callers_choice
         torch.set_float32_matmul_precision(saved)
 
 
+def test_full_precision_also_works_when_the_caller_set_tf32_per_backend():
+    matmul = torch.backends.cuda.matmul
+    saved_legacy, saved = torch.get_float32_matmul_precision(), matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"  # torch's newer API: the legacy getter raises from now on
+        with linalg.full_precision():
+            assert matmul.fp32_precision == "ieee" and torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+            linalg.gram_eigh(torch.randn(2, 3, 5))
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = saved
+        torch.set_float32_matmul_precision(saved_legacy)
+
+
 def test_the_methods_linear_algebra_runs_without_tf32_when_training_allows_it(monkeypatch):
     from lrtrain import LRPET, TRP, models
 
     seen = []
-    reconstruct = linalg.reconstruct
-    monkeypatch.setattr(linalg, "reconstruct", lambda *a: seen.append(torch.get_float32_matmul_precision())
-                        or reconstruct(*a))
+    reconstruct, gram_eigh = linalg.reconstruct, linalg.gram_eigh
+    precision = torch.get_float32_matmul_precision
+    monkeypatch.setattr(linalg, "reconstruct", lambda *a: seen.append(("LRPET", precision())) or reconstruct(*a))
+    monkeypatch.setattr(linalg, "gram_eigh", lambda *a, **k: seen.append(("TRP", precision())) or gram_eigh(*a, **k))
     saved = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")  # what the trainer sets on a GPU
         LRPET(models.create("resnet20"), goal=0.5, period=1).project()
         TRP(models.create("resnet20"), period=1).project()
-        assert seen and set(seen) == {"highest"}
+        assert set(seen) == {("LRPET", "highest"), ("TRP", "highest")}
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(saved)

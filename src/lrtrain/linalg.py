@@ -33,12 +33,26 @@ def full_precision() -> Iterator[None]:
     numerical ranks, Newton–Schulz polar factors and every reconstruction would then be wrong. The
     methods' hooks and `surgery.factorize` run under this (as a context or a decorator).
     """
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    try:
+        saved = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller chose per backend (torch.backends.cuda.matmul.fp32_precision = ...)
+        saved = None
+    if saved is not None:
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(saved)
+        return
+    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
+    values = [b.fp32_precision for b in backends]
+    for b in backends:
+        b.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(saved)
+        for b, value in zip(backends, values):
+            b.fp32_precision = value
 
 
 class NonFiniteError(ValueError):
