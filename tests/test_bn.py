@@ -49,3 +49,11 @@ def test_an_epoch_end_right_after_a_projection_is_evaluated_with_fresh_statistic
     assert last_fresh["test_loss"] != last_stale["test_loss"]
     assert last_stale["test_loss"] == pytest.approx(stale.evaluate()["test_loss"], rel=1e-6)
     assert last_fresh["test_loss"] == pytest.approx(fresh.evaluate(fresh._fresh_bn_copy())["test_loss"], rel=1e-6)
+
+
+def test_recalibration_leaves_the_random_streams_of_training_alone():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    recalibrate_bn(model, iter([(torch.ones(2, 3, 6, 6), None)] * 3), steps=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the dropout drew from a fork

@@ -189,7 +189,7 @@ def test_folder_without_train_and_val_is_explained(tmp_path):
         build_data(_sample_cfg(name="folder", dir=str(tmp_path)), device=torch.device("cpu"))
 
 
-def test_folder_crops_are_the_same_on_resume_and_with_any_number_of_workers(tmp_path):
+def test_folder_crops_are_the_same_on_resume_and_with_any_number_of_workers(tmp_path, monkeypatch):
     from PIL import Image
 
     for split in ("train", "val"):
@@ -212,5 +212,7 @@ def test_folder_crops_are_the_same_on_resume_and_with_any_number_of_workers(tmp_
     other_epoch = [x for x, _ in loader(0).batches(epoch=2)]
     assert not all(torch.equal(a, b) for a, b in zip(whole, other_epoch))
     state = torch.get_rng_state()
+    reseeded = []  # CUDA's generators too: torch.manual_seed would reseed them, outside the fork
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
     next(loader(0).batches(epoch=0))
-    assert torch.equal(torch.get_rng_state(), state)  # loading in the training process leaves its RNG alone
+    assert torch.equal(torch.get_rng_state(), state) and reseeded == []  # the training process's RNGs untouched

@@ -56,7 +56,7 @@ class _SeededItems(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         with torch.random.fork_rng(devices=[]):  # without workers this is the training process's RNG
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed CUDA's too, unforked
             return self.dataset[index]
 
 

@@ -34,12 +34,16 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s
         m.momentum = None  # cumulative moving average: the plain mean over the batches seen
     model.train()
     used = 0
+    # Dropout draws in train mode: forked, the run's random streams are the same with or without this pass.
+    cuda = [p.device for p in model.parameters() if p.is_cuda][:1]
     try:
-        for images, _ in itertools.islice(batches, steps):
-            device_type = images.device.type
-            with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                model(images)
-            used += 1
+        with torch.random.fork_rng(devices=cuda):
+            for images, _ in itertools.islice(batches, steps):
+                device_type = images.device.type
+                with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16,
+                                    enabled=autocast_dtype is not None):
+                    model(images)
+                used += 1
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
