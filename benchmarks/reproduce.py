@@ -265,12 +265,16 @@ def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = ()) 
                     pass
     data = buffer.getvalue()
     dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob(PACK_NAME + ".*"):
-        old.unlink()
+    # Written aside, then renamed over the previous pack: a call cut off meanwhile still returns a whole pack
+    # (a rename is atomic; between the renames of a pack of several pieces there is a window of microseconds).
     pieces = []
     for i in range(0, len(data), PIECE):
         pieces.append(dest / f"{PACK_NAME}.{i // PIECE:03d}")
-        pieces[-1].write_bytes(data[i:i + PIECE])
+        (dest / f".{pieces[-1].name}.part").write_bytes(data[i:i + PIECE])
+    for piece in pieces:
+        (dest / f".{piece.name}.part").replace(piece)
+    for old in set(dest.glob(PACK_NAME + ".*")) - set(pieces):
+        old.unlink()
     size = len(data) / 2**20
     warn = "  (over what a call carries or $OUT returns: fewer runs)" if size > 60 or len(pieces) > 8 else ""
     print(f"packed {len(names) + len(marks)} run(s) into {len(pieces)} piece(s) in {dest}, {size:.1f} MiB{warn}")

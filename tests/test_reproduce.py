@@ -262,3 +262,30 @@ def test_gpu_monitor_summarizes_nvidia_smi_samples(tmp_path, monkeypatch):
         monitor.stop()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert reproduce.GpuMonitor().summary() is None
+
+
+def test_a_pack_replaces_the_previous_one_whole_or_not_at_all(tmp_path, monkeypatch):
+    root, out = tmp_path / "root", tmp_path / "out"
+    for name, step in (("a", 3), ("b", 5)):
+        (_fake_run(root, name, step=step) / "checkpoints" / f"step_{step:09d}.pt").write_bytes(os.urandom(3000))
+    monkeypatch.setattr(reproduce, "PIECE", 4096)
+    reproduce.pack(root, ["a", "b"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 3 and _tar_names(out) == {"a/checkpoints/step_000000003.pt", "b/checkpoints/step_000000005.pt"}
+
+    real_write = Path.write_bytes
+
+    def cut_off_at_the_second_piece(self, data):
+        if self.name.endswith(".001.part"):
+            raise KeyboardInterrupt  # the call's limit, in the middle of the writes
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", cut_off_at_the_second_piece)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.pack(root, ["b", "a"], out)
+    assert {p.name: p.read_bytes() for p in out.glob(reproduce.PACK_NAME + ".*")} == before
+    monkeypatch.setattr(Path, "write_bytes", real_write)
+    monkeypatch.setattr(reproduce, "PIECE", 8192)
+    pieces = reproduce.pack(root, ["a"], out)  # fewer pieces: the old ones past its own are gone, no part is left
+    assert len(pieces) < len(before) and sorted(out.iterdir()) == sorted(pieces)
+    assert _tar_names(out) == {"a/checkpoints/step_000000003.pt"}
