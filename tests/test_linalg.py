@@ -179,10 +179,11 @@ def test_the_methods_linear_algebra_runs_without_tf32_when_training_allows_it(mo
     from lrtrain import LRPET, TRP, models
 
     seen = []
-    reconstruct, gram_eigh = linalg.reconstruct, linalg.gram_eigh
+    reconstruct, gram_eigh_many = linalg.reconstruct, linalg.gram_eigh_many
     precision = torch.get_float32_matmul_precision
     monkeypatch.setattr(linalg, "reconstruct", lambda *a: seen.append(("LRPET", precision())) or reconstruct(*a))
-    monkeypatch.setattr(linalg, "gram_eigh", lambda *a, **k: seen.append(("TRP", precision())) or gram_eigh(*a, **k))
+    monkeypatch.setattr(linalg, "gram_eigh_many", lambda *a, **k: seen.append(("TRP", precision()))
+                        or gram_eigh_many(*a, **k))
     saved = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")  # what the trainer sets on a GPU
@@ -230,3 +231,15 @@ def test_gram_eigh_names_the_layer_holding_nan():
     mats[1, 0, 0] = float("inf")
     with pytest.raises(linalg.NonFiniteError, match=r"^b: the weight contains NaN or Inf values"):
         linalg.gram_eigh(mats, names=["a", "b", "c"])
+
+
+def test_gram_eigh_many_equals_one_call_per_group_and_names_the_bad_layer():
+    g = torch.Generator().manual_seed(2)
+    mats = [torch.randn(3, 16, 144, generator=g), torch.randn(2, 96, 48, generator=g), torch.randn(8, 16, 9, generator=g)]
+    for dec, a in zip(linalg.gram_eigh_many(mats), mats, strict=True):
+        one = linalg.gram_eigh(a)
+        assert dec.left == one.left and torch.equal(dec.S, one.S) and torch.equal(dec.basis, one.basis)
+    assert linalg.gram_eigh_many([]) == []
+    mats[1][1, 0, 0] = float("nan")
+    with pytest.raises(linalg.NonFiniteError, match=r"^y: the weight contains NaN"):
+        linalg.gram_eigh_many(mats, [["a", "b", "c"], ["x", "y"], None])

@@ -130,7 +130,7 @@ class GramEigh(NamedTuple):
     def apply(self, a: Tensor, scale: Tensor) -> Tensor:
         """``U diag(scale) Uᵀ A`` (left) or ``A V diag(scale) Vᵀ``: a mask of kept directions gives A's
         truncation, ``mask / S`` the polar factor ``U_r V_rᵀ``, ``S' / S`` the matrix with singular values S'."""
-        s = scale.to(device=a.device, dtype=a.dtype)
+        s = _to(scale.to(a.dtype), a.device)
         if self.left:
             return (self.basis * s.unsqueeze(-2)) @ (self.basis.mT @ a)
         return ((a @ self.basis) * s.unsqueeze(-2)) @ self.basis.mT
@@ -150,28 +150,54 @@ def _one_thread() -> Iterator[None]:
 
 def gram_eigh(a: Tensor, names: list[str] | None = None, host: bool = True) -> GramEigh:
     """Singular values and the smaller-side singular vectors of a (batch of) matrices, from the
-    eigendecomposition of the float64 Gram matrix (``A·Aᵀ`` or ``Aᵀ·A``).
+    eigendecomposition of the float64 Gram matrix (``A·Aᵀ`` or ``Aᵀ·A``); `gram_eigh_many` for one call.
 
     Cheaper than an SVD of a CNN's weight forms, whose smaller side is short (CIFAR: k ≤ 192, often 9×
-    shorter than the other): one small product on the device, then, with ``host`` (the default), one copy
-    of the k×k Gram matrices to the host and a LAPACK ``syevd`` there (on one thread for k ≤ 256), so the
-    device is waited for once and the singular values arrive on the host, where rank rules read them.
-    benchmarks/trp_projection.py times it against a batched SVD on the device. float64 keeps every σ above
-    ~1e-7·σ₁ exact to float32 round-off. A matrix holding NaN or Inf raises `NonFiniteError` (naming
-    ``names`` as `svd` does).
+    shorter than the other): one small product on the device, then, with ``host`` (the default), a copy of
+    the k×k Gram matrices to the host and a LAPACK ``syevd`` there (on one thread for k ≤ 256), so the
+    singular values arrive on the host, where rank rules read them. benchmarks/trp_projection.py times it
+    against a batched SVD on the device. float64 keeps every σ above ~1e-7·σ₁ exact to float32 round-off.
+    A matrix holding NaN or Inf raises `NonFiniteError` (naming ``names`` as `svd` does).
     """
-    left = a.shape[-2] <= a.shape[-1]
-    a64 = a.double()
-    gram = a64 @ a64.mT if left else a64.mT @ a64
-    if host:
-        gram = gram.cpu()
-    if not bool(torch.isfinite(gram).all()):
-        raise NonFiniteError(_nonfinite_message(a, names))
-    small = gram.device.type == "cpu" and gram.shape[-1] <= 256  # ImageNet widths keep torch's threads
-    with _one_thread() if small else contextlib.nullcontext():
-        eigenvalues, vectors = torch.linalg.eigh(gram)
-    S = eigenvalues.flip(-1).clamp_min(0).sqrt().cpu()
-    return GramEigh(vectors.flip(-1).to(device=a.device, dtype=a.dtype), S, left)
+    return gram_eigh_many([a], None if names is None else [names], host)[0]
+
+
+def gram_eigh_many(mats: list[Tensor], names: list[list[str] | None] | None = None,
+                   host: bool = True) -> list[GramEigh]:
+    """`gram_eigh` of several (batches of) matrices, of any shapes, with one device-to-host copy of all
+    their Gram matrices and one host-to-device copy of all the singular vectors (asynchronous from pinned
+    memory): a training step waits for the device once, however many shape groups there are."""
+    lefts = [a.shape[-2] <= a.shape[-1] for a in mats]
+    grams = [a.double() @ a.double().mT if left else a.double().mT @ a.double() for a, left in zip(mats, lefts)]
+    if host and grams:
+        grams = _split_like(_to(torch.cat([g.flatten() for g in grams]), torch.device("cpu")), grams)
+    out = []
+    for i, (a, gram, left) in enumerate(zip(mats, grams, lefts)):
+        if not bool(torch.isfinite(gram).all()):
+            raise NonFiniteError(_nonfinite_message(a, None if names is None else names[i]))
+        small = gram.device.type == "cpu" and gram.shape[-1] <= 256  # ImageNet widths keep torch's threads
+        with _one_thread() if small else contextlib.nullcontext():
+            eigenvalues, vectors = torch.linalg.eigh(gram)
+        out.append((eigenvalues.flip(-1).clamp_min(0).sqrt().cpu(), vectors.flip(-1), left))
+    bases = [v for _, v, _ in out]
+    if host and mats and all(a.device == mats[0].device and a.dtype == mats[0].dtype for a in mats):
+        flat = torch.cat([v.to(mats[0].dtype).flatten() for v in bases])
+        bases = _split_like(_to(flat, mats[0].device), bases)
+    return [GramEigh(basis.to(device=a.device, dtype=a.dtype), S, left)
+            for a, basis, (S, _, left) in zip(mats, bases, out)]
+
+
+def _to(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device`; a host-to-GPU copy goes from pinned memory without blocking the host."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _split_like(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in like]), like)]
 
 
 def energy_rank(S: Tensor, energy: float) -> Tensor:

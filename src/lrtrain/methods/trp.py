@@ -106,8 +106,8 @@ class TRP(Method):
             projection always reuses the projection's SVD.
         input_size: input shape used to trace the model (eligibility, FLOPs of `finalize`).
         host_eigh: a projection decomposes each group's float64 Gram matrices with LAPACK on the host
-            (one device sync per projection, milliseconds for a CIFAR ResNet) rather than on the weights'
-            device (`linalg.gram_eigh`).
+            (the device is waited for once per projection; milliseconds for a CIFAR ResNet) rather than
+            on the weights' device (`linalg.gram_eigh_many`).
 
     Call `before_step` on unscaled gradients (after ``GradScaler.unscale_`` under fp16 AMP). With
     ``subgradient="svd"`` on CUDA, cuSOLVER may synchronize inside ``torch.linalg.svd``;
@@ -238,8 +238,9 @@ class TRP(Method):
         sub-gradient, so that step needs none.
         """
         pending = []
-        decs = [(group, mats, linalg.gram_eigh(mats, names=group.names, host=self.host_linalg))
-                for group, mats in ((g, g.matrices()) for g in self._groups)]
+        mats = [g.matrices() for g in self._groups]
+        decs = list(zip(self._groups, mats, linalg.gram_eigh_many(mats, [g.names for g in self._groups],
+                                                                  host=self.host_linalg)))
         chosen = self._policy_projection_ranks(decs) if self.rank_policy is not None else None
         for group, mats, dec in decs:
             S = dec.S  # on the host: the ranks below need no device sync
