@@ -1,11 +1,14 @@
 """Training throughput (images/s) of dense CIFAR ResNets with each speed option on and off, side by side.
 
     python benchmarks/train_throughput.py [--models resnet20 resnet56] [--steps 50] [--repeats 3]
+        [--compile-modes reduce-overhead]
 
 For every model it builds one `Trainer` per setting: the device's defaults (on a GPU channels_last,
 bf16 autocast and torch.compile are on; on a CPU all are off), each option flipped alone, and all of
-them flipped. The settings are then timed in interleaved rounds (so slow drifts of the machine hit all
-of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated images
+them flipped, and with ``--compile-modes`` the defaults compiled in other torch.compile modes (on a GPU,
+``reduce-overhead`` replays CUDA graphs, which takes away the per-kernel launch cost that a CIFAR ResNet's
+small convolutions may be bound by). The settings are then timed in interleaved rounds (so slow drifts of
+the machine hit all of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated images
 held on the device exactly like CIFAR-10, and the median round is reported. Evaluation is timed at
 batch 128 and at the default large batch. Results go to benchmarks/results/train_throughput_<device>.md
 (and, with $OUT set, a copy to $OUT: the GPU machine keeps nothing else; pass ``--commit SHA`` there, it has
@@ -56,9 +59,11 @@ def commit() -> str:
     return "unknown"
 
 
-def settings(device: torch.device, options: list[str]) -> list[tuple[str, dict[str, bool]]]:
+def settings(device: torch.device, options: list[str], modes: list[str] = ()) -> list[tuple[str, dict]]:
     default = {o: device.type == "cuda" for o in OPTIONS}
     out = [("default", default)]
+    # other torch.compile modes, the rest at the device's defaults (reduce-overhead: CUDA graphs)
+    out += [(f"torch.compile mode {mode}", {**default, "compile": True, "compile_mode": mode}) for mode in modes]
     for o in options:
         out.append((f"{OPTIONS[o]} {'off' if default[o] else 'on'}", {**default, o: not default[o]}))
     if len(options) > 1:
@@ -104,6 +109,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS),
                         help="options to flip (torch.compile on a CPU compiles for minutes)")
+    parser.add_argument("--compile-modes", nargs="+", default=[],
+                        choices=["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                        help="also time torch.compile in these modes (reduce-overhead: CUDA graphs; GPU only)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-batch-sizes", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--steps", type=int, default=50, help="timed steps per round")
@@ -123,7 +131,7 @@ def main() -> None:
     train_rows, eval_rows = [], []
     for name in args.models:
         trainers = {}
-        for label, flags in settings(device, args.options):
+        for label, flags in settings(device, args.options, args.compile_modes):
             cfg = resolve({"out_dir": run_dir, "model": {"name": name}, "data": {"batch_size": args.batch_size},
                            "train": {"device": str(device), "progress": False, **flags}})
             data = make_data(tensors, args.batch_size, max(args.eval_batch_sizes), flags["channels_last"], device)

@@ -187,3 +187,15 @@ def test_speed_writes_one_file_per_section_and_a_later_run_of_one_keeps_the_othe
     assert "first" not in inference and (tmp_path / "speed_throughput_cpu.md").exists()
     index = (tmp_path / "speed.md").read_text()
     assert "[speed_train_cpu.md](speed_train_cpu.md)" in index and "speed_inference_cpu.md" in index
+
+
+def test_train_throughput_times_other_compile_modes_on_top_of_the_devices_defaults():
+    import train_throughput
+
+    rows = dict(train_throughput.settings(torch.device("cuda"), ["amp"], ["reduce-overhead"]))
+    assert rows["default"] == {"channels_last": True, "amp": True, "compile": True}
+    assert rows["torch.compile mode reduce-overhead"] == {**rows["default"], "compile_mode": "reduce-overhead"}
+    assert rows["bf16 autocast off"]["amp"] is False and "compile_mode" not in rows["bf16 autocast off"]
+    cpu = dict(train_throughput.settings(torch.device("cpu"), [], ["max-autotune"]))
+    assert cpu["torch.compile mode max-autotune"] == {"channels_last": False, "amp": False, "compile": True,
+                                                      "compile_mode": "max-autotune"}
