@@ -33,7 +33,7 @@ carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
    overwrite it); ``--seed .data/seed`` (with the same ``--runs``) merges the carried runs in first, a run
    only where the carried copy is further along;
 3. each time a worker exits, the runs the call started are packed (again) into
-   ``$OUT/reproduce_runs.tar.NNN``, pieces of at most 15 MiB ($OUT returns at most 8 files of 16 MiB each,
+   ``$OUT/reproduce_runs.tar.NNN``, pieces of one gzip-compressed tar of at most 15 MiB each ($OUT returns at most 8 files of 16 MiB each,
    none deeper than 2 folders, so a run folder cannot come back as it is), holding each run's small files,
    its newest checkpoint when unfinished and compact.pt when finished (ResNet-56: 7 MB a checkpoint, 2-4 MB
    a compact model): a call cut off by its limit still returns what its workers finished. The root's
@@ -247,7 +247,8 @@ def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = ()) 
     """`names`' run folders, lean (see the module doc), and only the summary.json of the finished runs
     `marks`, as ``dest/reproduce_runs.tar.NNN`` pieces."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+    # gzip: ranks.csv (a row per layer per TRP projection: megabytes for a ResNet-56 run) shrinks tenfold
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
         for name in [*names, *marks]:
             run_dir = root / name
             finished = (run_dir / "summary.json").exists()
