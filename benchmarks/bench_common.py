@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+
+from lrtrain.provenance import commit, device_label
 
 
 def write_result(path: Path, text: str) -> None:
@@ -39,3 +44,27 @@ def raise_recompile_limit(limit: int = 64) -> None:
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), limit))
+
+
+def add_timing_args(parser: argparse.ArgumentParser, stem: str, repeats: int) -> None:
+    """The options of the timing scripts that compare paths round-robin on one device."""
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", type=Path, help=f"results file (default: results/{stem}_<device>.md)")
+    parser.add_argument("--commit", help="the commit measured (default: git's; the GPU machine has no .git)")
+
+
+def timing_header(title: str, args: argparse.Namespace) -> tuple[torch.device, list[str]]:
+    """Apply ``--device`` and ``--threads``; the results file's title and provenance lines."""
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device, [
+        f"# {title}",
+        "",
+        f"- device: {device_label(device, torch.get_num_threads())}",
+        f"- command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
+        f"- commit: {args.commit or commit()}",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+    ]

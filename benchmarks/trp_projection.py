@@ -23,10 +23,8 @@ Results go to benchmarks/results/trp_projection_<device>.md and, with $OUT set, 
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -35,9 +33,8 @@ import torch
 import lrtrain as lr
 from lrtrain import linalg
 from lrtrain.methods.trp import TRP, _masked_polar
-from lrtrain.provenance import commit, device_label
 
-from bench_common import device_slug, sync, write_result
+from bench_common import add_timing_args, device_slug, sync, timing_header, write_result
 from trp_subgradient import as_in_training
 
 RESULTS = Path(__file__).parent / "results"
@@ -115,22 +112,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     parser.add_argument("--schemes", nargs="+", default=["channel", "spatial", "decoupled"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--out", type=Path, help="results file (default: results/trp_projection_<device>.md)")
-    parser.add_argument("--commit", help="the commit measured (default: git's; the GPU machine has no .git)")
+    add_timing_args(parser, "trp_projection", repeats=9)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lines = [
-        "# TRP projection (step B): device SVD vs float64 Gram eigendecomposition on the host or the device",
-        "",
-        f"- device: {device_label(device, torch.get_num_threads())}",
-        f"- command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
-        f"- commit: {args.commit or commit()}",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+    device, lines = timing_header(
+        "TRP projection (step B): device SVD vs float64 Gram eigendecomposition on the host or the device", args)
+    lines += [
         f"- protocol: TRP's official eligibility, weights as between two projections (projected to 90 % energy, "
         f"then a full-rank step of relative size 1e-3); each call projects every eligible weight to 90 % energy "
         f"and forms U_r V_rᵀ; median of {args.repeats} round-robin calls; error = largest ‖W' − W_r‖_F / ‖W_r‖_F "

@@ -24,22 +24,19 @@ machine keeps nothing else).
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import lrtrain as lr
-from lrtrain.provenance import commit, device_label
 from lrtrain import linalg
 from lrtrain.methods.matrices import group_weights
 from lrtrain.methods.trp import TRP
 
-from bench_common import device_slug, sync, write_result
+from bench_common import add_timing_args, device_slug, sync, timing_header, write_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -143,22 +140,11 @@ def run_scheme(scheme_name: str, state: str, repeats: int,
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--out", type=Path, help="results file (default: results/trp_subgradient_<device>.md)")
-    parser.add_argument("--commit", help="the commit measured (default: git's; the GPU machine has no .git)")
+    add_timing_args(parser, "trp_subgradient", repeats=15)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lines = [
-        "# TRP nuclear sub-gradient on ResNet-56's eligible weights: per-layer SVD vs batched SVD vs Newton–Schulz",
-        "",
-        f"- device: {device_label(device, torch.get_num_threads())}",
-        f"- command: `PYTHONPATH=src python {' '.join(sys.argv)}`",
-        f"- commit: {args.commit or commit()}",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+    device, lines = timing_header("TRP nuclear sub-gradient on ResNet-56's eligible weights: per-layer SVD vs "
+                                  "batched SVD vs Newton–Schulz", args)
+    lines += [
         f"- protocol: ResNet-56 (Kaiming normal init, seed 0), TRP's default eligibility (every conv "
         f"but where factorizing cannot save FLOPs); each path adds U_r V_rᵀ (λ = 1) to the weights' gradients; "
         f"median of {args.repeats} round-robin calls; error = ‖G − R‖_F / ‖R‖_F per layer for the float64 "
