@@ -53,6 +53,7 @@ from torch import nn
 from lrtrain import export, models
 from lrtrain.config import load_recipe, resolve
 from lrtrain.data import make_sample
+from lrtrain.fold import fold_batchnorm
 from lrtrain.methods import create_method
 from lrtrain.metrics import count, latency
 from lrtrain.provenance import commit, cpu_name, today
@@ -314,6 +315,8 @@ def inference(args, device: torch.device, report: Report) -> None:
         dense_macs = count(dense).flops
         compacts = compact_models(model_name, args.runs_root)
         nets = {"dense": dense, **{label: net for label, net, _ in compacts}}
+        if args.fold_bn:  # the inference form: a compact model keeps a BN pass per layer whatever its rank
+            nets = {label: fold_batchnorm(net) for label, net in nets.items()}
         sources = {"dense": "—", **{label: src for label, _, src in compacts}}
         flops_speedup = {label: dense_macs / count(net).flops for label, net in nets.items()}
         measures = [(f"CPU b{batch}", lambda b=batch: cpu_latencies(nets, b, args)) for batch in args.cpu_batches]
@@ -336,7 +339,9 @@ def inference(args, device: torch.device, report: Report) -> None:
                     f"CPU: {cpu_name()}, {args.threads} thread(s) pinned to as many cores, fp32, median of "
                     f"{args.rounds} interleaved rounds of the median of {args.iters} forward passes. GPU: mean of "
                     f"{args.iters} forward passes in a loop, median of {args.rounds} rounds, bf16 weights and "
-                    f"inputs, channels_last.{cut}", "", *_table(header, rows)]
+                    f"inputs, channels_last. BatchNorm "
+                    f"{'folded into the convs (lrtrain.fold_batchnorm) in every model' if args.fold_bn else 'not folded'}."
+                    f"{cut}", "", *_table(header, rows)]
 
         # Written after every column: a call cut off by its limit keeps the columns measured.
         report.add(table())
@@ -486,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=20, help="forward passes per latency measurement (B.3)")
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"], help="B.3 and B.4 models")
     p.add_argument("--cpu-batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                   help="B.3 measures the models as trained, not with their BatchNorms folded into the convs")
     p.add_argument("--gpu-batch", type=int, default=256)
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile in B.1")
     p.add_argument("--workers", type=int, help="DataLoader workers of B.4's plain loop (default: 8 on CUDA, 0 on CPU)")

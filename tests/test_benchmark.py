@@ -149,10 +149,13 @@ def test_speed_inference_writes_each_column_and_stops_at_the_budget(monkeypatch)
     import speed
 
     args = Namespace(models=["resnet20", "resnet56"], cpu_batches=[1, 32], threads=1, rounds=1, iters=1,
-                     gpu_batch=2, budget=60, runs_root=Path("/nonexistent"))
+                     gpu_batch=2, budget=60, runs_root=Path("/nonexistent"), fold_bn=True)
     report = _Report()
 
+    measured = []
+
     def first_column_spends_the_budget(nets, batch, args):
+        measured.extend(nets.values())
         report.over = True
         return {label: 1e-3 for label in nets}
 
@@ -162,6 +165,8 @@ def test_speed_inference_writes_each_column_and_stops_at_the_budget(monkeypatch)
     first, skipped = report.sections
     header = next(line for line in first if line.startswith("| method"))
     assert "CPU b1 ms (speedup)" in header and "CPU b32" not in header and "budget ran out" in first[2]
+    assert "BatchNorm folded into the convs" in first[2] and len(measured) == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for net in measured for m in net.modules())
     assert skipped == ["(B.3 of resnet56 skipped: the 60 s budget was spent)"]
 
     # The GPU columns leave out the nets not prepared (compiled) in time; bf16 on the CPU stands in here.

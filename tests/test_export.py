@@ -157,3 +157,26 @@ def test_a_compact_model_loads_in_a_fresh_process_without_the_training_code(comp
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"  # neither the trainer nor the data pipeline was imported
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_cli_exports_with_batchnorm_folded_and_checks_against_the_unfolded_model(compact_file, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
+    out = tmp_path / f"folded.{fmt}"
+    assert cli.main(["export", str(compact_file), "--format", fmt, "-o", str(out), "--fold-bn"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith(f"wrote {out} ({fmt}, BatchNorm folded, example input 1x3x32x32;")
+    if "not checked" not in printed:
+        assert float(printed.rsplit(": ", 1)[1].rstrip(")")) < 1e-4
+    if fmt == "torchscript":
+        folded = str(torch.jit.load(str(out)).inlined_graph).count("aten::batch_norm")
+        unfolded = str(torch.jit.script(lr.load(compact_file)).inlined_graph).count("aten::batch_norm")
+        assert unfolded == 19 and folded == 1  # only the BN after the vanished conv (no conv to fold into) stays
+
+
+def test_cli_refuses_to_fold_into_a_state_dict(compact_file, tmp_path, capsys):
+    assert cli.main(["export", str(compact_file), "--format", "state_dict", "-o", str(tmp_path / "w.pt"),
+                     "--fold-bn"]) != 0
+    assert "--fold-bn changes the architecture" in capsys.readouterr().err
+    assert not (tmp_path / "w.pt").exists()

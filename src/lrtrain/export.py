@@ -62,6 +62,8 @@ LAYER_TYPES: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[dict],
                       lambda m: {"in_features": m.in_features, "out_features": m.out_features, "rank": m.rank,
                                  "bias": m.bias is not None},
                       lambda s: LowRankLinear(s["in_features"], s["out_features"], s["rank"], s["bias"])),
+    # a BatchNorm folded into its conv (`fold.fold_batchnorm`)
+    "Identity": (nn.Identity, lambda m: {}, lambda s: nn.Identity()),
     "Conv2d": (nn.Conv2d, _conv_spec,
                lambda s: nn.Conv2d(s["in_channels"], s["out_channels"], tuple(s["kernel_size"]), tuple(s["stride"]),
                                    tuple(s["padding"]), tuple(s["dilation"]), s["groups"], s["bias"])),

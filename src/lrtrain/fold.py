@@ -1,0 +1,69 @@
+"""BatchNorm folded into the conv before it, for inference.
+
+In eval mode a BatchNorm2d is an affine map per channel, ``y = s·x + t`` with ``s = γ/√(var + ε)`` and
+``t = β − s·mean``; when it only normalizes one conv's output it can be absorbed by that conv
+(``W ← s·W``, ``b ← s·b + t``) and the BN dropped. A compact model keeps one BN per factorized conv, after
+its last factor, so folding matters more there: a BN costs a pass over the layer's output whatever the rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import nn
+
+from .bn_pairs import conv_bn_pairs
+from .layers import LowRankConv2d
+from .surgery import replace_module
+
+
+def fold_batchnorm(model: nn.Module, input_size=(1, 3, 32, 32), inplace: bool = False) -> nn.Module:
+    """`model` with every foldable BatchNorm2d folded into its conv and replaced by ``nn.Identity``.
+
+        >>> import torch, lrtrain as lr
+        >>> model = lr.models.create("resnet20").eval()
+        >>> folded = lr.fold_batchnorm(model)
+        >>> sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        0
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> torch.allclose(folded(x), model(x), atol=1e-5)
+        True
+
+    A BN is folded when it is the only consumer of a conv's output (`bn_pairs.conv_bn_pairs`: plain,
+    1×1 and factorized convs alike; in a `LowRankConv2d` its last factor takes the bias) and keeps running
+    statistics. The result computes what ``model.eval()`` computes, up to float round-off, and is returned in
+    eval mode: it is for inference and export (training it would lose batch statistics). `input_size` is
+    used only when the model cannot be traced with torch.fx. With ``inplace=False`` (the default) `model`
+    is left as it was.
+    """
+    folded = model if inplace else copy.deepcopy(model)
+    owners = {f"{name}.factors.{len(m.factors) - 1}": m for name, m in folded.named_modules()
+              if isinstance(m, LowRankConv2d)}
+    for conv_name, bn_name in conv_bn_pairs(folded, input_size).items():
+        bn = folded.get_submodule(bn_name)
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue  # normalized by batch statistics even in eval mode: no fixed affine map to fold
+        _fold_into(folded.get_submodule(conv_name), bn)
+        replace_module(folded, bn_name, nn.Identity())
+        owner = owners.get(conv_name)
+        if owner is not None:  # its description (export.save) must say that its last factor has a bias now
+            owner.geometry = dataclasses.replace(owner.geometry, bias=True)
+    return folded.eval()
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = (bn.running_var.double() + bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    w = conv.weight
+    w.copy_((w.double() * scale.view(-1, *[1] * (w.dim() - 1))).to(w.dtype))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(shift.to(device=w.device, dtype=w.dtype))
+    else:
+        conv.bias.copy_((conv.bias.double() * scale + shift).to(conv.bias.dtype))

@@ -1,0 +1,92 @@
+"""Folding BatchNorm into convs for inference: same outputs, no BN left where one can go, savable."""
+
+import pytest
+import torch
+from torch import nn
+
+import lrtrain as lr
+from lrtrain import export
+from lrtrain.layers import LowRankConv2d
+
+
+def _random_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=g))
+                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+def _bns(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18", "vgg16"])
+def test_a_folded_dense_model_computes_the_same_without_any_batchnorm(name):
+    torch.manual_seed(0)
+    model = _random_statistics(lr.models.create(name, num_classes=10))
+    folded = lr.fold_batchnorm(model)
+    assert _bns(folded) == 0 and _bns(model) > 0 and not folded.training
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    before, after = lr.count(model), lr.count(folded)  # MACs count convs only; a BN's 4 vectors become a bias
+    assert after.flops == before.flops and after.params < before.params
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "tucker2"])
+def test_a_compact_model_folds_into_its_last_factors_and_saves_and_loads_folded(scheme, tmp_path):
+    torch.manual_seed(0)
+    compact = _random_statistics(lr.factorize(lr.models.create("resnet20"), rank="ratio:0.5", scheme=scheme))
+    folded = lr.fold_batchnorm(compact)
+    assert _bns(folded) == 0
+    lowrank = [m for m in folded.modules() if isinstance(m, LowRankConv2d)]
+    assert lowrank and all(m.geometry.bias and m.factors[-1].bias is not None for m in lowrank)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = compact(x)
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        export.save(folded, tmp_path / "folded.pt", "resnet20", 10)
+        torch.testing.assert_close(export.load(tmp_path / "folded.pt")(x), folded(x))
+
+
+def test_a_batchnorm_that_is_not_the_convs_only_consumer_stays():
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.other = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # the conv's output is used twice: folding would change the second use
+
+    model = _random_statistics(nn.Sequential(Branch(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)))
+    folded = lr.fold_batchnorm(model, input_size=(1, 3, 8, 8))
+    assert isinstance(folded[0].bn, nn.BatchNorm2d) and isinstance(folded[2], nn.Identity)
+    assert folded[1].bias is not None and model[1].bias is not None and _bns(model) == 2  # the original is untouched
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_statistics_batchnorm_is_not_folded_and_inplace_folds_the_model_itself():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, track_running_stats=False),
+                          nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4))
+    folded = lr.fold_batchnorm(_random_statistics_safe(model), input_size=(1, 3, 8, 8), inplace=True)
+    assert folded is model
+    assert isinstance(model[1], nn.BatchNorm2d) and isinstance(model[3], nn.Identity)
+    assert model[0].bias is None and model[2].bias is not None
+
+
+def _random_statistics_safe(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
+                m.running_var.fill_(2.0)
+    return model.eval()
