@@ -315,7 +315,7 @@ def inference(args, device: torch.device, report: Report) -> None:
         dense_macs = count(dense).flops
         compacts = compact_models(model_name, args.runs_root)
         nets = {"dense": dense, **{label: net for label, net, _ in compacts}}
-        if args.fold_bn:  # the inference form: a compact model keeps a BN pass per layer whatever its rank
+        if args.fold_bn:  # the inference form, for dense and compact alike
             nets = {label: fold_batchnorm(net) for label, net in nets.items()}
         sources = {"dense": "—", **{label: src for label, _, src in compacts}}
         flops_speedup = {label: dense_macs / count(net).flops for label, net in nets.items()}

@@ -2,8 +2,8 @@
 
 In eval mode a BatchNorm2d is an affine map per channel, ``y = s·x + t`` with ``s = γ/√(var + ε)`` and
 ``t = β − s·mean``; when it only normalizes one conv's output it can be absorbed by that conv
-(``W ← s·W``, ``b ← s·b + t``) and the BN dropped. A compact model keeps one BN per factorized conv, after
-its last factor, so folding matters more there: a BN costs a pass over the layer's output whatever the rank.
+(``W ← s·W``, ``b ← s·b + t``) and the BN dropped, saving a pass over the layer's output. A factorized conv
+keeps its BN after its last factor, which takes the fold.
 """
 
 from __future__ import annotations
