@@ -26,7 +26,11 @@ results beside this one's.
     PYTHONPATH=src python benchmarks/speed.py --threads 2            # CPU: a few minutes
     PYTHONPATH=src python3 benchmarks/speed.py --budget 420          # the GPU machine (benchmarks/gpu/README.md)
 
-Writes benchmarks/results/speed_<section>_<device>.md (section: train, inference, throughput; a run of
+- **B.3, deployed** (``--sections deploy``, CPU only): each compact model as `lr.deploy` leaves it for this
+  CPU at each batch size (a factorized conv kept only where it times faster than its dense form) beside
+  the model as trained, both with BatchNorm folded.
+
+Writes benchmarks/results/speed_<section>_<device>.md (section: train, inference, deploy, throughput; a run of
 some sections leaves the others' files alone), rewritten after every B.3 column (so a run stopped by its
 budget or its call's limit keeps what it measured; with $OUT set a copy goes there), and refreshes the
 index benchmarks/results/speed.md. ``--budget`` is checked before every section, model and
@@ -53,6 +57,7 @@ from torch import nn
 from lrtrain import export, models
 from lrtrain.config import load_recipe, resolve
 from lrtrain.data import make_sample
+from lrtrain.deployment import deploy
 from lrtrain.fold import fold_batchnorm
 from lrtrain.methods import create_method
 from lrtrain.metrics import count, latency
@@ -375,6 +380,39 @@ def inference(args, device: torch.device, report: Report) -> None:
             report.update(table() + profiles)
 
 
+# -- B.3, deployed ------------------------------------------------------------------------------------
+
+def deployed(args, device: torch.device, report: Report) -> None:
+    """Each compact model as measured (BN folded) and as `lr.deploy` leaves it for this CPU at each batch
+    size: its factorized convs kept only where they time faster than their dense form."""
+    for i, model_name in enumerate(args.models):
+        if report.over_budget():
+            report.add([f"(deploy of {', '.join(args.models[i:])} skipped: the {args.budget:.0f} s budget was spent)"])
+            return
+        dense = fold_batchnorm(models.create(model_name).eval())
+        dense_macs = count(dense).flops
+        rows = []
+        for batch in args.cpu_batches:
+            nets, kept = {"dense": dense}, {}
+            with pinned(args.threads):
+                for label, net, _ in compact_models(model_name, args.runs_root):
+                    nets[label] = fold_batchnorm(net)
+                    nets[f"{label}, deployed"], choices = deploy(net, (batch, 3, 32, 32))
+                    kept[f"{label}, deployed"] = f"{sum(c.factorized for c in choices)}/{len(choices)}"
+            times = cpu_latencies(nets, batch, args)
+            rows += [[f"b{batch}", label, kept.get(label, "—"), f"{count(net).flops / 1e6:.1f}",
+                      f"{dense_macs / count(net).flops:.2f}x", f"{1000 * times[label]:.2f}",
+                      f"{times['dense'] / times[label]:.2f}x"] for label, net in nets.items()]
+        report.add([f"## B.3 Deployed for this CPU: {model_name}", "",
+                    f"CPU: {cpu_name()}, {args.threads} thread(s) pinned, fp32, BatchNorm folded everywhere; "
+                    f"median of {args.rounds} interleaved rounds of the median of {args.iters} forward passes. "
+                    "\"deployed\": `lr.deploy` at that batch size, each factorized conv kept only where it "
+                    "timed faster than its dense form (same outputs; the convs put back dense cost their "
+                    "dense MACs).", "",
+                    *_table(["batch", "model", "factorized convs kept", "MMACs", "FLOPs speedup", "CPU ms",
+                             "speedup"], rows)])
+
+
 # -- B.4 ----------------------------------------------------------------------------------------------
 
 class _Images(torch.utils.data.Dataset):
@@ -459,6 +497,7 @@ def write_index() -> None:
     """benchmarks/results/speed.md: every speed result file, this script's and the related benchmarks'."""
     groups = [("B.1 training step vs dense (benchmarks/speed.py)", "speed_train_*.md"),
               ("B.3 compact-model latency vs dense (benchmarks/speed.py)", "speed_inference_*.md"),
+              ("B.3 compact models deployed for the CPU, lr.deploy (benchmarks/speed.py)", "speed_deploy_*.md"),
               ("B.4 trainer vs a plain PyTorch loop (benchmarks/speed.py)", "speed_throughput_*.md"),
               ("TRP projection paths (benchmarks/trp_projection.py)", "trp_projection_*.md"),
               ("B.2 TRP's nuclear sub-gradient paths (benchmarks/trp_subgradient.py)", "trp_subgradient_*.md"),
@@ -474,6 +513,7 @@ def write_index() -> None:
 SECTIONS = {
     "train": (train_steps, "B.1 Speed: each method's training step vs dense (issue 8)"),
     "inference": (inference, "B.3 Speed: compact-model latency vs dense (issue 8)"),
+    "deploy": (deployed, "B.3 Speed: compact models deployed for this CPU (issue 8)"),
     "throughput": (throughput, "B.4 Speed: our trainer vs a plain PyTorch loop (issue 8)"),
 }
 
@@ -481,7 +521,8 @@ SECTIONS = {
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", nargs="+", default=["train", "inference", "throughput"],
-                   choices=["train", "inference", "throughput"], help="B.1, B.3, B.4")
+                   choices=["train", "inference", "deploy", "throughput"],
+                   help="B.1, B.3, B.3 with lr.deploy for this CPU, B.4")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (B.3 pins them; all sections use them)")
     p.add_argument("--batch", type=int, default=128, help="training batch (B.1, B.4)")

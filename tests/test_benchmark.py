@@ -204,3 +204,30 @@ def test_train_throughput_times_other_compile_modes_on_top_of_the_devices_defaul
     cpu = dict(train_throughput.settings(torch.device("cpu"), [], ["max-autotune"]))
     assert cpu["torch.compile mode max-autotune"] == {"channels_last": False, "amp": False, "compile": True,
                                                       "compile_mode": "max-autotune"}
+
+
+def test_speed_deploy_section_sets_each_compact_model_beside_its_deployed_form(monkeypatch):
+    import speed
+    from lrtrain.deployment import LayerChoice
+
+    compact = speed.models.create("resnet20")  # stands in for a compact model
+    monkeypatch.setattr(speed, "compact_models", lambda model, root: [("half", compact, "x")])
+    calls = []
+
+    def fake_deploy(net, input_size):
+        calls.append(input_size)
+        return net, [LayerChoice("a", 4, input_size, 1.0, 0.5), LayerChoice("b", 4, input_size, 1.0, 2.0)]
+
+    monkeypatch.setattr(speed, "deploy", fake_deploy)
+    monkeypatch.setattr(speed, "cpu_latencies", lambda nets, batch, args: {
+        label: {"dense": 2e-3, "half": 4e-3}.get(label, 1e-3) for label in nets})
+    args = Namespace(models=["resnet20"], cpu_batches=[1, 32], threads=1, rounds=1, iters=1, budget=None,
+                     runs_root=Path("/nonexistent"))
+    report = _Report()
+    speed.deployed(args, torch.device("cpu"), report)
+    (section,) = report.sections
+    assert calls == [(1, 3, 32, 32), (32, 3, 32, 32)]
+    rows = [line for line in section if line.startswith("| b") and not line.startswith("| batch")]
+    assert len(rows) == 6
+    assert rows[1].startswith("| b1 | half | — |") and rows[1].endswith("| 4.00 | 0.50x |")
+    assert rows[2].startswith("| b1 | half, deployed | 1/2 |") and rows[2].endswith("| 1.00 | 2.00x |")

@@ -150,12 +150,16 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold each BatchNorm into the conv before it (same outputs, fewer passes at inference)")
+    p.add_argument("--deploy", action="store_true",
+                   help="--fold-bn, and keep each factorized conv only where it runs faster than its dense form "
+                        "on this machine's CPU at the example input size (measured; same outputs)")
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import export, models
+    from .deployment import deploy
     from .fold import fold_batchnorm
 
     source = Path(args.model)
@@ -168,16 +172,26 @@ def _run_export(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such run directory or compact model: {source}")
     model, arch = export.load_with_arch(source)
     size = tuple(args.input_size or arch.get("input_size") or models.default_input_size(arch["model"]))
-    if args.fold_bn and args.format == "state_dict":
-        raise ValueError("--fold-bn changes the architecture, which a state_dict does not carry (it loads into the "
-                         "model of compact.pt, BatchNorms included): fold for torchscript or onnx, or in Python with "
-                         "lrtrain.fold_batchnorm")
-    written = fold_batchnorm(model, size) if args.fold_bn else model
+    if (args.fold_bn or args.deploy) and args.format == "state_dict":
+        flag = "--deploy" if args.deploy else "--fold-bn"
+        raise ValueError(f"{flag} changes the architecture, which a state_dict does not carry (it loads into the "
+                         "model of compact.pt): use torchscript or onnx, or in Python lrtrain.fold_batchnorm / "
+                         "lrtrain.deploy and lrtrain.save")
+    written = model
+    if args.deploy:
+        written, choices = deploy(model, size)
+        kept = [c for c in choices if c.factorized]
+        print(f"deploy: {len(kept)} of {len(choices)} factorized convs kept, the others run faster dense here "
+              f"(factorized {sum(c.factorized_ms for c in choices):.2f} ms, deployed "
+              f"{sum(min(c.factorized_ms, c.dense_ms) for c in choices):.2f} ms, dense "
+              f"{sum(c.dense_ms for c in choices):.2f} ms over these layers at input {'x'.join(map(str, size))})")
+    elif args.fold_bn:
+        written = fold_batchnorm(model, size)
     export.export(written, args.out, args.format, size, **({"opset": args.opset} if args.opset else {}))
     diff = export.check_export(model, args.out, args.format, size)  # against the model as loaded, unfolded
     check = ("not checked: onnxruntime is not installed" if diff is None
              else f"max abs difference from the compact model on a random batch: {diff:.3g}")
-    folded = ", BatchNorm folded" if args.fold_bn else ""
+    folded = ", BatchNorm folded" if args.fold_bn or args.deploy else ""
     print(f"wrote {args.out} ({args.format}{folded}, example input {'x'.join(map(str, size))}; {check})")
     return 0
 

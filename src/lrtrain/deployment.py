@@ -1,0 +1,118 @@
+"""The inference form of a compact model for one device: each factorized conv kept only where it is faster.
+
+Fewer multiply-accumulates do not always mean less time: on a CPU, the factors of a narrow layer (a CIFAR
+ResNet's 16-channel stage at rank 5–9) run at a fraction of the dense conv's MAC rate, so such a layer is
+slower factorized than dense although it costs 2–3× fewer FLOPs, while the wider stages gain. `deploy`
+times every `LowRankConv2d` against the one conv it computes (`LowRankConv2d.to_dense`), on the input
+that layer sees, on the model's device, and keeps the faster; then folds BatchNorm (`fold.fold_batchnorm`).
+The function computed is unchanged up to float round-off; the FLOPs of a layer put back dense go up.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .fold import fold_batchnorm
+from .layers import LowRankConv2d
+from .metrics import _inference, _sync
+from .surgery import replace_module
+
+Timer = Callable[[nn.Module, nn.Module, Tensor], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What `deploy` measured for one factorized conv, and which form it kept."""
+
+    name: str
+    rank: object
+    input_shape: tuple[int, ...]
+    dense_ms: float
+    factorized_ms: float
+
+    @property
+    def factorized(self) -> bool:
+        return self.factorized_ms < self.dense_ms
+
+
+def deploy(model: nn.Module, input_size=(1, 3, 32, 32), fold_bn: bool = True, rounds: int = 5, iters: int = 10,
+           timer: Timer | None = None) -> tuple[nn.Module, list[LayerChoice]]:
+    """A copy of `model` for inference on its device, at batches of ``input_size``, and what was measured.
+
+        >>> import lrtrain as lr
+        >>> compact = lr.factorize(lr.models.create("resnet20"), rank="flops:0.45").eval()
+        >>> fast, choices = lr.deploy(compact, input_size=(8, 3, 32, 32), rounds=1, iters=2)
+        >>> len(choices) == sum(isinstance(m, lr.LowRankConv2d) for m in compact.modules())
+        True
+
+    Each factorized conv and its dense equivalent are timed on the input that layer receives for an input
+    of ``input_size``: ``rounds`` interleaved rounds of ``iters`` calls, the median round kept (``timer``
+    replaces this measurement: ``timer(dense, factorized, x)`` returns the seconds of each). A layer stays factorized only where
+    that is faster; with ``fold_bn`` the BatchNorms are then folded into the convs. The result is in eval
+    mode and computes what ``model.eval()`` computes, up to float round-off. Decisions hold for that device,
+    batch size and thread count only: deploy where the model will run.
+    """
+    deployed = copy.deepcopy(model).eval()
+    inputs = _layer_inputs(deployed, input_size)
+    timer = timer or _interleaved(rounds, iters)
+    choices = []
+    with torch.no_grad():
+        for name, layer in list(deployed.named_modules()):
+            if not isinstance(layer, LowRankConv2d) or name not in inputs:
+                continue
+            dense = layer.to_dense()
+            x = inputs[name]
+            dense_s, factorized_s = timer(dense, layer, x)
+            choice = LayerChoice(name, layer.rank, tuple(x.shape), 1000 * dense_s, 1000 * factorized_s)
+            if not choice.factorized:
+                replace_module(deployed, name, dense)
+            choices.append(choice)
+    if fold_bn:
+        deployed = fold_batchnorm(deployed, input_size, inplace=True)
+    return deployed.eval(), choices
+
+
+def _layer_inputs(model: nn.Module, input_size) -> dict[str, Tensor]:
+    """The input each `LowRankConv2d` receives in a forward pass of random data of ``input_size``."""
+    seen: dict[str, Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0].clone()))
+             for name, m in model.named_modules() if isinstance(m, LowRankConv2d)]
+    try:
+        with _inference(model, input_size) as x:
+            model(torch.randn_like(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _interleaved(rounds: int, iters: int) -> Timer:
+    """Median seconds per call of each module over `rounds` rounds of `iters` calls, the two modules
+    alternating, so a drift of a shared machine slows both alike."""
+    if rounds < 1 or iters < 1:
+        raise ValueError(f"deploy needs rounds >= 1 and iters >= 1, got rounds={rounds}, iters={iters}")
+
+    def timer(first: nn.Module, second: nn.Module, x: Tensor) -> tuple[float, float]:
+        pair = (first, second)
+        for f in pair:  # warm-up: allocator, oneDNN primitives, cuDNN autotuning
+            f(x)
+            f(x)
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(rounds):
+            for f, spent in zip(pair, times):
+                _sync(x.device)
+                start = time.perf_counter()
+                for _ in range(iters):
+                    f(x)
+                _sync(x.device)
+                spent.append((time.perf_counter() - start) / iters)
+        return statistics.median(times[0]), statistics.median(times[1])
+
+    return timer
