@@ -268,12 +268,16 @@ def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = ()) 
     dest.mkdir(parents=True, exist_ok=True)
     # Written aside, then renamed over the previous pack: a call cut off meanwhile still returns a whole pack
     # (a rename is atomic; between the renames of a pack of several pieces there is a window of microseconds).
-    pieces = []
-    for i in range(0, len(data), PIECE):
-        pieces.append(dest / f"{PACK_NAME}.{i // PIECE:03d}")
-        (dest / f".{pieces[-1].name}.part").write_bytes(data[i:i + PIECE])
-    for piece in pieces:
-        (dest / f".{piece.name}.part").replace(piece)
+    pieces = [dest / f"{PACK_NAME}.{i // PIECE:03d}" for i in range(0, len(data), PIECE)]
+    parts = [dest / f".{piece.name}.part" for piece in pieces]
+    try:
+        for part, i in zip(parts, range(0, len(data), PIECE)):
+            part.write_bytes(data[i:i + PIECE])
+        for part, piece in zip(parts, pieces):
+            part.replace(piece)
+    finally:  # a pack cut off leaves no parts beside the previous pieces ($OUT returns 8 files at most)
+        for part in dest.glob(f".{PACK_NAME}.*.part"):
+            part.unlink()
     for old in set(dest.glob(PACK_NAME + ".*")) - set(pieces):
         old.unlink()
     size = len(data) / 2**20
@@ -360,7 +364,12 @@ class GpuMonitor:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
 
 
 def train(runs: list[Run], args: argparse.Namespace) -> None:

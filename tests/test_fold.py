@@ -90,3 +90,30 @@ def _random_statistics_safe(model: nn.Module) -> nn.Module:
             if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
                 m.running_var.fill_(2.0)
     return model.eval()
+
+
+class _SharedBN(nn.Module):
+    """One BN normalizing two convs' outputs, and another BN also applied to the input itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1)
+        self.shared, self.twice = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.shared(self.a(x)) + self.shared(self.b(x)) + self.twice(self.c(x)) + self.twice(x)
+
+
+@pytest.mark.parametrize("traceable", [True, False])
+def test_a_batchnorm_called_more_than_once_is_never_folded(traceable, monkeypatch):
+    from lrtrain import bn_pairs
+
+    if not traceable:  # the forward-pass pairing, for models torch.fx cannot trace
+        monkeypatch.setattr(bn_pairs._ConvLeafTracer, "trace", lambda self, root: 1 / 0)
+    model = _random_statistics(_SharedBN())
+    assert bn_pairs.conv_bn_pairs(model, (1, 4, 6, 6)) == {}
+    folded = lr.fold_batchnorm(model, input_size=(1, 4, 6, 6))
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x))
+    assert _bns(folded) == 2

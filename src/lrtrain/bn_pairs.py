@@ -10,6 +10,9 @@ model may call modules in any order), so the pairing is read from the forward pa
 2. when the model cannot be traced symbolically (data-dependent control flow), one real forward pass
    with hooks: a BN is paired with the conv whose output tensor it receives unchanged (same tensor, no
    in-place op in between). This fallback cannot see other consumers of the conv's output.
+
+Either way a BN called more than once in a forward pass (shared by two convs, or also applied to another
+tensor) is paired with nothing.
 """
 
 from __future__ import annotations
@@ -62,13 +65,20 @@ def _pairs_from_graph(model: nn.Module, graph: fx.Graph) -> dict[str, str]:
                 and isinstance(modules.get(users[0].target), nn.BatchNorm2d):
             bn = users[0].target
         found.setdefault(node.target, set()).add(bn)
-    # A conv called more than once is paired only when every call feeds the same BN.
-    return {conv: next(iter(bns)) for conv, bns in found.items() if len(bns) == 1 and None not in bns}
+    bn_calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d):
+            bn_calls[node.target] = bn_calls.get(node.target, 0) + 1
+    # A conv called more than once is paired only when every call feeds the same BN; a BN called more than
+    # once (shared, or also normalizing another tensor) is never paired: folding it would change its other calls.
+    return {conv: next(iter(bns)) for conv, bns in found.items()
+            if len(bns) == 1 and None not in bns and bn_calls[next(iter(bns))] == 1}
 
 
 def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
     outputs: dict[int, tuple[str, torch.Tensor, int]] = {}  # id(output) -> (conv, output, its version)
     calls: dict[str, int] = {}
+    bn_calls: dict[str, int] = {}
     fed: dict[str, list[str]] = {}  # conv -> the BN each of its outputs went into
 
     def on_conv(name):
@@ -81,6 +91,7 @@ def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
     def on_bn(name):
         def hook(module, args):
             x = args[0]
+            bn_calls[name] = bn_calls.get(name, 0) + 1
             entry = outputs.get(id(x))
             if entry is not None and entry[1] is x and entry[2] == x._version:
                 fed.setdefault(entry[0], []).append(name)
@@ -98,5 +109,6 @@ def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
     finally:
         for h in handles:
             h.remove()
-    # A conv called more than once is paired only when every call fed the same BN.
-    return {conv: bns[0] for conv, bns in fed.items() if len(bns) == calls[conv] and len(set(bns)) == 1}
+    # A conv called more than once is paired only when every call fed the same BN, a BN only if called once.
+    return {conv: bns[0] for conv, bns in fed.items()
+            if len(bns) == calls[conv] and len(set(bns)) == 1 and bn_calls[bns[0]] == 1}

@@ -68,6 +68,8 @@ def deploy(model: nn.Module, input_size=(1, 3, 32, 32), fold_bn: bool = True, ro
             if not isinstance(layer, LowRankConv2d) or name not in inputs:
                 continue
             dense = layer.to_dense()
+            if layer.factors[0].weight.is_contiguous(memory_format=torch.channels_last):
+                dense = dense.to(memory_format=torch.channels_last)  # laid out as the model runs
             x = inputs[name]
             dense_s, factorized_s = timer(dense, layer, x)
             choice = LayerChoice(name, layer.rank, tuple(x.shape), 1000 * dense_s, 1000 * factorized_s)
@@ -86,7 +88,8 @@ def _layer_inputs(model: nn.Module, input_size) -> dict[str, Tensor]:
              for name, m in model.named_modules() if isinstance(m, LowRankConv2d)]
     try:
         with _inference(model, input_size) as x:
-            model(torch.randn_like(x))
+            g = torch.Generator(device=x.device).manual_seed(0)  # the caller's random streams stay as they were
+            model(torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype))
     finally:
         for h in hooks:
             h.remove()
