@@ -169,7 +169,7 @@ def gram_eigh_many(mats: list[Tensor], names: list[list[str] | None] | None = No
     their Gram matrices and one host-to-device copy of all the singular vectors (asynchronous from pinned
     memory): a training step waits for the device once, however many shape groups there are."""
     lefts = [a.shape[-2] <= a.shape[-1] for a in mats]
-    grams = [a.double() @ a.double().mT if left else a.double().mT @ a.double() for a, left in zip(mats, lefts)]
+    grams = [a64 @ a64.mT if left else a64.mT @ a64 for a64, left in zip((a.double() for a in mats), lefts)]
     if host and grams:
         grams = _split_like(_to(torch.cat([g.flatten() for g in grams]), torch.device("cpu")), grams)
     out = []

@@ -140,7 +140,7 @@ class TRP(Method):
         self.period = int(period or 0)
         self.nuclear = float(nuclear)
         self.subgradient = subgradient
-        self.host_linalg = bool(host_eigh)
+        self.host_eigh = bool(host_eigh)
         if self.subgradient == "projection" and self.nuclear and not self.period:
             raise ValueError("TRP: subgradient='projection' applies λ only after projections, but period=0 never "
                              "projects; use subgradient='svd' or 'newton_schulz' for nuclear-norm-only training")
@@ -240,7 +240,7 @@ class TRP(Method):
         pending = []
         mats = [g.matrices() for g in self._groups]
         decs = list(zip(self._groups, mats, linalg.gram_eigh_many(mats, [g.names for g in self._groups],
-                                                                  host=self.host_linalg)))
+                                                                  host=self.host_eigh)))
         chosen = self._policy_projection_ranks(decs) if self.rank_policy is not None else None
         for group, mats, dec in decs:
             S = dec.S  # on the host: the ranks below need no device sync

@@ -176,7 +176,8 @@ def _fill_momentum(optimizer: torch.optim.SGD) -> None:
     if not any("momentum_buffer" in optimizer.state.get(p, {}) for p in params):
         return
     for p in params:
-        optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+        if "momentum_buffer" not in optimizer.state[p]:  # setdefault would allocate zeros for every one
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
 
 
 def _auto(value: bool | str, device: torch.device) -> bool:
