@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,21 +20,11 @@ from pathlib import Path
 import torch
 
 from lrtrain.config import resolve
+from lrtrain.provenance import commit
 from lrtrain.methods import elrt  # noqa: F401  (registers "elrt")
 from lrtrain.train.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                               cwd=Path(__file__).parent).stdout.strip()
-        return f"{head} (uncommitted changes)" if dirty else head
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
 
 
 def run(args, init: str, orth: float, seed: int, out: Path) -> dict:

@@ -11,8 +11,8 @@ small convolutions may be bound by). The settings are then timed in interleaved 
 the machine hit all of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated images
 held on the device exactly like CIFAR-10, and the median round is reported. Evaluation is timed at
 batch 128 and at the default large batch. Results go to benchmarks/results/train_throughput_<device>.md
-(and, with $OUT set, a copy to $OUT: the GPU machine keeps nothing else; pass ``--commit SHA`` there, it has
-no .git).
+(and, with $OUT set, a copy to $OUT: the GPU machine keeps nothing else; pass ``--commit SHA`` there when it
+has no .git).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 
 from lrtrain import models
 from lrtrain.config import resolve
+from lrtrain.provenance import commit
 from lrtrain.data import Data, DeviceLoader, make_sample
 from lrtrain.data.cifar import channel_stats
 from lrtrain.train import Trainer
@@ -39,24 +40,6 @@ from bench_common import device_slug, raise_recompile_limit, sync, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {"channels_last": "channels_last", "amp": "bf16 autocast", "compile": "torch.compile"}
-
-
-def commit() -> str:
-    """The checked-out commit, read from .git without running git ("unknown" outside a checkout)."""
-    git = ROOT / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head[:12]
-        ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()[:12]
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line[:12]
-    except OSError:
-        pass
-    return "unknown"
 
 
 def settings(device: torch.device, options: list[str], modes: list[str] = ()) -> list[tuple[str, dict]]:
@@ -119,7 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--commit", help="the commit measured (default: read from .git; the GPU machine has none)")
+    parser.add_argument("--commit", help="the commit measured (default: git's; 'unknown' without a checkout)")
     args = parser.parse_args()
 
     device = resolve_device(args.device, World())

@@ -9,11 +9,16 @@ from pathlib import Path
 
 
 def commit() -> str:
-    """The current git commit (``+dirty`` when tracked files have uncommitted changes), or ``unknown``."""
+    """The current git commit (``+dirty`` when tracked code has uncommitted changes), or ``unknown``.
+
+    Run folders under ``benchmarks/checkpoints`` are data, not code: a GPU session moves them out of the
+    tree before its calls, which must not mark the code it measures as modified.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(top,exclude)benchmarks/checkpoints"], capture_output=True,
                                text=True, check=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

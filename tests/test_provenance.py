@@ -1,0 +1,54 @@
+"""What a result records as its code's commit."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from lrtrain.provenance import commit
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "code.py").write_text("x = 1\n")
+    run = tmp_path / "benchmarks" / "checkpoints" / "run"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch\n1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    monkeypatch.chdir(tmp_path / "src")  # a subfolder: the whole tree still counts
+    return tmp_path
+
+
+def test_clean_tree_gives_the_bare_commit(repo):
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert commit() == head
+
+
+def test_moved_run_folders_do_not_mark_the_code_modified(repo):
+    shutil.move(repo / "benchmarks" / "checkpoints" / "run", repo / "run-elsewhere")
+    assert not commit().endswith("+dirty")
+
+
+def test_modified_code_anywhere_in_the_tree_is_dirty(repo):
+    (repo / "benchmarks" / "bench.py").write_text("y = 2\n")
+    _git(repo, "add", "benchmarks/bench.py")
+    assert commit().endswith("+dirty")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "bench")
+    (repo / "benchmarks" / "bench.py").write_text("y = 3\n")
+    assert commit().endswith("+dirty")
+
+
+def test_outside_a_checkout_it_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert commit() == "unknown"
