@@ -393,3 +393,51 @@ def test_a_preset_that_leaves_no_conv_says_so():
     with pytest.raises(ValueError, match=r"preset 'official' \(2 factorizable conv\(s\), but the preset keeps only "
                                          r"3x3 convs other than the first\)"):
         TRP(net, eligible="official", input_size=SIZE)
+
+
+def _flops_at(method, ranks):
+    return method._fixed_cost + sum(method._requests[n].cost(r) for n, r in ranks.items())
+
+
+def test_a_ramp_tightens_the_projection_budget_linearly_then_holds_the_target():
+    model = lr.models.create("resnet20")
+    method = TRP(model, scheme="channel", period=1, nuclear=0.0, rank="flops:0.4", ramp=0.5)
+    method.setup(steps_per_epoch=10, total_steps=100)
+    dense = lr.count(model).flops
+    assert method.projection_policy().fraction == 1.0
+    history = []
+    for step in (10, 25, 50, 80):
+        method.step = step
+        history.append(method.project())
+        budget = 1 - 0.6 * min(1.0, step / 50)
+        assert method.projection_policy().fraction == pytest.approx(budget)
+        assert _flops_at(method, history[-1]) <= budget * dense
+    # the budget was loose at first: more rank than the target allows, then exactly the target's
+    assert _flops_at(method, history[0]) > 0.8 * dense
+    assert 0.38 * dense < _flops_at(method, history[-1]) <= 0.4 * dense
+    # a projected weight has no energy beyond its rank: ranks only fall along the ramp
+    for before, after in zip(history, history[1:]):
+        assert all(after[n] <= before[n] for n in before)
+
+
+def test_without_a_ramp_the_first_projection_already_meets_the_target():
+    model = lr.models.create("resnet20")
+    method = TRP(model, scheme="channel", period=1, nuclear=0.0, rank="flops:0.4")
+    method.step = 1
+    assert _flops_at(method, method.project()) <= 0.4 * lr.count(model).flops
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ramp": 0.3}, r"ramp tightens a FLOPs budget, so it needs rank='flops:F' \(got rank=None\)"),
+    ({"ramp": 0.3, "rank": "energy:0.9"}, r"needs rank='flops:F' \(got rank='energy:0.9'\)"),
+    ({"ramp": 1.5, "rank": "flops:0.5"}, r"ramp is a fraction of training in \[0, 1\], got 1.5"),
+])
+def test_bad_ramps_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TRP(_net(), input_size=SIZE, **kwargs)
+
+
+def test_a_ramp_without_the_run_length_says_what_is_missing():
+    method = TRP(_net(), input_size=SIZE, period=1, nuclear=0.0, rank="flops:0.6", ramp=0.2)
+    with pytest.raises(RuntimeError, match=r"a ramp needs the run's length: call setup"):
+        method.after_step()

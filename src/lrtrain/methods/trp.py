@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .. import linalg, surgery
 from ..metrics import count
-from ..ranks import Energy, RankPolicy, RankRequest, Threshold, parse_policy
+from ..ranks import Energy, FlopsBudget, RankPolicy, RankRequest, Threshold, parse_policy
 from ..schemes import SCHEMES, ConvGeometry, Scheme, get_scheme
 from . import register_method
 from .base import Method
@@ -90,6 +90,15 @@ class TRP(Method):
         rank: instead of the energy rule, a global rank policy applied at each projection, e.g.
             ``"flops:0.45"`` (the layers TRP trains, and the rest dense, cost at most 45 % of the dense
             FLOPs), so the training ranks aim at the compact model's budget.
+        ramp: with a ``"flops:F"`` `rank`, the fraction of training (0-1) over which the projections' budget
+            tightens linearly from the dense FLOPs to F; 0 (default) projects to F from the first projection.
+            A projected weight keeps no energy beyond its rank, so a projection's ranks never grow again:
+            whatever rule the first projections follow (the 90 % energy rule as much as a budget) fixes the
+            ranks on near-random weights. The official energy rule also ratchets down: a rank survives only
+            while its last singular value holds 10 % of the energy, which takes every 3×3 conv of a
+            ResNet-20 to rank 6-8 in its first epoch and 4-6 later, whatever its width (the official code
+            does the same). A ramp lets the ranks fall as the spectra form, to a compression chosen in
+            advance. Needs `setup` (the trainer calls it) for the run's length.
         period: steps between projections (official script: 5); 0 or None never projects (nuclear-norm
             training only).
         nuclear: λ, the weight of the nuclear norm (official: 3e-4); 0 turns step A off.
@@ -121,13 +130,18 @@ class TRP(Method):
     def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9, period: int | None = 5,
                  nuclear: float = 3e-4, final: RankPolicy | str | dict | None = None, eligible: str = "default",
                  skip: Iterable[str] = (), subgradient: str = "svd", input_size=(1, 3, 32, 32),
-                 rank: RankPolicy | str | None = None, host_eigh: bool = True):
+                 rank: RankPolicy | str | None = None, ramp: float = 0.0, host_eigh: bool = True):
         super().__init__(model)
         self.scheme = self._matrix_scheme(scheme)
         if not 0.0 < float(energy) <= 1.0:
             raise ValueError(f"TRP: energy must be in (0, 1], got {energy!r}")
         # A global policy (e.g. "flops:0.45") in place of the per-layer energy rule at each projection.
         self.rank_policy = None if rank is None else parse_policy(rank)
+        if not 0.0 <= float(ramp) <= 1.0:
+            raise ValueError(f"TRP: ramp is a fraction of training in [0, 1], got {ramp!r}")
+        if ramp and not isinstance(self.rank_policy, FlopsBudget):
+            raise ValueError(f"TRP: ramp tightens a FLOPs budget, so it needs rank='flops:F' (got rank={rank!r})")
+        self.ramp = float(ramp)
         if period is not None and (isinstance(period, bool) or int(period) != period or period < 0):
             raise ValueError(f"TRP: period must be an integer >= 0 (0 or None: never project), got {period!r}")
         if float(nuclear) < 0:
@@ -271,7 +285,18 @@ class TRP(Method):
                 # decoupled: the (filters, k) spectra; per-layer rules take the rank the most demanding
                 # filter needs, FlopsBudget pools them
                 requests.append(RankRequest(name, req.max_rank, req.cost, req.dense_cost, S))
-        return self.rank_policy(requests, fixed_cost=self._fixed_cost)
+        return self.projection_policy()(requests, fixed_cost=self._fixed_cost)
+
+    def projection_policy(self) -> RankPolicy:
+        """The global rank policy of a projection at the current step: `rank`, or on a `ramp` its budget
+        so far."""
+        if not self.ramp:
+            return self.rank_policy
+        if not self.total_steps:
+            raise RuntimeError("TRP: a ramp needs the run's length: call setup(steps_per_epoch, total_steps) "
+                               "before training (the Trainer does)")
+        progress = min(1.0, self.step / (self.ramp * self.total_steps))
+        return FlopsBudget(1.0 - (1.0 - self.rank_policy.fraction) * progress)
 
     def ranks(self) -> dict[str, int]:
         """Rank of every trained layer at the last projection (its full rank before the first one)."""
