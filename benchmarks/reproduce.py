@@ -123,6 +123,9 @@ RUNS = [
     Run("resnet20_trp_spatial_ramp", "TRP spatial + nuclear, ramp", "cifar10_resnet20_trp_spatial.yaml",
         R20_RAMP + ("method.rank=flops:0.35", "method.final=flops:0.35"), paper=_paper(90.62, 2.84, TRP_README)),
     Run("resnet20_lrpet", "LRPET", "cifar10_resnet20_lrpet.yaml"),
+    # Are LRPET's 400 epochs needed? Half of them under a cosine schedule, same goal.
+    Run("resnet20_lrpet_cosine200", "LRPET, 200 epochs cosine", "cifar10_resnet20_lrpet.yaml",
+        ("schedule.name=cosine", "train.epochs=200")),
     Run("resnet20_elrt_tucker2", "ELRT tucker2", "cifar10_resnet20_elrt_tucker2.yaml"),
     Run("resnet20_elrt_channel", "ELRT channel", "cifar10_resnet20_elrt_channel.yaml"),
     Run("resnet56_dense", "dense", "cifar10_resnet56_dense.yaml", paper=_paper(93.14, 1.0, TRP_QUOTED)),
@@ -133,6 +136,8 @@ RUNS = [
     Run("resnet56_trp_spatial_nuclear", "TRP spatial + nuclear", "cifar10_resnet56_trp_channel.yaml", R56_SPATIAL),
     Run("resnet56_trp_spatial", "TRP spatial", "cifar10_resnet56_trp_channel.yaml", R56_SPATIAL + NO_NUCLEAR),
     Run("resnet56_lrpet", "LRPET", "cifar10_resnet56_lrpet.yaml", paper=_paper(93.27, 2.24, "LRPET official README")),
+    Run("resnet56_lrpet_flops_cosine", "LRPET, FLOPs budget, 200 epochs cosine",
+        "cifar10_resnet56_lrpet_flops_cosine.yaml", paper=_paper(93.27, 2.24, "LRPET official README")),
     Run("resnet56_elrt_tucker2", "ELRT tucker2", "cifar10_resnet56_elrt_tucker2.yaml"),
     Run("resnet56_elrt_channel", "ELRT channel", "cifar10_resnet56_elrt_channel.yaml"),
 ]
