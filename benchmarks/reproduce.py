@@ -384,6 +384,53 @@ class GpuMonitor:
             self.proc.stdout.close()
 
 
+class Mps:
+    """NVIDIA's Multi-Process Service for the call's workers: with it the kernels of several processes run
+    on the GPU at once, instead of in turns (each CIFAR ResNet step is many small kernels, which leave
+    most of the GPU idle whichever process owns it). `start` leaves the GPU as it was when MPS cannot be
+    had (no control program, a daemon that will not start, a CUDA process that fails under it): the
+    workers then share it in time slices, as without ``--mps``."""
+
+    PROBE = "import torch; torch.ones(1, device='cuda').add_(1); torch.cuda.synchronize()"
+
+    def __init__(self):
+        self.exe = shutil.which("nvidia-cuda-mps-control")
+        self.env: dict[str, str] | None = None
+
+    def start(self, env: dict[str, str]) -> bool:
+        """Start the daemon and point ``env`` (the workers') at it; False, with the reason printed, if not."""
+        if self.exe is None:
+            print("--mps: nvidia-cuda-mps-control not found; the workers share the GPU in time slices", flush=True)
+            return False
+        folder = Path(tempfile.mkdtemp(prefix="lrtrain-mps-"))
+        mps_env = {**env, "CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"),
+                   "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
+        for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+            Path(mps_env[key]).mkdir()
+        daemon = subprocess.run([self.exe, "-d"], env=mps_env, capture_output=True, text=True, timeout=60)
+        if daemon.returncode:
+            print(f"--mps: the daemon did not start (exit {daemon.returncode}: {daemon.stderr.strip()}); "
+                  "the workers share the GPU in time slices", flush=True)
+            return False
+        self.env = mps_env
+        probe = subprocess.run([sys.executable, "-c", self.PROBE], env=mps_env, capture_output=True, text=True,
+                               timeout=180)
+        if probe.returncode:
+            last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"--mps: a CUDA process failed under MPS ({last}); stopping it, the workers share the GPU "
+                  "in time slices", flush=True)
+            self.stop()
+            return False
+        env.update({k: mps_env[k] for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")})
+        print(f"--mps: the workers share the GPU through MPS (pipe {mps_env['CUDA_MPS_PIPE_DIRECTORY']})", flush=True)
+        return True
+
+    def stop(self) -> None:
+        if self.env is not None:
+            subprocess.run([self.exe], input="quit\n", env=self.env, capture_output=True, text=True, timeout=60)
+            self.env = None
+
+
 def train(runs: list[Run], args: argparse.Namespace) -> None:
     """Train the unfinished `runs` under ``args.root``, ``args.parallel`` at a time.
 
@@ -404,6 +451,9 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
     active: list[_Worker] = []
     trained: list[str] = []
     skipped: list[str] = []
+    mps = Mps() if args.mps else None
+    if mps is not None:
+        mps.start(env)
     monitor = GpuMonitor()
     try:
         while todo or active:
@@ -464,6 +514,8 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
             time.sleep(0.2)
     finally:
         monitor.stop()
+        if mps is not None:
+            mps.stop()
     if skipped:
         print(f"not started, too little time left: {', '.join(skipped)}", flush=True)
 
@@ -529,6 +581,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", nargs="+", metavar="PATTERN", help="run names or wildcards (default: all)")
     p.add_argument("--parallel", type=int, default=1, help="worker processes at once, all on the same device")
     p.add_argument("--time-limit", type=float, help="seconds for the whole call")
+    p.add_argument("--mps", action="store_true",
+                   help="run the workers through NVIDIA MPS (their kernels overlap on the GPU); without it, or "
+                        "when MPS cannot start, they take turns")
     p.add_argument("--margin", type=float, default=90.0,
                    help="seconds kept at the end for each worker's last epoch, finalization and the pack")
     p.add_argument("--startup", type=float, default=45.0,

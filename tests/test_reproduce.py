@@ -307,3 +307,52 @@ def test_packs_are_compressed_and_a_plain_tar_from_an_older_pack_still_unpacks(t
         reproduce.main(["--root", str(tmp_path / pack / "merged"), "--unpack", str(tmp_path / pack)])
         merged = tmp_path / pack / "merged" / "resnet20_trp_channel_nuclear"
         assert (merged / "ranks.csv").read_text().endswith(rows) and reproduce.progress(merged) == (0, 7)
+
+
+def _fake_mps_control(tmp_path, monkeypatch, daemon_exit=0):
+    """A stand-in nvidia-cuda-mps-control on PATH that logs each call: "start PIPE" or "COMMAND PIPE"."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    exe = bin_dir / "nvidia-cuda-mps-control"
+    exe.write_text("#!/bin/sh\n"
+                   f'if [ "$1" = "-d" ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; exit {daemon_exit}; fi\n'
+                   f'read line; echo "$line $CUDA_MPS_PIPE_DIRECTORY" >> {calls}\n')
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return calls
+
+
+def test_mps_points_the_workers_at_its_daemon_and_quits_it(tmp_path, monkeypatch, capsys):
+    calls = _fake_mps_control(tmp_path, monkeypatch)
+    monkeypatch.setattr(reproduce.Mps, "PROBE", "pass")
+    env = {"KEEP": "1"}
+    mps = reproduce.Mps()
+    assert mps.start(env)
+    pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
+    assert env["KEEP"] == "1" and Path(pipe).is_dir() and "CUDA_MPS_LOG_DIRECTORY" in env
+    mps.stop()
+    assert calls.read_text().splitlines() == [f"start {pipe}", f"quit {pipe}"]
+    assert "share the GPU through MPS" in capsys.readouterr().out
+
+
+def test_mps_that_fails_a_cuda_process_is_stopped_and_the_workers_go_on_without(tmp_path, monkeypatch, capsys):
+    calls = _fake_mps_control(tmp_path, monkeypatch)
+    monkeypatch.setattr(reproduce.Mps, "PROBE", "raise SystemExit('CUDA error: MPS client failed')")
+    env = {}
+    assert not reproduce.Mps().start(env)
+    assert env == {}
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == ["start", "quit"]
+    out = capsys.readouterr().out
+    assert "a CUDA process failed under MPS (CUDA error: MPS client failed)" in out and "time slices" in out
+
+
+def test_mps_whose_daemon_does_not_start_or_is_missing_changes_nothing(tmp_path, monkeypatch, capsys):
+    calls = _fake_mps_control(tmp_path, monkeypatch, daemon_exit=1)
+    env = {}
+    assert not reproduce.Mps().start(env) and env == {}
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == ["start"]  # nothing to quit
+    assert "the daemon did not start (exit 1" in capsys.readouterr().out
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert not reproduce.Mps().start(env) and env == {}
+    assert "nvidia-cuda-mps-control not found" in capsys.readouterr().out
