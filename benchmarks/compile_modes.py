@@ -7,9 +7,9 @@ depends on whether it trains every method the same way: TRP writes its projectio
 sub-gradient into the gradients between steps, LRPET projects once an epoch, SVD + fine-tune swaps in new
 layers halfway, ELRT adds its orthogonality gradient to factors.
 
-For each run of benchmarks/reproduce.py's `RUNS` (the ResNet-20 rows by default), one process trains the
-run's recipe, schedule shortened to ``--epochs`` epochs of ``--steps-per-epoch`` steps on generated
-32×32 images, three times from the same seed: with the reference mode twice (how far two runs drift
+For each run of benchmarks/reproduce.py's `RUNS` (by default one ResNet-20 row of each kind), one
+process trains the run's recipe, schedule shortened to ``--epochs`` epochs of ``--steps-per-epoch`` steps
+on generated 32×32 images, three times from the same seed: with the reference mode twice (how far two runs drift
 apart anyway, through nondeterministic kernels) and with the candidate mode once. It reports the largest
 relative difference of any trained tensor between the candidate and the reference beside the reference's
 own drift, the final test losses, and the median step time of each mode (its epochs after the first,
@@ -47,6 +47,9 @@ from train_throughput import make_data
 
 HERE = Path(__file__).resolve().parent
 BATCH = 128
+# One ResNet-20 run of each way of touching the weights between steps (the other rows repeat one of them).
+DEFAULT_RUNS = ["resnet20_dense", "resnet20_svd_finetune", "resnet20_trp_channel_nuclear", "resnet20_trp_spatial",
+                "resnet20_lrpet", "resnet20_elrt_tucker2", "resnet20_elrt_channel"]
 
 
 def config(run: reproduce.Run, args, mode: str, out_dir: Path) -> dict:
@@ -99,10 +102,16 @@ def worker(name: str, args) -> dict:
 def launch(names: list[str], argv: list[str], tmp: Path) -> list[dict]:
     """One worker process per run, all at once (compilation is CPU-bound; the GPU has room)."""
     procs = {}
+    env = dict(os.environ)
+    # All compile at once: torch's threads and Inductor's compile workers, one per core each, would
+    # oversubscribe the CPU.
+    share = str(max(1, (os.cpu_count() or 1) // len(names)))
+    env.setdefault("OMP_NUM_THREADS", share)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
     for name in names:
         out = tmp / f"{name}.json"
         procs[name] = (subprocess.Popen([sys.executable, __file__, *argv, "--worker", name, "--json", str(out)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env), out)
     results = []
     for name, (proc, out) in procs.items():
         log, _ = proc.communicate()
@@ -132,7 +141,7 @@ def table(results: list[dict], args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", nargs="+", default=["resnet20_*"], help="reproduce.py run names or wildcards")
+    p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="reproduce.py run names or wildcards")
     p.add_argument("--epochs", type=int, default=6, help="epochs of the shortened schedule")
     p.add_argument("--steps-per-epoch", type=int, default=10)
     p.add_argument("--reference", default="default", help="the compile mode trusted")
