@@ -560,7 +560,26 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def time_left(run_dir: Path) -> tuple[int, float] | None:
+    """(epochs left, seconds they take at the median of the run's last five epoch times) of a started
+    run; None for one without metrics."""
+    try:
+        with open(run_dir / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        epochs = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"]
+        times = sorted(float(r["epoch_time_s"]) for r in rows[-5:])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+    if not rows or not times:
+        return None
+    left = max(0, int(epochs) - int(rows[-1]["epoch"]))
+    return left, left * times[len(times) // 2]
+
+
 def print_status(runs: list[Run], root: Path) -> None:
+    """Each run's state; for the started ones, the epochs left and their time at the run's recent pace
+    (which depends on how many runs shared the device then)."""
+    longest = 0.0
     for run in runs:
         finished, step = progress(root / run.name)
         if finished:
@@ -568,7 +587,13 @@ def print_status(runs: list[Run], root: Path) -> None:
             state = f"finished: {s['final_acc']:.2f} % at {s['speedup'] or 0:.2f}x"
         else:
             state = where(root / run.name)
+            left = time_left(root / run.name) if step >= 0 else None
+            if left:
+                state += f"; {left[0]} epochs left, ~{left[1] / 60:.0f} min at its recent pace"
+                longest = max(longest, left[1])
         print(f"{run.name:32s} {state}")
+    if longest:
+        print(f"the longest started run needs ~{longest / 60:.0f} min more at its recent pace")
 
 
 def _default_root() -> Path:

@@ -244,6 +244,17 @@ def test_list_says_how_far_each_unfinished_run_got(calls, tmp_path, capsys):
     (tmp_path / "bare" / "checkpoints").mkdir(parents=True)
     (tmp_path / "bare" / "checkpoints" / "step_000000012.pt").write_bytes(b"")
     assert reproduce.where(tmp_path / "bare") == "step 12" and reproduce.where(tmp_path / "none") == "not started"
+    assert reproduce.time_left(tmp_path / "bare") is None
+
+
+def test_time_left_takes_the_median_of_the_recent_epochs(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  epochs: 10\n")
+    times = [30.0, 5.0, 4.0, 6.0, 5.5, 40.0, 5.0]  # the first compiles; one epoch shared a busier device
+    (run / "metrics.csv").write_text("epoch,epoch_time_s\n" + "".join(f"{i + 1},{t}\n" for i, t in enumerate(times)))
+    left, seconds = reproduce.time_left(run)
+    assert left == 3 and seconds == pytest.approx(3 * 5.5)  # median of 4.0, 6.0, 5.5, 40.0, 5.0
 
 
 def test_gpu_monitor_summarizes_nvidia_smi_samples(tmp_path, monkeypatch):
