@@ -131,9 +131,9 @@ def _timed(fn, device: torch.device) -> float:
 # -- B.1 ----------------------------------------------------------------------------------------------
 
 def _trainer(recipe: str, sets: tuple[str, ...], device: torch.device, batch: int, tensors, compile_: str,
-             run_dir: str) -> Trainer:
+             run_dir: str, compile_mode: str = "default") -> Trainer:
     cfg = load_recipe(reproduce.RECIPES / recipe, [*sets, f"train.device={device}", "train.progress=false",
-                                                   f"data.batch_size={batch}"])
+                                                   f"data.batch_size={batch}", f"train.compile_mode={compile_mode}"])
     if compile_ != "auto":
         cfg["train"]["compile"] = compile_ == "on"
     cfg["out_dir"] = run_dir
@@ -151,7 +151,7 @@ def train_steps(args, device: torch.device, report: Report) -> None:
     for label, recipe, sets in B1:
         extra = ("method.period=1000000000",) if label in apart else ()
         trainers[label] = _trainer(recipe, (*sets, *extra), device, args.batch, tensors, args.compile,
-                                   args.scratch)
+                                   args.scratch, args.compile_mode)
     rates: dict[str, list[float]] = {label: [] for label in trainers}
     for _ in range(args.rounds):
         for label, trainer in trainers.items():
@@ -174,9 +174,9 @@ def train_steps(args, device: torch.device, report: Report) -> None:
     report.add([f"## B.1 Training step vs dense (ResNet-56, batch {args.batch})", "",
                 f"Mean step time over {steps} steps (after {args.warmup} warm-up), median of {args.rounds} "
                 f"interleaved rounds, through `Trainer.train_step` at the recipes' settings on {device_name(device)} "
-                f"(compile {args.compile}). The TRP windows hold their projections; LRPET's step adds its "
-                f"projection (timed alone) / {lrpet_period}. MMACs: the model being trained (ELRT trains "
-                "factorized).", "",
+                f"(compile {args.compile}, mode {args.compile_mode}). The TRP windows hold their projections; "
+                f"LRPET's step adds its projection (timed alone) / {lrpet_period}. MMACs: the model being trained "
+                "(ELRT trains factorized).", "",
                 *_table(["method", "trained MMACs", "step ms", "vs dense", "projection ms (alone)", "every (steps)"],
                         rows)])
 
@@ -539,6 +539,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="B.3 measures the models as trained, not with their BatchNorms folded into the convs")
     p.add_argument("--gpu-batch", type=int, default=256)
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile in B.1")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode in B.1, e.g. reduce-overhead (CUDA graphs: what the GPU runs may use)")
     p.add_argument("--workers", type=int, help="DataLoader workers of B.4's plain loop (default: 8 on CUDA, 0 on CPU)")
     p.add_argument("--runs-root", type=Path, default=HERE / "checkpoints" / "reproduce",
                    help="reproduce.py's run folders: a RUN/compact.pt there is B.3's trained model for that run "
