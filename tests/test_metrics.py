@@ -1,11 +1,12 @@
 import doctest
+import time
 
 import pytest
 import torch
 from torch import nn
 
 from lrtrain import metrics, models
-from lrtrain.metrics import count, flop_counter_macs, latency, trace_shapes
+from lrtrain.metrics import count, flop_counter_macs, latency, latency_ratio, trace_shapes
 
 
 class Factorized(nn.Module):
@@ -163,6 +164,30 @@ def test_latency_restores_state():
     assert torch.get_num_threads() == threads and model.training
     with pytest.raises(ValueError, match="iters"):
         latency(model, iters=0)
+
+
+class _Sleeper(nn.Module):
+    """A forward pass of a fixed duration, whatever else the machine does."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self.scale = nn.Parameter(torch.ones(1))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return x * self.scale
+
+
+def test_latency_ratio_takes_turns_and_divides_the_medians():
+    slow, fast = _Sleeper(0.02).train(), _Sleeper(0.005).eval()
+    ratio = latency_ratio(slow, fast, (1, 3, 4, 4), warmup=1, iters=5, threads=1)
+    assert 2.5 < ratio < 6  # 4 but for sleep's overshoot on a busy machine
+    assert slow.calls == fast.calls == 6 and slow.training and not fast.training
+    with pytest.raises(ValueError, match="iters"):
+        latency_ratio(slow, fast, iters=0)
 
 
 def test_docstring_examples_run():

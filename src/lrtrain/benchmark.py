@@ -20,7 +20,7 @@ from typing import Any
 
 from . import export, models
 from .config import resolve
-from .metrics import latency
+from .metrics import latency_ratio
 from .provenance import commit, cpu_name, today
 
 ROW_FIELDS = ["run", "method", "model", "top1_final", "top1_best", "top1_before_finalize", "dense_mflops",
@@ -72,9 +72,7 @@ def _compact_speedup(run_dir: Path, model_name: str, num_classes: int, batch: in
     compact = export.load(path)
     dense = models.create(model_name, num_classes=num_classes).eval()
     size = (batch, *models.default_input_size(model_name)[1:])
-    warmup = max(1, iters // 4)
-    return (latency(dense, size, warmup, iters, threads=threads)
-            / latency(compact, size, warmup, iters, threads=threads))
+    return latency_ratio(dense, compact, size, max(1, iters // 4), iters, threads=threads)
 
 
 def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,

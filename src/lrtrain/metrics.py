@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -179,25 +179,48 @@ def latency(model: nn.Module, input_size=(1, 3, 32, 32), warmup: int = 5, iters:
     ``device`` moves the model there for the measurement and back afterwards (default: where it is).
     ``threads`` sets ``torch.set_num_threads`` for the measurement only.
     """
+    return statistics.median(_pass_times([model], input_size, warmup, iters, device, threads)[0])
+
+
+def latency_ratio(reference: nn.Module, model: nn.Module, input_size=(1, 3, 32, 32), warmup: int = 5,
+                  iters: int = 20, device: str | torch.device | None = None, threads: int | None = None) -> float:
+    """How many times faster ``model`` runs a forward pass than ``reference``: the ratio of their median
+    times, their passes taken in turns (reference, model, reference, ...), so that a machine whose load
+    changes during the measurement slows both alike. Arguments as `latency`'s.
+    """
+    ref_times, times = _pass_times([reference, model], input_size, warmup, iters, device, threads)
+    return statistics.median(ref_times) / statistics.median(times)
+
+
+def _pass_times(nets: list[nn.Module], input_size, warmup: int, iters: int, device, threads) -> list[list[float]]:
+    """Per model, the seconds of its ``iters`` timed forward passes (after ``warmup``), all models in turns."""
     if warmup < 0 or iters < 1:
         raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
-    ref = next(model.parameters(), None)
-    home = ref.device if ref is not None else torch.device("cpu")
-    device = torch.device(device) if device is not None else home
+    homes = []
+    for net in nets:
+        ref = next(net.parameters(), None)
+        homes.append(ref.device if ref is not None else torch.device("cpu"))
+    target = torch.device(device) if device is not None else homes[0]
     prev_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    model.to(device)
-    times = []
+    times: list[list[float]] = [[] for _ in nets]
     try:
-        with _inference(model, input_size, device) as x:
-            for _ in range(warmup + iters):
-                _sync(device)
-                start = time.perf_counter()
-                _forward(model, x)
-                _sync(device)
-                times.append(time.perf_counter() - start)
+        with ExitStack() as stack:
+            inputs = []
+            for net in nets:
+                net.to(target)
+                inputs.append(stack.enter_context(_inference(net, input_size, target)))
+            for i in range(warmup + iters):
+                for net, x, kept in zip(nets, inputs, times):
+                    _sync(target)
+                    start = time.perf_counter()
+                    _forward(net, x)
+                    _sync(target)
+                    if i >= warmup:
+                        kept.append(time.perf_counter() - start)
     finally:
-        model.to(home)
+        for net, home in zip(nets, homes):
+            net.to(home)
         torch.set_num_threads(prev_threads)
-    return statistics.median(times[warmup:])
+    return times
