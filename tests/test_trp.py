@@ -441,3 +441,14 @@ def test_a_ramp_without_the_run_length_says_what_is_missing():
     method = TRP(_net(), input_size=SIZE, period=1, nuclear=0.0, rank="flops:0.6", ramp=0.2)
     with pytest.raises(RuntimeError, match=r"a ramp needs the run's length: call setup"):
         method.after_step()
+
+
+def test_imagenet_recipe_fine_tunes_pretrained_weights_to_the_papers_speedup():
+    cfg = load_recipe(RECIPES / "imagenet_resnet50_trp_channel.yaml")
+    assert cfg["model"]["weights"] and cfg["optim"]["lr"] == 1e-4 and cfg["train"]["epochs"] == 10
+    params = dict(cfg["method"])
+    method = create_method(params.pop("name"), lr.models.create(cfg["model"]["name"]), **params)
+    assert len(method.layers) == 53  # every conv of ResNet-50 whose factorized form can be cheaper
+    method.setup(steps_per_epoch=100, total_steps=1000)
+    method.step = 500  # the ramp's end: the budget of the paper's 1.80x from then on
+    assert 1 / method.projection_policy().fraction == pytest.approx(1.80, abs=0.005)

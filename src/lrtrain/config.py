@@ -57,6 +57,9 @@ SCHEMA: dict[str, Any] = {
     "model": {
         "name": _f("resnet20", str, "a name from lrtrain.models.list_models()"),
         "num_classes": _f(None, int, "default: the data set's number of classes", nullable=True),
+        "weights": _f(None, str, "trained weights to start from (a state_dict file such as torchvision's "
+                      "resnet50 .pth, a lrtrain checkpoint or a dense compact.pt), loaded before the method "
+                      "is built", nullable=True),
     },
     "data": {
         "name": _f("cifar10", str, "data set", choices=("cifar10", "cifar100", "folder", "sample")),

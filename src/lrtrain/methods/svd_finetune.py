@@ -9,14 +9,13 @@ the swap resumes into the same factorized structure.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterable
 
-import torch
 from torch import nn
 
 from .. import linalg, surgery
 from ..layers import LowRankConv2d, LowRankLinear
+from ..pretrained import load_pretrained
 from ..ranks import parse_policy
 from ..schemes import get_scheme
 from . import register_method
@@ -74,7 +73,7 @@ class SVDFinetune(Method):
             raise ValueError(f"SVDFinetune: no layer of {type(model).__name__} can be factorized under scheme "
                              f"{self.scheme.name!r} ({surgery.why_none(skipped)})")
         if init is not None:
-            _load_pretrained(model, init)
+            load_pretrained(model, init, owner="SVDFinetune init")
         self.swapped = False
         self.swap_step: int | None = None
         self._swapped_at: int | None = None  # the step at which the swap happened
@@ -149,17 +148,3 @@ class SVDFinetune(Method):
         elif self.swapped and not state["swapped"]:
             raise ValueError("SVDFinetune: this state was saved before the swap, but the model is already "
                              "factorized (dense_fraction=0 or init= given); it cannot be resumed here")
-
-
-def _load_pretrained(model: nn.Module, path: str | Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())
-        raise ValueError(f"SVDFinetune: the weights in init={str(path)!r} do not fit {type(model).__name__}: "
-                         f"{detail[:500]}") from None

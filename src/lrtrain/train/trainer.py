@@ -36,6 +36,7 @@ from ..layers import LowRankConv2d, LowRankLinear
 from ..linalg import NonFiniteError
 from ..data import Data, build_data
 from ..methods import create_method
+from ..pretrained import load_pretrained
 from ..provenance import commit, today
 from . import distributed
 from .bn import recalibrate_bn
@@ -232,6 +233,8 @@ class Trainer:
             from .. import models
 
             model = models.create(config["model"]["name"], num_classes=self.num_classes)
+        if config["model"]["weights"]:
+            load_pretrained(model, config["model"]["weights"], owner="model.weights")
         self.dense_counts = self._count(model)
         model.to(self.device)
         params = {k: v for k, v in config["method"].items() if k != "name"}

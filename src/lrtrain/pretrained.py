@@ -1,0 +1,52 @@
+"""Starting a model from trained weights: a state_dict file, or a checkpoint or compact model holding one."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def load_pretrained(model: nn.Module, path: str | Path, owner: str = "weights") -> None:
+    """Load the weights in ``path`` into ``model``, in place.
+
+    ``path`` holds a state_dict (e.g. torchvision's ``resnet50-*.pth``), or a dict holding one under
+    ``"model"`` (a lrtrain training checkpoint) or ``"state_dict"`` (a ``compact.pt`` of a dense run).
+    Errors name ``owner`` (the option that gave the path) and what is wrong: no such file, not a
+    PyTorch file, no state_dict in it, or the keys and shapes that do not fit the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{owner}: no file {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise ValueError(f"{owner}: {str(path)!r} is not a readable PyTorch weights file ({detail})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{owner}: {str(path)!r} holds no state_dict (a dict of tensors, or one under "
+                         "'model' or 'state_dict')")
+    # Checked before loading: load_state_dict copies every tensor that fits before it raises for the rest.
+    own = model.state_dict()
+    problems = _listed("missing", [k for k in own if k not in state])
+    problems += _listed("unexpected", [k for k in state if k not in own])
+    problems += _listed("other shapes", [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                         for k in own if k in state and state[k].shape != own[k].shape])
+    if problems:
+        raise ValueError(f"{owner}: the weights in {str(path)!r} do not fit {type(model).__name__} "
+                         f"(file vs model): {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def _listed(what: str, keys: list[str], most: int = 4) -> list[str]:
+    if not keys:
+        return []
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return [f"{what}: {', '.join(keys[:most])}{more}"]

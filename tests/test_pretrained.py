@@ -1,0 +1,69 @@
+"""Starting from trained weights: the files accepted, the errors on the others, the trainer's model.weights."""
+
+import pytest
+import torch
+from torch import nn
+
+from lrtrain.config import resolve
+from lrtrain.pretrained import load_pretrained
+from lrtrain.train import Trainer
+
+
+def _net(seed, width=8):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 4))
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("wrap", [lambda sd: sd, lambda sd: {"model": sd, "step": 3},
+                                  lambda sd: {"format": 1, "arch": {}, "state_dict": sd}],
+                         ids=["state_dict", "checkpoint", "compact"])
+def test_weights_load_from_a_state_dict_or_a_file_holding_one(tmp_path, wrap):
+    trained, fresh = _net(0), _net(1)
+    torch.save(wrap(trained.state_dict()), tmp_path / "w.pt")
+    assert not _same(trained, fresh)
+    load_pretrained(fresh, tmp_path / "w.pt")
+    assert _same(trained, fresh)
+
+
+def test_bad_weight_files_say_what_is_wrong(tmp_path):
+    model = _net(0)
+    with pytest.raises(ValueError, match=r"model.weights: no file '.*nope.pt'"):
+        load_pretrained(model, tmp_path / "nope.pt", owner="model.weights")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="is not a readable PyTorch weights file"):
+        load_pretrained(model, tmp_path / "junk.pt")
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "meta.pt")
+    with pytest.raises(ValueError, match="holds no state_dict"):
+        load_pretrained(model, tmp_path / "meta.pt")
+    wide = _net(2, width=16).state_dict()
+    wide["extra.weight"] = torch.zeros(1)
+    torch.save(wide, tmp_path / "wide.pt")
+    before = [t.clone() for t in model.state_dict().values()]
+    with pytest.raises(ValueError, match=r"do not fit Sequential \(file vs model\): unexpected: extra.weight; "
+                                         r"other shapes: 0.weight \(16, 3, 3, 3\) vs \(8, 3, 3, 3\), .* and 3 more"):
+        load_pretrained(model, tmp_path / "wide.pt")
+    # nothing half-loaded (the classifier's bias, 4 values in both, would have been copied)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+    del wide["0.weight"]
+    torch.save(wide, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match=r"missing: 0.weight;"):
+        load_pretrained(model, tmp_path / "short.pt")
+
+
+def test_the_trainer_starts_the_method_from_model_weights(tmp_path):
+    trained = _net(0)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    cfg = resolve({"out_dir": str(tmp_path / "run"), "model": {"weights": str(tmp_path / "w.pt")},
+                   "data": {"name": "sample", "train_size": 32, "test_size": 32, "image_size": 8, "num_classes": 4,
+                            "batch_size": 16},
+                   "train": {"epochs": 1, "progress": False, "device": "cpu"}})
+    trainer = Trainer(cfg, model=_net(1))
+    assert _same(trained, trainer.model)
+    cfg["model"]["weights"] = str(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="model.weights: no file"):
+        Trainer(cfg, model=_net(1))
