@@ -138,7 +138,7 @@ def test_merge_keeps_the_copy_that_is_further_along(tmp_path):
 
 def test_run_list_covers_the_issue_and_every_entry_resolves():
     names = [r.name for r in reproduce.RUNS]
-    assert len(set(names)) == len(names) == 22
+    assert len(set(names)) == len(names) == 23
     for model in ("resnet20", "resnet56"):
         for method in ("dense", "svd_finetune", "trp_channel_nuclear", "trp_channel", "trp_spatial_nuclear",
                        "trp_spatial", "lrpet", "elrt_tucker2", "elrt_channel"):
