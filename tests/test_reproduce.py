@@ -148,7 +148,8 @@ def test_run_list_covers_the_issue_and_every_entry_resolves():
         assert cfg["model"]["name"] == run.name.split("_")[0]
         assert cfg["train"]["keep_checkpoints"] == 1
     assert [r.name for r in reproduce.select(["resnet56_trp_*"])] == [
-        "resnet56_trp_channel_nuclear", "resnet56_trp_channel", "resnet56_trp_spatial_nuclear", "resnet56_trp_spatial"]
+        "resnet56_trp_channel_nuclear", "resnet56_trp_channel", "resnet56_trp_spatial_nuclear", "resnet56_trp_spatial",
+        "resnet56_trp_channel_ramp"]
     with pytest.raises(SystemExit, match="no run matches"):
         reproduce.select(["resnet18_*"])
 
