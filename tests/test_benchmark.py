@@ -72,6 +72,7 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result_and_tabulate(tmp_pa
     assert float(table[1]["flops_speedup"]) >= 1 / cpu_budget.BUDGET - 1e-6
     assert float(table[1]["cpu_speedup_b32"]) > 0
     assert "| LRPET (ET + BN rect.) |" in stem.with_suffix(".md").read_text()
+    assert "Over seeds" not in stem.with_suffix(".md").read_text()  # each method trained once
     benchmark.plot(rows, stem.with_suffix(".png"), "tiny")
     assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -231,3 +232,15 @@ def test_speed_deploy_section_sets_each_compact_model_beside_its_deployed_form(m
     assert len(rows) == 6
     assert rows[1].startswith("| b1 | half | — |") and rows[1].endswith("| 4.00 | 0.50x |")
     assert rows[2].startswith("| b1 | half, deployed | 1/2 |") and rows[2].endswith("| 1.00 | 2.00x |")
+
+
+def test_methods_trained_with_several_seeds_get_their_spread(tmp_path):
+    base = {k: None for k in benchmark.ROW_FIELDS}
+    rows = [{**base, "model": "resnet56", "method": "LRPET", "top1_final": acc, "device": "gpu", "commit": "c",
+             "date": "d", "command": "x"} for acc in (93.0, 93.4, 92.9)]
+    rows.append({**rows[0], "method": "dense", "top1_final": 93.5})
+    stem = tmp_path / "table"
+    benchmark.write_table(rows, stem, "seeds", columns=["model", "method", "top1_final"])
+    text = stem.with_suffix(".md").read_text()
+    assert "| resnet56 | LRPET | 3 | 93.10 | 0.26 | 92.90 | 93.40 |" in text
+    assert "| resnet56 | dense | 1 |" not in text.split("## Over seeds")[1]

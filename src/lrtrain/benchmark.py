@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -137,7 +138,25 @@ def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: str =
               if rows and k not in shown and all(r[k] == rows[0][k] for r in rows)}
     if shared:
         lines += [""] + [f"{k.capitalize()}: " + (f"`{v}`" if k == "command" else f"{v}.") for k, v in shared.items()]
+    lines += _over_seeds(rows)
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _over_seeds(rows: list[dict[str, Any]]) -> list[str]:
+    """Where a model and method were trained more than once (other seeds): their final top-1 summarized."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r.get("model"), r["method"]), []).append(float(r["top1_final"]))
+    repeated = {k: v for k, v in groups.items() if len(v) > 1}
+    if not repeated:
+        return []
+    lines = ["", "## Over seeds", "", "Rows of one model and method trained more than once, with other seeds: "
+             "their final top-1 (sample standard deviation).", "",
+             "| model | method | runs | top1_final mean | sd | min | max |", "|---|---|---|---|---|---|---|"]
+    for (model, method), accs in repeated.items():
+        lines.append(f"| {model} | {method} | {len(accs)} | {statistics.mean(accs):.2f} | "
+                     f"{statistics.stdev(accs):.2f} | {min(accs):.2f} | {max(accs):.2f} |")
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | None = "dense",
