@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -64,7 +63,7 @@ def config(run: reproduce.Run, args, mode: str, out_dir: Path) -> dict:
 
 
 def train(run: reproduce.Run, args, mode: str, out_dir: Path) -> dict:
-    """Train the shortened run once; its trained tensors, per-epoch losses and step times."""
+    """Train the shortened run once; its trained tensors, final test loss and median step time."""
     device = resolve_device(args.device, World())
     tensors = make_sample(BATCH * args.steps_per_epoch, 256, image_size=32, num_classes=10, seed=0)
     cfg = config(run, args, mode, out_dir)
@@ -102,12 +101,7 @@ def worker(name: str, args) -> dict:
 def launch(names: list[str], argv: list[str], tmp: Path) -> list[dict]:
     """One worker process per run, all at once (compilation is CPU-bound; the GPU has room)."""
     procs = {}
-    env = dict(os.environ)
-    # All compile at once: torch's threads and Inductor's compile workers, one per core each, would
-    # oversubscribe the CPU.
-    share = str(max(1, (os.cpu_count() or 1) // len(names)))
-    env.setdefault("OMP_NUM_THREADS", share)
-    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
+    env = reproduce.worker_env(len(names))
     for name in names:
         out = tmp / f"{name}.json"
         procs[name] = (subprocess.Popen([sys.executable, __file__, *argv, "--worker", name, "--json", str(out)],

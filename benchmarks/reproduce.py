@@ -349,6 +349,17 @@ def worker_limit(left: float, run_dir: Path, margin: float, startup: float) -> f
     return limit if limit > (reserve if fresh else 0) else None
 
 
+def worker_env(workers: int) -> dict[str, str]:
+    """The environment of `workers` processes that share this machine's CPU: torch's default (one thread
+    per core each) would oversubscribe it, and so would Inductor's compile workers (one process per core
+    each, all compiling at once at the start)."""
+    env = dict(os.environ)
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    env.setdefault("OMP_NUM_THREADS", share)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
+    return env
+
+
 class GpuMonitor:
     """Samples the GPU's utilization and memory every `every` seconds through ``nvidia-smi`` (nothing where
     there is none), so that a call says how much of the GPU its parallel runs used."""
@@ -445,13 +456,8 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
     deadline = None if args.time_limit is None else started + args.time_limit
     # Started runs first: finishing them bounds how many unfinished ones there are to carry.
     todo = sorted((r for r in runs if not progress(root / r.name)[0]), key=lambda r: progress(root / r.name)[1] < 0)
-    env = dict(os.environ)
+    env = worker_env(args.parallel)
     env["PYTHONUNBUFFERED"] = "1"
-    # Workers share the CPU: torch's default (one thread per core each) would oversubscribe it, and so would
-    # Inductor's compile workers (one process per core each, all compiling at the start of the call).
-    share = str(max(1, (os.cpu_count() or 1) // args.parallel))
-    env.setdefault("OMP_NUM_THREADS", share)
-    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", share)
     active: list[_Worker] = []
     trained: list[str] = []
     skipped: list[str] = []
