@@ -2,7 +2,8 @@
 
 - **B.1** training step of each method vs dense training, same model and batch (ResNet-56, batch 128):
   TRP (projection every 5 steps; the nuclear sub-gradient after each projection as its recipes do, or every
-  step by batched SVD or by Newton–Schulz), LRPET, ELRT (Tucker-2 and channel). Each configuration is a
+  step by batched SVD or by Newton–Schulz; and with ``overlap``, the host's decomposition of a projection
+  run while the device trains the next step), LRPET, ELRT (Tucker-2 and channel). Each configuration is a
   `Trainer` built from its recipe, stepped through `Trainer.train_step` (the step training runs) on
   generated 32×32 images held on the device (benchmarks/train_throughput.py's helpers), in interleaved
   rounds (a drift of a shared machine hits all alike), median round kept. A window is a whole number of
@@ -78,6 +79,7 @@ TRP_R56 = "cifar10_resnet56_trp_channel.yaml"
 B1 = [  # (label, recipe, overrides): ResNet-56, the recipes' own settings unless said
     ("dense", "cifar10_resnet56_dense.yaml", ()),
     ("TRP channel, λ after each projection (recipe)", TRP_R56, ()),
+    ("TRP channel, the same, projection overlapped with the next step", TRP_R56, ("method.overlap=true",)),
     ("TRP channel, λ every step (batched SVD)", TRP_R56, ("method.subgradient=svd",)),
     ("TRP channel, λ every step (Newton–Schulz)", TRP_R56, ("method.subgradient=newton_schulz",)),
     ("TRP spatial, λ after each projection", TRP_R56, ("method.scheme=spatial",)),

@@ -179,11 +179,11 @@ def test_the_methods_linear_algebra_runs_without_tf32_when_training_allows_it(mo
     from lrtrain import LRPET, TRP, models
 
     seen = []
-    reconstruct, gram_eigh_many = linalg.reconstruct, linalg.gram_eigh_many
+    reconstruct, apply = linalg.reconstruct, linalg.GramEigh.apply
     precision = torch.get_float32_matmul_precision
     monkeypatch.setattr(linalg, "reconstruct", lambda *a: seen.append(("LRPET", precision())) or reconstruct(*a))
-    monkeypatch.setattr(linalg, "gram_eigh_many", lambda *a, **k: seen.append(("TRP", precision()))
-                        or gram_eigh_many(*a, **k))
+    # TRP's float32 products: the truncation and U_r V_rᵀ from the Gram eigendecomposition
+    monkeypatch.setattr(linalg.GramEigh, "apply", lambda *a: seen.append(("TRP", precision())) or apply(*a))
     saved = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")  # what the trainer sets on a GPU
@@ -243,3 +243,14 @@ def test_gram_eigh_many_equals_one_call_per_group_and_names_the_bad_layer():
     mats[1][1, 0, 0] = float("nan")
     with pytest.raises(linalg.NonFiniteError, match=r"^y: the weight contains NaN"):
         linalg.gram_eigh_many(mats, [["a", "b", "c"], ["x", "y"], None])
+
+
+def test_gram_transfer_decomposes_the_matrices_as_they_were_when_sent():
+    g = torch.Generator().manual_seed(3)
+    mats = [torch.randn(2, 16, 144, generator=g), torch.randn(3, 96, 48, generator=g)]
+    expected = linalg.gram_eigh_many([m.clone() for m in mats])
+    transfer = linalg.GramTransfer(mats)
+    for m in mats:  # what a training step does to the weights before `receive`
+        m.mul_(3).add_(torch.randn(m.shape, generator=g))
+    for dec, ref in zip(transfer.receive(), expected, strict=True):
+        assert dec.left == ref.left and torch.equal(dec.S, ref.S) and torch.equal(dec.basis, ref.basis)

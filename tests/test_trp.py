@@ -258,39 +258,46 @@ def test_bad_arguments_name_the_problem():
         TRP(net, eligible="official", input_size=SIZE).finalize({"12": 2})
 
 
-@pytest.mark.parametrize("subgradient", ["svd", "newton_schulz", "projection"])
-def test_steps_without_projection_never_read_values_back(subgradient, monkeypatch):
+@pytest.mark.parametrize("subgradient, overlap", [("svd", False), ("newton_schulz", False), ("projection", False),
+                                                  ("projection", True)])
+def test_steps_without_projection_never_read_values_back(subgradient, overlap, monkeypatch):
     x, y = _data(64)
     model = _net()
-    method = TRP(model, period=4, subgradient=subgradient, input_size=SIZE)
+    method = TRP(model, period=4, subgradient=subgradient, input_size=SIZE, overlap=overlap)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    _train(method, opt, x, y, 4)  # the 4th step projects: the next one uses its pending sub-gradient
+    # the projection of step 4 (with overlap: sent at step 3 of a 3-period, truncated at 4) is done; the
+    # next step uses its pending sub-gradient
+    _train(method, opt, x, y, 4 + overlap)
 
     def sync(*args, **kwargs):
         raise AssertionError("host sync in a step that does not project")
 
     for attr in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, attr, sync)
-    for i in range(3):  # steps 5, 6, 7
+    # steps 5-7; with overlap, steps 6-8, whose last sends a projection without waiting for it
+    for i in range(3):
         nn.functional.cross_entropy(model(x[:16]), y[:16]).backward()
         method.before_step()
         opt.step()
         opt.zero_grad()
         method.after_step()
     monkeypatch.undo()
-    assert method.step == 7
+    assert method.step == 7 + overlap and (method._inflight is not None) == overlap
 
 
-def test_state_dict_round_trip_resumes_identically():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_state_dict_round_trip_resumes_identically(overlap):
     x, y = _data(128)
 
     def fresh():
         model = _net()
-        return model, TRP(model, period=3, nuclear=1e-2, input_size=SIZE)
+        return model, TRP(model, period=3, nuclear=1e-2, input_size=SIZE, overlap=overlap)
 
     model, method = fresh()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    _train(method, opt, x, y, 6)  # step 6 projects: a sub-gradient is pending for step 7
+    # step 6 projects: a sub-gradient is pending for step 7 (with overlap: for step 6, from the truncation
+    # after step 4 of the weights sent after step 3, and step 6's projection is in flight)
+    _train(method, opt, x, y, 6)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "method": method.state_dict()}, buf)
     rows = len(method.rank_log)
@@ -304,6 +311,7 @@ def test_state_dict_round_trip_resumes_identically():
     opt2.load_state_dict(ckpt["opt"])
     method2.load_state_dict(ckpt["method"])
     assert method2.step == 6 and method2.ranks() == {r["layer"]: r["rank"] for r in method.rank_log[rows - 5:rows]}
+    assert (method2._inflight is not None) == overlap
     _train(method2, opt2, x, y, 5, start=6)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
@@ -337,15 +345,18 @@ def test_recipes_follow_the_official_protocol(recipe):
     assert sorted(method.layers) == sorted(convs[1:])  # every 3×3 conv but the stem (no 1×1 convs here)
 
 
-def test_trainer_runs_a_trp_recipe_and_writes_ranks(tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_trainer_runs_a_trp_recipe_and_writes_ranks(tmp_path, overlap):
     cfg = load_recipe(RECIPES / "cifar10_resnet20_trp_channel.yaml", [
         "data.name=sample", "data.train_size=64", "data.test_size=32", "data.image_size=8", "data.batch_size=16",
         "train.epochs=2", "train.progress=false", "train.device=cpu", f"out_dir={tmp_path}",
-        "method.final=energy:0.5"])  # 8 steps leave σ ≥ 0.05 everywhere: the official threshold keeps all
+        "method.final=energy:0.5", f"method.overlap={str(overlap).lower()}"])
+    # (8 steps leave σ ≥ 0.05 everywhere: the official threshold would keep all)
     summary = Trainer(cfg).fit()
     with open(tmp_path / "ranks.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {r["step"] for r in rows} == {"5"} and len(rows) == 18  # 8 steps, one projection
+    # 8 steps, one projection (with overlap: sent after step 5, written after step 6)
+    assert {r["step"] for r in rows} == {"6" if overlap else "5"} and len(rows) == 18
     assert all(int(r["rank"]) < int(r["max_rank"]) for r in rows)
     assert summary["speedup"] > 1 and summary["ranks"] == {r["layer"]: int(r["rank"]) for r in rows}
     compact = lr.load(tmp_path / "compact.pt")
@@ -452,3 +463,82 @@ def test_imagenet_recipe_fine_tunes_pretrained_weights_to_the_papers_speedup():
     method.setup(steps_per_epoch=100, total_steps=1000)
     method.step = 500  # the ramp's end: the budget of the paper's 1.80x from then on
     assert 1 / method.projection_policy().fraction == pytest.approx(1.80, abs=0.005)
+
+
+def _step(method, opt, x, y):
+    """One step up to and including the optimizer's; the caller calls `after_step`."""
+    nn.functional.cross_entropy(method.model(x), y).backward()
+    method.before_step()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_overlap_truncates_the_next_weights_onto_the_sent_weights_kept_directions():
+    x, y = _data(64)
+    model = _net(width=16)
+    method = TRP(model, energy=0.8, period=3, nuclear=1e-2, input_size=SIZE, overlap=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(method, opt, x, y, 2)
+    _step(method, opt, x[:32], y[:32])
+    sent = {n: _matrix(method, n).double() for n in method.layers}  # W_3, sent by step 3's after_step
+    method.after_step()
+    assert not method.rank_log and not method.bn_stale  # nothing written yet: BN statistics still fit
+    assert all(torch.equal(_matrix(method, n).double(), w) for n, w in sent.items())
+    _step(method, opt, x[32:], y[32:])
+    stepped = {n: _matrix(method, n).double() for n in method.layers}  # W_4 before its truncation
+    method.after_step()
+    assert method.bn_stale and {r["step"] for r in method.rank_log} == {4}
+    for name, w in sent.items():
+        U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+        r = int(linalg.energy_rank(S, 0.8))
+        assert method.ranks()[name] == r < len(S)
+        left = w.shape[0] <= w.shape[1]  # the projector acts on the smaller side
+        expected = U[:, :r] @ (U[:, :r].T @ stepped[name]) if left else (stepped[name] @ Vh[:r].T) @ Vh[:r]
+        got = _matrix(method, name).double()
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        assert int(linalg.numerical_rank(torch.linalg.svdvals(got), 1e-5)) == r
+        assert not torch.allclose(got, w, atol=1e-4)  # step 4 moved the weights within the kept subspace
+    # step 5's sub-gradient is W_3's: λ·U_r V_rᵀ of its truncation
+    conv = model[3]
+    conv.weight.grad = torch.zeros_like(conv.weight)
+    method.before_step()
+    U, S, Vh = torch.linalg.svd(sent["3"], full_matrices=False)
+    r = method.ranks()["3"]
+    torch.testing.assert_close(conv.weight.grad.double(), 1e-2 * (U[:, :r] @ Vh[:r]).reshape(conv.weight.shape),
+                               atol=1e-6, rtol=0)
+
+
+def test_overlap_flushed_at_once_equals_the_exact_projection():
+    x, y = _data(64)
+    runs = []
+    for overlap in (False, True):
+        model = _net(width=16)
+        method = TRP(model, energy=0.8, period=3, input_size=SIZE, overlap=overlap)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        _train(method, opt, x, y, 3)
+        if overlap:
+            assert not method.rank_log
+            method.flush()
+        runs.append((method.ranks(), [r["step"] for r in method.rank_log], model.state_dict()))
+    (ranks, steps, weights), (ranks2, steps2, weights2) = runs
+    assert ranks == ranks2 and steps == steps2 == [3] * 5
+    for k in weights:
+        torch.testing.assert_close(weights2[k], weights[k], atol=1e-6, rtol=0)
+
+
+def test_finalize_applies_a_projection_still_in_flight():
+    x, y = _data(64)
+    model = _net(width=16)
+    method = TRP(model, energy=0.6, period=4, input_size=SIZE, overlap=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(method, opt, x, y, 8)  # ends on a projection sent, not yet written
+    before = {n: _matrix(method, n).clone() for n in method.layers}
+    model.eval()
+    method.finalize()
+    assert {r["step"] for r in method.rank_log} == {5, 8} and method._inflight is None
+    assert any(not torch.equal(_matrix(method, n), w) for n, w in before.items())
+    compact = method.finalize(method.ranks())  # the ranks of the projection finalize wrote
+    torch.testing.assert_close(compact(x), model(x), atol=1e-4, rtol=0)
+    for name, rank in method.ranks().items():
+        if isinstance(compact.get_submodule(name), LowRankConv2d):
+            assert compact.get_submodule(name).rank == rank

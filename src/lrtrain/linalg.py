@@ -168,24 +168,54 @@ def gram_eigh_many(mats: list[Tensor], names: list[list[str] | None] | None = No
     """`gram_eigh` of several (batches of) matrices, of any shapes, with one device-to-host copy of all
     their Gram matrices and one host-to-device copy of all the singular vectors (asynchronous from pinned
     memory): a training step waits for the device once, however many shape groups there are."""
-    lefts = [a.shape[-2] <= a.shape[-1] for a in mats]
-    grams = [a64 @ a64.mT if left else a64.mT @ a64 for a64, left in zip((a.double() for a in mats), lefts)]
-    if host and grams:
-        grams = _split_like(_to(torch.cat([g.flatten() for g in grams]), torch.device("cpu")), grams)
-    out = []
-    for i, (a, gram, left) in enumerate(zip(mats, grams, lefts)):
-        if not bool(torch.isfinite(gram).all()):
-            raise NonFiniteError(_nonfinite_message(a, None if names is None else names[i]))
-        small = gram.device.type == "cpu" and gram.shape[-1] <= 256  # ImageNet widths keep torch's threads
-        with _one_thread() if small else contextlib.nullcontext():
-            eigenvalues, vectors = torch.linalg.eigh(gram)
-        out.append((eigenvalues.flip(-1).clamp_min(0).sqrt().cpu(), vectors.flip(-1), left))
-    bases = [v for _, v, _ in out]
-    if host and mats and all(a.device == mats[0].device and a.dtype == mats[0].dtype for a in mats):
-        flat = torch.cat([v.to(mats[0].dtype).flatten() for v in bases])
-        bases = _split_like(_to(flat, mats[0].device), bases)
-    return [GramEigh(basis.to(device=a.device, dtype=a.dtype), S, left)
-            for a, basis, (S, _, left) in zip(mats, bases, out)]
+    return GramTransfer(mats, host).receive(names)
+
+
+class GramTransfer:
+    """`gram_eigh_many` in two halves, so that the device can work between them.
+
+    Creating it queues the float64 Gram matrices of `mats` on their device and, with ``host``, their
+    copy into pinned host memory, and returns without waiting. `receive` waits for that copy, decomposes
+    on the host and sends the singular vectors back. Between the two the caller may queue more device
+    work (the next training step): the host's eigendecomposition then overlaps it.
+    """
+
+    def __init__(self, mats: list[Tensor], host: bool = True):
+        self.mats = mats
+        self.host = host and bool(mats)
+        self.lefts = [a.shape[-2] <= a.shape[-1] for a in mats]
+        grams = [a64 @ a64.mT if left else a64.mT @ a64 for a64, left in zip((a.double() for a in mats), self.lefts)]
+        self._event = None
+        if self.host and grams[0].device.type != "cpu":
+            flat = torch.cat([g.flatten() for g in grams])
+            cuda = flat.device.type == "cuda"
+            buffer = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=cuda)
+            buffer.copy_(flat, non_blocking=cuda)
+            if cuda:
+                self._event = torch.cuda.Event()
+                self._event.record()
+            grams = _split_like(buffer, grams)
+        self.grams = grams
+
+    def receive(self, names: list[list[str] | None] | None = None) -> list[GramEigh]:
+        """The decompositions (waits for the Gram matrices to reach the host, if they have not yet)."""
+        if self._event is not None:
+            self._event.synchronize()
+        out = []
+        for i, (a, gram) in enumerate(zip(self.mats, self.grams)):
+            if not bool(torch.isfinite(gram).all()):
+                raise NonFiniteError(_nonfinite_message(a, None if names is None else names[i]))
+            small = gram.device.type == "cpu" and gram.shape[-1] <= 256  # ImageNet widths keep torch's threads
+            with _one_thread() if small else contextlib.nullcontext():
+                eigenvalues, vectors = torch.linalg.eigh(gram)
+            out.append((eigenvalues.flip(-1).clamp_min(0).sqrt().cpu(), vectors.flip(-1)))
+        bases = [v for _, v in out]
+        mats = self.mats
+        if self.host and all(a.device == mats[0].device and a.dtype == mats[0].dtype for a in mats):
+            flat = torch.cat([v.to(mats[0].dtype).flatten() for v in bases])
+            bases = _split_like(_to(flat, mats[0].device), bases)
+        return [GramEigh(basis.to(device=a.device, dtype=a.dtype), S, left)
+                for a, basis, (S, _), left in zip(mats, bases, out, self.lefts)]
 
 
 def _to(t: Tensor, device: torch.device) -> Tensor:

@@ -15,7 +15,9 @@ singular values below 0.05), through `surgery`, so no layer ends up costlier tha
 Every group of equal-shaped weights costs one batched decomposition (`matrices.group_weights`): a
 projection, one eigendecomposition of the float64 Gram matrices on the host (`linalg.gram_eigh`); the
 every-step sub-gradient, one SVD or Newton–Schulz iteration on the device. A step that does not project
-never reads a value back to the host: the numerical rank is a mask ``σ > tol·σ₁`` kept on device.
+never reads a value back to the host: the numerical rank is a mask ``σ > tol·σ₁`` kept on device. A
+projecting step waits for the device once, unless ``overlap``: its Gram matrices then travel to the host
+while the device trains the next step, after which their truncation is written.
 
 Where this differs from the official code (yuhuixu1993/Trained-Rank-Pruning): it projects before the steps
 ``i`` with ``i % period == 0`` counted from each epoch's start (so also before the very first step, on the
@@ -117,6 +119,15 @@ class TRP(Method):
         host_eigh: a projection decomposes each group's float64 Gram matrices with LAPACK on the host
             (the device is waited for once per projection; milliseconds for a CIFAR ResNet) rather than
             on the weights' device (`linalg.gram_eigh_many`).
+        overlap: split each projection across two steps so the device never waits for the host: step t
+            sends the Gram matrices of W_t to the host (`linalg.GramTransfer`) and the next step is queued
+            on the device while the host decomposes them; after step t+1 the truncation is written as
+            ``P·W_{t+1}`` with P the rank-r projector of W_t's kept singular directions (U_r U_rᵀ on the
+            smaller side), and the following step's sub-gradient is W_t's. The ranks are the energy rule's
+            (or the policy's) on W_t and every projected weight has exactly that rank; the difference from
+            the exact truncation of W_{t+1} is the part of one SGD step outside the kept subspace. Off by
+            default (the official protocol truncates the current weights); on a GPU it takes the host's
+            eigendecomposition off the step's critical path. `finalize` applies a projection still in flight.
 
     Call `before_step` on unscaled gradients (after ``GradScaler.unscale_`` under fp16 AMP). With
     ``subgradient="svd"`` on CUDA, cuSOLVER may synchronize inside ``torch.linalg.svd``;
@@ -130,7 +141,8 @@ class TRP(Method):
     def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9, period: int | None = 5,
                  nuclear: float = 3e-4, final: RankPolicy | str | dict | None = None, eligible: str = "default",
                  skip: Iterable[str] = (), subgradient: str = "svd", input_size=(1, 3, 32, 32),
-                 rank: RankPolicy | str | None = None, ramp: float = 0.0, host_eigh: bool = True):
+                 rank: RankPolicy | str | None = None, ramp: float = 0.0, host_eigh: bool = True,
+                 overlap: bool = False):
         super().__init__(model)
         self.scheme = self._matrix_scheme(scheme)
         if not 0.0 < float(energy) <= 1.0:
@@ -171,6 +183,9 @@ class TRP(Method):
         self._ranks = dict(self._max_rank)
         # U_r V_rᵀ of the last projection, per group, waiting for the next `before_step`.
         self._pending: list[Tensor] | None = None
+        self.overlap = bool(overlap)
+        # With `overlap`: the projection sent after the last step, truncated after the next one.
+        self._inflight: linalg.GramTransfer | None = None
 
     # ----------------------------------------------------------------------------------------- setup
     @staticmethod
@@ -232,14 +247,22 @@ class TRP(Method):
         return _masked_polar(U, S > self.tol * S[..., :1], Vh)
 
     def after_step(self) -> None:
-        """Count the step; step B every `period` steps."""
+        """Count the step; step B every `period` steps (with `overlap`, truncated after the next step)."""
         super().after_step()
+        if self._inflight is not None:
+            self._truncate(self._inflight, late=True)
         if self.period and self.step % self.period == 0:
-            self.project()
+            if self.overlap:
+                self._inflight = self._send()
+            else:
+                self.project()
 
     @property
     def bn_stale(self) -> bool:
-        return bool(self.period) and self.step > 0 and self.step % self.period == 0
+        if not self.period:
+            return False
+        written = self.step - 1 if self.overlap else self.step  # the step after which weights were truncated
+        return written > 0 and written % self.period == 0
 
     @torch.no_grad()
     @linalg.full_precision()
@@ -249,12 +272,30 @@ class TRP(Method):
         Returns the new ranks (for the decoupled scheme, the largest rank of the layer's filters) and logs
         them in `rank_log`. The decomposition (`linalg.gram_eigh`: the singular values and the smaller-side
         singular vectors, which give both the truncation and U_r V_rᵀ) also gives the next step's
-        sub-gradient, so that step needs none.
+        sub-gradient, so that step needs none. An `overlap` projection in flight is applied first.
         """
+        self.flush()
+        return self._truncate(self._send(), late=False)
+
+    def flush(self) -> None:
+        """Apply now an `overlap` projection still in flight (`finalize` does; nothing otherwise)."""
+        if self._inflight is not None:
+            self._truncate(self._inflight, late=True)
+
+    @torch.no_grad()
+    def _send(self, mats: list[Tensor] | None = None) -> linalg.GramTransfer:
+        """Queue the Gram matrices of every group (of `mats`, default the current weights) for the host."""
+        mats = [g.matrices() for g in self._groups] if mats is None else mats
+        return linalg.GramTransfer(mats, host=self.host_eigh)
+
+    @torch.no_grad()
+    @linalg.full_precision()
+    def _truncate(self, transfer: linalg.GramTransfer, late: bool) -> dict[str, int]:
+        """Decompose `transfer`'s weights and write their truncation; ``late``: project the weights as they
+        are now onto the kept directions of the ones sent (equal when no step came between)."""
+        self._inflight = None
         pending = []
-        mats = [g.matrices() for g in self._groups]
-        decs = list(zip(self._groups, mats, linalg.gram_eigh_many(mats, [g.names for g in self._groups],
-                                                                  host=self.host_eigh)))
+        decs = list(zip(self._groups, transfer.mats, transfer.receive([g.names for g in self._groups])))
         chosen = self._policy_projection_ranks(decs) if self.rank_policy is not None else None
         for group, mats, dec in decs:
             S = dec.S  # on the host: the ranks below need no device sync
@@ -264,7 +305,7 @@ class TRP(Method):
                 rank = torch.tensor([chosen[n] for n in group.names])
                 rank = rank.view(-1, *[1] * (S.dim() - 2)).expand(S.shape[:-1])
             keep = linalg.rank_mask(S, rank)
-            group.write(dec.apply(mats, keep))
+            group.write(dec.apply(group.matrices() if late else mats, keep))
             if self.nuclear:  # U_r V_rᵀ = U_r Σ_r⁻¹ U_rᵀ W over the numerically non-zero kept directions
                 live = keep & (S > self.tol * S[..., :1])
                 pending.append(dec.apply(mats, torch.where(live, 1 / S, 0.0)))
@@ -299,7 +340,8 @@ class TRP(Method):
         return FlopsBudget(1.0 - (1.0 - self.rank_policy.fraction) * progress)
 
     def ranks(self) -> dict[str, int]:
-        """Rank of every trained layer at the last projection (its full rank before the first one)."""
+        """Rank of every trained layer at the last projection written (its full rank before the first one;
+        with `overlap`, `flush` first to include one in flight)."""
         return {name: self._ranks[name] for name in self.layers}
 
     # -------------------------------------------------------------------------------------- finalize
@@ -312,6 +354,7 @@ class TRP(Method):
         A layer whose factorized form would cost as much as the dense one stays dense.
         """
         policy = self.final if rank is None else rank
+        self.flush()
         compact = copy.deepcopy(self.model)
         if isinstance(policy, dict):
             ranks = self._explicit(policy)
@@ -342,7 +385,11 @@ class TRP(Method):
         if self._pending is not None:
             for group, subs in zip(self._groups, self._pending):
                 pending.update({name: sub for name, sub in zip(group.names, subs)})
-        return {"step": self.step, "ranks": dict(self._ranks), "pending": pending}
+        inflight = {}
+        if self._inflight is not None:  # the weights it was sent from: a resumed run decomposes them again
+            for group, mats in zip(self._groups, self._inflight.mats):
+                inflight.update({name: mat for name, mat in zip(group.names, mats)})
+        return {"step": self.step, "ranks": dict(self._ranks), "pending": pending, "inflight": inflight}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -354,5 +401,11 @@ class TRP(Method):
         pending = state.get("pending") or {}
         self._pending = None
         if pending:
-            self._pending = [torch.stack([pending[name] for name in g.names]).to(g.modules[0].weight.device)
-                             for g in self._groups]
+            self._pending = self._stacked(pending)
+        inflight = state.get("inflight") or {}
+        self._inflight = self._send(self._stacked(inflight)) if inflight else None
+
+    def _stacked(self, per_layer: dict[str, Tensor]) -> list[Tensor]:
+        """Per-layer matrices of a checkpoint, stacked by group on the weights' device."""
+        return [torch.stack([per_layer[name] for name in g.names]).to(g.modules[0].weight.device)
+                for g in self._groups]
