@@ -132,6 +132,30 @@ def test_lrpet_under_ddp_rectifies_with_rank_0_statistics_so_every_process_picks
         assert torch.equal(v, b["weights"][k]), k
 
 
+def _rng_worker(rank, world_size, port, tmp_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    trainer = Trainer(make_cfg(tmp_path / "rng", {"name": "dense"}), model=PlainNet())
+    torch.rand(1 + 5 * rank)  # each process's generator where its own draws left it
+    own = torch.get_rng_state()
+    path = trainer.save_checkpoint()
+    dist.broadcast_object_list(box := [path])
+    torch.rand(100)
+    trainer.load_checkpoint(box[0])
+    torch.save({"restored": torch.get_rng_state(), "own": own}, tmp_path / f"rng{rank}.pt")
+    distributed.shutdown()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_ddp_resume_gives_each_process_back_its_own_random_state(tmp_path):
+    mp.spawn(_rng_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rng{r}.pt", weights_only=True) for r in range(2))
+    assert not torch.equal(a["own"], b["own"])  # the processes' generators differ
+    assert torch.equal(a["restored"], a["own"]) and torch.equal(b["restored"], b["own"])
+
+
 def _resume_worker(rank, world_size, port, tmp_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))

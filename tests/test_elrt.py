@@ -162,6 +162,15 @@ def test_orthonormal_init_has_zero_penalty_and_no_regularizer_gradient(scheme):
     assert max(p.grad.abs().max().item() for p in model.parameters()) < 1e-12
 
 
+def test_a_bf16_model_gets_orthonormal_factors_in_its_own_dtype():
+    model = _tiny().to(torch.bfloat16)
+    method = ELRT(model, rank="ratio:0.5", orth=1.0, skip=(), input_size=SMALL)
+    params = _factor_params(method)
+    assert params and all(p.dtype == torch.bfloat16 for p in model.parameters())
+    # orthonormal up to bf16 rounding (the penalty of Gaussian factors of these shapes exceeds 1)
+    assert method.penalty().float().item() < 0.05
+
+
 def test_orthogonal_init_preserves_the_dense_weight_variance():
     torch.manual_seed(0)
     conv = nn.Conv2d(64, 64, 3, padding=1, bias=False)

@@ -270,6 +270,41 @@ def test_state_dict_round_trip_resumes_the_schedule_and_ranks():
         LRPET(_tiny_resnet(), goal=0.5, skip=["conv1"], input_size=SMALL).load_state_dict(saved["method"])
 
 
+
+def test_a_resume_with_changed_rank_settings_projects_to_the_new_ones():
+    model = _tiny_resnet()
+    saved = LRPET(model, goal=0.5, period=3, input_size=SMALL).state_dict()
+    wanted = LRPET(_tiny_resnet(), goal=0.8, input_size=SMALL).ranks()
+    resumed = LRPET(model, goal=0.8, period=3, input_size=SMALL)
+    resumed.load_state_dict(saved)
+    assert resumed.ranks() == wanted != saved["ranks"]
+    # saved before the first projection of a spectrum rule (no ranks yet), resumed under a goal
+    early = LRPET(_tiny_resnet(), rank="energy:0.9", input_size=SMALL).state_dict()
+    assert early["ranks"] == {}
+    resumed = LRPET(_tiny_resnet(), goal=0.5, input_size=SMALL)
+    resumed.load_state_dict(early)
+    resumed.project()
+    assert resumed.ranks() == LRPET(_tiny_resnet(), goal=0.5, input_size=SMALL).ranks()
+
+
+def test_without_energy_transfer_the_pruned_values_are_still_scaled_by_rho():
+    model = _tiny_resnet()
+    conv = model.layer3[1].conv1
+    S = linalg.svd(_mat(conv)).S
+    LRPET(model, rank={"layer3.1.conv1": 5}, transfer=0.5, energy_transfer=False, bn_rectify=False,
+          input_size=SMALL).project()
+    torch.testing.assert_close(linalg.svd(_mat(conv)).S, torch.cat([S[:5], 0.5 * S[5:]]), rtol=1e-5, atol=1e-9)
+
+
+def test_hooks_called_under_autocast_still_project_exactly():
+    model = _tiny_resnet()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        LRPET(model, rank={"layer3.1.conv1": 5}, bn_rectify=False, input_size=SMALL).project()
+        assert torch.is_autocast_enabled("cpu")
+    S = linalg.svd(_mat(model.layer3[1].conv1)).S
+    assert float(S[5] / S[0]) < 1e-5  # a bf16 product would leave ~1e-3
+
+
 # FLOPs reduction of the rank rule before training, as the official code prints it (or, for ResNet-18 and
 # ResNet-50, the compact FLOPs of the official README): our counting and rank rule must agree with them.
 @pytest.mark.parametrize("recipe,reduction", [
@@ -287,3 +322,15 @@ def test_recipes_build_and_match_the_official_flops_reduction(recipe, reduction)
     plan = lr.plan(model, rank=method.ranks(), input_size=method.input_size, linear=False)
     kept = sum(d.flops for d in plan) / sum(d.dense_flops for d in plan)
     assert 1 - kept == pytest.approx(reduction, abs=0.005)
+
+
+def test_a_run_ending_between_projections_logs_finalizes_projection_in_ranks_csv(tmp_path):
+    from lrtrain.train import Trainer
+
+    cfg = load_recipe(Path(__file__).parents[1] / "recipes" / "cifar10_resnet56_lrpet.yaml", [
+        "model.name=resnet20", "data.name=sample", "data.train_size=64", "data.test_size=32", "data.image_size=8",
+        "data.batch_size=16", "train.epochs=2", "train.progress=false", "train.device=cpu", f"out_dir={tmp_path}",
+        "method.period=5"])  # projections after step 5, and by finalize after step 8
+    summary = Trainer(cfg).fit()
+    steps = [line.split(",")[0] for line in (tmp_path / "ranks.csv").read_text().splitlines()[1:]]
+    assert summary["steps"] == 8 and sorted(set(steps)) == ["5", "8"] and steps.count("5") == steps.count("8")

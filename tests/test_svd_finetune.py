@@ -50,6 +50,21 @@ def test_swaps_at_dense_fraction_of_the_steps_and_meets_the_flops_budget():
     assert method.finalize() is method.model
 
 
+
+@pytest.mark.parametrize("fraction, epochs, dense_epochs", [
+    (0.5, 5, 3), (0.5, 3, 2), (0.5, 4, 2),  # halves round up, not to the even number
+    (0.95, 10, 9),                           # some fine-tuning is left whatever the fraction below 1
+    (0.5, 1, 0), (0.2, 2, 0),                # no dense epoch: the swap comes before the first step
+])
+def test_the_dense_phase_is_whole_epochs_rounded_half_up_with_one_left_to_fine_tune(fraction, epochs, dense_epochs):
+    method = create_method("svd_finetune", _net(), rank="flops:0.45", dense_fraction=fraction, input_size=list(SMALL))
+    method.setup(steps_per_epoch=3, total_steps=3 * epochs)
+    assert method.swap_step == 3 * dense_epochs
+    assert method.swapped == (dense_epochs == 0) and not method.rebuild_optimizer
+    if dense_epochs == 0:
+        assert {r["step"] for r in method.rank_log} == {0}
+
+
 def test_init_loads_pretrained_weights_and_swaps_at_construction(tmp_path):
     pretrained = _net(seed=1).eval()
     path = tmp_path / "dense.pt"

@@ -28,11 +28,23 @@ class SVD(NamedTuple):
 def full_precision() -> Iterator[None]:
     """float32 matrix products in full (IEEE) precision inside, whatever the caller chose.
 
-    Training on a GPU allows TF32 matrix products (``torch.set_float32_matmul_precision("high")``), whose
-    ~1e-3 relative round-off would put a projected weight's zeroed singular values back at ~1e-3·σ₁:
-    numerical ranks, Newton–Schulz polar factors and every reconstruction would then be wrong. The
-    methods' hooks and `surgery.factorize` run under this (as a context or a decorator).
+    Training on a GPU allows TF32 matrix products (``torch.set_float32_matmul_precision("high")``), and a
+    loop may call a method's hooks inside ``torch.autocast`` (bf16 products); either's round-off (~1e-3
+    relative) would put a projected weight's zeroed singular values back at ~1e-3·σ₁: numerical ranks,
+    Newton–Schulz polar factors and every reconstruction would then be wrong. Inside, autocast is off and
+    float32 products are IEEE. The methods' hooks and `surgery.factorize` run under this (as a context or
+    a decorator).
     """
+    with contextlib.ExitStack() as stack:
+        for device in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device):
+                stack.enter_context(torch.autocast(device, enabled=False))
+        stack.enter_context(_ieee_matmul())
+        yield
+
+
+@contextlib.contextmanager
+def _ieee_matmul() -> Iterator[None]:
     try:
         saved = torch.get_float32_matmul_precision()
     except RuntimeError:  # the caller chose per backend (torch.backends.cuda.matmul.fp32_precision = ...)

@@ -78,8 +78,10 @@ def _init_orthogonal(layer: LowRank, gain: float) -> None:
     free factor: its scale is that of its orthonormal factors (the regularizer holds it there anyway).
     """
     for f in _factors(layer):
-        q = nn.init.orthogonal_(torch.empty(f.rows, f.cols, dtype=f.param.dtype, device=f.param.device))
-        f.param.copy_(f.unmatrix(q))
+        # LAPACK/cuSOLVER have no QR in bf16/fp16: those take float32's
+        dtype = f.param.dtype if f.param.dtype in (torch.float32, torch.float64) else torch.float32
+        q = nn.init.orthogonal_(torch.empty(f.rows, f.cols, dtype=dtype, device=f.param.device))
+        f.param.copy_(f.unmatrix(q).to(f.param.dtype))
     _init_core(layer, gain)
 
 

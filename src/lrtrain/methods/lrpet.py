@@ -123,7 +123,8 @@ class LRPET(Method):
         period: projection every `period` optimizer steps, or ``"epoch"`` (once per epoch, resolved by
             `setup`; the official CIFAR setting; ImageNet used 250).
         transfer: ρ, the factor of the pruned singular values (0: a true projection, the default).
-        energy_transfer: rescale the kept singular values so Σσ² is unchanged (False: plain truncation).
+        energy_transfer: rescale the kept singular values so Σσ² is unchanged (False: the kept values as
+            they are; the pruned ones still scaled by ρ).
         bn_rectify: take the SVD of diag(α)·W for convs followed by a BatchNorm.
         skip: fnmatch patterns of conv names left alone.
         input_size: input shape used to trace the model (FLOPs of each layer, BN pairing fallback).
@@ -191,14 +192,17 @@ class LRPET(Method):
                                "total_steps=...) before training, or an explicit period=N steps")
         return self.steps_per_epoch
 
-    @torch.no_grad()
-    @linalg.full_precision()
     def project(self, energy_transfer: bool | None = None) -> None:
         """Project every managed conv onto its rank now (`after_step` calls this every `period` steps).
 
-        `energy_transfer` overrides the constructor's choice for this call.
+        `energy_transfer` overrides the constructor's choice for this call. The pruned singular values
+        are scaled by `transfer` (ρ) either way.
         """
-        transfer = self.energy_transfer if energy_transfer is None else energy_transfer
+        self._project(self.energy_transfer if energy_transfer is None else energy_transfer, self.transfer)
+
+    @torch.no_grad()
+    @linalg.full_precision()
+    def _project(self, transfer: bool, rho: float) -> None:
         # Under DDP each process's BatchNorm statistics moved with its own batch since the forward pass
         # synced them: all rectify with rank 0's, so all see the same spectra and pick the same ranks.
         from ..train.distributed import broadcast_tensors_  # here: lrtrain.train imports the methods
@@ -215,7 +219,8 @@ class LRPET(Method):
             self._ranks = self._policy(requests, self._fixed_cost)
         for g, mats, unscale, (U, S, Vh) in work:
             rank = torch.tensor([self._ranks[name] for name in g.names], device=S.device)
-            S_new = linalg.transfer_energy(S, rank, self.transfer) if transfer else S * linalg.rank_mask(S, rank)
+            S_new = (linalg.transfer_energy(S, rank, rho) if transfer
+                     else torch.where(linalg.rank_mask(S, rank), S, rho * S))
             out = unscale.unsqueeze(-1) * linalg.reconstruct(U, S_new, Vh)
             idle = (S[..., 0] < _IDLE_SIGMA).view(-1, 1, 1)
             g.write(torch.where(idle, mats.to(out.dtype), out))
@@ -250,13 +255,13 @@ class LRPET(Method):
         """The compact model: a copy of the trained model with each projected conv factorized.
 
         If the weights moved since the last projection (training stopped between two), the model is
-        projected once more first, without energy transfer: the best approximation of what it computes.
+        projected once more first, without energy transfer and ρ: the best approximation of what it computes.
         Convs whose largest singular value vanished become `VanishedConv2d` (no FLOPs; the BN after them
         outputs its constant, as before); a conv whose factorized form would cost at least as much as
         the dense one stays dense. The training model itself is left as it is (apart from that projection).
         """
         if self._last_projection != self.step:
-            self.project(energy_transfer=False)
+            self._project(transfer=False, rho=0.0)
         compact = copy.deepcopy(self.model)
         names = list(self._cands)
         convs = [compact.get_submodule(n) for n in names]
@@ -285,4 +290,7 @@ class LRPET(Method):
         unknown = set(state["ranks"]) - set(self._cands)
         if unknown:
             raise ValueError(f"LRPET state has ranks for layers this model does not manage: {sorted(unknown)}")
-        self._ranks = {name: int(r) for name, r in state["ranks"].items()}
+        # Ranks chosen from spectra are the last projection's; ranks fixed by the settings (goal, fixed,
+        # ratio, explicit) are this run's, so a resume with changed settings projects to the new ones.
+        if self._policy is not None and self._policy.needs_spectrum:
+            self._ranks = {name: int(r) for name, r in state["ranks"].items()}

@@ -9,6 +9,7 @@ the swap resumes into the same factorized structure.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from torch import nn
@@ -44,8 +45,9 @@ class SVDFinetune(Method):
         rank: rank policy of the swap (``"flops:0.45"``, ``"energy:0.9"``, ``lr.Energy(0.9)``, an int, or
             ``{layer name: rank}``).
         scheme: ``"channel"``, ``"spatial"``, ``"decoupled"`` or ``"tucker2"``.
-        dense_fraction: fraction of the total steps trained dense before the swap, rounded to whole
-            epochs; default 0.5, or 0 when `init` is given (the swap then happens at construction).
+        dense_fraction: fraction of the total steps trained dense before the swap, rounded half up to
+            whole epochs, at most all epochs but one; default 0.5, or 0 when `init` is given (the swap then
+            happens at construction). When it rounds to 0 epochs, `setup` swaps.
         init: path of a pretrained checkpoint to start from: a state_dict, or a dict holding one under
             ``"model"`` or ``"state_dict"`` (a lrtrain checkpoint or compact.pt of a dense run).
         skip: fnmatch patterns of layer names kept dense.
@@ -85,7 +87,12 @@ class SVDFinetune(Method):
     def setup(self, steps_per_epoch: int, total_steps: int) -> None:
         super().setup(steps_per_epoch, total_steps)
         epochs = total_steps / steps_per_epoch
-        self.swap_step = round(self.dense_fraction * epochs) * steps_per_epoch
+        # half up (not Python's half-to-even), and at least one epoch left to fine-tune
+        dense_epochs = min(math.floor(self.dense_fraction * epochs + 0.5), max(math.ceil(epochs) - 1, 0))
+        self.swap_step = dense_epochs * steps_per_epoch
+        if self.swap_step == 0 and not self.swapped:  # fine-tune from the first step
+            self.swap()
+            self.rebuild_optimizer = False  # setup comes before the optimizer (see `base`)
 
     def after_step(self) -> None:
         super().after_step()

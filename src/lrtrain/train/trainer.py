@@ -587,6 +587,11 @@ class Trainer:
         if not self._weights_finite():
             self._diverged("the weights became NaN/Inf", self._where())
         sums = self.sums.state()  # a collective: on every rank
+        rng = rng_state()
+        rng_ranks = None
+        if self.world.distributed:  # each process's generators (its own GPU's above all), for its resume
+            rng_ranks = [None] * self.world.world_size
+            torch.distributed.all_gather_object(rng_ranks, rng)
         path = None
         if self.world.is_main:
             state = {
@@ -601,7 +606,8 @@ class Trainer:
                 "sums": sums,
                 "history": self.history,
                 "elapsed": self._elapsed(),
-                "rng": rng_state(),
+                "rng": rng,
+                "rng_ranks": rng_ranks,
             }
             path = save_checkpoint(self.run_dir / "checkpoints", self.step, state,
                                    self.cfg["train"]["keep_checkpoints"])
@@ -650,7 +656,9 @@ class Trainer:
         self.sums.load(state["sums"], self.world.is_main)
         self.history = state["history"]
         self._elapsed_before = state["elapsed"]
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks")  # absent from older checkpoints
+        same_world = per_rank is not None and len(per_rank) == self.world.world_size
+        set_rng_state(per_rank[self.world.rank] if same_world else state["rng"])
         self.method.rank_log.clear()  # rows up to this step (a constructor's too) are in ranks.csv already
         if self.world.is_main:
             self._truncate_ranks()
@@ -693,6 +701,10 @@ class Trainer:
         """Finalize the method, evaluate and count the compact model, save it, write summary.json."""
         pre_finalize = self.history[-1]["test_acc"]
         compact = self.method.finalize().to(self.device, memory_format=self._memory_format())
+        if self.method.rank_log:  # a last projection or cut made by finalize (LRPET, TRP's in flight)
+            if self.world.is_main:
+                self._append_ranks(self.method.rank_log)
+            self.method.rank_log.clear()
         recalibrated = self._recalibrate(compact)
         final = self.evaluate(compact)
         counts = self._count(compact)
