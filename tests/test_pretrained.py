@@ -67,3 +67,19 @@ def test_the_trainer_starts_the_method_from_model_weights(tmp_path):
     cfg["model"]["weights"] = str(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="model.weights: no file"):
         Trainer(cfg, model=_net(1))
+
+
+def test_a_resume_does_not_need_the_weights_file_it_started_from(tmp_path):
+    torch.save(_net(0).state_dict(), tmp_path / "w.pt")
+    cfg = resolve({"out_dir": str(tmp_path / "run"), "model": {"weights": str(tmp_path / "w.pt")},
+                   "data": {"name": "sample", "train_size": 32, "test_size": 32, "image_size": 8, "num_classes": 4,
+                            "batch_size": 16},
+                   "train": {"epochs": 2, "progress": False, "device": "cpu"}})
+    first = Trainer(cfg, model=_net(1)).fit(until_step=2)
+    assert not first["finished"]
+    (tmp_path / "w.pt").unlink()
+    resumed = Trainer(cfg, model=_net(1))
+    assert resumed.fit(resume=True)["finished"] and resumed.step == 4
+    with pytest.raises(ValueError, match="model.weights: no file"):  # starting the run again needs them
+        Trainer(cfg, model=_net(1)).fit(overwrite=True)
+    assert list((tmp_path / "run" / "checkpoints").glob("step_*.pt"))  # and that refusal deleted nothing

@@ -233,8 +233,13 @@ class Trainer:
             from .. import models
 
             model = models.create(config["model"]["name"], num_classes=self.num_classes)
-        if config["model"]["weights"]:
-            load_pretrained(model, config["model"]["weights"], owner="model.weights")
+        weights = config["model"]["weights"]
+        # A run with checkpoints resumes from them, which replace these weights: a file moved away since is
+        # then not needed (a fresh start over the run, --overwrite, still says it is missing).
+        self._weights_absent = (weights if weights and not Path(weights).exists()
+                                and list_checkpoints(self.run_dir / "checkpoints") else None)
+        if weights and not self._weights_absent:
+            load_pretrained(model, weights, owner="model.weights")
         self.dense_counts = self._count(model)
         model.to(self.device)
         params = {k: v for k, v in config["method"].items() if k != "name"}
@@ -554,6 +559,8 @@ class Trainer:
         if existing and not (resume or overwrite):
             raise ValueError(f"{self.run_dir} already holds a run ({len(existing)} checkpoint(s)); "
                              f"pass --resume to continue it or --overwrite to start again")
+        if self._weights_absent and not (resume and existing):
+            load_pretrained(self.model, self._weights_absent, owner="model.weights")  # raises: no such file
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if overwrite and not resume:
