@@ -198,18 +198,24 @@ def progress(run_dir: Path) -> tuple[int, int]:
     return 0, int(kept[-1].stem.split("_")[1]) if kept else -1
 
 
-def where(run_dir: Path) -> str:
-    """How far an unfinished run got, from its metrics.csv and config.yaml: ``epoch 133/164, test 91.47 %
-    (best 91.52 %)``, or ``step N`` without them."""
+def _epochs(run_dir: Path) -> tuple[list[dict[str, str]], int] | None:
+    """(metrics.csv rows, the run's epochs from config.yaml) of a started run; None without them."""
+    try:
+        with open(run_dir / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        return rows, int(yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def where(run_dir: Path, read: tuple[list[dict[str, str]], int] | None = None) -> str:
+    """How far an unfinished run got, from its metrics.csv and config.yaml (``read``: `_epochs`' result):
+    ``epoch 133/164, test 91.47 % (best 91.52 %)``, or ``step N`` without them."""
     finished, step = progress(run_dir)
     if step < 0:
         return "not started"
-    try:
-        with open(run_dir / "metrics.csv") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("test_acc")]
-        epochs = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        rows, epochs = [], None
+    rows, epochs = read or _epochs(run_dir) or ([], None)
+    rows = [r for r in rows if r.get("test_acc")]
     if not rows or epochs is None:
         return f"step {step}"
     best = max(float(r["test_acc"]) for r in rows)
@@ -570,19 +576,17 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def time_left(run_dir: Path) -> tuple[int, float] | None:
+def time_left(run_dir: Path, read: tuple[list[dict[str, str]], int] | None = None) -> tuple[int, float] | None:
     """(epochs left, seconds they take at the median of the run's last five epoch times) of a started
     run; None for one without metrics."""
+    rows, epochs = read or _epochs(run_dir) or ([], 0)
     try:
-        with open(run_dir / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-        epochs = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"]
         times = sorted(float(r["epoch_time_s"]) for r in rows[-5:])
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+    except (KeyError, TypeError, ValueError):
         return None
     if not rows or not times:
         return None
-    left = max(0, int(epochs) - int(rows[-1]["epoch"]))
+    left = max(0, epochs - int(rows[-1]["epoch"]))
     return left, left * times[len(times) // 2]
 
 
@@ -596,8 +600,9 @@ def print_status(runs: list[Run], root: Path) -> None:
             s = json.loads((root / run.name / "summary.json").read_text())
             state = f"finished: {s['final_acc']:.2f} % at {s['speedup'] or 0:.2f}x"
         else:
-            state = where(root / run.name)
-            left = time_left(root / run.name) if step >= 0 else None
+            read = _epochs(root / run.name)
+            state = where(root / run.name, read)
+            left = time_left(root / run.name, read) if step >= 0 else None
             if left:
                 state += f"; {left[0]} epochs left, ~{left[1] / 60:.0f} min at its recent pace"
                 longest = max(longest, left[1])
