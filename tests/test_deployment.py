@@ -50,3 +50,19 @@ def test_deploy_measures_for_real_and_the_result_saves(tmp_path):
         torch.testing.assert_close(export.load(tmp_path / "d.pt")(x), deployed(x))
     with pytest.raises(ValueError, match="rounds >= 1"):
         lr.deploy(compact, rounds=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_layer_put_back_dense_is_laid_out_like_the_models_activations(channels_last):
+    torch.manual_seed(0)
+    compact = lr.factorize(lr.models.create("resnet20"), rank="flops:0.45", scheme="tucker2").eval()  # 1×1 first
+    if channels_last:
+        compact = compact.to(memory_format=torch.channels_last)
+    layouts = []
+
+    def timer(dense, factorized, x):
+        layouts.append(dense.weight.is_contiguous(memory_format=torch.channels_last) and not dense.weight.is_contiguous())
+        return 1.0, 2.0  # every layer back dense
+
+    lr.deploy(compact, input_size=(2, 3, 32, 32), timer=timer, fold_bn=False)
+    assert layouts and all(flag == channels_last for flag in layouts)

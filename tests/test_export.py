@@ -191,3 +191,34 @@ def test_cli_deploy_says_which_factorized_convs_it_kept_and_the_file_matches(com
     x = _inputs()
     with torch.no_grad():
         assert _max_diff(torch.jit.load(str(out))(x), lr.load(compact_file)(x)) < 1e-4
+
+
+def test_a_half_precision_model_loads_in_its_dtype(tmp_path):
+    model = _compact().to(torch.bfloat16)
+    lr.save(model, tmp_path / "half.pt", model_name="resnet20", num_classes=10)
+    loaded = lr.load(tmp_path / "half.pt")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    x = _inputs().to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_a_file_of_another_format_is_refused(compact_file, tmp_path):
+    blob = torch.load(compact_file, weights_only=True)
+    blob["format"] = 99
+    torch.save(blob, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="of format 99; this version of lrtrain reads format 1"):
+        lr.load(tmp_path / "future.pt")
+
+
+def test_a_conv_with_another_padding_mode_or_string_padding_is_rebuilt_as_it_was(tmp_path):
+    torch.manual_seed(0)
+    model = lr.models.create("resnet20").eval()
+    model.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1, bias=False, padding_mode="reflect")
+    model.layer1[0].conv1 = torch.nn.Conv2d(16, 16, 3, padding="same", bias=False)
+    lr.save(model, tmp_path / "m.pt", model_name="resnet20", num_classes=10)
+    loaded = lr.load(tmp_path / "m.pt")
+    assert loaded.conv1.padding_mode == "reflect" and loaded.layer1[0].conv1.padding == "same"
+    x = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)

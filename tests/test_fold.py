@@ -117,3 +117,28 @@ def test_a_batchnorm_called_more_than_once_is_never_folded(traceable, monkeypatc
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x))
     assert _bns(folded) == 2
+
+
+class _SharedWeight(nn.Module):
+    """Two convs holding one weight tensor, each with a BN of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.b.weight = self.a.weight
+        self.bn1, self.bn2 = nn.BatchNorm2d(8), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return self.bn1(self.a(x)) + self.bn2(self.b(x))
+
+
+def test_convs_sharing_a_weight_each_fold_their_own_batchnorm():
+    torch.manual_seed(0)
+    model = _SharedWeight()
+    for bn in (model.bn1, model.bn2):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    model.eval()
+    folded = lr.fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=0)

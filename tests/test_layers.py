@@ -89,6 +89,22 @@ def test_bad_inputs_name_the_problem():
         LowRankConv2d(4, 8, 3, rank=(5, 2), scheme="tucker2")
 
 
+@pytest.mark.parametrize("scheme, rank", [("channel", 2.9), ("channel", True), ("spatial", "3"),
+                                          ("tucker2", (2.5, 2)), ("tucker2", (1, 2, 3))])
+def test_a_rank_that_is_not_a_whole_number_is_refused_not_rounded(scheme, rank):
+    with pytest.raises(ValueError, match=r"takes (one integer rank|an integer rank or a pair)"):
+        LowRankConv2d(4, 8, 3, rank=rank, scheme=scheme)
+
+
+def test_whole_ranks_of_other_integer_types_are_accepted():
+    import numpy as np
+
+    assert LowRankConv2d(4, 8, 3, rank=np.int64(3)).rank == 3
+    assert LowRankConv2d(4, 8, 3, rank=torch.tensor(3)).rank == 3
+    assert LowRankConv2d(4, 8, 3, rank=3.0).rank == 3
+    assert LowRankConv2d(4, 8, 3, rank=(np.int32(2), 3.0), scheme="tucker2").rank == (2, 3)
+
+
 def test_linear_full_rank_exact_and_truncation_optimal():
     torch.manual_seed(0)
     lin = nn.Linear(12, 7).double()

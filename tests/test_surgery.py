@@ -90,3 +90,31 @@ def test_a_skipped_conv_with_string_padding_is_costed_at_its_real_output_size():
     assert [d.name for d in skipped] == ["0"] and "padding='same'" in skipped[0].reason
     assert skipped[0].dense_flops == lr.count(net, (1, 3, 10, 10)).layers["0"].flops == 8 * 3 * 9 * 100
     assert cands[0].request.dense_cost == lr.count(net, (1, 3, 10, 10)).layers["2"].flops
+
+
+class _SharedBlock(nn.Module):
+    """A 3×3 conv applied four times (weight sharing across depth) and a head conv applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.blk = nn.Conv2d(32, 32, 3, padding=1)
+        self.head = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for _ in range(4):
+            x = torch.relu(self.blk(x))
+        return self.head(self.head(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize("skip", [["stem", "blk"], ["stem"]])
+def test_a_layer_called_several_times_is_costed_for_every_call(skip):
+    torch.manual_seed(0)
+    model, size = _SharedBlock(), (1, 3, 16, 16)
+    dense = lr.count(model, size).flops
+    plan = {d.name: d for d in lr.plan(model, lr.FlopsBudget(0.7), "channel", skip=skip, input_size=size)}
+    assert plan["head"].dense_flops == lr.count(model, size).layers["head"].flops == 2 * 16 * 16 * 32 * 32 * 9
+    small = lr.factorize(model, rank=lr.FlopsBudget(0.7), scheme="channel", skip=skip, input_size=size)
+    flops = lr.count(small, size).flops
+    assert flops <= 0.7 * dense and flops == sum(d.flops for d in plan.values())

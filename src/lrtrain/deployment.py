@@ -68,9 +68,11 @@ def deploy(model: nn.Module, input_size=(1, 3, 32, 32), fold_bn: bool = True, ro
             if not isinstance(layer, LowRankConv2d) or name not in inputs:
                 continue
             dense = layer.to_dense()
-            if layer.factors[0].weight.is_contiguous(memory_format=torch.channels_last):
-                dense = dense.to(memory_format=torch.channels_last)  # laid out as the model runs
             x = inputs[name]
+            # laid out as the model runs: a k×k factor's weight or the activations say how (a 1×1 weight
+            # is contiguous in both layouts; the first layer sees the caller's input)
+            if any(_channels_last(t) for t in (*layer.parameters(), x)):
+                dense = dense.to(memory_format=torch.channels_last)
             dense_s, factorized_s = timer(dense, layer, x)
             choice = LayerChoice(name, layer.rank, tuple(x.shape), 1000 * dense_s, 1000 * factorized_s)
             if not choice.factorized:
@@ -79,6 +81,10 @@ def deploy(model: nn.Module, input_size=(1, 3, 32, 32), fold_bn: bool = True, ro
     if fold_bn:
         deployed = fold_batchnorm(deployed, input_size, inplace=True)
     return deployed.eval(), choices
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _layer_inputs(model: nn.Module, input_size) -> dict[str, Tensor]:

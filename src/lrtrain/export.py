@@ -36,9 +36,18 @@ FORMAT = 1
 
 
 def _conv_spec(m: nn.Conv2d) -> dict[str, Any]:
-    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-            "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation),
-            "groups": m.groups, "bias": m.bias is not None}
+    spec = {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+            "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None}
+    if m.padding_mode != "zeros":  # absent otherwise, as in files written before it was recorded
+        spec["padding_mode"] = m.padding_mode
+    return spec
+
+
+def _build_conv(s: dict[str, Any]) -> nn.Conv2d:
+    padding = s["padding"] if isinstance(s["padding"], str) else tuple(s["padding"])
+    return nn.Conv2d(s["in_channels"], s["out_channels"], tuple(s["kernel_size"]), tuple(s["stride"]), padding,
+                     tuple(s["dilation"]), s["groups"], s["bias"], s.get("padding_mode", "zeros"))
 
 
 def _lowrank_conv_spec(m: LowRankConv2d) -> dict[str, Any]:
@@ -64,9 +73,7 @@ LAYER_TYPES: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[dict],
                       lambda s: LowRankLinear(s["in_features"], s["out_features"], s["rank"], s["bias"])),
     # a BatchNorm folded into its conv (`fold.fold_batchnorm`)
     "Identity": (nn.Identity, lambda m: {}, lambda s: nn.Identity()),
-    "Conv2d": (nn.Conv2d, _conv_spec,
-               lambda s: nn.Conv2d(s["in_channels"], s["out_channels"], tuple(s["kernel_size"]), tuple(s["stride"]),
-                                   tuple(s["padding"]), tuple(s["dilation"]), s["groups"], s["bias"])),
+    "Conv2d": (nn.Conv2d, _conv_spec, _build_conv),
 }
 
 
@@ -119,7 +126,12 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, **extra: Any) -> None:
-    """Write `model` (a registry model, possibly with low-rank layers) so that `load` rebuilds it."""
+    """Write `model` (a registry model, possibly with low-rank layers) so that `load` rebuilds it.
+
+    The tensors are written from the CPU in the standard (NCHW) layout and their own dtype: `load` gives
+    the model back in that dtype, on its `map_location`; a channels-last model is made so again with
+    ``model.to(memory_format=torch.channels_last)``.
+    """
     arch = describe(model, model_name, num_classes, **extra)
     state = _state(model)
     _atomic_write(path, lambda f: torch.save({"format": FORMAT, "arch": arch, "state_dict": state}, f))
@@ -140,16 +152,24 @@ def load_with_arch(path: str | Path, map_location: str | torch.device = "cpu") -
             if isinstance(blob, dict) and "config" in blob else ""
         raise ValueError(f"{path} is not a compact model written by lrtrain (no 'arch'/'state_dict'){hint}")
     arch = blob["arch"]
+    if blob.get("format", FORMAT) != FORMAT:  # written by another version of lrtrain
+        raise ValueError(f"{path} is a compact model file of format {blob['format']!r}; this version of lrtrain "
+                         f"reads format {FORMAT}")
     if "layers" not in arch:
         raise ValueError(f"{path} holds the weights of a {arch.get('model', 'model')} that was given to the "
                          "trainer as a module, not by registry name, so lrtrain cannot rebuild it; its run's "
                          "compact_module.pt has the whole module (torch.load(..., weights_only=False))")
     model = rebuild(arch)
+    dtypes = {t.dtype for t in blob["state_dict"].values() if torch.is_tensor(t) and t.is_floating_point()}
+    if len(dtypes) == 1:  # a half-precision model stays one
+        model.to(dtypes.pop())
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit the described architecture: "
                          f"{' '.join(str(err).split())[:300]}") from None
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
     return model.eval(), arch
 
 

@@ -63,9 +63,8 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     shift = -bn.running_mean.double() * scale
     if bn.bias is not None:
         shift = shift + bn.bias.double()
+    # New parameters rather than writes in place: a weight shared with another conv stays as it was there.
     w = conv.weight
-    w.copy_((w.double() * scale.view(-1, *[1] * (w.dim() - 1))).to(w.dtype))
-    if conv.bias is None:
-        conv.bias = nn.Parameter(shift.to(device=w.device, dtype=w.dtype))
-    else:
-        conv.bias.copy_((conv.bias.double() * scale + shift).to(conv.bias.dtype))
+    conv.weight = nn.Parameter((w.double() * scale.view(-1, *[1] * (w.dim() - 1))).to(w.dtype))
+    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    conv.bias = nn.Parameter(bias.to(device=w.device, dtype=w.dtype))

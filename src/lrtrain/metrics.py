@@ -110,12 +110,17 @@ def _trace(model: nn.Module, input_size) -> list[tuple[str, nn.Module, Shape, Sh
 def trace_shapes(model: nn.Module, input_size=(1, 3, 32, 32)) -> dict[str, tuple[Shape, Shape]]:
     """``{name: (input shape, output shape)}`` of every Conv2d/Linear leaf, batch dimension included.
 
-    A module called more than once reports its first call.
+    A module called more than once reports its first call (`trace_calls` has them all).
     """
-    shapes: dict[str, tuple[Shape, Shape]] = {}
+    return {name: calls[0] for name, calls in trace_calls(model, input_size).items()}
+
+
+def trace_calls(model: nn.Module, input_size=(1, 3, 32, 32)) -> dict[str, list[tuple[Shape, Shape]]]:
+    """``{name: [(input shape, output shape) of each call]}`` of every Conv2d/Linear leaf, in call order."""
+    calls: dict[str, list[tuple[Shape, Shape]]] = {}
     for name, _, in_shape, out_shape in _trace(model, input_size):
-        shapes.setdefault(name, (in_shape, out_shape))
-    return shapes
+        calls.setdefault(name, []).append((in_shape, out_shape))
+    return calls
 
 
 def _macs(module: nn.Module, in_shape: Shape, out_shape: Shape, batch: int) -> int:

@@ -17,6 +17,7 @@ Schemes:
 from __future__ import annotations
 
 import difflib
+import operator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -113,13 +114,29 @@ class Scheme:
     def check_rank(self, g: ConvGeometry, rank, where: str = "layer"):
         """Validate a rank for this geometry and return it normalized (int, or (r_in, r_out) for tucker2)."""
         hi = self.max_rank(g)
-        r = int(rank) if not isinstance(rank, (tuple, list)) else None
-        if r is None or (isinstance(rank, bool)):
+        r = _whole(rank)
+        if r is None:
             raise ValueError(f"{where}: scheme {self.name!r} takes one integer rank, got {rank!r}")
         if not 1 <= r <= hi:
             raise ValueError(f"{where}: rank {rank} is out of range for scheme {self.name!r} "
                              f"(weight {tuple(g.shape)}: valid ranks are 1..{hi})")
         return r
+
+
+def _whole(value) -> int | None:
+    """`value` as an int when it is a whole number (int, numpy or 0-d tensor integer, or integral float);
+    None for anything else (2.9, True, "3", a list): a rank is never rounded silently."""
+    if isinstance(value, (bool, str)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f.is_integer() else None
 
 
 def _split_sqrt(dec: linalg.SVD) -> tuple[Tensor, Tensor]:
@@ -236,12 +253,16 @@ class Tucker2(Scheme):
         return (min(g.in_channels, g.out_channels * kh * kw), min(g.out_channels, g.in_channels * kh * kw))
 
     def check_rank(self, g, rank, where="layer"):
-        r_in, r_out = (rank, rank) if not isinstance(rank, (tuple, list)) else tuple(rank)
+        pair = (rank, rank) if not isinstance(rank, (tuple, list)) else tuple(rank)
+        r_in, r_out = (_whole(r) for r in pair) if len(pair) == 2 else (None, None)
+        if r_in is None or r_out is None:
+            raise ValueError(f"{where}: scheme 'tucker2' takes an integer rank or a pair (r_in, r_out) of them, "
+                             f"got {rank!r}")
         hi_in, hi_out = self.max_rank(g)
-        if not (1 <= int(r_in) <= hi_in and 1 <= int(r_out) <= hi_out):
+        if not (1 <= r_in <= hi_in and 1 <= r_out <= hi_out):
             raise ValueError(f"{where}: rank {rank!r} is out of range for scheme 'tucker2' "
                              f"(weight {tuple(g.shape)}: r_in in 1..{hi_in}, r_out in 1..{hi_out})")
-        return (int(r_in), int(r_out))
+        return (r_in, r_out)
 
     def specs(self, g, rank):
         r_in, r_out = rank

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import linalg
 from .layers import LowRankConv2d, LowRankLinear, check_factorizable
-from .metrics import trace_shapes
+from .metrics import trace_calls
 from .ranks import Rank, RankPolicy, RankRequest, parse_policy
 from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs
 
@@ -54,18 +54,23 @@ class Candidate:
     request: RankRequest
 
 
-def _linear_request(name: str, lin: nn.Linear, rows: int) -> RankRequest:
+# A layer called more than once (a shared block) costs the sum of its calls, as `metrics.count` says.
+
+def _linear_request(name: str, lin: nn.Linear, calls) -> RankRequest:
+    rows = sum(max(1, int(_prod(in_shape[1:-1]))) for in_shape, _ in calls)
     return RankRequest(name, min(lin.in_features, lin.out_features),
                        cost=lambda r: rows * r * (lin.in_features + lin.out_features),
                        dense_cost=rows * lin.in_features * lin.out_features)
 
 
-def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, in_shape, out_shape) -> RankRequest:
+def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, calls) -> RankRequest:
     g = ConvGeometry.of(conv)
-    hw = tuple(in_shape[-2:])
+    sizes = [tuple(in_shape[-2:]) for in_shape, _ in calls]
     # the dense cost from the traced output: right for convs no scheme reads (padding="same" and the like)
-    dense = _prod(out_shape[-3:]) * (conv.in_channels // conv.groups) * _prod(conv.kernel_size)
-    return RankRequest(name, scheme.max_rank(g), cost=lambda r: spec_macs(scheme.specs(g, r), hw), dense_cost=dense)
+    dense = sum(_prod(out_shape[-3:]) for _, out_shape in calls) * (conv.in_channels // conv.groups) \
+        * _prod(conv.kernel_size)
+    return RankRequest(name, scheme.max_rank(g), dense_cost=dense,
+                       cost=lambda r: sum(spec_macs(scheme.specs(g, r), hw) for hw in sizes))
 
 
 def _why_not(conv: nn.Conv2d, scheme: Scheme) -> str:
@@ -83,22 +88,21 @@ def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterabl
     """Split the model's conv/linear layers into candidates for `scheme` and decisions to skip."""
     scheme = get_scheme(scheme)
     skip = list(skip)
-    shapes = trace_shapes(model, input_size)
+    traced = trace_calls(model, input_size)
     cands: list[Candidate] = []
     skipped: list[Decision] = []
     for name, module in model.named_modules():
         if isinstance(module, (LowRankConv2d, LowRankLinear)):
             continue
-        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name not in shapes or _inside_lowrank(model, name):
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name not in traced or _inside_lowrank(model, name):
             continue
-        in_shape = shapes[name][0]
+        in_shape = traced[name][0][0]
         if isinstance(module, nn.Conv2d):
-            req = _conv_request(name, module, scheme, in_shape, shapes[name][1])
+            req = _conv_request(name, module, scheme, traced[name])
             reason = _why_not(module, scheme)
             shape = tuple(module.weight.shape)
         else:
-            rows = max(1, int(_prod(in_shape[1:-1])))
-            req = _linear_request(name, module, rows)
+            req = _linear_request(name, module, traced[name])
             reason = "" if linear else "linear layers excluded (linear=False)"
             shape = tuple(module.weight.shape)
         if any(fnmatch.fnmatchcase(name, p) for p in skip):
