@@ -192,9 +192,11 @@ def test_out_of_memory_in_evaluation_names_the_eval_batch_size(tmp_path):
     cfg = resolve({"out_dir": str(tmp_path / "run"), "train": {"epochs": 1, "progress": False},
                    "data": {"name": "sample", "train_size": 32, "test_size": 16, "image_size": 8,
                             "num_classes": 4, "batch_size": 16}})
+    trainer = Trainer(cfg, model=_FailsInEval())
     with pytest.raises(OutOfMemory, match=r"\(evaluation\) with data.eval_batch_size=1024: lower it, "
                                           r"e.g. --set data.eval_batch_size=512"):
-        Trainer(cfg, model=_FailsInEval()).fit()
+        trainer.fit()
+    assert trainer.model.training and not trainer._evaluating  # a caller that goes on finds it as before
 
 
 def test_help_and_a_bad_recipe_answer_without_importing_torch(tmp_path):

@@ -54,6 +54,14 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     ({"data": 3}, "recipe: data must be a mapping, got 3"),
     ({"data": {"batch_size": 0}}, "recipe: data.batch_size must be >= 1, got 0"),
     ({"schedule": {"milestones": [120, 80]}}, "recipe: schedule.milestones must be increasing epoch numbers"),
+    ({"schedule": {"milestones": [80, 80]}}, "recipe: schedule.milestones must be increasing epoch numbers"),
+    ({"schedule": {"milestones": [-5, 80]}}, "recipe: schedule.milestones must be increasing epoch numbers (>= 0)"),
+    ({"optim": {"lr": "nan"}}, "recipe: optim.lr must be a finite number, got nan"),
+    ({"optim": {"lr": float("inf")}}, "recipe: optim.lr must be a finite number, got inf"),
+    ({"optim": {"momentum": 3}}, "recipe: optim.momentum must be < 1, got 3"),
+    ({"schedule": {"gamma": -1}}, "recipe: schedule.gamma must be > 0, got -1"),
+    ({"train": {"label_smoothing": 2}}, "recipe: train.label_smoothing must be <= 1, got 2"),
+    ({"optim": {"lr": 0.1}, "schedule": {"min_lr": 0.5}}, "recipe: schedule.min_lr (0.5) must not exceed optim.lr"),
 ])
 def test_mistakes_give_one_line_messages(recipe, message):
     with pytest.raises(ConfigError) as err:
@@ -72,6 +80,15 @@ def test_override_mistakes_name_the_override(assignment, message):
     with pytest.raises(ConfigError) as err:
         apply_override({}, assignment)
     assert str(err.value).startswith(message)
+
+
+def test_a_section_with_every_key_commented_out_is_an_empty_section(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  # epochs: 3\noptim:\n  lr: 0.05\n")
+    cfg = load_recipe(recipe, ["train.epochs=4"])
+    assert cfg["train"]["epochs"] == 4 and cfg["optim"]["lr"] == 0.05
+    recipe.write_text("train:\n  # epochs: 3\n")
+    assert load_recipe(recipe)["train"] == resolve({})["train"]
 
 
 def test_recipe_file_errors_name_the_file(tmp_path):

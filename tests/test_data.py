@@ -134,6 +134,16 @@ def test_device_loader_shards_are_disjoint_and_evaluation_covers_everything():
     assert [len(loader) for loader in evals] == [3, 3]  # 11 and 10 images, the last batch kept
 
 
+def test_each_process_crops_its_images_as_a_single_process_would():
+    images = torch.randint(0, 256, (16, 3, 6, 6), dtype=torch.uint8)
+    one = _loader(images)._plan(epoch=1)
+    plans = [_loader(images, rank=r, world_size=2)._plan(epoch=1) for r in range(2)]
+    assert not torch.equal(plans[0][1], plans[1][1])  # the two processes draw different crops
+    for rank, (order, offsets, flips) in enumerate(plans):  # position i of the epoch: the same crop and flip
+        assert torch.equal(order, one[0][rank::2])
+        assert torch.equal(offsets, one[1][rank::2]) and torch.equal(flips, one[2][rank::2])
+
+
 def test_sample_set_is_deterministic_balanced_and_seeded():
     a = make_sample(num_train=40, num_test=20, image_size=8, num_classes=4, seed=1)
     b = make_sample(num_train=40, num_test=20, image_size=8, num_classes=4, seed=1)
@@ -184,6 +194,22 @@ def test_folder_loader_crops_and_labels_by_folder(tmp_path):
     assert (red[labels == 1] > red[labels == 0].max()).all()
 
 
+def test_validation_images_take_the_training_sets_labels_when_it_lacks_a_class(tmp_path):
+    from PIL import Image
+
+    for split, classes in (("train", ["ant", "bee", "cat"]), ("val", ["ant", "cat"])):
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / cls / "0.png")
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=4)
+    data = build_data(cfg, device=torch.device("cpu"))
+    assert data.num_classes == 3 and torch.cat([y for _, y in data.test.batches()]).tolist() == [0, 2]
+    (tmp_path / "val" / "dog").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "dog" / "0.png")
+    with pytest.raises(ValueError, match="class folders the training set lacks: dog"):
+        build_data(cfg, device=torch.device("cpu"))
+
+
 def test_folder_without_train_and_val_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"expected .*train/<class>"):
         build_data(_sample_cfg(name="folder", dir=str(tmp_path)), device=torch.device("cpu"))
@@ -216,3 +242,10 @@ def test_folder_crops_are_the_same_on_resume_and_with_any_number_of_workers(tmp_
     monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
     next(loader(0).batches(epoch=0))
     assert torch.equal(torch.get_rng_state(), state) and reseeded == []  # the training process's RNGs untouched
+
+
+def test_asking_for_more_cifar_images_than_there_are_says_so(tmp_path):
+    _write_fake_cifar(tmp_path)
+    cfg = _sample_cfg(name="cifar10", dir=str(tmp_path), train_size=10**6, test_size=5, batch_size=4)
+    with pytest.raises(ValueError, match=r"data.train_size is 1000000, but CIFAR-10 has \d+ such images"):
+        build_data(cfg, device=torch.device("cpu"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -169,6 +170,8 @@ def _check_value(path: str, f: Field, value: Any, source: str) -> Any:
     ok = isinstance(value, f.types) and not (isinstance(value, bool) and bool not in f.types)
     if not ok:
         raise ConfigError(f"{source}: {path} must be {_type_name(f)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # "nan" and ".inf" pass every range check
+        raise ConfigError(f"{source}: {path} must be a finite number, got {value!r}")
     if f.choices is not None and value not in f.choices:
         raise ConfigError(f"{source}: {path} must be one of {', '.join(map(str, f.choices))}, got {value!r}")
     return value
@@ -185,8 +188,9 @@ def _merge(schema: dict, given: Any, prefix: str, source: str) -> dict[str, Any]
     out: dict[str, Any] = {}
     for key, node in schema.items():
         path = prefix + key
-        if isinstance(node, dict):
-            out[key] = _merge(node, given.get(key, {}), path + ".", source)
+        if isinstance(node, dict):  # a section whose keys are all commented out reads as null
+            section = given.get(key)
+            out[key] = _merge(node, {} if section is None else section, path + ".", source)
         else:
             out[key] = (_check_value(path, node, given[key], source) if key in given
                         else copy.deepcopy(node.default))
@@ -209,10 +213,19 @@ def _check_ranges(cfg: dict[str, Any], source: str) -> None:
         value = cfg[section][key]
         if value is not None and value < low:
             raise ConfigError(f"{source}: {path} must be >= {low}, got {value!r}")
+    for path, high, ok in (("optim.momentum", "< 1", lambda v: v < 1), ("schedule.gamma", "> 0", lambda v: v > 0),
+                           ("train.label_smoothing", "<= 1", lambda v: v <= 1)):
+        section, key = path.split(".")
+        if not ok(cfg[section][key]):
+            raise ConfigError(f"{source}: {path} must be {high}, got {cfg[section][key]!r}")
+    if cfg["schedule"]["min_lr"] > cfg["optim"]["lr"]:
+        raise ConfigError(f"{source}: schedule.min_lr ({cfg['schedule']['min_lr']!r}) must not exceed optim.lr "
+                          f"({cfg['optim']['lr']!r}): the cosine schedule would rise")
     milestones = cfg["schedule"]["milestones"]
-    if not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones) \
-            or milestones != sorted(milestones):
-        raise ConfigError(f"{source}: schedule.milestones must be increasing epoch numbers, got {milestones!r}")
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones) \
+            or any(a >= b for a, b in zip(milestones, milestones[1:])):
+        raise ConfigError(f"{source}: schedule.milestones must be increasing epoch numbers (>= 0), "
+                          f"got {milestones!r}")
 
 
 def resolve(recipe: dict[str, Any], source: str = "recipe") -> dict[str, Any]:
@@ -250,7 +263,9 @@ def apply_override(recipe: dict[str, Any], assignment: str) -> None:
         value = _check_value(path, node, value, source)
     target = recipe
     for key in keys[:-1]:
-        target = target.setdefault(key, {})
+        if target.get(key) is None:  # absent, or a section left empty in the file
+            target[key] = {}
+        target = target[key]
         if not isinstance(target, dict):
             raise ConfigError(f"{source}: {key} is not a mapping in the recipe")
     target[keys[-1]] = value

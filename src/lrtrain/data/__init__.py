@@ -60,7 +60,8 @@ def _folder_data(cfg: dict[str, Any], batch_size: int, **placement: Any) -> Data
     size = cfg["image_size"] or 224
     common = dict(image_size=size, workers=cfg["workers"], drop_last=cfg["drop_last"], **placement)
     train = FolderLoader(train_dir, True, batch_size=batch_size, augment=cfg["augment"], **common)
-    test = FolderLoader(val_dir, False, batch_size=cfg["eval_batch_size"], augment=False, **common)
+    test = FolderLoader(val_dir, False, batch_size=cfg["eval_batch_size"], augment=False, classes=train.classes,
+                        **common)
     return Data(train, test, len(train.classes), (1, 3, size, size),
                 f"image folder {root} ({len(train.dataset)} train, {len(test.dataset)} val)")
 
@@ -87,6 +88,9 @@ def build_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0, rank
         folder = find_cifar(name, cfg["dir"])
         images, labels, test_images, test_labels = read_cifar(name, folder)
         train_n, test_n = cfg["train_size"], cfg["test_size"]
+        for key, asked, there in (("train_size", train_n, len(images)), ("test_size", test_n, len(test_images))):
+            if asked is not None and asked > there:
+                raise ValueError(f"data.{key} is {asked}, but {LAYOUTS[name].title} has {there} such images")
         tensors = (images[:train_n], labels[:train_n], test_images[:test_n], test_labels[:test_n])
         classes, source = LAYOUTS[name].classes, f"{LAYOUTS[name].title} from {folder}"
     return _tensor_data(tensors, classes, source, cfg, batch_size, **placement)

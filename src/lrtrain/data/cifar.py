@@ -182,12 +182,14 @@ class DeviceLoader:
             return torch.arange(self.rank, n, self.world_size, device=device), None, None
         g = torch.Generator(device=device)
         g.manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g, device=device)
-        order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
+        mine = slice(self.rank, self.per_rank * self.world_size, self.world_size)
+        order = torch.randperm(n, generator=g, device=device)[mine]
         if not self.augment:
             return order, None, None
-        offsets = torch.randint(0, 2 * self.padding + 1, (len(order), 2), generator=g, device=device)
-        flips = torch.randint(0, 2, (len(order),), generator=g, device=device).bool()
+        # drawn for every position of the epoch and sliced like the order: each process crops its own
+        # images differently, and an image's crop does not depend on the number of processes
+        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g, device=device)[mine]
+        flips = torch.randint(0, 2, (n,), generator=g, device=device).bool()[mine]
         return order, offsets, flips
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:

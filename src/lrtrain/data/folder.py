@@ -42,6 +42,25 @@ class _ShardSampler(Sampler[tuple[int, int]]):
         return self.per_rank - self.start
 
 
+def _image_folder(root: Path, transform, classes: list[str] | None):
+    """torchvision's ImageFolder, its labels taken from ``classes`` when given."""
+    from torchvision import datasets
+
+    if classes is None:
+        return datasets.ImageFolder(str(root), transform=transform)
+
+    class Labelled(datasets.ImageFolder):
+        def find_classes(self, directory):
+            found = {e.name for e in Path(directory).iterdir() if e.is_dir()}
+            extra = sorted(found - set(classes))
+            if extra:
+                raise ValueError(f"{directory} has class folders the training set lacks: "
+                                 f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+            return list(classes), {name: i for i, name in enumerate(classes)}
+
+    return Labelled(str(root), transform=transform, allow_empty=True)
+
+
 class _SeededItems(Dataset):
     """`dataset[index]` with torch's RNG seeded for that sample first: an image's random crop and flip
     depend on (seed, epoch, index) only, not on the worker that loads it nor on where a resumed epoch
@@ -69,15 +88,17 @@ class FolderLoader:
 
     def __init__(self, root: Path, train: bool, image_size: int, batch_size: int, *, workers: int,
                  augment: bool, drop_last: bool, seed: int, device: torch.device, rank: int = 0,
-                 world_size: int = 1, channels_last: bool = False):
-        from torchvision import datasets, transforms
+                 world_size: int = 1, channels_last: bool = False, classes: list[str] | None = None):
+        """``classes``: label the class folders by this list (the training set's), not by their own sorted
+        names: a validation folder may lack some classes, never hold one the list has not."""
+        from torchvision import transforms
 
         if train and augment:
             steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
         else:
             steps = [transforms.Resize(round(image_size / 0.875)), transforms.CenterCrop(image_size)]
         transform = transforms.Compose([*steps, transforms.PILToTensor()])
-        self.dataset = datasets.ImageFolder(str(root), transform=transform)
+        self.dataset = _image_folder(root, transform, classes)
         self.sampler = _ShardSampler(len(self.dataset), train, seed, rank, world_size)
         self.batch_size, self.drop_last = batch_size, train and drop_last
         self.device, self.channels_last = device, channels_last

@@ -380,14 +380,16 @@ class Trainer:
         self._evaluating = True
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, images
         images_seen = 0
-        for images, labels in self.data.test.batches():
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = model(images)
-            sums[:2] += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum").double(),
-                                     (logits.argmax(1) == labels).sum().double()])
-            images_seen += labels.shape[0]
-        model.train(was_training)
-        self._evaluating = False
+        try:  # a caller that catches an error here (out of memory) gets its model's mode back
+            for images, labels in self.data.test.batches():
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    logits = model(images)
+                sums[:2] += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum").double(),
+                                         (logits.argmax(1) == labels).sum().double()])
+                images_seen += labels.shape[0]
+        finally:
+            model.train(was_training)
+        self._evaluating = False  # left set by an error: `_translate_errors` reads it, then clears it
         sums[2] = images_seen
         loss, correct, n = distributed.all_reduce_sum_(sums).tolist()
         return {"test_loss": loss / n, "test_acc": 100.0 * correct / n}
@@ -519,14 +521,15 @@ class Trainer:
         except NonFiniteError as err:
             self._diverged(str(err), self._where())
         except RuntimeError as err:
+            evaluating, self._evaluating = self._evaluating, False
             if isinstance(err, (DivergenceError, OutOfMemory)) or not is_out_of_memory(err):
                 raise
-            key = "data.eval_batch_size" if self._evaluating else "data.batch_size"
-            size = self.cfg["data"]["eval_batch_size" if self._evaluating else "batch_size"]
+            key = "data.eval_batch_size" if evaluating else "data.batch_size"
+            size = self.cfg["data"]["eval_batch_size" if evaluating else "batch_size"]
             kept = list_checkpoints(self.run_dir / "checkpoints")
             last = f"; the last checkpoint is {kept[-1]}" if kept else ""
             raise OutOfMemory(f"out of memory on {device_name(self.device)} at step {self.step} "
-                              f"({'evaluation' if self._evaluating else 'training'}) with {key}={size}: "
+                              f"({'evaluation' if evaluating else 'training'}) with {key}={size}: "
                               f"lower it, e.g. --set {key}={max(1, size // 2)}{last}") from err
 
     def _agree(self, flag: bool) -> bool:
