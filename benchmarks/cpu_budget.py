@@ -84,7 +84,8 @@ def specs(common: dict | None = None) -> list[benchmark.RunSpec]:
 
 
 def report(runs: list[benchmark.RunSpec], root: Path, out_stem: Path, threads: int) -> list[dict]:
-    rows = benchmark.collect(runs, root, benchmark.command_line(), threads=threads)
+    # the command that trains every run (resumably; --time-limit and --only only split the work)
+    rows = benchmark.collect(runs, root, f"python benchmarks/cpu_budget.py --threads {threads}", threads=threads)
     notes = (f"ResNet-20 on the real CIFAR-10 test set (10,000 images), trained on the CPU "
              f"({benchmark.cpu_name()}, {threads} threads) with one schedule for every run: "
              f"{COMMON['train']['epochs']} epochs, SGD lr {COMMON['optim']['lr']} (Nesterov momentum 0.9, wd "

@@ -244,3 +244,14 @@ def test_methods_trained_with_several_seeds_get_their_spread(tmp_path):
     text = stem.with_suffix(".md").read_text()
     assert "| resnet56 | LRPET | 3 | 93.10 | 0.26 | 92.90 | 93.40 |" in text
     assert "| resnet56 | dense | 1 |" not in text.split("## Over seeds")[1]
+
+
+def test_provenance_shared_by_every_row_is_said_once_else_per_run(tmp_path):
+    base = {k: None for k in benchmark.ROW_FIELDS}
+    rows = [{**base, "run": run, "method": run, "top1_final": 90.0, "device": "gpu", "commit": code, "date": "d",
+             "command": "python x.py"} for run, code in (("dense", "aaa1111"), ("trp", "bbb2222, aaa1111"))]
+    stem = tmp_path / "table"
+    benchmark.write_table(rows, stem, "provenance", columns=["method", "top1_final"])
+    lines = stem.with_suffix(".md").read_text().splitlines()
+    assert "Device: gpu." in lines and "Command: `python x.py`." in lines
+    assert "Commit, per run: dense `aaa1111`; trp `bbb2222, aaa1111`." in lines

@@ -90,6 +90,15 @@ def test_a_time_limit_stops_after_an_epoch_with_a_checkpoint(tmp_path):
     assert [load_checkpoint(p)["epoch"] for p in list_checkpoints(tmp_path / "checkpoints")] == [1]
 
 
+def test_the_summary_names_the_code_of_every_session_that_trained_the_run(tmp_path, monkeypatch):
+    import lrtrain.train.trainer as trainer_module
+
+    for session, code in enumerate(["aaa1111", "bbb2222", "aaa1111"]):
+        monkeypatch.setattr(trainer_module, "commit", lambda code=code: code)
+        _, result = run(make_cfg(tmp_path, checkpoint_every=0), resume=session > 0, time_limit=0)
+    assert result["finished"] and result["commit"] == "bbb2222, aaa1111"  # in the order last used
+
+
 def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path, capsys):
     _, summary = run(make_cfg(tmp_path, epochs=1), resume=True)
     assert summary["finished"] and "starting from scratch" in capsys.readouterr().out

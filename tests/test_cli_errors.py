@@ -93,17 +93,36 @@ def run_dir(tmp_path, capsys):
     return run
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "text", "one byte"])
 def test_a_damaged_checkpoint_on_resume_is_named_with_the_way_out(run_dir, capsys, damage):
     newest, older = list_checkpoints(run_dir / "checkpoints")[::-1]
     data = newest.read_bytes()
-    newest.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00not a checkpoint", "empty": b""}[damage])
+    newest.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00not a checkpoint", "empty": b"",
+                        "text": b"junk\n", "one byte": b"j"}[damage])
     err = _fails(capsys, ["train", str(run_dir), "--resume"])
     assert f"cannot read checkpoint {newest}" in err
     assert err.endswith(f"move it away to resume from the one before, {older}")
     older.unlink()
     err = _fails(capsys, ["train", str(run_dir), "--resume"])
     assert err.endswith("it is the run's only checkpoint: start again with --overwrite")
+
+
+def test_a_moved_run_directory_resumes_where_it_is_now(tmp_path, capsys):
+    run = tmp_path / "first"
+    recipe = _recipe(tmp_path, TINY.replace("epochs: 1", "epochs: 2"))
+    assert cli.main(["train", recipe, "--out-dir", str(run), "--time-limit", "0"]) == 0  # stops after epoch 1
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    capsys.readouterr()
+    assert cli.main(["train", str(moved), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {moved / 'checkpoints'}" in out and (moved / "summary.json").exists() and not run.exists()
+
+
+def test_writing_an_export_onto_a_folder_is_one_line(run_dir, tmp_path, capsys):
+    (tmp_path / "a_folder").mkdir()
+    err = _fails(capsys, ["export", str(run_dir), "--format", "state_dict", "-o", str(tmp_path / "a_folder")])
+    assert "a_folder" in err
 
 
 def test_a_checkpoint_of_another_model_or_method_names_both(run_dir, capsys):

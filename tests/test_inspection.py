@@ -54,6 +54,23 @@ def test_compress_at_full_energy_keeps_the_function(dense_run, tmp_path):
     torch.testing.assert_close(lr.load(out)(x), dense(x), atol=1e-4, rtol=1e-4)
 
 
+def test_a_finished_run_without_checkpoints_is_read_from_its_compact_model(dense_run, tmp_path):
+    from lrtrain.inspection import load_trained
+
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(dense_run, run)
+    shutil.rmtree(run / "checkpoints")
+    model, name, classes, size = load_trained(run)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model(x), load_trained(dense_run)[0](x), atol=1e-5, rtol=0)
+    assert (name, classes) == ("resnet20", 10)
+    (run / "compact.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .* and no compact.pt"):
+        load_trained(run)
+
+
 @pytest.mark.parametrize("args,message", [
     (["info", "resnet20", "--scheme", "chanel"], "did you mean 'channel'"),
     (["info", "resnet20", "--input-size", "1", "1", "32", "32"], "input_size"),

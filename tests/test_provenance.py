@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -24,31 +25,38 @@ def repo(tmp_path, monkeypatch):
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", ".")
     _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
-    monkeypatch.chdir(tmp_path / "src")  # a subfolder: the whole tree still counts
+    monkeypatch.chdir(tmp_path.parent)  # commit() reads the tree it is given, not the working directory
     return tmp_path
 
 
 def test_clean_tree_gives_the_bare_commit(repo):
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    assert commit() == head
+    assert commit(repo / "src") == head
 
 
 def test_moved_run_folders_do_not_mark_the_code_modified(repo):
     shutil.move(repo / "benchmarks" / "checkpoints" / "run", repo / "run-elsewhere")
-    assert not commit().endswith("+dirty")
+    assert not commit(repo / "src").endswith("+dirty")
 
 
 def test_modified_code_anywhere_in_the_tree_is_dirty(repo):
     (repo / "benchmarks" / "bench.py").write_text("y = 2\n")
     _git(repo, "add", "benchmarks/bench.py")
-    assert commit().endswith("+dirty")
+    assert commit(repo / "src").endswith("+dirty")
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "bench")
     (repo / "benchmarks" / "bench.py").write_text("y = 3\n")
-    assert commit().endswith("+dirty")
+    assert commit(repo / "src").endswith("+dirty")
 
 
 def test_outside_a_checkout_it_is_unknown(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    assert commit() == "unknown"
+    assert commit(tmp_path) == "unknown"
+
+
+def test_by_default_it_is_the_commit_of_lrtrains_own_code_wherever_it_runs(tmp_path, monkeypatch):
+    import lrtrain
+
+    here = commit(Path(lrtrain.__file__).parent)
+    monkeypatch.chdir(tmp_path)  # not a git tree
+    assert commit() == here

@@ -125,3 +125,24 @@ def test_a_path_that_is_not_a_run_directory_is_named_in_the_error(runs, tmp_path
     points.write_text("- {label: x, speedup: fast}\n")
     with pytest.raises(ValueError, match="item 1 must be"):
         report.write_report([runs / "trp"], tmp_path / "report", paper_points=points)
+
+
+def test_a_cut_short_rank_log_and_a_damaged_checkpoint_give_notes_not_errors(runs, tmp_path):
+    run = tmp_path / "trp"
+    shutil.copytree(runs / "trp", run)
+    lines = (run / "ranks.csv").read_text().splitlines()
+    (run / "ranks.csv").write_text("\n".join(lines) + "\n4,layer1.0.conv1,")  # a killed writer's last row
+    oldest = sorted((run / "checkpoints").glob("step_*.pt"))[0]
+    oldest.write_bytes(oldest.read_bytes()[:100])
+    markdown = report.write_report([run], tmp_path / "report").read_text()
+    assert "trp_ranks.png" in linked_images(markdown) and "cannot read checkpoint" in markdown
+    (run / "ranks.csv").write_text(lines[0] + "\n")  # a resume that dropped every row
+    markdown = report.write_report([run], tmp_path / "report2").read_text()
+    assert "ranks.csv holds no complete row yet" in markdown and "trp_ranks.png" not in linked_images(markdown)
+
+
+def test_invalid_yaml_paper_points_are_named(tmp_path):
+    points = tmp_path / "points.yaml"
+    points.write_text("- {label: x, speedup: [unclosed\n")
+    with pytest.raises(ValueError, match="points.yaml: not valid YAML"):
+        report.load_paper_points(points)

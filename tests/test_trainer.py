@@ -334,8 +334,19 @@ def test_cli_debug_shows_the_traceback(tmp_path):
         cli.main(["train", recipe, "--set", "method.name=nope", "--debug"])
 
 
-def test_the_demo_uses_cifar10_when_present_else_the_generated_set(tmp_path):
-    assert cli.demo_recipe(str(tmp_path))["data"]["name"] == "sample"
+def test_the_demo_uses_cifar10_when_present_else_the_generated_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("LRTRAIN_DATA", raising=False)
+    import lrtrain.data.cifar as cifar
+
+    monkeypatch.chdir(tmp_path)  # no ../shared/data from here, nor from the project
+    monkeypatch.setattr(cifar, "_PROJECT_ROOT", tmp_path)
+    assert cli.demo_recipe()["data"]["name"] == "sample"
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found"):  # a place was named: no silent fallback
+        cli.demo_recipe(str(tmp_path))
+    monkeypatch.setenv("LRTRAIN_DATA", str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match="typo"):
+        cli.demo_recipe()
+    monkeypatch.delenv("LRTRAIN_DATA")
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:

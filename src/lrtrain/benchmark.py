@@ -12,7 +12,6 @@ import csv
 import itertools
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from . import export, models
 from .config import resolve
 from .metrics import latency_ratio
-from .provenance import commit, cpu_name, today
+from .provenance import cpu_name
 
 ROW_FIELDS = ["run", "method", "model", "top1_final", "top1_best", "top1_before_finalize", "dense_mflops",
               "compact_mflops", "flops_speedup", "dense_params_m", "compact_params_m", "cpu_speedup_b32",
@@ -96,7 +95,7 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
             "cpu_speedup_b32": _compact_speedup(root / spec.name, model, s.get("num_classes", 10), 32, threads,
                                                 latency_iters),
             "epochs": s["epochs"], "wall_s": s["wall_time_s"], "device": s["device"],
-            "command": command, "commit": s.get("commit") or commit(), "date": s.get("date") or today(),
+            "command": command, "commit": s.get("commit", "unknown"), "date": s.get("date", "unknown"),
             "flops_reduction": 1 - compact["flops"] / dense["flops"],
             **_paper_columns(spec.paper, s["final_acc"]),
         })
@@ -122,7 +121,8 @@ def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: str =
                 columns: list[str] | None = None) -> None:
     """`stem`.csv with every field and `stem`.md with the fields a reader compares (``columns``).
 
-    Device, commit, date and command not among the columns follow the table when every row shares them.
+    Device, commit, date and command not among the columns follow the table: once when every row shares
+    them, else per run.
     """
     stem.parent.mkdir(parents=True, exist_ok=True)
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
@@ -134,10 +134,15 @@ def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: str =
     lines = [f"# {title}", "", notes.strip(), "",
              "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in shown) + " |" for r in rows]
-    shared = {k: rows[0][k] for k in ("device", "commit", "date", "command")
-              if rows and k not in shown and all(r[k] == rows[0][k] for r in rows)}
-    if shared:
-        lines += [""] + [f"{k.capitalize()}: " + (f"`{v}`" if k == "command" else f"{v}.") for k, v in shared.items()]
+    keys = [k for k in ("device", "commit", "date", "command") if rows and k not in shown]
+    if keys:
+        lines.append("")
+    for k in keys:
+        quote = (lambda v: f"`{v}`") if k in ("command", "commit") else str
+        if all(r[k] == rows[0][k] for r in rows):
+            lines.append(f"{k.capitalize()}: {quote(rows[0][k])}.")
+        else:
+            lines.append(f"{k.capitalize()}, per run: " + "; ".join(f"{r['run']} {quote(r[k])}" for r in rows) + ".")
     lines += _over_seeds(rows)
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
@@ -211,8 +216,4 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
     plt.close(fig)
 
 
-def command_line() -> str:
-    return " ".join([Path(sys.executable).name, *sys.argv])
-
-
-__all__ = ["RunSpec", "collect", "command_line", "commit", "cpu_name", "plot", "run_all", "write_table"]
+__all__ = ["RunSpec", "collect", "cpu_name", "plot", "run_all", "write_table"]

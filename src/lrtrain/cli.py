@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from .config import ConfigError, load_recipe, resolve
@@ -60,17 +61,27 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg["data"]["dir"] = args.data_dir
     if args.out_dir:
         cfg["out_dir"] = args.out_dir
+    elif Path(args.recipe).is_dir():  # the run directory itself, wherever it was moved since
+        cfg["out_dir"] = str(args.recipe)
     return _fit(cfg, resume=args.resume, overwrite=args.overwrite, time_limit=args.time_limit)
 
 
 def demo_recipe(data_dir: str | None = None, epochs: int = 2) -> dict[str, Any]:
-    """The demo: ResNet-20 on a CIFAR-10 subset when CIFAR-10 is found, else on the generated set."""
-    from .data import find_cifar
+    """The demo: ResNet-20 on a CIFAR-10 subset when CIFAR-10 is found, else on the generated set.
+
+    A place given for the data (`data_dir`, or $LRTRAIN_DATA) that holds no CIFAR-10 is an error: a typo
+    must not quietly turn the demo into one on generated images.
+    """
+    import os
+
+    from .data import DATA_ENV, find_cifar
 
     try:
         find_cifar("cifar10", data_dir)
         data = {"name": "cifar10", "dir": data_dir, "train_size": 4000, "test_size": 1000}
     except FileNotFoundError:
+        if data_dir or os.environ.get(DATA_ENV):
+            raise
         data = {"name": "sample", "train_size": 4000, "test_size": 1000}
     return resolve({
         "name": "demo",
@@ -243,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, OSError, ValueError) as err:  # OSError: a path that is a folder, unwritable, ...
         if args.debug:
             raise
         _error(err)

@@ -59,9 +59,12 @@ def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple]:
     path = Path(path)
     if path.is_dir():
         found = list_checkpoints(path / "checkpoints")
-        if not found:
-            raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'}")
-        path = found[-1]
+        if found:
+            path = found[-1]
+        elif (path / "compact.pt").exists():  # a finished run whose checkpoints were cleared away
+            path = path / "compact.pt"
+        else:
+            raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'} and no compact.pt in {path}")
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     state = load_checkpoint(path)

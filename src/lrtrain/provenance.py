@@ -8,18 +8,20 @@ import subprocess
 from pathlib import Path
 
 
-def commit() -> str:
-    """The current git commit (``+dirty`` when tracked code has uncommitted changes), or ``unknown``.
+def commit(where: str | Path | None = None) -> str:
+    """The git commit of the tree holding `where` (default: this package's code, whatever the working
+    directory), ``+dirty`` when tracked files have uncommitted changes, or ``unknown`` outside a git tree.
 
     Run folders under ``benchmarks/checkpoints`` are data, not code: a GPU session moves them out of the
     tree before its calls, which must not mark the code it measures as modified.
     """
+    cwd = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+                              check=True, cwd=cwd).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
                                 ":(top,exclude)benchmarks/checkpoints"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+                               text=True, check=True, cwd=cwd).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

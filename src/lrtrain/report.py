@@ -84,6 +84,21 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _complete_rank_rows(path: Path) -> list[dict[str, str]] | None:
+    """The whole rows of a ranks.csv (a killed process may leave its last one cut short); None without it."""
+    if not path.exists():
+        return None
+    rows = []
+    for row in _read_csv(path):
+        try:
+            if None not in row.values() and None not in row:
+                int(row["step"]), _rank_fraction(row["rank"], row["max_rank"])
+                rows.append(row)
+        except (KeyError, ValueError, TypeError, ZeroDivisionError):
+            continue
+    return rows
+
+
 def _colours() -> list[str]:
     return rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -239,13 +254,18 @@ def _spectra(run: _Run, compact: nn.Module | None, layers: list[str] | None) -> 
     before: dict[str, torch.Tensor] = {}
     source = ""
     kept = list_checkpoints(run.path / "checkpoints")
+    state = None
     if kept:
-        state = load_checkpoint(kept[0])
+        try:  # damaged, or deleted by the running training since it was listed
+            state = load_checkpoint(kept[0])
+        except ValueError as err:
+            run.notes.append(f"{' '.join(str(err).split())[:200]}: no spectra before training ends")
+    else:
+        run.notes.append("no checkpoint: no spectra before training ends")
+    if state is not None:
         before = {k.removesuffix(".weight"): v for k, v in state["model"].items()
                   if k.endswith(".weight") and v.ndim >= 2}
         source = f"step {state['step']}"
-    else:
-        run.notes.append("no checkpoint: no spectra before training ends")
     after = {n: m.weight for n, m in _weight_layers(compact).items()} if compact is not None else {}
     if layers is None:
         low = [n for n, m in (compact.named_modules() if compact is not None else ())
@@ -271,7 +291,10 @@ def _spectra(run: _Run, compact: nn.Module | None, layers: list[str] | None) -> 
 
 def load_paper_points(path: str | Path) -> list[dict[str, Any]]:
     """Published results from a YAML list of ``{label, speedup, top1}``, checked."""
-    points = yaml.safe_load(Path(path).read_text())
+    try:
+        points = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(points, list):
         raise ValueError(f"{path}: expected a list of {{label, speedup, top1}}, got {type(points).__name__}")
     for i, p in enumerate(points):
@@ -336,12 +359,15 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
 
     for run in runs:
         md += [f"## Run {run.name}", "", f"Method {run.method}, directory `{run.path}`.", ""]
-        if (run.path / "ranks.csv").exists():
+        rank_rows = _complete_rank_rows(run.path / "ranks.csv")
+        if rank_rows:
             image = f"{run.name}_ranks.png"
-            plot_rank_heatmap(_read_csv(run.path / "ranks.csv"), out / image, f"{run.name}: rank during training")
+            plot_rank_heatmap(rank_rows, out / image, f"{run.name}: rank during training")
             md += ["### Rank during training", "", f"![{run.name} rank during training]({image})", ""]
-        else:
+        elif rank_rows is None:
             run.notes.append("no ranks.csv (its method logs no ranks): no rank heat map")
+        else:
+            run.notes.append("ranks.csv holds no complete row yet: no rank heat map")
         loaded = _load_compact(run)
         compact, arch = loaded if loaded else (None, None)
         spectra, source = _spectra(run, compact, layers)

@@ -9,7 +9,6 @@ Everything stored is plain data (tensors, numbers, strings, lists, dicts): no pi
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 import tempfile
@@ -67,8 +66,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint with ``weights_only=True``; a damaged file raises ValueError naming it."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+    except Exception as err:  # damaged files raise many kinds (KeyError, struct.error, UnpicklingError, ...)
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
 
 
 def rng_state() -> dict[str, Any]:

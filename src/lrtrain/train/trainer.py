@@ -255,6 +255,8 @@ class Trainer:
         self.batch = 0         # next batch of the current epoch
         self.history: list[dict[str, Any]] = []
         self._elapsed_before = 0.0  # seconds spent by the sessions this run resumed from
+        # the code of each session that trained the run (read now: the tree may change while it trains)
+        self._commits = [commit()]
         self._session_start = time.perf_counter()
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during `fit`
         self._evaluating = False
@@ -616,6 +618,7 @@ class Trainer:
                 "sums": sums,
                 "history": self.history,
                 "elapsed": self._elapsed(),
+                "commits": self._commits,
                 "rng": rng,
                 "rng_ranks": rng_ranks,
             }
@@ -666,6 +669,8 @@ class Trainer:
         self.sums.load(state["sums"], self.world.is_main)
         self.history = state["history"]
         self._elapsed_before = state["elapsed"]
+        earlier = [c for c in state.get("commits", []) if c != self._commits[-1]]  # absent from older checkpoints
+        self._commits = [*dict.fromkeys(earlier), self._commits[-1]]
         per_rank = state.get("rng_ranks")  # absent from older checkpoints
         same_world = per_rank is not None and len(per_rank) == self.world.world_size
         set_rng_state(per_rank[self.world.rank] if same_world else state["rng"])
@@ -747,7 +752,7 @@ class Trainer:
             "world_size": self.world.world_size,
             "torch": str(torch.__version__),
             "num_classes": self.num_classes,
-            "commit": commit(),
+            "commit": ", ".join(self._commits),
             "date": today(),
         }
         if self.world.is_main:
