@@ -542,3 +542,24 @@ def test_finalize_applies_a_projection_still_in_flight():
     for name, rank in method.ranks().items():
         if isinstance(compact.get_submodule(name), LowRankConv2d):
             assert compact.get_submodule(name).rank == rank
+
+
+def test_finalize_at_the_projection_ranks_under_the_official_preset_keeps_its_stride_2_convs_dense():
+    x, y = _data(64)
+    model = _net(width=16)
+    method = TRP(model, eligible="official", energy=0.6, period=4, input_size=SIZE)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(method, opt, x, y, 4)
+    assert "9" in method.ranks()  # the stride-2 conv is trained ...
+    compact = method.finalize(method.ranks())
+    assert type(compact.get_submodule("9")) is nn.Conv2d  # ... and left dense, as the official code does
+    assert all(compact.get_submodule(n).rank == method.ranks()[n] for n in ("3", "6")
+               if isinstance(compact.get_submodule(n), LowRankConv2d))
+    with pytest.raises(ValueError, match=r"\['12'\] are not among"):  # not trained at all
+        method.finalize({"12": 2})
+
+
+def test_an_unreachable_flops_budget_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"rank='flops:0.01' cannot be met: at rank 1 everywhere the model still "
+                                         r"costs \d+\.\d% of its dense FLOPs"):
+        TRP(_net(), rank="flops:0.01", ramp=0.5, input_size=SIZE)

@@ -205,7 +205,7 @@ class GramTransfer:
             buffer.copy_(flat, non_blocking=cuda)
             if cuda:
                 self._event = torch.cuda.Event()
-                self._event.record()
+                self._event.record(torch.cuda.current_stream(flat.device))  # the copy's device, not the current one
             grams = _split_like(buffer, grams)
         self.grams = grams
 
