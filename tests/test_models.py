@@ -21,7 +21,7 @@ def test_list_models_has_all_and_filters():
         assert name in names
     assert names == sorted(names)
     assert models.list_models("vgg*") == ["vgg16"]
-    assert models.list_models("resnet1*") == ["resnet110", "resnet18"]
+    assert models.list_models("resnet1*") == ["resnet110", "resnet110b", "resnet18"]
 
 
 @pytest.mark.parametrize("name, expected", [("resnet20", 0.27e6), ("resnet56", 0.85e6),
@@ -48,6 +48,20 @@ def test_resnet_module_names_and_option_a_shortcuts():
     assert len(convs) == 55
     assert all(m.kernel_size == (3, 3) for m in convs)
     assert isinstance(model.fc, nn.Linear) and model.fc.in_features == 64
+
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56, 110])
+def test_option_b_resnets_add_a_1x1_conv_and_bn_on_the_two_shape_changing_shortcuts(depth):
+    a, b = models.create(f"resnet{depth}"), models.create(f"resnet{depth}b")
+    extra = (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)  # 1×1 conv weights and BN scale/shift, stages 2 and 3
+    assert n_params(b) == n_params(a) + extra
+    shortcuts = {n: m for n, m in b.named_modules() if n.endswith("shortcut.0")}
+    assert sorted(shortcuts) == ["layer2.0.shortcut.0", "layer3.0.shortcut.0"]
+    assert all(m.kernel_size == (1, 1) and m.stride == (2, 2) for m in shortcuts.values())
+    assert b(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="shortcut must be one of A, B"):
+        models.create(f"resnet{depth}", shortcut="C")
 
 
 def test_pad_shortcut_subsamples_and_zero_pads_channels():

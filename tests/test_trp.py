@@ -563,3 +563,10 @@ def test_an_unreachable_flops_budget_is_refused_at_construction():
     with pytest.raises(ValueError, match=r"rank='flops:0.01' cannot be met: at rank 1 everywhere the model still "
                                          r"costs \d+\.\d% of its dense FLOPs"):
         TRP(_net(), rank="flops:0.01", ramp=0.5, input_size=SIZE)
+
+
+def test_the_official_preset_leaves_option_b_shortcut_convs_dense():
+    a = TRP(models.create("resnet20"), eligible="official")
+    b = TRP(models.create("resnet20b"), eligible="official")
+    assert a.layers == b.layers and not any("shortcut" in n for n in b.layers)  # 1×1 convs stay dense
+    assert "layer2.0.shortcut.0" in TRP(models.create("resnet20b")).layers  # cheaper factorized: trained
