@@ -564,7 +564,10 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
              f"cpu_speedup_b32: measured forward-pass speedup of the compact model over the dense one on "
              f"the CPU ({benchmark.cpu_name()}, {args.threads} threads, batch 32). Paper figures: "
              f"{', '.join(sorted({r.paper['source'] for r in runs if r.paper}))}; none was found for the other "
-             f"rows (no CIFAR figure of TRP without the nuclear term, LRPET on ResNet-20, ELRT, SVD + fine-tune).")
+             f"rows (no CIFAR figure of TRP without the nuclear term, LRPET on ResNet-20, ELRT, SVD + fine-tune). "
+             f"The ResNets have option-A shortcuts (zero-padding), as in LRPET's code; TRP's code uses option B "
+             f"(a 1×1 conv + BN on the two shape-changing shortcuts, lrtrain's resnet20b: +2.8 K params, "
+             f"+0.26 M MACs), which its paper's dense baselines were trained with.")
     if pending:
         notes += f"\n\nNot finished yet: {', '.join(pending)}."
     benchmark.write_table(rows, args.out, "CIFAR-10: the papers' low-rank methods, reproduced", notes,
