@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -98,20 +99,34 @@ def worker(name: str, args) -> dict:
             "step_ms": [statistics.median([ref["step_ms"], again["step_ms"]]), cand["step_ms"]]}
 
 
-def launch(names: list[str], argv: list[str], tmp: Path) -> list[dict]:
-    """One worker process per run, all at once (compilation is CPU-bound; the GPU has room)."""
+def launch(names: list[str], argv: list[str], tmp: Path, budget: float | None = None) -> list[dict]:
+    """One worker process per run, all at once (compilation is CPU-bound; the GPU has room), each writing
+    its log to a file; workers still running after `budget` seconds are stopped and reported as cut off, so
+    the table of the others is written before the call's own limit."""
     procs = {}
     env = reproduce.worker_env(len(names))
     for name in names:
-        out = tmp / f"{name}.json"
+        out, log = tmp / f"{name}.json", open(tmp / f"{name}.log", "w")
         procs[name] = (subprocess.Popen([sys.executable, __file__, *argv, "--worker", name, "--json", str(out)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env), out)
+                                        stdout=log, stderr=subprocess.STDOUT, env=env), out, log)
+    deadline = None if budget is None else time.monotonic() + budget
+    while any(proc.poll() is None for proc, _, _ in procs.values()):
+        if deadline is not None and time.monotonic() > deadline:
+            running = [p for p, _, _ in procs.values() if p.poll() is None]
+            for p in running:
+                p.terminate()
+            reproduce._wait_all(running, 5)
+            break
+        time.sleep(0.5)
     results = []
-    for name, (proc, out) in procs.items():
-        log, _ = proc.communicate()
+    for name, (proc, out, log) in procs.items():
+        log.close()
+        text = (tmp / f"{name}.log").read_text(errors="replace")
         if proc.returncode or not out.exists():
-            print(f"{name}: worker failed (exit {proc.returncode}):\n{log[-3000:]}", flush=True)
-            results.append({"run": name, "error": f"exit {proc.returncode}: {log.strip().splitlines()[-1:]}"})
+            why = (f"cut off by the {budget:.0f} s budget" if deadline is not None and time.monotonic() > deadline
+                   and proc.returncode in (-15, -9) else f"exit {proc.returncode}")
+            print(f"{name}: worker failed ({why}):\n{text[-3000:]}", flush=True)
+            results.append({"run": name, "error": f"{why}: {text.strip().splitlines()[-1:]}"})
         else:
             results.append(json.loads(out.read_text()))
     return results
@@ -146,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="results file (default: results/compile_modes_<device>.md)")
     p.add_argument("--commit", help="the commit measured (default: git's)")
+    p.add_argument("--budget", type=float, help="seconds: workers still running then are stopped, the table "
+                   "of the others written (keep it under the call's limit)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
@@ -156,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device, World())
     names = [r.name for r in reproduce.select(args.runs)]
     with tempfile.TemporaryDirectory() as tmp:
-        results = launch(names, argv, Path(tmp))
+        results = launch(names, argv, Path(tmp), args.budget)
     lines = [f"# Compile modes: {args.candidate} vs {args.reference}, per method", "",
              f"- device: {device_name(device)}",
              f"- command: `python benchmarks/compile_modes.py {' '.join(argv)}`",

@@ -33,10 +33,13 @@ carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
    overwrite it); ``--seed .data/seed`` (with the same ``--runs``) merges the carried runs in first, a run
    only where the carried copy is further along;
 3. each time a worker exits, the runs the call started are packed (again) into
-   ``$OUT/reproduce_runs.tar.NNN``, pieces of one gzip-compressed tar of at most 15 MiB each ($OUT returns at most 8 files of 16 MiB each,
-   none deeper than 2 folders, so a run folder cannot come back as it is), holding each run's small files,
+   ``$OUT/reproduce_runs.tar.NNN``, pieces of at most 15 MiB ($OUT returns at most 8 files of 16 MiB each,
+   none deeper than 2 folders, so a run folder cannot come back as it is), each a gzip-compressed tar of
+   whole runs that unpacks alone (a piece left out loses its runs only), holding each run's small files,
    its newest checkpoint when unfinished and compact.pt when finished (ResNet-56: 7 MB a checkpoint, 2-4 MB
-   a compact model): a call cut off by its limit still returns what its workers finished. The root's
+   a compact model), at most `PACK_LIMIT` in all: runs past it are left out, said in the call's output, and
+   stay on the warm machine for ``--pack-only``. A call cut off by its limit still returns what its workers
+   finished. The root's
    .trained.json names the runs its latest training call started, which ``--pack-only`` packs (a call cut
    off with workers still running);
 4. here: ``python benchmarks/reproduce.py --root .data/reproduce --unpack FILES_AT`` merges them back
@@ -63,6 +66,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +82,8 @@ ROOT = HERE.parent
 RECIPES = ROOT / "recipes"
 PACK_NAME = "reproduce_runs.tar"
 PIECE = 15 * 2**20
+PACK_LIMIT = 58 * 2**20  # what $OUT returns (64 MiB) or a call carries, less the working tree (~7 MiB)
+MAX_PIECES = 7           # of the 8 files $OUT returns: one left for another result of the call
 TRAINED = ".trained.json"  # in the root: the runs its latest training call started, for --pack-only
 # Files a run folder needs to be resumed or reported; compact_module.pt (a pickled copy of compact.pt)
 # stays behind.
@@ -232,15 +238,28 @@ def _last_epoch_seconds(run_dir: Path) -> float:
 
 
 def _run_folders(source: Path) -> Path:
-    """A folder of run folders from `source`: itself, or the pack pieces it holds (or is one of) unpacked."""
+    """A folder of run folders from `source`: itself, or the pack pieces it holds (or is one of) unpacked.
+
+    Each piece unpacks alone; one that cannot be read (cut short, damaged) is skipped with a note, so only
+    its runs are missing."""
     pieces = sorted(source.glob(PACK_NAME + ".*")) if source.is_dir() else \
         sorted(source.parent.glob(source.name.rsplit(".", 1)[0] + ".*"))
+    pieces = [p for p in pieces if not p.name.endswith(".part")]
     if not pieces:
         return source
     tmp = Path(tempfile.mkdtemp(prefix="reproduce-unpack-"))
-    stream = io.BytesIO(b"".join(p.read_bytes() for p in pieces))
-    with tarfile.open(fileobj=stream) as tar:
-        tar.extractall(tmp, filter="data")
+    for piece in pieces:
+        staging = Path(tempfile.mkdtemp(prefix="piece-", dir=tmp))
+        try:
+            with tarfile.open(piece, "r:*", ignore_zeros=True) as tar:  # several tar.gz members, one per run
+                tar.extractall(staging, filter="data")
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+            print(f"note: {piece} cannot be unpacked ({type(err).__name__}: {err}): its runs are left out")
+            shutil.rmtree(staging)
+            continue
+        for run in staging.iterdir():
+            run.replace(tmp / run.name)
+        staging.rmdir()
     return tmp
 
 
@@ -265,36 +284,58 @@ def merge(sources: list[Path], root: Path) -> list[str]:
     return taken
 
 
-def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = ()) -> list[Path]:
-    """`names`' run folders, lean (see the module doc), and only the summary.json of the finished runs
-    `marks`, as ``dest/reproduce_runs.tar.NNN`` pieces."""
+def _run_blob(root: Path, name: str, summary_only: bool) -> bytes:
+    """One run folder, lean (see the module doc), as a gzip-compressed tar: the unit of a pack."""
+    run_dir = root / name
+    if summary_only:
+        files = [run_dir / "summary.json"]
+    else:
+        files = [run_dir / f for f in SMALL_FILES]
+        finished = (run_dir / "summary.json").exists()
+        files += [run_dir / "compact.pt"] if finished else list_checkpoints(run_dir / "checkpoints")[-1:]
     buffer = io.BytesIO()
     # gzip: ranks.csv (a row per layer per TRP projection: megabytes for a ResNet-56 run) shrinks tenfold
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
-        for name in [*names, *marks]:
-            run_dir = root / name
-            finished = (run_dir / "summary.json").exists()
-            if name in marks:
-                files = [run_dir / "summary.json"]
-            else:
-                files = [run_dir / f for f in SMALL_FILES]
-                files += [run_dir / "compact.pt"] if finished else list_checkpoints(run_dir / "checkpoints")[-1:]
-            for f in files:
-                try:
-                    tar.add(f, arcname=str(f.relative_to(root)))
-                except FileNotFoundError:
-                    # Not written yet, or a checkpoint that a running worker replaced since it was listed:
-                    # the pack after that worker exits holds the new one.
-                    pass
-    data = buffer.getvalue()
+        for f in files:
+            try:
+                tar.add(f, arcname=str(f.relative_to(root)))
+            except FileNotFoundError:
+                # Not written yet, or a checkpoint that a running worker replaced since it was listed:
+                # the pack after that worker exits holds the new one.
+                pass
+    return buffer.getvalue()
+
+
+def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = (),
+         limit: int | None = None) -> list[Path]:
+    """`names`' run folders, lean, and only the summary.json of the finished runs `marks`, as
+    ``dest/reproduce_runs.tar.NNN`` pieces of whole runs, at most `limit` bytes (`PACK_LIMIT`) in
+    `MAX_PIECES`: the marks first, then the finished runs, then the others in the given order; a run past
+    the limit is left out and named."""
+    limit = PACK_LIMIT if limit is None else limit
+    finished = [n for n in names if (root / n / "summary.json").exists()]
+    order = [(n, True) for n in marks] + [(n, False) for n in finished] + \
+            [(n, False) for n in names if n not in finished]
+    contents: list[bytearray] = []
+    left_out, total = [], 0
+    for name, summary_only in order:
+        blob = _run_blob(root, name, summary_only)
+        fits = not contents or len(contents[-1]) + len(blob) <= PIECE
+        if len(blob) > PIECE or total + len(blob) > limit or (not fits and len(contents) == MAX_PIECES):
+            left_out.append(name)
+            continue
+        if not fits or not contents:
+            contents.append(bytearray())
+        contents[-1] += blob
+        total += len(blob)
     dest.mkdir(parents=True, exist_ok=True)
     # Written aside, then renamed over the previous pack: a call cut off meanwhile still returns a whole pack
     # (a rename is atomic; between the renames of a pack of several pieces there is a window of microseconds).
-    pieces = [dest / f"{PACK_NAME}.{i // PIECE:03d}" for i in range(0, len(data), PIECE)]
+    pieces = [dest / f"{PACK_NAME}.{i:03d}" for i in range(len(contents))]
     parts = [dest / f".{piece.name}.part" for piece in pieces]
     try:
-        for part, i in zip(parts, range(0, len(data), PIECE)):
-            part.write_bytes(data[i:i + PIECE])
+        for part, data in zip(parts, contents):
+            part.write_bytes(bytes(data))
         for part, piece in zip(parts, pieces):
             part.replace(piece)
     finally:  # a pack cut off leaves no parts beside the previous pieces ($OUT returns 8 files at most)
@@ -302,9 +343,12 @@ def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = ()) 
             part.unlink()
     for old in set(dest.glob(PACK_NAME + ".*")) - set(pieces):
         old.unlink()
-    size = len(data) / 2**20
-    warn = "  (over what a call carries or $OUT returns: fewer runs)" if size > 60 or len(pieces) > 8 else ""
-    print(f"packed {len(names) + len(marks)} run(s) into {len(pieces)} piece(s) in {dest}, {size:.1f} MiB{warn}")
+    print(f"packed {len(order) - len(left_out)} run(s) into {len(pieces)} piece(s) in {dest}, "
+          f"{total / 2**20:.1f} MiB", flush=True)
+    if left_out:
+        print(f"warning: left out of the pack (over {limit / 2**20:.0f} MiB or {MAX_PIECES} pieces): "
+              f"{', '.join(left_out)}; while the machine is warm, a call of --pack-only --runs with them "
+              "packs them", flush=True)
     return pieces
 
 
@@ -321,8 +365,10 @@ def _set_commit(run_dir: Path, sha: str) -> None:
     if not path.exists():
         return
     summary = json.loads(path.read_text())
-    if summary.get("commit") in (None, "unknown"):
-        summary["commit"] = sha
+    # a run trained over several sessions lists each one's commit ("4ad1b89, unknown")
+    commits = [c.strip() for c in str(summary.get("commit") or "unknown").split(",")]
+    if "unknown" in commits:
+        summary["commit"] = ", ".join(dict.fromkeys(sha if c == "unknown" else c for c in commits))
         atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
@@ -413,6 +459,7 @@ class Mps:
     workers then share it in time slices, as without ``--mps``."""
 
     PROBE = "import torch; torch.ones(1, device='cuda').add_(1); torch.cuda.synchronize()"
+    PROBE_SECONDS = 30  # a CUDA client that hangs under MPS (a known container failure) must not eat the call
 
     def __init__(self):
         self.exe = shutil.which("nvidia-cuda-mps-control")
@@ -428,17 +475,23 @@ class Mps:
                    "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
         for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
             Path(mps_env[key]).mkdir()
-        daemon = subprocess.run([self.exe, "-d"], env=mps_env, capture_output=True, text=True, timeout=60)
+        try:
+            daemon = subprocess.run([self.exe, "-d"], env=mps_env, capture_output=True, text=True, timeout=30)
+        except (subprocess.TimeoutExpired, OSError) as err:
+            daemon = subprocess.CompletedProcess([self.exe], 1, "", f"{type(err).__name__}: {err}")
         if daemon.returncode:
             print(f"--mps: the daemon did not start (exit {daemon.returncode}: {daemon.stderr.strip()}); "
                   "the workers share the GPU in time slices", flush=True)
             return False
         self.env = mps_env
-        probe = subprocess.run([sys.executable, "-c", self.PROBE], env=mps_env, capture_output=True, text=True,
-                               timeout=180)
-        if probe.returncode:
-            last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-            print(f"--mps: a CUDA process failed under MPS ({last}); stopping it, the workers share the GPU "
+        try:
+            probe = subprocess.run([sys.executable, "-c", self.PROBE], env=mps_env, capture_output=True, text=True,
+                                   timeout=self.PROBE_SECONDS)
+            failure = (probe.stderr.strip().splitlines() or ["no output"])[-1] if probe.returncode else None
+        except subprocess.TimeoutExpired:
+            failure = f"no answer in {self.PROBE_SECONDS} s"
+        if failure:
+            print(f"--mps: a CUDA process failed under MPS ({failure}); stopping it, the workers share the GPU "
                   "in time slices", flush=True)
             self.stop()
             return False
@@ -448,8 +501,11 @@ class Mps:
 
     def stop(self) -> None:
         if self.env is not None:
-            subprocess.run([self.exe], input="quit\n", env=self.env, capture_output=True, text=True, timeout=60)
-            self.env = None
+            env, self.env = self.env, None
+            try:
+                subprocess.run([self.exe], input="quit\n", env=env, capture_output=True, text=True, timeout=30)
+            except (subprocess.TimeoutExpired, OSError) as err:
+                print(f"--mps: the daemon did not quit ({type(err).__name__}); it may outlive the call", flush=True)
 
 
 def train(runs: list[Run], args: argparse.Namespace) -> None:
@@ -468,10 +524,14 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
     trained: list[str] = []
     skipped: list[str] = []
     mps = Mps() if args.mps else None
-    if mps is not None:
-        mps.start(env)
-    monitor = GpuMonitor()
+    monitor = None
+    failures: list[str] = []
+    # The device tool stops a call past its timeout_s with SIGTERM: unwind (quit MPS) instead of dying at once.
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
+        if mps is not None:
+            mps.start(env)
+        monitor = GpuMonitor()
         while todo or active:
             while todo and len(active) < args.parallel:
                 run = todo.pop(0)
@@ -499,12 +559,7 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
                     print(f"time is up: terminating {w.run.name} (it resumes from its last checkpoint)", flush=True)
                     w.proc.terminate()
                     w.terminated = True
-                for w in active:
-                    try:
-                        w.proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        w.proc.kill()
-                        w.proc.wait()
+                _wait_all([w.proc for w in active], 10)
             exited = [w for w in active if w.proc.poll() is not None]
             for w in exited:
                 active.remove(w)
@@ -522,6 +577,7 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
                     state = f"stopped {'by the deadline' if w.terminated else 'at its time limit'}, resumable"
                 print(f"{w.run.name}: {state}; log {run_dir / 'train.log'}", flush=True)
                 if failed:
+                    failures.append(f"{w.run.name} (exit {code})")
                     print("".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:]), flush=True)
             if exited and args.pack is not None:
                 pack(root, trained, args.pack)
@@ -529,11 +585,36 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
                 print(monitor.summary(), flush=True)
             time.sleep(0.2)
     finally:
-        monitor.stop()
+        signal.signal(signal.SIGTERM, previous)
+        for w in active:  # cut off (SIGTERM, Ctrl-C): the workers stop with a checkpoint, packed once more
+            w.proc.terminate()
+        _wait_all([w.proc for w in active], 10)
+        if active and args.pack is not None:
+            pack(root, trained, args.pack)
+        if monitor is not None:
+            monitor.stop()
         if mps is not None:
             mps.stop()
     if skipped:
         print(f"not started, too little time left: {', '.join(skipped)}", flush=True)
+    if failures:
+        raise SystemExit(f"failed: {', '.join(failures)} (their logs' ends are above; their last good "
+                         "checkpoints are kept, the next call retries them)")
+
+
+def _raise_exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _wait_all(procs: list[subprocess.Popen], seconds: float) -> None:
+    """Wait for every process until one shared deadline, then kill the ones still running."""
+    deadline = time.monotonic() + seconds
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- report --------------------------------------------------------------------------------------------

@@ -44,3 +44,16 @@ def test_table_flags_a_differing_mode_and_a_failed_worker():
     assert "| yes |" in ok and ok.endswith("| 3.00x |")
     assert "| NO |" in bad
     assert "failed: exit 1" in broken and "| no |" in broken
+
+
+def test_workers_past_the_budget_are_cut_off_and_the_others_reported(tmp_path, monkeypatch):
+    fake = tmp_path / "fake_worker.py"
+    fake.write_text("import json, sys, time\n"
+                    "name, out = sys.argv[sys.argv.index('--worker') + 1], sys.argv[sys.argv.index('--json') + 1]\n"
+                    "print('x' * 200000, flush=True)\n"  # more than a pipe holds: a log file never blocks
+                    "if name == 'slow':\n    time.sleep(60)\n"
+                    "open(out, 'w').write(json.dumps({'run': name, 'same': True}))\n")
+    monkeypatch.setattr(compile_modes, "__file__", str(fake))
+    results = compile_modes.launch(["fast", "slow"], [], tmp_path, budget=3)
+    assert results[0] == {"run": "fast", "same": True}
+    assert results[1]["run"] == "slow" and results[1]["error"].startswith("cut off by the 3 s budget")

@@ -7,7 +7,6 @@ then a second call on a fresh root seeded from that pack, two workers at once, f
 
 import csv
 import json
-import io
 import os
 import sys
 import tarfile
@@ -60,8 +59,7 @@ def test_first_call_stops_resumably_and_packs_only_what_a_resume_needs(calls):
         assert not finished and 0 < step < 40  # 4 steps an epoch, 10 epochs
     pieces = sorted((d / "out1").iterdir())
     assert [p.name for p in pieces] == ["reproduce_runs.tar.000"]
-    with tarfile.open(fileobj=io.BytesIO(pieces[0].read_bytes())) as tar:
-        names = set(tar.getnames())
+    names = _tar_names(d / "out1")
     for name in RUNS:
         assert {f"{name}/config.yaml", f"{name}/metrics.csv", f"{name}/train.log"} <= names
         assert sum(n.startswith(f"{name}/checkpoints/step_") for n in names) == 1
@@ -74,8 +72,7 @@ def test_second_call_resumes_both_in_parallel_and_matches_an_uninterrupted_run(c
         assert reproduce.progress(d / "second" / name) == (1, 0)
         log = (d / "second" / name / "train.log").read_text()
         assert "stopped at step" in log and "resumed from" in log
-    with tarfile.open(fileobj=io.BytesIO((d / "out2" / "reproduce_runs.tar.000").read_bytes())) as tar:
-        names = set(tar.getnames())
+    names = _tar_names(d / "out2")
     assert {f"{name}/compact.pt" for name in RUNS} <= names and not any("checkpoints" in n for n in names)
 
     run = next(r for r in reproduce.RUNS if r.name == "resnet20_trp_channel_nuclear")
@@ -155,9 +152,11 @@ def test_run_list_covers_the_issue_and_every_entry_resolves():
 
 
 def _tar_names(folder: Path) -> set[str]:
-    stream = io.BytesIO(b"".join(p.read_bytes() for p in sorted(folder.glob(reproduce.PACK_NAME + ".*"))))
-    with tarfile.open(fileobj=stream) as tar:
-        return set(tar.getnames())
+    names = set()
+    for piece in sorted(folder.glob(reproduce.PACK_NAME + ".*")):  # each piece unpacks alone
+        with tarfile.open(piece, "r:*", ignore_zeros=True) as tar:
+            names |= set(tar.getnames())
+    return names
 
 
 def test_worker_limit_takes_off_the_startup_and_starts_no_fresh_run_without_time_to_train(tmp_path):
@@ -198,8 +197,9 @@ def test_a_call_packs_after_each_worker_and_pack_only_packs_just_its_runs(tmp_pa
 
     monkeypatch.setattr(reproduce, "pack", recording_pack)
     _fake_run(root, "resnet56_dense", step=8)  # merged from a seed, not trained by this call
-    reproduce.main(["--runs", *FAKE_WORKERS, "--root", str(root), "--pack", str(out), "--time-limit", "4",
-                    "--margin", "0", "--startup", "0"])
+    with pytest.raises(SystemExit, match=r"failed: resnet20_svd_finetune \(exit 1\)"):  # the call's status says so
+        reproduce.main(["--runs", *FAKE_WORKERS, "--root", str(root), "--pack", str(out), "--time-limit", "4",
+                        "--margin", "0", "--startup", "0"])
     printed = capsys.readouterr().out
     # One pack as each worker exits, each holding every run started so far.
     assert packs == [["resnet20_dense"], ["resnet20_dense", "resnet20_svd_finetune"], list(FAKE_WORKERS)]
@@ -280,10 +280,10 @@ def test_a_pack_replaces_the_previous_one_whole_or_not_at_all(tmp_path, monkeypa
     root, out = tmp_path / "root", tmp_path / "out"
     for name, step in (("a", 3), ("b", 5)):
         (_fake_run(root, name, step=step) / "checkpoints" / f"step_{step:09d}.pt").write_bytes(os.urandom(6000))
-    monkeypatch.setattr(reproduce, "PIECE", 4096)
+    monkeypatch.setattr(reproduce, "PIECE", 8000)  # one run a piece
     reproduce.pack(root, ["a", "b"], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert len(before) >= 2 and _tar_names(out) == {"a/checkpoints/step_000000003.pt", "b/checkpoints/step_000000005.pt"}
+    assert len(before) == 2 and _tar_names(out) == {"a/checkpoints/step_000000003.pt", "b/checkpoints/step_000000005.pt"}
 
     real_write = Path.write_bytes
 
@@ -297,7 +297,6 @@ def test_a_pack_replaces_the_previous_one_whole_or_not_at_all(tmp_path, monkeypa
         reproduce.pack(root, ["b", "a"], out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no part left beside them
     monkeypatch.setattr(Path, "write_bytes", real_write)
-    monkeypatch.setattr(reproduce, "PIECE", 8192)
     pieces = reproduce.pack(root, ["a"], out)  # fewer pieces: the old ones past its own are gone, no part is left
     assert len(pieces) < len(before) and sorted(out.iterdir()) == sorted(pieces)
     assert _tar_names(out) == {"a/checkpoints/step_000000003.pt"}
@@ -319,6 +318,27 @@ def test_packs_are_compressed_and_a_plain_tar_from_an_older_pack_still_unpacks(t
         reproduce.main(["--root", str(tmp_path / pack / "merged"), "--unpack", str(tmp_path / pack)])
         merged = tmp_path / pack / "merged" / "resnet20_trp_channel_nuclear"
         assert (merged / "ranks.csv").read_text().endswith(rows) and reproduce.progress(merged) == (0, 7)
+
+
+def test_a_pack_keeps_to_its_limit_and_a_piece_that_does_not_come_back_loses_only_its_runs(tmp_path, monkeypatch,
+                                                                                            capsys):
+    root, out = tmp_path / "root", tmp_path / "out"
+    for name, step in (("a", 3), ("b", 5), ("c", 7), ("d", 9)):
+        (_fake_run(root, name, step=step) / "checkpoints" / f"step_{step:09d}.pt").write_bytes(os.urandom(6000))
+    (root / "d" / "summary.json").write_text("{}")  # finished: packed before the others
+    monkeypatch.setattr(reproduce, "PIECE", 13000)  # two runs a piece
+    pieces = reproduce.pack(root, ["a", "b", "c", "d"], out, limit=10000)
+    assert "warning: left out of the pack (over 0 MiB or 7 pieces): b, c" in capsys.readouterr().out
+    assert len(pieces) == 1 and {n.split("/")[0] for n in _tar_names(out)} == {"a", "d"}
+    pieces = reproduce.pack(root, ["a", "b", "c"], out)
+    assert len(pieces) == 2
+    pieces[0].unlink()  # a piece $OUT did not return, and one cut short
+    pieces[1].write_bytes(pieces[1].read_bytes()[:-100])
+    reproduce.pack(root, ["c"], tmp_path / "third")
+    merged = tmp_path / "merged"
+    reproduce.main(["--root", str(merged), "--unpack", str(out), str(tmp_path / "third")])
+    assert "cannot be unpacked" in capsys.readouterr().out
+    assert sorted(p.name for p in merged.iterdir()) == ["c"] and reproduce.progress(merged / "c") == (0, 7)
 
 
 def _fake_mps_control(tmp_path, monkeypatch, daemon_exit=0):
@@ -368,3 +388,23 @@ def test_mps_whose_daemon_does_not_start_or_is_missing_changes_nothing(tmp_path,
     monkeypatch.setenv("PATH", "/nonexistent")
     assert not reproduce.Mps().start(env) and env == {}
     assert "nvidia-cuda-mps-control not found" in capsys.readouterr().out
+
+
+def test_mps_whose_probe_hangs_is_given_up_in_seconds_and_stopped(tmp_path, monkeypatch, capsys):
+    calls = _fake_mps_control(tmp_path, monkeypatch)
+    monkeypatch.setattr(reproduce.Mps, "PROBE", "import time; time.sleep(30)")
+    monkeypatch.setattr(reproduce.Mps, "PROBE_SECONDS", 1)
+    env = {}
+    assert not reproduce.Mps().start(env) and env == {}
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == ["start", "quit"]
+    assert "a CUDA process failed under MPS (no answer in 1 s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("before, after", [("unknown", "abc1234"), ("4ad1b89, unknown", "4ad1b89, abc1234"),
+                                           ("4ad1b89", "4ad1b89"), (None, "abc1234")])
+def test_the_commit_a_call_was_given_fills_only_the_unknown_sessions(tmp_path, before, after):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"commit": before}))
+    reproduce._set_commit(run, "abc1234")
+    assert json.loads((run / "summary.json").read_text())["commit"] == after
