@@ -46,8 +46,9 @@ carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
    (again the further-along copy wins); at the end of the session ``mv .data/reproduce
    benchmarks/checkpoints/reproduce``, ``--report-only``, commit.
 
-The device has no git repository, so the trainer writes commit "unknown" there: ``--commit SHA`` puts the
-commit that the session sent into the summaries of the runs it finishes.
+The copy on the device carries .git (so the trainer reads the commit itself); where it reads "unknown"
+(a copy without it), ``--commit SHA`` puts the commit that the session sent into the summaries of the runs
+it finishes.
 """
 
 from __future__ import annotations
