@@ -11,7 +11,7 @@ and sums the times by kind (k×k vs 1×1), which says where the time goes that t
     PYTHONPATH=src python benchmarks/elrt_step.py                         # ResNet-56, CPU, batch 32
     PYTHONPATH=src python benchmarks/elrt_step.py --device cuda --batch 128 --bf16 --channels-last
 
-Results go to benchmarks/results/elrt_step_<device>[_bf16][_channels_last].md and, with $OUT set, to $OUT
+Results go to benchmarks/results/elrt_step_<cpu or the GPU's name>[_bf16][_channels_last].md and, with $OUT set, to $OUT
 too (the GPU machine keeps nothing else; pass ``--commit SHA`` there, it has no .git).
 
 What it found on CPU (results/elrt_step_cpu*.md): the step does not scale with the FLOPs. At CIFAR widths
@@ -43,7 +43,7 @@ from lrtrain.methods.base import Method
 from lrtrain.methods.elrt import ELRT
 from lrtrain.metrics import trace_shapes
 
-from bench_common import raise_recompile_limit, sync, write_result
+from bench_common import device_slug, raise_recompile_limit, sync, write_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -87,22 +87,28 @@ def _numel(shape) -> int:
 
 
 def step(cfg: Config, x: torch.Tensor, y: torch.Tensor, args, device: torch.device) -> None:
+    """One training step, timed whole (a sync before and after); `before_step` timed inside it by CUDA
+    events on a GPU, so that no sync in the middle leaves the GPU idle as training would not."""
+    cuda = device.type == "cuda"
     sync(device)
     start = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
         logits = cfg.forward(x)
     F.cross_entropy(logits.float(), y).backward()
-    sync(device)
+    if cuda:
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        events[0].record()
     hook = time.perf_counter()
     cfg.method.before_step()
-    sync(device)
+    if cuda:
+        events[1].record()
     hook = time.perf_counter() - hook
     cfg.optimizer.step()
     cfg.optimizer.zero_grad(set_to_none=True)
     cfg.method.after_step()
     sync(device)
     cfg.times.append(time.perf_counter() - start)
-    cfg.hook_times.append(hook)
+    cfg.hook_times.append(events[0].elapsed_time(events[1]) / 1000 if cuda else hook)
 
 
 def conv_breakdown(cfg: Config, args, device: torch.device) -> dict[str, float]:
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        suffix = device.type + ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
+        suffix = device_slug(device) + ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
         write_result(RESULTS / f"elrt_step_{suffix}.md", text)
 
 

@@ -144,6 +144,8 @@ def _trainer(recipe: str, sets: tuple[str, ...], device: torch.device, batch: in
 
 
 def train_steps(args, device: torch.device, report: Report) -> None:
+    """B.1. Each trainer is compiled (CUDA graphs recorded) in untimed steps before the first round, and
+    only while the budget lasts; the table is rewritten after every round, so a call cut off keeps it."""
     steps = -(-args.steps // 5) * 5  # whole TRP periods
     lrpet_period = CIFAR_TRAIN // args.batch
     tensors = make_sample(args.batch * (args.warmup + steps), 64, image_size=32, num_classes=10, seed=0)
@@ -151,36 +153,50 @@ def train_steps(args, device: torch.device, report: Report) -> None:
     # LRPET's own period would be the generated set's tiny epoch: it is timed apart, at CIFAR-10's.
     apart = {label for label, recipe, _ in B1 if "lrpet" in recipe}
     for label, recipe, sets in B1:
+        if report.over_budget():
+            break
         extra = ("method.period=1000000000",) if label in apart else ()
         trainers[label] = _trainer(recipe, (*sets, *extra), device, args.batch, tensors, args.compile,
                                    args.scratch, args.compile_mode)
+        time_steps(trainers[label], 0, args.warmup + 3)  # compilation and graph recording, untimed
+    left_out = [label for label, _, _ in B1 if label not in trainers]
     rates: dict[str, list[float]] = {label: [] for label in trainers}
-    for _ in range(args.rounds):
+    projections: dict[str, float] = {}
+
+    def section() -> list[str]:
+        rows, dense_ms = [], None
+        for label, trainer in trainers.items():
+            ms = 1000 * args.batch / statistics.median(rates[label])
+            projection = projections.get(label)
+            every = (lrpet_period if label in apart else trainer.method.period) if projection is not None else None
+            if label in apart and projection is not None:
+                ms += projection / every
+            dense_ms = dense_ms or ms
+            macs = count(trainer.model).flops
+            rows.append([label, f"{macs / 1e6:.1f}", f"{ms:.1f}", f"{ms / dense_ms:.2f}x",
+                         "—" if projection is None else f"{projection:.1f}", "—" if every is None else str(every)])
+        cut = (f" The budget ran out before {', '.join(left_out)} was built: not measured." if left_out else "")
+        return [f"## B.1 Training step vs dense (ResNet-56, batch {args.batch})", "",
+                f"Mean step time over {steps} steps (after {args.warmup} warm-up), median of {len(rates['dense'])} "
+                f"interleaved rounds, through `Trainer.train_step` at the recipes' settings on {device_name(device)} "
+                f"(compile {args.compile}, mode {args.compile_mode}; compiled before the first round). The TRP "
+                f"windows hold their projections; LRPET's step adds its projection (timed alone) / {lrpet_period}. "
+                f"MMACs: the model being trained (ELRT trains factorized).{cut}", "",
+                *_table(["method", "trained MMACs", "step ms", "vs dense", "projection ms (alone)", "every (steps)"],
+                        rows)]
+
+    for r in range(args.rounds):
+        if r and report.over_budget():
+            break
         for label, trainer in trainers.items():
             rates[label].append(time_steps(trainer, steps, args.warmup))
-    rows, dense_ms = [], None
+        (report.update if r else report.add)(section())
     for label, trainer in trainers.items():
-        ms = 1000 * args.batch / statistics.median(rates[label])
-        projection, every = None, None
-        if hasattr(trainer.method, "project"):
+        if hasattr(trainer.method, "project") and not report.over_budget():
             times = [_timed(trainer.method.project, device) for _ in range(args.rounds + 1)]
             trainer.method.rank_log.clear()
-            projection = 1000 * statistics.median(times[1:])
-            every = lrpet_period if label in apart else trainer.method.period
-            if label in apart:
-                ms += projection / every
-        dense_ms = dense_ms or ms
-        macs = count(trainer.model).flops
-        rows.append([label, f"{macs / 1e6:.1f}", f"{ms:.1f}", f"{ms / dense_ms:.2f}x",
-                     "—" if projection is None else f"{projection:.1f}", "—" if every is None else str(every)])
-    report.add([f"## B.1 Training step vs dense (ResNet-56, batch {args.batch})", "",
-                f"Mean step time over {steps} steps (after {args.warmup} warm-up), median of {args.rounds} "
-                f"interleaved rounds, through `Trainer.train_step` at the recipes' settings on {device_name(device)} "
-                f"(compile {args.compile}, mode {args.compile_mode}). The TRP windows hold their projections; "
-                f"LRPET's step adds its projection (timed alone) / {lrpet_period}. MMACs: the model being trained "
-                "(ELRT trains factorized).", "",
-                *_table(["method", "trained MMACs", "step ms", "vs dense", "projection ms (alone)", "every (steps)"],
-                        rows)])
+            projections[label] = 1000 * statistics.median(times[1:])
+    report.update(section())
 
 
 # -- B.3 ----------------------------------------------------------------------------------------------
@@ -238,6 +254,7 @@ def gpu_latencies(nets: dict[str, nn.Module], device: torch.device, args, compil
     """Seconds per forward pass at batch ``args.gpu_batch`` in bf16, channels_last (a mean over a loop); the
     nets not yet prepared when the report's budget runs out are left out (a compilation takes a while)."""
     x = torch.randn(args.gpu_batch, 3, 32, 32, device=device, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = True  # as in training, whether or not a Trainer ran in this process first
     ready = {}
     with torch.no_grad():
         for label, net in nets.items():
@@ -284,15 +301,16 @@ class Breakdown:
 def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dtype) -> Breakdown:
     from torch.profiler import ProfilerActivity, profile
 
-    net = copy.deepcopy(net).to(device, dtype).eval()
+    cuda = device.type == "cuda"
+    layout = torch.channels_last if cuda else torch.contiguous_format  # as the GPU column it explains ran
+    net = copy.deepcopy(net).to(device, dtype, memory_format=layout).eval()
     macs: dict[str, int] = {}
     convs = {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
     for name, layer in count(net).layers.items():
         if name in convs:
             key = _kernel([0, 0, *convs[name].kernel_size])
             macs[key] = macs.get(key, 0) + layer.flops * batch
-    x = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype)
-    cuda = device.type == "cuda"
+    x = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype).to(memory_format=layout)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     reps = 10
     with torch.no_grad():

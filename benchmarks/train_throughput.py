@@ -103,7 +103,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--commit", help="the commit measured (default: git's; 'unknown' without a checkout)")
+    parser.add_argument("--budget", type=float, help="seconds: no model is started past it (the results of the "
+                        "models done are written after each one)")
     args = parser.parse_args()
+    deadline = None if args.budget is None else time.monotonic() + args.budget
 
     device = resolve_device(args.device, World())
     raise_recompile_limit()
@@ -113,6 +116,9 @@ def main() -> None:
     run_dir = tempfile.mkdtemp(prefix="lrtrain-bench-")
     train_rows, eval_rows = [], []
     for name in args.models:
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"budget spent: {name} and the models after it not measured", flush=True)
+            break
         trainers = {}
         for label, flags in settings(device, args.options, args.compile_modes):
             cfg = resolve({"out_dir": run_dir, "model": {"name": name}, "data": {"batch_size": args.batch_size},
@@ -137,8 +143,7 @@ def main() -> None:
             eval_rows.append((name, size, rate))
             print(f"{name:9s} eval batch {size:<33d} {rate:9.0f} img/s", flush=True)
         del trainers
-
-    write_report(args, device, train_rows, eval_rows)
+        write_report(args, device, train_rows, eval_rows)  # after each model: a call cut off keeps what it had
 
 
 def write_report(args, device, train_rows, eval_rows) -> None:
