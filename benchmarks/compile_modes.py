@@ -115,7 +115,7 @@ def launch(names: list[str], argv: list[str], tmp: Path, budget: float | None = 
             running = [p for p, _, _ in procs.values() if p.poll() is None]
             for p in running:
                 p.terminate()
-            reproduce._wait_all(running, 5)
+            reproduce.wait_all(running, 5)
             break
         time.sleep(0.5)
     results = []

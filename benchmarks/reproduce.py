@@ -560,7 +560,7 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
                     print(f"time is up: terminating {w.run.name} (it resumes from its last checkpoint)", flush=True)
                     w.proc.terminate()
                     w.terminated = True
-                _wait_all([w.proc for w in active], 10)
+                wait_all([w.proc for w in active], 10)
             exited = [w for w in active if w.proc.poll() is not None]
             for w in exited:
                 active.remove(w)
@@ -589,7 +589,7 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
         signal.signal(signal.SIGTERM, previous)
         for w in active:  # cut off (SIGTERM, Ctrl-C): the workers stop with a checkpoint, packed once more
             w.proc.terminate()
-        _wait_all([w.proc for w in active], 10)
+        wait_all([w.proc for w in active], 10)
         if active and args.pack is not None:
             pack(root, trained, args.pack)
         if monitor is not None:
@@ -607,7 +607,7 @@ def _raise_exit(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _wait_all(procs: list[subprocess.Popen], seconds: float) -> None:
+def wait_all(procs: list[subprocess.Popen], seconds: float) -> None:
     """Wait for every process until one shared deadline, then kill the ones still running."""
     deadline = time.monotonic() + seconds
     for proc in procs:
