@@ -27,7 +27,8 @@ carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
    ``--root .data/reproduce --make-seed .data/seed --runs ...``: what a call training those runs needs of
    them (the started unfinished ones, lean as in 3., and the summary.json of every finished run, so that
    it is not trained again), since all of .data/reproduce outgrows 64 MiB as ResNet-56 checkpoints
-   accumulate;
+   accumulate; ``--seed-limit MIB`` splits it into folders (.data/seed, .data/seed-2, ...) that each
+   ride on a call beside a CIFAR-10 part and are merged there with ``--unpack``;
 2. on the GPU machine (``$OUT`` set) the runs train in ``--root`` /tmp/lrtrain-reproduce (it survives
    between calls while the machine is warm, and the working tree copied in at each call cannot
    overwrite it); ``--seed .data/seed`` (with the same ``--runs``) merges the carried runs in first, a run
@@ -307,28 +308,26 @@ def _run_blob(root: Path, name: str, summary_only: bool) -> bytes:
     return buffer.getvalue()
 
 
-def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = (),
-         limit: int | None = None) -> list[Path]:
-    """`names`' run folders, lean, and only the summary.json of the finished runs `marks`, as
-    ``dest/reproduce_runs.tar.NNN`` pieces of whole runs, at most `limit` bytes (`PACK_LIMIT`) in
-    `MAX_PIECES`: the marks first, then the finished runs, then the others in the given order; a run past
-    the limit is left out and named."""
-    limit = PACK_LIMIT if limit is None else limit
-    finished = [n for n in names if (root / n / "summary.json").exists()]
-    order = [(n, True) for n in marks] + [(n, False) for n in finished] + \
-            [(n, False) for n in names if n not in finished]
+def _fill(root: Path, order: list[tuple[str, bool]],
+          limit: int) -> tuple[list[bytearray], list[tuple[str, bool]]]:
+    """The pieces' contents for `order` ((run, summary only) pairs, in order), whole runs, at most `limit`
+    bytes in `MAX_PIECES` pieces of at most `PIECE`, and the pairs left out."""
     contents: list[bytearray] = []
     left_out, total = [], 0
     for name, summary_only in order:
         blob = _run_blob(root, name, summary_only)
         fits = not contents or len(contents[-1]) + len(blob) <= PIECE
         if len(blob) > PIECE or total + len(blob) > limit or (not fits and len(contents) == MAX_PIECES):
-            left_out.append(name)
+            left_out.append((name, summary_only))
             continue
         if not fits or not contents:
             contents.append(bytearray())
         contents[-1] += blob
         total += len(blob)
+    return contents, left_out
+
+
+def _write_pieces(dest: Path, contents: list[bytearray], runs: int) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     # Written aside, then renamed over the previous pack: a call cut off meanwhile still returns a whole pack
     # (a rename is atomic; between the renames of a pack of several pieces there is a window of microseconds).
@@ -344,21 +343,66 @@ def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = (),
             part.unlink()
     for old in set(dest.glob(PACK_NAME + ".*")) - set(pieces):
         old.unlink()
-    print(f"packed {len(order) - len(left_out)} run(s) into {len(pieces)} piece(s) in {dest}, "
-          f"{total / 2**20:.1f} MiB", flush=True)
-    if left_out:
-        print(f"warning: left out of the pack (over {limit / 2**20:.0f} MiB or {MAX_PIECES} pieces): "
-              f"{', '.join(left_out)}; while the machine is warm, a call of --pack-only --runs with them "
-              "packs them", flush=True)
+    size = sum(len(c) for c in contents) / 2**20
+    print(f"packed {runs} run(s) into {len(pieces)} piece(s) in {dest}, {size:.1f} MiB", flush=True)
     return pieces
 
 
-def make_seed(root: Path, runs: list[Run], dest: Path) -> list[Path]:
-    """Pack into `dest` what a call training `runs` needs of `root`: the started unfinished ones (lean),
-    and the summary.json of every finished run, which keeps such a call from training it again."""
+def _order(root: Path, names: list[str], marks: tuple[str, ...]) -> list[tuple[str, bool]]:
+    """The marks (summary only) first, then the finished runs, then the others in the given order."""
+    finished = [n for n in names if (root / n / "summary.json").exists()]
+    return [(n, True) for n in marks] + [(n, False) for n in finished] + \
+           [(n, False) for n in names if n not in finished]
+
+
+def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = (),
+         limit: int | None = None) -> list[Path]:
+    """`names`' run folders, lean, and only the summary.json of the finished runs `marks`, as
+    ``dest/reproduce_runs.tar.NNN`` pieces of whole runs, at most `limit` bytes (`PACK_LIMIT`) in
+    `MAX_PIECES`: the marks first, then the finished runs, then the others in the given order; a run past
+    the limit is left out and named."""
+    limit = PACK_LIMIT if limit is None else limit
+    order = _order(root, names, marks)
+    contents, left_out = _fill(root, order, limit)
+    pieces = _write_pieces(dest, contents, len(order) - len(left_out))
+    if left_out:
+        names = ", ".join(name for name, _ in left_out)
+        print(f"warning: left out of the pack (over {limit / 2**20:.0f} MiB or {MAX_PIECES} pieces): {names}; "
+              "while the machine is warm, a call of --pack-only --runs with them packs them", flush=True)
+    return pieces
+
+
+def make_seed(root: Path, runs: list[Run], dest: Path, limit: int | None = None) -> list[Path]:
+    """Pack what a call training `runs` needs of `root`: the started unfinished ones (lean), and the
+    summary.json of every finished run, which keeps such a call from training it again.
+
+    Each folder holds at most `limit` bytes (`PACK_LIMIT`), so that it fits one call beside what else
+    that call carries (a CIFAR-10 part); what does not fit goes on into ``dest-2``, ``dest-3``, ... (the
+    finished runs' marks into `dest`). Returns the folders written; stale ``dest-N`` from an earlier
+    seed are removed."""
+    limit = PACK_LIMIT if limit is None else limit
     states = {r.name: progress(root / r.name) for r in RUNS}
     started = [r.name for r in runs if states[r.name][0] == 0 and states[r.name][1] >= 0]
-    return pack(root, started, dest, marks=tuple(name for name, (done, _) in states.items() if done))
+    marks = tuple(name for name, (done, _) in states.items() if done)
+    order, dirs = _order(root, started, marks), []
+    while order:
+        contents, left_out = _fill(root, order, limit)
+        if not contents:
+            names = ", ".join(name for name, _ in left_out)
+            raise SystemExit(f"make-seed: {names} alone exceed(s) {limit / 2**20:.1f} MiB or a "
+                             f"{PIECE / 2**20:.0f} MiB piece: raise --seed-limit")
+        dirs.append(dest.with_name(f"{dest.name}-{len(dirs) + 1}") if dirs else dest)
+        _write_pieces(dirs[-1], contents, len(order) - len(left_out))
+        order = left_out
+    if not dirs:
+        dirs.append(dest)
+        _write_pieces(dest, [], 0)
+    for stale in dest.parent.glob(f"{dest.name}-*"):
+        if stale not in dirs and stale.name[len(dest.name) + 1:].isdigit():
+            shutil.rmtree(stale)
+    if len(dirs) > 1:
+        print(f"the seed takes {len(dirs)} folders: {', '.join(str(d) for d in dirs)}")
+    return dirs
 
 
 def _set_commit(run_dir: Path, sha: str) -> None:
@@ -726,7 +770,11 @@ def main(argv: list[str] | None = None) -> None:
                         "recover a call cut off with workers still running)")
     p.add_argument("--make-seed", type=Path, metavar="DIR",
                    help="only pack into DIR the root's started unfinished runs of --runs and the summary.json "
-                        "of its finished ones: a --seed that carries no more than a call needs")
+                        "of its finished ones: a --seed that carries no more than a call needs (what passes "
+                        "--seed-limit goes on into DIR-2, DIR-3, ...)")
+    p.add_argument("--seed-limit", type=float, default=PACK_LIMIT / 2**20, metavar="MIB",
+                   help="MiB of one --make-seed folder, e.g. what a call carrying a CIFAR-10 part leaves "
+                        "(default: %(default).0f)")
     p.add_argument("--data-dir", help="where CIFAR-10 is (passed to every worker)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="scale every schedule (tiny tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run's recipe")
@@ -752,7 +800,7 @@ def main(argv: list[str] | None = None) -> None:
         pack(args.root, [r.name for r in runs if r.name in trained], args.pack)
         return
     if args.make_seed:
-        make_seed(args.root, runs, args.make_seed)
+        make_seed(args.root, runs, args.make_seed, int(args.seed_limit * 2**20))
         return
     if args.report_only:
         for row in report(runs, args):

@@ -408,3 +408,24 @@ def test_the_commit_a_call_was_given_fills_only_the_unknown_sessions(tmp_path, b
     (run / "summary.json").write_text(json.dumps({"commit": before}))
     reproduce._set_commit(run, "abc1234")
     assert json.loads((run / "summary.json").read_text())["commit"] == after
+
+
+def test_a_seed_past_its_limit_goes_on_into_further_folders_that_merge_to_the_same_runs(tmp_path, capsys):
+    root, seed, gpu = tmp_path / "root", tmp_path / "seed", tmp_path / "gpu"
+    _fake_run(root, "resnet20_dense", finished=True)
+    started = {"resnet20_lrpet": 3, "resnet20_trp_channel": 5, "resnet20_elrt_tucker2": 7, "resnet20_trp_spatial": 9}
+    for name, step in started.items():
+        (_fake_run(root, name, step=step) / "checkpoints" / f"step_{step:09d}.pt").write_bytes(os.urandom(20000))
+    (tmp_path / "seed-7").mkdir()  # left by an earlier, longer seed
+    reproduce.main(["--root", str(root), "--make-seed", str(seed), "--runs", "resnet20_*",
+                    "--seed-limit", str(30000 / 2**20)])  # one run a folder
+    dirs = sorted(p for p in tmp_path.iterdir() if p.name.startswith("seed"))
+    assert [d.name for d in dirs] == ["seed", "seed-2", "seed-3", "seed-4"]  # seed-7 removed
+    assert "the seed takes 4 folders" in capsys.readouterr().out
+    assert all(sum(f.stat().st_size for f in d.iterdir()) <= 30000 for d in dirs)
+    assert "resnet20_dense/summary.json" in _tar_names(seed)  # the finished runs' marks in the first
+    reproduce.main(["--root", str(gpu), "--unpack", *map(str, dirs)])
+    assert reproduce.progress(gpu / "resnet20_dense") == (1, 0)
+    assert {n: reproduce.progress(gpu / n) for n in started} == {n: (0, s) for n, s in started.items()}
+    with pytest.raises(SystemExit, match="alone exceed"):
+        reproduce.main(["--root", str(root), "--make-seed", str(seed), "--seed-limit", str(10000 / 2**20)])
