@@ -666,7 +666,8 @@ def wait_all(procs: list[subprocess.Popen], seconds: float) -> None:
 
 COLUMNS = ["model", "method", "top1_final", "top1_best", "paper_top1", "top1_diff", "flops_reduction",
            "flops_speedup", "paper_speedup", "dense_mflops", "compact_mflops", "dense_params_m",
-           "compact_params_m", "cpu_speedup_b32", "epochs", "wall_s", "device", "commit", "date"]
+           "compact_params_m", "cpu_speedup_b32", "cpu_deployed_speedup_b32", "epochs", "wall_s", "device",
+           "commit", "date"]
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -688,7 +689,10 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
              f"recipe and overrides of its `RUNS` entry (the csv's command column). top1_diff = top1_final − "
              f"paper_top1; flops_reduction = 1 − compact/dense MACs; flops_speedup = dense/compact MACs. "
              f"cpu_speedup_b32: measured forward-pass speedup of the compact model over the dense one on "
-             f"the CPU ({benchmark.cpu_name()}, {args.threads} threads, batch 32). Paper figures: "
+             f"the CPU ({benchmark.cpu_name()}, {args.threads} threads, batch 32); cpu_deployed_speedup_b32: the "
+             f"same, the compact model deployed for that CPU (`lr.deploy`: a factorized conv kept only where it "
+             f"timed faster than its dense form, BatchNorm folded) against the dense one with BatchNorm folded. "
+             f"Paper figures: "
              f"{', '.join(sorted({r.paper['source'] for r in runs if r.paper}))}; none was found for the other "
              f"rows (no CIFAR figure of TRP without the nuclear term, LRPET on ResNet-20, ELRT, SVD + fine-tune). "
              f"The ResNets have option-A shortcuts (zero-padding), as in LRPET's code; TRP's code uses option B "

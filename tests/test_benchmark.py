@@ -70,7 +70,8 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result_and_tabulate(tmp_pa
     assert list(table[0]) == benchmark.ROW_FIELDS
     assert [r["method"] for r in table] == ["dense", "LRPET (ET + BN rect.)"]
     assert float(table[1]["flops_speedup"]) >= 1 / cpu_budget.BUDGET - 1e-6
-    assert float(table[1]["cpu_speedup_b32"]) > 0
+    assert float(table[1]["cpu_speedup_b32"]) > 0 and float(table[1]["cpu_deployed_speedup_b32"]) > 0
+    assert table[0]["cpu_speedup_b32"] == table[0]["cpu_deployed_speedup_b32"] == "1.0"  # dense: not timed
     assert "| LRPET (ET + BN rect.) |" in stem.with_suffix(".md").read_text()
     assert "Over seeds" not in stem.with_suffix(".md").read_text()  # each method trained once
     benchmark.plot(rows, stem.with_suffix(".png"), "tiny")

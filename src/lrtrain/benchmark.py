@@ -17,15 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 
 from . import export, models
 from .config import resolve
+from .deployment import deploy
+from .fold import fold_batchnorm
 from .metrics import latency_ratio
 from .provenance import cpu_name
 
 ROW_FIELDS = ["run", "method", "model", "top1_final", "top1_best", "top1_before_finalize", "dense_mflops",
               "compact_mflops", "flops_speedup", "dense_params_m", "compact_params_m", "cpu_speedup_b32",
-              "epochs", "wall_s", "device", "command", "commit", "date",
+              "cpu_deployed_speedup_b32", "epochs", "wall_s", "device", "command", "commit", "date",
               "flops_reduction", "paper_top1", "top1_diff", "paper_speedup", "paper_source"]
 
 
@@ -63,24 +66,35 @@ def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None) -
     return done
 
 
-def _compact_speedup(run_dir: Path, model_name: str, num_classes: int, batch: int, threads: int,
-                     iters: int) -> float | None:
-    """Measured CPU forward-pass speedup of the run's compact model over the dense model (1 for a model
-    that is the dense one: timing a model against itself would only measure the machine's noise)."""
+def _compact_speedups(run_dir: Path, model_name: str, num_classes: int, batch: int, threads: int,
+                      iters: int) -> tuple[float | None, float | None]:
+    """Measured CPU forward-pass speedups at `batch` of the run's compact model over the dense model: as
+    trained, and deployed for this CPU (`lr.deploy`: each factorized conv kept only where it times faster,
+    BatchNorm folded) over the dense model with its BatchNorm folded too. Both are 1 for a model that is
+    the dense one: timing a model against itself would only measure the machine's noise."""
     path = run_dir / "compact.pt"
     if not path.exists():
-        return None
+        return None, None
     compact = export.load(path)
     dense = models.create(model_name, num_classes=num_classes).eval()
     if export.describe(compact, model_name, num_classes)["layers"] == {}:
-        return 1.0
+        return 1.0, 1.0
     size = (batch, *models.default_input_size(model_name)[1:])
-    return latency_ratio(dense, compact, size, max(1, iters // 4), iters, threads=threads)
+    warmup = max(1, iters // 4)
+    as_trained = latency_ratio(dense, compact, size, warmup, iters, threads=threads)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)  # deploy's choices hold for the thread count they were timed with
+    try:
+        deployed, _ = deploy(compact, input_size=size, rounds=3, iters=warmup)
+    finally:
+        torch.set_num_threads(saved)
+    folded = fold_batchnorm(dense, size)
+    return as_trained, latency_ratio(folded, deployed, size, warmup, iters, threads=threads)
 
 
 def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
             latency_iters: int = 20) -> list[dict[str, Any]]:
-    """One row per finished run (its summary.json), with measured CPU inference speedup at batch 32."""
+    """One row per finished run (its summary.json), with measured CPU inference speedups at batch 32."""
     rows = []
     for spec in specs:
         path = root / spec.name / "summary.json"
@@ -89,14 +103,15 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
         s = json.loads(path.read_text())
         dense, compact = s["dense"], s["compact"]
         model = spec.recipe["model"]["name"]
+        as_trained, deployed = _compact_speedups(root / spec.name, model, s.get("num_classes", 10), 32, threads,
+                                                 latency_iters)
         rows.append({
             "run": spec.name, "method": spec.label, "model": model,
             "top1_final": s["final_acc"], "top1_best": s["best_acc"], "top1_before_finalize": s.get("pre_finalize_acc"),
             "dense_mflops": dense["flops"] / 1e6, "compact_mflops": compact["flops"] / 1e6,
             "flops_speedup": dense["flops"] / compact["flops"],
             "dense_params_m": dense["params"] / 1e6, "compact_params_m": compact["params"] / 1e6,
-            "cpu_speedup_b32": _compact_speedup(root / spec.name, model, s.get("num_classes", 10), 32, threads,
-                                                latency_iters),
+            "cpu_speedup_b32": as_trained, "cpu_deployed_speedup_b32": deployed,
             "epochs": s["epochs"], "wall_s": s["wall_time_s"], "device": s["device"],
             "command": command, "commit": s.get("commit", "unknown"), "date": s.get("date", "unknown"),
             "flops_reduction": 1 - compact["flops"] / dense["flops"],
@@ -133,7 +148,7 @@ def write_table(rows: list[dict[str, Any]], stem: Path, title: str, notes: str =
         writer.writeheader()
         writer.writerows(rows)
     shown = columns or ["method", "top1_final", "top1_best", "compact_mflops", "flops_speedup",
-                        "compact_params_m", "cpu_speedup_b32", "epochs", "wall_s"]
+                        "compact_params_m", "cpu_speedup_b32", "cpu_deployed_speedup_b32", "epochs", "wall_s"]
     lines = [f"# {title}", "", notes.strip(), "",
              "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in shown) + " |" for r in rows]
