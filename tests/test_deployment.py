@@ -66,3 +66,26 @@ def test_a_layer_put_back_dense_is_laid_out_like_the_models_activations(channels
 
     lr.deploy(compact, input_size=(2, 3, 32, 32), timer=timer, fold_bn=False)
     assert layouts and all(flag == channels_last for flag in layouts)
+
+
+@pytest.mark.parametrize("channels_last_faster", [False, True])
+def test_auto_layout_keeps_the_layout_measured_faster_and_the_outputs(channels_last_faster):
+    compact = _compact()
+    calls = []
+
+    def timer(first, second, x):  # the second form (factorized; or the channels_last model) faster or not
+        calls.append(isinstance(first, type(compact)))
+        return (1.0, 0.5) if channels_last_faster else (0.5, 1.0)
+
+    deployed, choices = lr.deploy(compact, input_size=(2, 3, 32, 32), timer=timer, layout="auto")
+    assert calls.count(True) == 1 and len(calls) == 1 + 2 * len(choices)  # each layer in both layouts, then the models
+    assert all(c.factorized == channels_last_faster for c in choices)
+    k3 = [m.weight for m in deployed.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    cl = [w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in k3]
+    assert k3 and cl == [channels_last_faster] * len(k3)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = compact.eval()(x)
+        torch.testing.assert_close(deployed(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    with pytest.raises(ValueError, match="layout must be one of"):
+        lr.deploy(compact, layout="nhwc")

@@ -182,11 +182,16 @@ def test_cli_refuses_to_fold_into_a_state_dict(compact_file, tmp_path, capsys):
     assert not (tmp_path / "w.pt").exists()
 
 
-def test_cli_deploy_says_which_factorized_convs_it_kept_and_the_file_matches(compact_file, tmp_path, capsys):
+@pytest.mark.parametrize("layout", [None, "channels_last", "contiguous"])
+def test_cli_deploy_says_which_factorized_convs_it_kept_and_the_file_matches(compact_file, tmp_path, capsys,
+                                                                              layout):
     out = tmp_path / "deployed.pt"
-    assert cli.main(["export", str(compact_file), "--format", "torchscript", "-o", str(out), "--deploy"]) == 0
+    chosen = ["--layout", layout] if layout else []
+    assert cli.main(["export", str(compact_file), "--format", "torchscript", "-o", str(out), "--deploy",
+                     *chosen]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("deploy: ") and "factorized convs kept" in printed and "BatchNorm folded" in printed
+    assert printed.startswith(f"deploy ({layout}): " if layout else "deploy (")  # auto: whichever ran faster
+    assert "factorized convs kept" in printed and "BatchNorm folded" in printed
     assert float(printed.strip().rsplit(": ", 1)[1].rstrip(")")) < 1e-4
     x = _inputs()
     with torch.no_grad():

@@ -22,7 +22,6 @@ import torch
 from . import export, models
 from .config import resolve
 from .deployment import deploy
-from .fold import fold_batchnorm
 from .metrics import latency_ratio
 from .provenance import cpu_name
 
@@ -70,8 +69,9 @@ def _compact_speedups(run_dir: Path, model_name: str, num_classes: int, batch: i
                       iters: int) -> tuple[float | None, float | None]:
     """Measured CPU forward-pass speedups at `batch` of the run's compact model over the dense model: as
     trained, and deployed for this CPU (`lr.deploy`: each factorized conv kept only where it times faster,
-    BatchNorm folded) over the dense model with its BatchNorm folded too. Both are 1 for a model that is
-    the dense one: timing a model against itself would only measure the machine's noise."""
+    BatchNorm folded, in the memory layout that runs faster) over the dense model deployed alike. Both are
+    1 for a model that is the dense one: timing a model against itself would only measure the machine's
+    noise."""
     path = run_dir / "compact.pt"
     if not path.exists():
         return None, None
@@ -85,11 +85,12 @@ def _compact_speedups(run_dir: Path, model_name: str, num_classes: int, batch: i
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)  # deploy's choices hold for the thread count they were timed with
     try:
-        deployed, _ = deploy(compact, input_size=size, rounds=3, iters=warmup)
+        # each in the memory layout it runs faster in (the dense model too: BatchNorm folded, no factors)
+        deployed, dense_deployed = (deploy(m, input_size=size, rounds=3, iters=warmup, layout="auto")[0]
+                                    for m in (compact, dense))
     finally:
         torch.set_num_threads(saved)
-    folded = fold_batchnorm(dense, size)
-    return as_trained, latency_ratio(folded, deployed, size, warmup, iters, threads=threads)
+    return as_trained, latency_ratio(dense_deployed, deployed, size, warmup, iters, threads=threads)
 
 
 def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,

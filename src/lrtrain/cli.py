@@ -164,13 +164,16 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deploy", action="store_true",
                    help="--fold-bn, and keep each factorized conv only where it runs faster than its dense form "
                         "on this machine's CPU at the example input size (measured; same outputs)")
+    p.add_argument("--layout", choices=["auto", "contiguous", "channels_last", "as_is"], default="auto",
+                   help="with --deploy: the weights' memory layout; auto (default) deploys in NCHW and in "
+                        "channels_last and keeps the faster model")
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import export, models
-    from .deployment import deploy
+    from .deployment import deploy, layout_of
     from .fold import fold_batchnorm
 
     source = Path(args.model)
@@ -190,9 +193,10 @@ def _run_export(args: argparse.Namespace) -> int:
                          "lrtrain.deploy and lrtrain.save")
     written = model
     if args.deploy:
-        written, choices = deploy(model, size)
+        written, choices = deploy(model, size, layout=args.layout)
         kept = [c for c in choices if c.factorized]
-        print(f"deploy: {len(kept)} of {len(choices)} factorized convs kept, the others run faster dense here "
+        print(f"deploy ({layout_of(written)}): {len(kept)} of {len(choices)} factorized convs kept, the others "
+              f"run faster dense here "
               f"(factorized {sum(c.factorized_ms for c in choices):.2f} ms, deployed "
               f"{sum(min(c.factorized_ms, c.dense_ms) for c in choices):.2f} ms, dense "
               f"{sum(c.dense_ms for c in choices):.2f} ms over these layers at input {'x'.join(map(str, size))})")
