@@ -381,28 +381,36 @@ def make_seed(root: Path, runs: list[Run], dest: Path, limit: int | None = None)
     finished runs' marks into `dest`). Returns the folders written; stale ``dest-N`` from an earlier
     seed are removed."""
     limit = PACK_LIMIT if limit is None else limit
+    if not dest.name or dest.name in (".", ".."):
+        raise SystemExit(f"make-seed: {dest} names no folder of its own")
     states = {r.name: progress(root / r.name) for r in RUNS}
     started = [r.name for r in runs if states[r.name][0] == 0 and states[r.name][1] >= 0]
     marks = tuple(name for name, (done, _) in states.items() if done)
-    order, dirs = _order(root, started, marks), []
-    while order:
+    order, folders = _order(root, started, marks), []
+    while order:  # all planned before anything is written: a seed that cannot be made leaves the old one
         contents, left_out = _fill(root, order, limit)
         if not contents:
             names = ", ".join(name for name, _ in left_out)
-            raise SystemExit(f"make-seed: {names} alone exceed(s) {limit / 2**20:.1f} MiB or a "
+            raise SystemExit(f"make-seed: {names} alone exceed(s) the limit of {limit} bytes or a "
                              f"{PIECE / 2**20:.0f} MiB piece: raise --seed-limit")
-        dirs.append(dest.with_name(f"{dest.name}-{len(dirs) + 1}") if dirs else dest)
-        _write_pieces(dirs[-1], contents, len(order) - len(left_out))
+        folders.append((contents, len(order) - len(left_out)))
         order = left_out
-    if not dirs:
-        dirs.append(dest)
-        _write_pieces(dest, [], 0)
+    dirs = [dest] + [dest.with_name(f"{dest.name}-{i}") for i in range(2, len(folders) + 1)]
+    for d, (contents, count) in zip(dirs, folders or [([], 0)]):
+        _write_pieces(d, contents, count)
     for stale in dest.parent.glob(f"{dest.name}-*"):
-        if stale not in dirs and stale.name[len(dest.name) + 1:].isdigit():
+        if stale not in dirs and _is_seed_folder(stale, dest):
             shutil.rmtree(stale)
     if len(dirs) > 1:
         print(f"the seed takes {len(dirs)} folders: {', '.join(str(d) for d in dirs)}")
     return dirs
+
+
+def _is_seed_folder(path: Path, dest: Path) -> bool:
+    """Whether `path` is a ``dest-N`` folder that `make_seed` wrote (N ≥ 2, nothing in it but pieces)."""
+    suffix = path.name[len(dest.name) + 1:]
+    return (path.is_dir() and suffix.isdigit() and not suffix.startswith("0") and int(suffix) >= 2
+            and all(f.is_file() and f.name.startswith(PACK_NAME + ".") for f in path.iterdir()))
 
 
 def _set_commit(run_dir: Path, sha: str) -> None:

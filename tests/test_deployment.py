@@ -89,3 +89,15 @@ def test_auto_layout_keeps_the_layout_measured_faster_and_the_outputs(channels_l
         torch.testing.assert_close(deployed(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     with pytest.raises(ValueError, match="layout must be one of"):
         lr.deploy(compact, layout="nhwc")
+
+
+def test_channels_last_leaves_tensors_that_are_not_4d_as_they_are():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 2)).eval()
+    model.register_buffer("volume", torch.randn(2, 3, 4, 5, 6))  # 5-D: Module.to(memory_format=...) refuses it
+    deployed, choices = lr.deploy(model, input_size=(2, 3, 4, 4), layout="channels_last")
+    assert choices == [] and lr.deployment.layout_of(deployed) == "channels_last"
+    assert deployed.volume.is_contiguous() and torch.equal(deployed.volume, model.volume)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x))

@@ -180,6 +180,10 @@ def test_cli_refuses_to_fold_into_a_state_dict(compact_file, tmp_path, capsys):
                      "--fold-bn"]) != 0
     assert "--fold-bn changes the architecture" in capsys.readouterr().err
     assert not (tmp_path / "w.pt").exists()
+    assert cli.main(["export", str(compact_file), "--format", "torchscript", "-o", str(tmp_path / "w.pt"),
+                     "--layout", "channels_last"]) != 0
+    assert "--layout chooses how --deploy lays out the model" in capsys.readouterr().err
+    assert not (tmp_path / "w.pt").exists()
 
 
 @pytest.mark.parametrize("layout", [None, "channels_last", "contiguous"])

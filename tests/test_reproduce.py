@@ -427,5 +427,15 @@ def test_a_seed_past_its_limit_goes_on_into_further_folders_that_merge_to_the_sa
     reproduce.main(["--root", str(gpu), "--unpack", *map(str, dirs)])
     assert reproduce.progress(gpu / "resnet20_dense") == (1, 0)
     assert {n: reproduce.progress(gpu / n) for n in started} == {n: (0, s) for n, s in started.items()}
-    with pytest.raises(SystemExit, match="alone exceed"):
+    before = {d.name: sorted(f.read_bytes() for f in d.iterdir()) for d in dirs}
+    with pytest.raises(SystemExit, match="alone exceed"):  # refused before anything is written
         reproduce.main(["--root", str(root), "--make-seed", str(seed), "--seed-limit", str(10000 / 2**20)])
+    assert {d.name: sorted(f.read_bytes() for f in d.iterdir()) for d in dirs} == before
+    for name in ("seed-9", "seed-02", "seed-1", "seed-x"):  # not this seed's: other files in them, or not N >= 2
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text("keep")
+    (tmp_path / "seed-8").mkdir()
+    (tmp_path / "seed-8" / f"{reproduce.PACK_NAME}.000").write_bytes(b"")  # an older seed's folder
+    reproduce.main(["--root", str(root), "--make-seed", str(seed), "--runs", "resnet20_*"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("seed")) == [
+        "seed", "seed-02", "seed-1", "seed-9", "seed-x"]

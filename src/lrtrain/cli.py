@@ -164,8 +164,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deploy", action="store_true",
                    help="--fold-bn, and keep each factorized conv only where it runs faster than its dense form "
                         "on this machine's CPU at the example input size (measured; same outputs)")
-    p.add_argument("--layout", choices=["auto", "contiguous", "channels_last", "as_is"], default="auto",
-                   help="with --deploy: the weights' memory layout; auto (default) deploys in NCHW and in "
+    p.add_argument("--layout", choices=["auto", "contiguous", "channels_last", "as_is"],
+                   help="with --deploy: the weights' memory layout; auto (the default) deploys in NCHW and in "
                         "channels_last and keeps the faster model")
 
 
@@ -191,9 +191,11 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{flag} changes the architecture, which a state_dict does not carry (it loads into the "
                          "model of compact.pt): use torchscript or onnx, or in Python lrtrain.fold_batchnorm / "
                          "lrtrain.deploy and lrtrain.save")
+    if args.layout and not args.deploy:
+        raise ValueError("--layout chooses how --deploy lays out the model: add --deploy")
     written = model
     if args.deploy:
-        written, choices = deploy(model, size, layout=args.layout)
+        written, choices = deploy(model, size, layout=args.layout or "auto")
         kept = [c for c in choices if c.factorized]
         print(f"deploy ({layout_of(written)}): {len(kept)} of {len(choices)} factorized convs kept, the others "
               f"run faster dense here "

@@ -84,13 +84,13 @@ def _laid_out(model: nn.Module, layout: str) -> nn.Module:
     if layout == "as_is":
         return model
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    return copy.deepcopy(model).to(memory_format=fmt)
+    # 4-D tensors only: Module.to(memory_format=channels_last) refuses a model holding any 5-D one (Conv3d)
+    return copy.deepcopy(model)._apply(lambda t: t.contiguous(memory_format=fmt) if t.dim() == 4 else t)
 
 
 def _deploy(model: nn.Module, input_size, fold_bn: bool, timer: Timer) -> tuple[nn.Module, list[LayerChoice]]:
     deployed = copy.deepcopy(model).eval()
     inputs = _layer_inputs(deployed, input_size)
-    timer = timer or _interleaved(rounds, iters)
     choices = []
     with torch.no_grad():
         for name, layer in list(deployed.named_modules()):
