@@ -1,5 +1,6 @@
 """Recipes: defaults, overrides, validation messages, the shipped recipes."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,13 @@ def test_a_run_directory_is_a_recipe(tmp_path):
     assert load_recipe(tmp_path) == cfg
     with pytest.raises(ConfigError, match="has no config.yaml"):
         load_recipe(tmp_path / "..")
+
+
+def test_a_step_schedule_whose_milestones_lie_past_the_run_is_named():
+    shortened = {"train": {"epochs": 20}, "schedule": {"name": "step", "milestones": [10, 81, 122]}}
+    with pytest.warns(UserWarning, match=r"schedule.milestones \[81, 122\] lie at or past train.epochs=20"):
+        resolve(shortened)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve({"train": {"epochs": 20}, "schedule": {"name": "step", "milestones": [10, 15]}})
+        resolve({"train": {"epochs": 20}, "schedule": {"name": "cosine", "milestones": [81]}})  # unused there

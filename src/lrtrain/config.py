@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -226,6 +227,12 @@ def _check_ranges(cfg: dict[str, Any], source: str) -> None:
             or any(a >= b for a, b in zip(milestones, milestones[1:])):
         raise ConfigError(f"{source}: schedule.milestones must be increasing epoch numbers (>= 0), "
                           f"got {milestones!r}")
+    late = [m for m in milestones if m >= cfg["train"]["epochs"]]
+    if cfg["schedule"]["name"] == "step" and late:
+        # a recipe shortened with --set train.epochs=N keeps its milestones, which are absolute epochs
+        warnings.warn(f"{source}: schedule.milestones {late} lie at or past train.epochs="
+                      f"{cfg['train']['epochs']}: the learning rate is never lowered there (set "
+                      f"schedule.milestones for the shorter run, or schedule.name=cosine)", stacklevel=2)
 
 
 def resolve(recipe: dict[str, Any], source: str = "recipe") -> dict[str, Any]:
