@@ -111,7 +111,8 @@ def main() -> None:
               "| stage | conv | MMACs | ms | GMAC/s |", "|---|---|---:|---:|---:|"]
     lines += layer_rows(args.batch, args.rank_div, args.repeats, device)
     lines += ["", f"Dense ResNet-20, batch {args.batch}: BatchNorm kept vs folded into the convs "
-              "(`lr.fold_batchnorm`), each in NCHW and channels-last, median of {3 * args.repeats} round-robin calls.", "",
+              f"(`lr.fold_batchnorm`), each in NCHW and channels-last, median of {3 * args.repeats} round-robin "
+              "calls.", "",
               "| model | ms | speedup |", "|---|---:|---:|"]
     lines += fold_rows(args.batch, args.repeats, device)
     text = "\n".join(lines) + "\n"
