@@ -36,7 +36,7 @@ from lrtrain.provenance import commit, today  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RUNS = [HERE / "checkpoints" / "reproduce" / f"resnet20_trp_{s}" for s in
         ("channel_nuclear", "channel", "spatial_nuclear", "spatial")]
-STEPS = [5, 10, 20, 50, 100, 200, 300, 1950, 7800, 31200]
+STEPS = [5, 10, 20, 50, 100, 200, 300, 1950, 7800, 31200, 63960]  # 63960: the end of 164 epochs
 
 
 def rank_history(run_dir: Path) -> tuple[list[str], dict[int, list[int]]]:
