@@ -35,6 +35,16 @@ def test_spatial_skips_1x1_and_user_skip_list():
     assert d["layer3.0.conv1"].factorize
 
 
+def test_a_skip_pattern_that_matches_no_layer_is_refused_naming_the_layers():
+    vgg = models.create("vgg16")
+    with pytest.raises(ValueError, match=r"skip: 'conv1', 'head' match\(es\) no conv or linear layer of the "
+                                         r"model \(its layers: features.0, features.3, "):
+        lr.factorize(vgg, rank="flops:0.45", skip=["conv1", "head", "features.0"])
+    compact = lr.factorize(models.create("resnet20"), rank="flops:0.45")
+    # names of factorized layers match too (nothing is left to factorize there, and nothing is refused)
+    assert lr.plan(compact, rank="flops:0.45", skip=["layer1.0.conv1", "fc"]) == []
+
+
 def test_mobilenet_depthwise_convs_are_skipped_with_reason():
     model = models.create("mobilenet_v2")
     plan = lr.plan(model, rank="ratio:0.5", input_size=(1, 3, 64, 64))

@@ -91,6 +91,13 @@ def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterabl
     traced = trace_calls(model, input_size)
     cands: list[Candidate] = []
     skipped: list[Decision] = []
+    layers = [name for name, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear, LowRankConv2d, LowRankLinear))]
+    unmatched = [p for p in skip if not any(fnmatch.fnmatchcase(name, p) for name in layers)]
+    if unmatched:  # a typo, or another model's layer name, would otherwise factorize the layer meant to stay
+        shown = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
+        raise ValueError(f"skip: {', '.join(map(repr, unmatched))} match(es) no conv or linear layer of the "
+                         f"model (its layers: {shown})")
     for name, module in model.named_modules():
         if isinstance(module, (LowRankConv2d, LowRankLinear)):
             continue
