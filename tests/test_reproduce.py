@@ -135,7 +135,7 @@ def test_merge_keeps_the_copy_that_is_further_along(tmp_path):
 
 def test_run_list_covers_the_issue_and_every_entry_resolves():
     names = [r.name for r in reproduce.RUNS]
-    assert len(set(names)) == len(names) == 23
+    assert len(set(names)) == len(names) == 23 + 11  # the eleven ResNet-56 rows twice
     for model in ("resnet20", "resnet56"):
         for method in ("dense", "svd_finetune", "trp_channel_nuclear", "trp_channel", "trp_spatial_nuclear",
                        "trp_spatial", "lrpet", "elrt_tucker2", "elrt_channel"):
@@ -144,9 +144,9 @@ def test_run_list_covers_the_issue_and_every_entry_resolves():
         cfg = reproduce.spec(run, reproduce.overrides(run, [], 1.0)).recipe
         assert cfg["model"]["name"] == run.name.split("_")[0]
         assert cfg["train"]["keep_checkpoints"] == 1
-    assert [r.name for r in reproduce.select(["resnet56_trp_*"])] == [
-        "resnet56_trp_channel_nuclear", "resnet56_trp_channel", "resnet56_trp_spatial_nuclear", "resnet56_trp_spatial",
-        "resnet56_trp_channel_ramp"]
+    trp56 = ["resnet56_trp_channel_nuclear", "resnet56_trp_channel", "resnet56_trp_spatial_nuclear",
+             "resnet56_trp_spatial", "resnet56_trp_channel_ramp"]
+    assert [r.name for r in reproduce.select(["resnet56_trp_*"])] == trp56 + [f"{n}_seed1" for n in trp56]
     with pytest.raises(SystemExit, match="no run matches"):
         reproduce.select(["resnet18_*"])
 
@@ -439,3 +439,14 @@ def test_a_seed_past_its_limit_goes_on_into_further_folders_that_merge_to_the_sa
     reproduce.main(["--root", str(root), "--make-seed", str(seed), "--runs", "resnet20_*"])
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("seed")) == [
         "seed", "seed-02", "seed-1", "seed-9", "seed-x"]
+
+
+def test_every_resnet56_row_has_a_second_seed_after_all_the_first_seeds():
+    names = [r.name for r in reproduce.RUNS]
+    first = [r for r in reproduce.RUNS if r.name.startswith("resnet56_") and not r.name.endswith("_seed1")]
+    for run in first:
+        again = reproduce.RUNS[names.index(f"{run.name}_seed1")]
+        assert (again.label, again.recipe, again.paper) == (run.label, run.recipe, run.paper)
+        assert again.overrides == run.overrides + ("seed=1",)
+        assert names.index(again.name) > max(names.index(r.name) for r in first)
+        assert load_recipe(reproduce.RECIPES / again.recipe, list(again.overrides))["seed"] == 1
