@@ -450,3 +450,13 @@ def test_every_resnet56_row_has_a_second_seed_after_all_the_first_seeds():
         assert again.overrides == run.overrides + ("seed=1",)
         assert names.index(again.name) > max(names.index(r.name) for r in first)
         assert load_recipe(reproduce.RECIPES / again.recipe, list(again.overrides))["seed"] == 1
+
+
+def test_the_plot_shows_each_published_figure_once(tmp_path, monkeypatch):
+    shown = {}
+    monkeypatch.setattr(reproduce.benchmark, "plot", lambda rows, path, title, **kw: shown.update(kw))
+    reproduce.main(["--root", str(tmp_path / "none"), "--out", str(tmp_path / "results" / "cifar10"), "--report-only",
+                    "--runs", "resnet20_trp_channel_nuclear", "resnet20_trp_channel_ramp", "resnet56_lrpet",
+                    "resnet56_lrpet_flops_cosine", "resnet56_lrpet_seed1"])
+    assert [(p["label"], p["model"], p["top1"]) for p in shown["paper_points"]] == [
+        ("TRP channel + nuclear (paper)", "resnet20", 90.50), ("LRPET (paper)", "resnet56", 93.27)]
