@@ -58,10 +58,11 @@ def deploy(model: nn.Module, input_size=(1, 3, 32, 32), fold_bn: bool = True, ro
 
     Each factorized conv and its dense equivalent are timed on the input that layer receives for an input
     of ``input_size``: ``rounds`` interleaved rounds of ``iters`` calls, the median round kept (``timer``
-    replaces this measurement: ``timer(dense, factorized, x)`` returns the seconds of each). A layer stays
-    factorized only where that is faster; with ``fold_bn`` the BatchNorms are then folded into the convs. The result is in eval
-    mode and computes what ``model.eval()`` computes, up to float round-off. Decisions hold for that device,
-    batch size and thread count only: deploy where the model will run.
+    replaces this measurement: ``timer(dense, factorized, x)`` returns the seconds of each; under
+    ``layout="auto"`` it also times the two whole models). A layer stays factorized only where that is
+    faster; with ``fold_bn`` the BatchNorms are then folded into the convs. The result is in eval mode and
+    computes what ``model.eval()`` computes, up to float round-off. Decisions hold for that device, batch
+    size and thread count only: deploy where the model will run.
 
     ``layout`` is the memory layout of the weights (and so of the activations): ``"as_is"`` keeps the
     model's, ``"contiguous"`` (NCHW) or ``"channels_last"`` sets one, and ``"auto"`` deploys in both and
