@@ -58,7 +58,7 @@ from torch import nn
 from lrtrain import export, models
 from lrtrain.config import load_recipe, resolve
 from lrtrain.data import make_sample
-from lrtrain.deployment import deploy
+from lrtrain.deployment import deploy, layout_of
 from lrtrain.fold import fold_batchnorm
 from lrtrain.methods import create_method
 from lrtrain.metrics import count, latency
@@ -326,7 +326,11 @@ def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dty
     for e in events:
         if e.key == "aten::conv2d" and e.input_shapes and len(e.input_shapes[1]) == 4:
             key = _kernel(e.input_shapes[1])
-            conv_us[key] = conv_us.get(key, 0.0) + (e.device_time_total if cuda else e.cpu_time_total)
+        elif e.key in ("aten::bmm", "aten::baddbmm"):  # a PointwiseConv2d on NCHW input: one matrix product
+            key = "1×1"
+        else:
+            continue
+        conv_us[key] = conv_us.get(key, 0.0) + (e.device_time_total if cuda else e.cpu_time_total)
     conv = {k: (macs.get(k, 0), us / reps / 1000) for k, us in conv_us.items()}
     return Breakdown(conv, (total_us - sum(conv_us.values())) / reps / 1000)
 
@@ -417,23 +421,26 @@ def deployed(args, device: torch.device, report: Report) -> None:
         rows = []
         for batch in args.cpu_batches:
             nets, kept = {"dense": dense}, {}
+            size = (batch, 3, 32, 32)
             with pinned(args.threads):
+                nets["dense, deployed"], _ = deploy(dense, size, layout="auto")  # its faster layout
                 for label, net, _ in compact_models(model_name, args.runs_root):
                     nets[label] = fold_batchnorm(net)
-                    nets[f"{label}, deployed"], choices = deploy(net, (batch, 3, 32, 32))
+                    nets[f"{label}, deployed"], choices = deploy(net, size, layout="auto")
                     kept[f"{label}, deployed"] = f"{sum(c.factorized for c in choices)}/{len(choices)}"
             times = cpu_latencies(nets, batch, args)
-            rows += [[f"b{batch}", label, kept.get(label, "—"), f"{count(net).flops / 1e6:.1f}",
+            rows += [[f"b{batch}", label, kept.get(label, "—"), layout_of(net), f"{count(net).flops / 1e6:.1f}",
                       f"{dense_macs / count(net).flops:.2f}x", f"{1000 * times[label]:.2f}",
                       f"{times['dense'] / times[label]:.2f}x"] for label, net in nets.items()]
         report.add([f"## B.3 Deployed for this CPU: {model_name}", "",
                     f"CPU: {cpu_name()}, {args.threads} thread(s) pinned, fp32, BatchNorm folded everywhere; "
                     f"median of {args.rounds} interleaved rounds of the median of {args.iters} forward passes. "
-                    "\"deployed\": `lr.deploy` at that batch size, each factorized conv kept only where it "
-                    "timed faster than its dense form (same outputs; the convs put back dense cost their "
-                    "dense MACs).", "",
-                    *_table(["batch", "model", "factorized convs kept", "MMACs", "FLOPs speedup", "CPU ms",
-                             "speedup"], rows)])
+                    "\"deployed\": `lr.deploy(..., layout=\"auto\")` at that batch size, each factorized conv kept "
+                    "only where it timed faster than its dense form, in NCHW (contiguous) or channels-last, "
+                    "whichever ran the whole model faster (same outputs; the convs put back dense cost their "
+                    "dense MACs). Speedups are against the dense model in NCHW.", "",
+                    *_table(["batch", "model", "factorized convs kept", "layout", "MMACs", "FLOPs speedup",
+                             "CPU ms", "speedup"], rows)])
 
 
 # -- B.4 ----------------------------------------------------------------------------------------------

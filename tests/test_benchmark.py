@@ -216,8 +216,8 @@ def test_speed_deploy_section_sets_each_compact_model_beside_its_deployed_form(m
     monkeypatch.setattr(speed, "compact_models", lambda model, root: [("half", compact, "x")])
     calls = []
 
-    def fake_deploy(net, input_size):
-        calls.append(input_size)
+    def fake_deploy(net, input_size, layout="as_is"):
+        calls.append((input_size, layout))
         return net, [LayerChoice("a", 4, input_size, 1.0, 0.5), LayerChoice("b", 4, input_size, 1.0, 2.0)]
 
     monkeypatch.setattr(speed, "deploy", fake_deploy)
@@ -228,11 +228,13 @@ def test_speed_deploy_section_sets_each_compact_model_beside_its_deployed_form(m
     report = _Report()
     speed.deployed(args, torch.device("cpu"), report)
     (section,) = report.sections
-    assert calls == [(1, 3, 32, 32), (32, 3, 32, 32)]
+    # the dense model and each compact one deployed at each batch size, each in its faster layout
+    assert calls == [((b, 3, 32, 32), "auto") for b in (1, 1, 32, 32)]
     rows = [line for line in section if line.startswith("| b") and not line.startswith("| batch")]
-    assert len(rows) == 6
-    assert rows[1].startswith("| b1 | half | — |") and rows[1].endswith("| 4.00 | 0.50x |")
-    assert rows[2].startswith("| b1 | half, deployed | 1/2 |") and rows[2].endswith("| 1.00 | 2.00x |")
+    assert len(rows) == 8
+    assert rows[1].startswith("| b1 | dense, deployed | — | contiguous |") and rows[1].endswith("| 1.00 | 2.00x |")
+    assert rows[2].startswith("| b1 | half | — | contiguous |") and rows[2].endswith("| 4.00 | 0.50x |")
+    assert rows[3].startswith("| b1 | half, deployed | 1/2 |") and rows[3].endswith("| 1.00 | 2.00x |")
 
 
 def test_methods_trained_with_several_seeds_get_their_spread(tmp_path):
