@@ -746,6 +746,7 @@ def print_status(runs: list[Run], root: Path) -> None:
     """Each run's state; for the started ones, the epochs left and their time at the run's recent pace
     (which depends on how many runs shared the device then)."""
     longest = 0.0
+    owed: dict[str, list[int]] = {}  # model -> [epochs left, unfinished runs, of them not started]
     for run in runs:
         finished, step = progress(root / run.name)
         if finished:
@@ -758,9 +759,17 @@ def print_status(runs: list[Run], root: Path) -> None:
             if left:
                 state += f"; {left[0]} epochs left, ~{left[1] / 60:.0f} min at its recent pace"
                 longest = max(longest, left[1])
+            epochs = left[0] if left else spec(run, overrides(run, [], 1.0)).recipe["train"]["epochs"]
+            tally = owed.setdefault(run.name.split("_")[0], [0, 0, 0])
+            tally[0] += epochs
+            tally[1] += 1
+            tally[2] += step < 0
         print(f"{run.name:{NAME_WIDTH}s} {state}")
     if longest:
         print(f"the longest started run needs ~{longest / 60:.0f} min more at its recent pace")
+    if owed:  # what the sessions still have to train, for planning them
+        print("epochs left: " + "; ".join(f"{model} {e} in {n} run(s), {fresh} not started"
+                                          for model, (e, n, fresh) in owed.items()))
 
 
 def _default_root() -> Path:

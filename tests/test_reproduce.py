@@ -460,3 +460,17 @@ def test_the_plot_shows_each_published_figure_once(tmp_path, monkeypatch):
                     "resnet56_lrpet_flops_cosine", "resnet56_lrpet_seed1"])
     assert [(p["label"], p["model"], p["top1"]) for p in shown["paper_points"]] == [
         ("TRP channel + nuclear (paper)", "resnet20", 90.50), ("LRPET (paper)", "resnet56", 93.27)]
+
+
+def test_list_totals_the_epochs_left_per_model(tmp_path, capsys):
+    root = tmp_path / "root"
+    run_dir = _fake_run(root, "resnet20_lrpet", step=7)
+    (run_dir / "config.yaml").write_text("train:\n  epochs: 400\n")
+    (run_dir / "metrics.csv").write_text("epoch,test_acc,epoch_time_s\n1,10.0,2.0\n2,20.0,2.0\n")
+    _fake_run(root, "resnet20_dense", finished=True).joinpath("summary.json").write_text(
+        json.dumps({"final_acc": 91.0, "speedup": 1.0}))
+    reproduce.main(["--root", str(root), "--list", "--runs", "resnet20_dense", "resnet20_lrpet", "resnet56_dense",
+                    "resnet56_lrpet"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == ("epochs left: resnet20 398 in 1 run(s), 0 not started; "
+                    "resnet56 564 in 2 run(s), 2 not started")  # 164 (dense) + 400 (LRPET) from the recipes
