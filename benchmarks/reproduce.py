@@ -313,17 +313,23 @@ def _run_blob(root: Path, name: str, summary_only: bool) -> bytes:
     return buffer.getvalue()
 
 
-def _fill(root: Path, order: list[tuple[str, bool]],
-          limit: int) -> tuple[list[bytearray], list[tuple[str, bool]]]:
-    """The pieces' contents for `order` ((run, summary only) pairs, in order), whole runs, at most `limit`
-    bytes in `MAX_PIECES` pieces of at most `PIECE`, and the pairs left out."""
+Blob = tuple[str, bool, bytes]  # a run, whether only its summary.json, and its `_run_blob`
+
+
+def _blobs(root: Path, order: list[tuple[str, bool]]) -> list[Blob]:
+    return [(name, summary_only, _run_blob(root, name, summary_only)) for name, summary_only in order]
+
+
+def _fill(blobs: list[Blob], limit: int) -> tuple[list[bytearray], list[Blob]]:
+    """The pieces' contents for `blobs` (in order), whole runs, at most `limit` bytes in `MAX_PIECES`
+    pieces of at most `PIECE`, and the blobs left out."""
     contents: list[bytearray] = []
     left_out, total = [], 0
-    for name, summary_only in order:
-        blob = _run_blob(root, name, summary_only)
+    for item in blobs:
+        blob = item[2]
         fits = not contents or len(contents[-1]) + len(blob) <= PIECE
         if len(blob) > PIECE or total + len(blob) > limit or (not fits and len(contents) == MAX_PIECES):
-            left_out.append((name, summary_only))
+            left_out.append(item)
             continue
         if not fits or not contents:
             contents.append(bytearray())
@@ -368,10 +374,10 @@ def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = (),
     the limit is left out and named."""
     limit = PACK_LIMIT if limit is None else limit
     order = _order(root, names, marks)
-    contents, left_out = _fill(root, order, limit)
+    contents, left_out = _fill(_blobs(root, order), limit)
     pieces = _write_pieces(dest, contents, len(order) - len(left_out))
     if left_out:
-        names = ", ".join(name for name, _ in left_out)
+        names = ", ".join(name for name, _, _ in left_out)
         print(f"warning: left out of the pack (over {limit / 2**20:.0f} MiB or {MAX_PIECES} pieces): {names}; "
               "while the machine is warm, a call of --pack-only --runs with them packs them", flush=True)
     return pieces
@@ -391,15 +397,15 @@ def make_seed(root: Path, runs: list[Run], dest: Path, limit: int | None = None)
     states = {r.name: progress(root / r.name) for r in RUNS}
     started = [r.name for r in runs if states[r.name][0] == 0 and states[r.name][1] >= 0]
     marks = tuple(name for name, (done, _) in states.items() if done)
-    order, folders = _order(root, started, marks), []
-    while order:  # all planned before anything is written: a seed that cannot be made leaves the old one
-        contents, left_out = _fill(root, order, limit)
+    blobs, folders = _blobs(root, _order(root, started, marks)), []
+    while blobs:  # all planned before anything is written: a seed that cannot be made leaves the old one
+        contents, left_out = _fill(blobs, limit)
         if not contents:
-            names = ", ".join(name for name, _ in left_out)
+            names = ", ".join(name for name, _, _ in left_out)
             raise SystemExit(f"make-seed: {names} alone exceed(s) the limit of {limit} bytes or a "
                              f"{PIECE / 2**20:.0f} MiB piece: raise --seed-limit")
-        folders.append((contents, len(order) - len(left_out)))
-        order = left_out
+        folders.append((contents, len(blobs) - len(left_out)))
+        blobs = left_out
     dirs = [dest] + [dest.with_name(f"{dest.name}-{i}") for i in range(2, len(folders) + 1)]
     for d, (contents, count) in zip(dirs, folders or [([], 0)]):
         _write_pieces(d, contents, count)

@@ -66,37 +66,40 @@ def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None) -
 
 
 def _compact_speedups(run_dir: Path, model_name: str, num_classes: int, batch: int, threads: int,
-                      iters: int) -> tuple[float | None, float | None]:
+                      iters: int, dense_cache: dict) -> tuple[float | None, float | None]:
     """Measured CPU forward-pass speedups at `batch` of the run's compact model over the dense model: as
     trained, and deployed for this CPU (`lr.deploy`: each factorized conv kept only where it times faster,
-    BatchNorm folded, in the memory layout that runs faster) over the dense model deployed alike. Both are
-    1 for a model that is the dense one: timing a model against itself would only measure the machine's
-    noise."""
+    BatchNorm folded, in the memory layout that runs faster) over the dense model deployed alike (once
+    per model and class count: `dense_cache`). Both are 1 for a model that is the dense one: timing a
+    model against itself would only measure the machine's noise."""
     path = run_dir / "compact.pt"
     if not path.exists():
         return None, None
     compact = export.load(path)
-    dense = models.create(model_name, num_classes=num_classes).eval()
     if export.describe(compact, model_name, num_classes)["layers"] == {}:
         return 1.0, 1.0
     size = (batch, *models.default_input_size(model_name)[1:])
     warmup = max(1, iters // 4)
-    as_trained = latency_ratio(dense, compact, size, warmup, iters, threads=threads)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)  # deploy's choices hold for the thread count they were timed with
     try:
-        # each in the memory layout it runs faster in (the dense model too: BatchNorm folded, no factors)
-        deployed, dense_deployed = (deploy(m, input_size=size, rounds=3, iters=warmup, layout="auto")[0]
-                                    for m in (compact, dense))
+        if (model_name, num_classes) not in dense_cache:
+            dense = models.create(model_name, num_classes=num_classes).eval()
+            # in the memory layout it runs faster in: BatchNorm folded, no factors to choose
+            dense_cache[model_name, num_classes] = dense, deploy(dense, size, rounds=3, iters=warmup,
+                                                                 layout="auto")[0]
+        deployed = deploy(compact, input_size=size, rounds=3, iters=warmup, layout="auto")[0]
     finally:
         torch.set_num_threads(saved)
-    return as_trained, latency_ratio(dense_deployed, deployed, size, warmup, iters, threads=threads)
+    dense, dense_deployed = dense_cache[model_name, num_classes]
+    return (latency_ratio(dense, compact, size, warmup, iters, threads=threads),
+            latency_ratio(dense_deployed, deployed, size, warmup, iters, threads=threads))
 
 
 def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
             latency_iters: int = 20) -> list[dict[str, Any]]:
     """One row per finished run (its summary.json), with measured CPU inference speedups at batch 32."""
-    rows = []
+    rows, dense_cache = [], {}
     for spec in specs:
         path = root / spec.name / "summary.json"
         if not path.exists():
@@ -105,7 +108,7 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
         dense, compact = s["dense"], s["compact"]
         model = spec.recipe["model"]["name"]
         as_trained, deployed = _compact_speedups(root / spec.name, model, s.get("num_classes", 10), 32, threads,
-                                                 latency_iters)
+                                                 latency_iters, dense_cache)
         rows.append({
             "run": spec.name, "method": spec.label, "model": model,
             "top1_final": s["final_acc"], "top1_best": s["best_acc"], "top1_before_finalize": s.get("pre_finalize_acc"),

@@ -82,15 +82,17 @@ def deploy(model: nn.Module, input_size=(1, 3, 32, 32), fold_bn: bool = True, ro
 
 
 def _laid_out(model: nn.Module, layout: str) -> nn.Module:
+    """A copy of `model` in `layout` (the one `_deploy` then changes)."""
     if layout == "as_is":
-        return model
+        return copy.deepcopy(model)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     # 4-D tensors only: Module.to(memory_format=channels_last) refuses a model holding any 5-D one (Conv3d)
     return copy.deepcopy(model)._apply(lambda t: t.contiguous(memory_format=fmt) if t.dim() == 4 else t)
 
 
-def _deploy(model: nn.Module, input_size, fold_bn: bool, timer: Timer) -> tuple[nn.Module, list[LayerChoice]]:
-    deployed = copy.deepcopy(model).eval()
+def _deploy(deployed: nn.Module, input_size, fold_bn: bool, timer: Timer) -> tuple[nn.Module, list[LayerChoice]]:
+    """`deploy` at one layout, changing `deployed` (a copy) in place."""
+    deployed.eval()
     inputs = _layer_inputs(deployed, input_size)
     choices = []
     with torch.no_grad():

@@ -88,9 +88,6 @@ def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterabl
     """Split the model's conv/linear layers into candidates for `scheme` and decisions to skip."""
     scheme = get_scheme(scheme)
     skip = list(skip)
-    traced = trace_calls(model, input_size)
-    cands: list[Candidate] = []
-    skipped: list[Decision] = []
     layers = [name for name, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear, LowRankConv2d, LowRankLinear))]
     unmatched = [p for p in skip if not any(fnmatch.fnmatchcase(name, p) for name in layers)]
@@ -98,6 +95,9 @@ def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterabl
         shown = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
         raise ValueError(f"skip: {', '.join(map(repr, unmatched))} match(es) no conv or linear layer of the "
                          f"model (its layers: {shown})")
+    traced = trace_calls(model, input_size)
+    cands: list[Candidate] = []
+    skipped: list[Decision] = []
     for name, module in model.named_modules():
         if isinstance(module, (LowRankConv2d, LowRankLinear)):
             continue

@@ -177,9 +177,9 @@ class TRP(Method):
         self.skip = list(skip)
 
         layers, self._final_names, self._requests = self._eligible_layers(eligible)
-        self._fixed_cost = count(self.model, self.input_size).flops - sum(r.dense_cost for r in self._requests.values())
+        dense = count(self.model, self.input_size).flops
+        self._fixed_cost = dense - sum(r.dense_cost for r in self._requests.values())
         if isinstance(self.rank_policy, FlopsBudget):  # found now, not when a ramp gets there hours later
-            dense = self._fixed_cost + sum(r.dense_cost for r in self._requests.values())
             floor = self._fixed_cost + sum(r.cost(1) for r in self._requests.values())
             if floor > self.rank_policy.fraction * dense:
                 raise ValueError(f"TRP: rank={rank!r} cannot be met: at rank 1 everywhere the model still costs "
@@ -371,11 +371,11 @@ class TRP(Method):
     def _explicit(self, ranks: dict) -> dict[str, int]:
         """The given ranks of the layers `finalize` decomposes; trained layers it keeps dense (the official
         preset's stride-2 convs, which `ranks()` lists) are left out, names TRP does not train refused."""
-        stray = sorted(set(ranks) - set(self._final_names) - set(self.layers))
+        final = set(self._final_names)
+        stray = sorted(set(ranks) - final - set(self.layers))
         if stray:
             raise ValueError(f"TRP.finalize: layers {stray} are not among those it decomposes "
                              f"({', '.join(self._final_names)})")
-        final = set(self._final_names)
         return {name: r for name, r in ranks.items() if name in final}
 
     def _policy_ranks(self, compact: nn.Module, policy: RankPolicy) -> dict[str, int]:
