@@ -79,6 +79,14 @@ def build(args, label: str, method_kw: dict | None, device: torch.device) -> Con
     return Config(label, model, method, opt, counts.flops, counts.params, activations, pointwise, shapes, forward)
 
 
+def _ranks(method: Method) -> str:
+    """The distinct ranks of an ELRT model (a tied tucker2 pair as one number), or — for dense."""
+    if not isinstance(method, ELRT):
+        return "—"
+    ranks = {r[0] if isinstance(r, tuple) and r[0] == r[1] else r for r in method.ranks().values()}
+    return " ".join(map(str, sorted(ranks, key=lambda r: r if isinstance(r, int) else r[0])))
+
+
 def _numel(shape) -> int:
     out = 1
     for s in shape:
@@ -144,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reductions", type=float, nargs="+", default=[0.5, 0.7],
                    help="FLOPs reductions of the ELRT models (0.5: half the dense FLOPs)")
     p.add_argument("--schemes", nargs="+", default=["tucker2"], choices=["tucker2", "channel"])
+    p.add_argument("--multiples", type=int, nargs="+", default=[1],
+                   help="rank multiples of the ELRT models (FlopsBudget(..., multiple=m)): 8 for tensor cores")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=15)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
@@ -162,8 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     configs = [build(args, "dense", None, device)]
     for scheme in args.schemes:
         for red in args.reductions:
-            configs.append(build(args, f"ELRT {scheme} −{red:.0%} FLOPs", {
-                "rank": f"flops:{1 - red:g}", "scheme": scheme}, device))
+            for multiple in args.multiples:
+                aligned = f", ranks ×{multiple}" if multiple > 1 else ""
+                configs.append(build(args, f"ELRT {scheme} −{red:.0%} FLOPs{aligned}", {
+                    "rank": f"flops:{1 - red:g},multiple:{multiple}", "scheme": scheme}, device))
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
     if args.channels_last:
@@ -192,13 +204,14 @@ def main(argv: list[str] | None = None) -> None:
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; torch {torch.__version__}",
         f"- step = forward + backward + before_step + SGD step + after_step; median of {args.iters} "
         "round-robin steps after warm-up", "",
-        "| model | MFLOPs | FLOPs ratio | params | conv activations ratio | step ms | step ratio | "
+        "| model | ranks | MFLOPs | FLOPs ratio | params | conv activations ratio | step ms | step ratio | "
         "before_step ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cfg in configs:
         t = statistics.median(cfg.times)
-        lines.append(f"| {cfg.label} | {cfg.flops / 1e6:.1f} | {cfg.flops / dense.flops:.2f} | "
+        lines.append(f"| {cfg.label} | {_ranks(cfg.method)} | {cfg.flops / 1e6:.1f} | "
+                     f"{cfg.flops / dense.flops:.2f} | "
                      f"{cfg.params / 1e6:.3f} M | {cfg.activations / dense.activations:.2f} | {t * 1e3:.1f} | "
                      f"{t / base:.2f} | {statistics.median(cfg.hook_times) * 1e3:.2f} |")
     if args.breakdown:

@@ -75,6 +75,15 @@ def test_flops_budget_is_met_and_nearly_spent(name, fraction, scheme, equal):
     assert sum(d.flops for d in method.decisions) == flops
 
 
+def test_a_flops_budget_with_a_multiple_trains_aligned_ranks():
+    model = models.create("resnet20")
+    dense = lr.count(model).flops
+    method = ELRT(model, rank="flops:0.45,multiple:8")
+    ranks = [r for pair in method.ranks().values() for r in (pair if isinstance(pair, tuple) else (pair,))]
+    assert ranks and all(r % 8 == 0 for r in ranks)
+    assert lr.count(model).flops <= 0.45 * dense
+
+
 def test_equal_ranks_by_default_independent_on_request():
     model = _tiny()
     tied = ELRT(model, rank="ratio:0.5", skip=(), input_size=SMALL).ranks()

@@ -67,3 +67,74 @@ def test_parse_policy():
         parse_policy("energy:1.5")
     with pytest.raises(ValueError, match="positive integer"):
         FixedRank(0)
+
+
+def test_per_layer_policies_round_up_to_the_multiple_capped_at_the_maximum():
+    reqs = [_req("a", [4.0, 2.0, 1.0, 1.0], 10, 100), _req("b", [1.0] * 8, 10, 100)]
+    assert Energy(0.5, multiple=4)(reqs) == {"a": 4, "b": 4}   # 1 and 4 singular values, rounded up
+    assert Threshold(1.5, multiple=3)(reqs) == {"a": 3, "b": 3}
+    assert Ratio(0.5, multiple=3)(reqs) == {"a": 3, "b": 6}
+    assert FixedRank(5, multiple=4)(reqs) == {"a": 4, "b": 8}
+    req = RankRequest("t", (8, 16), cost=lambda r: r[0] * r[1], dense_cost=10**6)
+    assert Ratio(0.3, multiple=8)([req]) == {"t": (8, 8)}
+
+
+def _assert_maximal(policy, reqs, ranks, budget):
+    """Within budget, on the policy's steps, and no layer could take its next step of rank within it."""
+    spent = sum(r.cost(ranks[r.name]) for r in reqs)
+    assert spent <= budget
+    for r in reqs:
+        k = ranks[r.name]
+        assert k % policy.multiple == 0 or k == r.max_rank
+        nxt = min(k + policy.multiple, r.max_rank)
+        if nxt > k and r.cost(nxt) < r.dense_cost:
+            assert spent + r.cost(nxt) - r.cost(k) > budget, (r.name, k)
+
+
+@pytest.mark.parametrize("multiple", [1, 4, 8])
+def test_flops_budget_spends_in_steps_of_the_multiple_and_fills_its_budget(multiple):
+    gen = torch.Generator().manual_seed(0)
+    reqs = []
+    for i, (n, unit) in enumerate([(16, 3), (32, 5), (64, 9), (64, 9), (30, 4)]):
+        S = torch.rand(n, generator=gen, dtype=torch.float64).sort(descending=True).values
+        reqs.append(_req(f"l{i}", S * (i + 1), unit, unit * n * 2 // 3))
+    dense = sum(r.dense_cost for r in reqs)
+    for fraction in (0.4, 0.6, 0.9):
+        policy = FlopsBudget(fraction, multiple=multiple)
+        ranks = policy(reqs, fixed_cost=100)
+        _assert_maximal(policy, reqs, ranks, fraction * (dense + 100) - 100)
+
+
+def test_flops_budget_multiple_without_spectra_keeps_one_common_aligned_ratio():
+    reqs = [RankRequest(n, m, cost=lambda r: r * 100, dense_cost=m * 100 * 2) for n, m in zip("abc", (16, 32, 64))]
+    ranks = FlopsBudget(0.3, multiple=8)(reqs)
+    assert all(r % 8 == 0 for r in ranks.values())
+    assert sum(r * 100 for r in ranks.values()) <= 0.3 * sum(r.dense_cost for r in reqs)
+    # tied tucker2 pairs: both modes aligned
+    pair = RankRequest("t", (16, 32), cost=lambda r: (r[0] + r[1]) * 50, dense_cost=10**5)
+    assert all(r % 8 == 0 for r in FlopsBudget(0.05, multiple=8)([pair])["t"])
+
+
+def test_an_unreachable_multiple_names_itself():
+    reqs = [_req("a", [1.0] * 16, 10, 200)]  # rank 8 costs 80 of 200
+    assert FlopsBudget(0.4, multiple=4)(reqs)["a"] == 8
+    with pytest.raises(ValueError, match=r"unreachable.*rank 16 \(its multiple\).*lower the multiple"):
+        FlopsBudget(0.4, multiple=16)(reqs)
+    # a layer whose lowest rank is not cheaper than dense stays dense: it costs its dense MACs, no more
+    reqs.append(_req("b", [1.0] * 4, 60, 200))  # rank 4 would cost 240
+    assert FlopsBudget(0.8, multiple=4)(reqs) == {"a": 12, "b": 4}  # 120 + 200 of 320
+
+
+def test_parse_policy_multiple_option_and_its_errors():
+    p = parse_policy("flops:0.45,multiple:8")
+    assert isinstance(p, FlopsBudget) and (p.fraction, p.multiple) == (0.45, 8)
+    assert repr(p) == "FlopsBudget(0.45, multiple=8)" and repr(FlopsBudget(0.45)) == "FlopsBudget(0.45)"
+    assert parse_policy({"energy": 0.9, "multiple": 16}).multiple == 16
+    assert parse_policy("ratio:0.5, multiple:4").multiple == 4
+    with pytest.raises(ValueError, match="unknown option 'multple:8'"):
+        parse_policy("flops:0.45,multple:8")
+    with pytest.raises(ValueError, match="multiple 'x' is not an integer"):
+        parse_policy("flops:0.45,multiple:x")
+    for bad in (0, -8, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="multiple must be a positive integer"):
+            FlopsBudget(0.5, multiple=bad)

@@ -75,6 +75,16 @@ def test_flops_budget_met_and_count_agrees_with_flop_counter(name, size):
     assert abs(c.flops - metrics.flop_counter_macs(model, inp)) <= 0.01 * c.flops
 
 
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_flops_budget_with_a_multiple_gives_aligned_ranks_within_budget(scheme):
+    model = models.create("resnet20")
+    dense = lr.count(model).flops
+    lr.factorize(model, rank="flops:0.5,multiple:8", scheme=scheme)
+    ranks = [m.rank for m in model.modules() if isinstance(m, (LowRankConv2d, LowRankLinear))]
+    assert ranks and all(r % 8 == 0 for r in ranks)
+    assert lr.count(model).flops <= 0.5 * dense
+
+
 def test_explicit_ranks_and_errors():
     model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 3, groups=16), nn.Flatten(), nn.LazyLinear(4))
     model(torch.zeros(1, 8, 10, 10))

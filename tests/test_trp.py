@@ -431,6 +431,19 @@ def test_a_ramp_tightens_the_projection_budget_linearly_then_holds_the_target():
         assert all(after[n] <= before[n] for n in before)
 
 
+def test_a_ramp_keeps_the_budgets_multiple_and_projects_to_aligned_ranks():
+    model = lr.models.create("resnet20")
+    method = TRP(model, scheme="channel", period=1, nuclear=0.0, rank="flops:0.5,multiple:8", ramp=0.5)
+    method.setup(steps_per_epoch=10, total_steps=100)
+    method.step = 40
+    assert method.projection_policy().multiple == 8
+    ranks = method.project()
+    assert all(r % 8 == 0 for r in ranks.values())
+    assert _flops_at(method, ranks) <= method.projection_policy().fraction * lr.count(model).flops
+    with pytest.raises(ValueError, match="at rank 16 everywhere"):
+        TRP(lr.models.create("resnet20"), rank="flops:0.4,multiple:16")
+
+
 def test_without_a_ramp_the_first_projection_already_meets_the_target():
     model = lr.models.create("resnet20")
     method = TRP(model, scheme="channel", period=1, nuclear=0.0, rank="flops:0.4")

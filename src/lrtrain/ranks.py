@@ -11,6 +11,13 @@ dense cost and, when the policy needs it, its singular values) and returns ``{la
   spent where the (normalized) singular values are largest per FLOP; without spectra (training from
   scratch) one common rank ratio is searched instead.
 
+Every policy takes ``multiple=m``: ranks are multiples of m (or a layer's maximum rank where that is
+smaller). Hardware computes channel counts in blocks: cuDNN's bf16/fp16 tensor-core kernels want channels
+that are multiples of 8, and oneDNN on an AVX-512 CPU pads channels to blocks of 16, where a 3×3 conv
+16→r takes the same time for every r ≤ 16 (benchmarks/results/rank_multiples_cpu.md). A per-layer rule
+rounds its rank up (it keeps at least what it would have kept); `FlopsBudget` spends its budget in steps
+of m, so the ranks it picks stay within the budget.
+
 Ranks are ints, or ``(r_in, r_out)`` pairs for the tucker2 scheme, whose "spectrum" is the pair of its
 mode-unfolding spectra ``(S_in, S_out)``. A decoupled layer has one spectrum per output filter, a
 ``(filters, k)`` tensor: per-layer rules give it the largest rank any of its filters needs (as the official
@@ -51,16 +58,36 @@ def _per_mode(max_rank: Rank, fn: Callable[[int, Tensor | None], int], spectrum=
     return fn(max_rank, spectrum)
 
 
+def _check_multiple(multiple) -> int:
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, float)) or int(multiple) != multiple \
+            or int(multiple) < 1:
+        raise ValueError(f"rank policy: multiple must be a positive integer, got {multiple!r}")
+    return int(multiple)
+
+
+def aligned(rank: int, max_rank: int, multiple: int) -> int:
+    """`rank` rounded up to a multiple of `multiple`, at most `max_rank`."""
+    return min(max_rank, -(-rank // multiple) * multiple)
+
+
 class RankPolicy:
-    """Base class. `needs_spectrum` tells the caller whether singular values must be computed."""
+    """Base class. `needs_spectrum` tells the caller whether singular values must be computed; `multiple`
+    (default 1) is what every rank is rounded up to, capped at the layer's maximum rank."""
 
     needs_spectrum = False
+    multiple = 1
 
     def __call__(self, requests: list[RankRequest], fixed_cost: int = 0) -> dict[str, Rank]:
-        return {r.name: _per_mode(r.max_rank, self.layer_rank, r.spectrum) for r in requests}
+        def rule(max_rank: int, spectrum: Tensor | None) -> int:
+            return aligned(self.layer_rank(max_rank, spectrum), max_rank, self.multiple)
+        return {r.name: _per_mode(r.max_rank, rule, r.spectrum) for r in requests}
 
     def layer_rank(self, max_rank: int, spectrum: Tensor | None) -> int:
         raise NotImplementedError
+
+    def _repr_args(self, *args) -> str:
+        extra = [f"multiple={self.multiple}"] if self.multiple != 1 else []
+        return f"{type(self).__name__}({', '.join([*map(str, args), *extra])})"
 
 
 def _need(spectrum, policy: str) -> Tensor:
@@ -75,16 +102,17 @@ class Energy(RankPolicy):
 
     needs_spectrum = True
 
-    def __init__(self, energy: float):
+    def __init__(self, energy: float, multiple: int = 1):
         if not 0.0 < float(energy) <= 1.0:
             raise ValueError(f"Energy: the fraction must be in (0, 1], got {energy}")
         self.energy = float(energy)
+        self.multiple = _check_multiple(multiple)
 
     def layer_rank(self, max_rank, spectrum):
         return min(max_rank, int(linalg.energy_rank(_need(spectrum, "Energy"), self.energy).max()))
 
     def __repr__(self):
-        return f"Energy({self.energy})"
+        return self._repr_args(self.energy)
 
 
 class Threshold(RankPolicy):
@@ -92,104 +120,120 @@ class Threshold(RankPolicy):
 
     needs_spectrum = True
 
-    def __init__(self, value: float):
+    def __init__(self, value: float, multiple: int = 1):
         if float(value) < 0:
             raise ValueError(f"Threshold: the value must be ≥ 0, got {value}")
         self.value = float(value)
+        self.multiple = _check_multiple(multiple)
 
     def layer_rank(self, max_rank, spectrum):
         return min(max_rank, max(1, int((_need(spectrum, "Threshold") >= self.value).sum(-1).max())))
 
     def __repr__(self):
-        return f"Threshold({self.value})"
+        return self._repr_args(self.value)
 
 
 class Ratio(RankPolicy):
     """``max(1, int(ratio · max_rank))`` in each layer."""
 
-    def __init__(self, ratio: float):
+    def __init__(self, ratio: float, multiple: int = 1):
         if not 0.0 < float(ratio) <= 1.0:
             raise ValueError(f"Ratio: the ratio must be in (0, 1], got {ratio}")
         self.ratio = float(ratio)
+        self.multiple = _check_multiple(multiple)
 
     def layer_rank(self, max_rank, spectrum):
         return max(1, int(max_rank * self.ratio))
 
     def __repr__(self):
-        return f"Ratio({self.ratio})"
+        return self._repr_args(self.ratio)
 
 
 class FixedRank(RankPolicy):
     """The same rank in every layer, clamped to each layer's maximum rank."""
 
-    def __init__(self, rank: int):
+    def __init__(self, rank: int, multiple: int = 1):
         if isinstance(rank, bool) or int(rank) != rank or int(rank) < 1:
             raise ValueError(f"FixedRank: the rank must be a positive integer, got {rank!r}")
         self.rank = int(rank)
+        self.multiple = _check_multiple(multiple)
 
     def layer_rank(self, max_rank, spectrum):
         return min(self.rank, max_rank)
 
     def __repr__(self):
-        return f"FixedRank({self.rank})"
+        return self._repr_args(self.rank)
 
 
 class FlopsBudget(RankPolicy):
     """Ranks across all layers so that the model costs at most ``fraction ×`` its dense FLOPs.
 
-    With spectra (a trained model) it is a greedy knapsack: every singular value is an item whose value is
-    its share of its layer's energy (σᵢ² / Σσ²) and whose cost is the MACs one more rank adds; items are
-    taken by value per MAC until the budget is spent. A layer never takes a rank at which its factorized
-    form would cost as much as the dense one. Without spectra (training from scratch), it searches the
-    largest common rank ratio that fits.
+    With spectra (a trained model) it is a greedy knapsack: every singular value (every block of
+    `multiple` of them) is an item whose value is its share of its layer's energy (σᵢ² / Σσ²) and whose
+    cost is the MACs the added rank costs; items are taken by value per MAC until the budget is spent. A
+    layer never takes a rank at which its factorized form would cost as much as the dense one. Without
+    spectra (training from scratch), it searches the largest common rank ratio that fits.
     """
 
-    def __init__(self, fraction: float):
+    def __init__(self, fraction: float, multiple: int = 1):
         if not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"FlopsBudget: the fraction of dense FLOPs must be in (0, 1], got {fraction}")
         self.fraction = float(fraction)
+        self.multiple = _check_multiple(multiple)
 
     needs_spectrum = True  # the greedy path wants spectra; the ratio search runs without them
 
+    def lowest(self, request: RankRequest) -> Rank:
+        """The smallest rank the budget gives a layer: `multiple`, or the layer's maximum rank if smaller."""
+        return _per_mode(request.max_rank, lambda m, s: min(m, self.multiple))
+
+    def floor(self, requests: list[RankRequest]) -> int:
+        """MACs of the layers at their lowest ranks (dense where that rank is not cheaper): the least any
+        budget can spend on them."""
+        return sum(min(r.cost(self.lowest(r)), r.dense_cost) for r in requests)
+
     def __call__(self, requests, fixed_cost=0):
         budget = self.fraction * (fixed_cost + sum(r.dense_cost for r in requests)) - fixed_cost
-        lowest = {r.name: _per_mode(r.max_rank, lambda m, s: 1) for r in requests}
-        floor = sum(r.cost(lowest[r.name]) for r in requests)
+        floor = self.floor(requests)
         if floor > budget:
-            raise ValueError(f"FlopsBudget({self.fraction}) is unreachable: the layers that are not factorized "
-                             f"cost {fixed_cost:,} MACs and every factorized layer at rank 1 adds {floor:,}; "
-                             "raise the fraction or factorize more layers")
+            lowest = "1" if self.multiple == 1 else f"{self.multiple} (its multiple)"
+            raise ValueError(f"{self!r} is unreachable: the layers that are not factorized cost {fixed_cost:,} "
+                             f"MACs and every factorized layer at rank {lowest} adds {floor:,}; raise the "
+                             "fraction, factorize more layers" + (" or lower the multiple" if self.multiple > 1
+                                                                   else ""))
         matrix = all(isinstance(r.max_rank, int) and r.spectrum is not None for r in requests)
         return self._greedy(requests, budget) if matrix else self._common_ratio(requests, budget)
 
-    @staticmethod
-    def _greedy(requests, budget):
-        ranks = {r.name: 1 for r in requests}
-        spent = sum(r.cost(1) for r in requests)
+    def _greedy(self, requests, budget):
+        ranks = {r.name: self.lowest(r) for r in requests}
+        spent = self.floor(requests)
         heap = []
         for i, r in enumerate(requests):
             e = pooled_spectrum(r.spectrum).double().square()
             share = (e / e.sum().clamp_min(1e-300)).tolist()
-            unit = r.cost(2) - r.cost(1)
             # ranks below the break-even point only: beyond it the dense layer is cheaper
-            top = min(r.max_rank, max(1, -(-r.dense_cost // max(unit, 1)) - 1))
-            for k in range(1, top):
-                heapq.heappush(heap, (-share[k] / max(unit, 1), i, k))
+            steps = [k for k in range(ranks[r.name], r.max_rank + 1, self.multiple)]
+            steps = [k for k in steps if k == ranks[r.name] or r.cost(k) < r.dense_cost]
+            if steps[-1] < r.max_rank and r.cost(r.max_rank) < r.dense_cost:
+                steps.append(r.max_rank)
+            for k, nxt in zip(steps, steps[1:]):
+                extra = r.cost(nxt) - r.cost(k)
+                heapq.heappush(heap, (-sum(share[k:nxt]) / max(extra, 1), i, k, nxt, extra))
         while heap:
-            _, i, k = heapq.heappop(heap)
+            _, i, k, nxt, extra = heapq.heappop(heap)
             r = requests[i]
-            if ranks[r.name] != k:  # an earlier singular value of this layer did not fit
+            if ranks[r.name] != k:  # an earlier block of this layer did not fit
                 continue
-            extra = r.cost(k + 1) - r.cost(k)
             if spent + extra <= budget:
-                ranks[r.name] = k + 1
+                ranks[r.name] = nxt
                 spent += extra
         return ranks
 
-    @staticmethod
-    def _common_ratio(requests, budget):
+    def _common_ratio(self, requests, budget):
         def at(ratio):
-            return {r.name: _per_mode(r.max_rank, lambda m, s: max(1, int(round(m * ratio)))) for r in requests}
+            return {r.name: _per_mode(r.max_rank,
+                                      lambda m, s: aligned(max(1, int(round(m * ratio))), m, self.multiple))
+                    for r in requests}
 
         lo, hi = 0.0, 1.0
         for _ in range(40):
@@ -202,7 +246,7 @@ class FlopsBudget(RankPolicy):
         return at(lo)
 
     def __repr__(self):
-        return f"FlopsBudget({self.fraction})"
+        return self._repr_args(self.fraction)
 
 
 POLICIES: dict[str, type[RankPolicy]] = {
@@ -211,25 +255,36 @@ POLICIES: dict[str, type[RankPolicy]] = {
 
 
 def parse_policy(spec) -> RankPolicy:
-    """A policy from a policy object, an int (FixedRank) or a string ``name:value``, e.g. ``energy:0.95``."""
+    """A policy from a policy object, an int (FixedRank), a string ``name:value[,multiple:m]`` (e.g.
+    ``energy:0.95``, ``flops:0.45,multiple:8``) or the same as a mapping (``{"flops": 0.45, "multiple": 8}``)."""
     if isinstance(spec, RankPolicy):
         return spec
     if isinstance(spec, int) and not isinstance(spec, bool):
         return FixedRank(spec)
-    if isinstance(spec, dict) and len(spec) == 1:
-        (name, value), = spec.items()
-        spec = f"{name}:{value}"
-    name, sep, value = str(spec).partition(":")
+    if isinstance(spec, dict):
+        spec = ",".join(f"{k}:{v}" for k, v in spec.items())
+    head, *options = str(spec).split(",")
+    name, sep, value = head.strip().partition(":")
     if not sep or name not in POLICIES:
         hint = difflib.get_close_matches(name, POLICIES, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint and name != hint[0] else ""
-        raise ValueError(f"bad rank policy {spec!r}{extra}; expected NAME:VALUE with NAME one of "
-                         f"{', '.join(POLICIES)} (e.g. energy:0.95, flops:0.45, fixed:8)")
+        raise ValueError(f"bad rank policy {spec!r}{extra}; expected NAME:VALUE[,multiple:M] with NAME one of "
+                         f"{', '.join(POLICIES)} (e.g. energy:0.95, flops:0.45, fixed:8, flops:0.45,multiple:8)")
+    multiple = 1
+    for option in options:
+        key, sep, text = option.strip().partition(":")
+        if key != "multiple" or not sep:
+            raise ValueError(f"bad rank policy {spec!r}: unknown option {option.strip()!r}; the one option is "
+                             "multiple:M (ranks rounded to multiples of M)")
+        try:
+            multiple = int(text)
+        except ValueError:
+            raise ValueError(f"bad rank policy {spec!r}: multiple {text!r} is not an integer") from None
     try:
         number = int(value) if name == "fixed" else float(value)
     except ValueError:
         raise ValueError(f"bad rank policy {spec!r}: {value!r} is not a number") from None
-    return POLICIES[name](number)
+    return POLICIES[name](number, multiple=multiple)
 
 
 def pooled_spectrum(S: Tensor) -> Tensor:

@@ -180,10 +180,11 @@ class TRP(Method):
         dense = count(self.model, self.input_size).flops
         self._fixed_cost = dense - sum(r.dense_cost for r in self._requests.values())
         if isinstance(self.rank_policy, FlopsBudget):  # found now, not when a ramp gets there hours later
-            floor = self._fixed_cost + sum(r.cost(1) for r in self._requests.values())
+            floor = self._fixed_cost + self.rank_policy.floor(list(self._requests.values()))
             if floor > self.rank_policy.fraction * dense:
-                raise ValueError(f"TRP: rank={rank!r} cannot be met: at rank 1 everywhere the model still costs "
-                                 f"{floor / dense:.1%} of its dense FLOPs (the layers TRP leaves dense included)")
+                raise ValueError(f"TRP: rank={rank!r} cannot be met: at rank {self.rank_policy.multiple} "
+                                 f"everywhere the model still costs {floor / dense:.1%} of its dense FLOPs (the "
+                                 "layers TRP leaves dense included)")
         self._groups: list[WeightGroup] = group_weights(layers, self.scheme)
         self._max_rank = {name: self.scheme.max_rank(ConvGeometry.of(module)) for name, module in layers}
         self._ranks = dict(self._max_rank)
@@ -343,7 +344,7 @@ class TRP(Method):
             raise RuntimeError("TRP: a ramp needs the run's length: call setup(steps_per_epoch, total_steps) "
                                "before training (the Trainer does)")
         progress = min(1.0, self.step / (self.ramp * self.total_steps))
-        return FlopsBudget(1.0 - (1.0 - self.rank_policy.fraction) * progress)
+        return FlopsBudget(1.0 - (1.0 - self.rank_policy.fraction) * progress, self.rank_policy.multiple)
 
     def ranks(self) -> dict[str, int]:
         """Rank of every trained layer at the last projection written (its full rank before the first one;
