@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="resnet20", help="a CIFAR model of lrtrain.models")
     p.add_argument("--weights", type=Path, help="a saved model (export.save / a run's compact.pt); default: "
                    "the reproduce run <model>_dense's, else fresh weights")
-    p.add_argument("--budget", type=float, default=0.45, help="FLOPs budget, fraction of the dense FLOPs")
+    p.add_argument("--flops", type=float, default=0.45, help="FLOPs budget, fraction of the dense FLOPs")
     p.add_argument("--schemes", nargs="+", default=["channel", "spatial"])
     p.add_argument("--multiples", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--data-dir", help="CIFAR-10 folder: adds the test accuracy without fine-tuning")
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="CUDA: also time torch.compile'd models")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--budget", type=float, help="seconds: no compilation starts past it (CUDA)")
     add_timing_args(p, "rank_multiples", repeats=15)
     args = p.parse_args(argv)
     device, header = timing_header("Ranks in multiples of the channel block vs free ranks, at one FLOPs budget",
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is None:
         args.threads = torch.get_num_threads()
     raise_recompile_limit()
-    report = Report(args.out or RESULTS / f"rank_multiples_{device_slug(device)}.md", header, None)
+    deadline = time.monotonic() + args.budget if args.budget else None
+    report = Report(args.out or RESULTS / f"rank_multiples_{device_slug(device)}.md", header, deadline)
     report.add(["## Conv time against its rank", "", *block_sweep(device, args)])
 
     dense, source = load_model(args)
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         for multiple in args.multiples:
             label = f"{scheme}, multiple {multiple}"
             try:
-                compact = lr.factorize(copy.deepcopy(dense), rank=lr.FlopsBudget(args.budget, multiple=multiple),
+                compact = lr.factorize(copy.deepcopy(dense), rank=lr.FlopsBudget(args.flops, multiple=multiple),
                                        scheme=scheme)
             except ValueError as e:  # the budget cannot be met in steps of this multiple
                 rows.append([label, "unreachable", "—", "—", "—", "—"])
@@ -160,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             nets[label] = fold_batchnorm(compact)
     for net in nets.values():
         net.to(memory_format=torch.channels_last)
-    report.add([f"## {args.model} at {args.budget:g} of the dense FLOPs", "",
-                f"Weights: {source}. Decomposed by `lr.factorize(rank=FlopsBudget({args.budget:g}, multiple=m))` "
+    report.add([f"## {args.model} at {args.flops:g} of the dense FLOPs", "",
+                f"Weights: {source}. Decomposed by `lr.factorize(rank=FlopsBudget({args.flops:g}, multiple=m))` "
                 "(spectra of the trained weights: the greedy budget), no fine-tuning; energy kept: mean over "
                 "the factorized convs of ‖W_r‖²/‖W‖².", "",
                 *_table(["model", "conv ranks", "MMACs", "FLOPs speedup", "energy kept", "test top-1"], rows)])

@@ -126,9 +126,36 @@ def test_elrt_step_records_the_commit_given_and_copies_its_result_to_out(tmp_pat
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     (tmp_path / "out").mkdir()
     elrt_step.main(["--model", "resnet20", "--batch", "2", "--warmup", "0", "--iters", "1", "--reductions", "0.5",
-                    "--commit", "abc1234"])
+                    "--multiples", "1", "8", "--commit", "abc1234"])
     text = (tmp_path / "out" / "elrt_step_cpu.md").read_text()
     assert "- commit: abc1234" in text and text == (tmp_path / "results" / "elrt_step_cpu.md").read_text()
+    ranks = {row[0]: row[1].split() for row in ([c.strip() for c in line.strip("|").split("|")]
+                                                 for line in text.splitlines() if line.startswith("| ELRT"))}
+    assert all(int(r) % 8 == 0 for r in ranks["ELRT tucker2 −50% FLOPs, ranks ×8"])
+    assert any(int(r) % 8 for r in ranks["ELRT tucker2 −50% FLOPs"])
+
+
+def test_rank_multiples_tabulates_aligned_ranks_beside_free_ones_and_marks_an_unreachable_multiple(tmp_path):
+    import rank_multiples
+
+    weights = tmp_path / "dense.pt"
+    torch.manual_seed(0)
+    lr.export.save(lr.models.create("resnet20"), weights, "resnet20", 10)
+    out = tmp_path / "rm.md"
+    rank_multiples.main(["--weights", str(weights), "--schemes", "channel", "--multiples", "1", "8", "16",
+                         "--batches", "1", "--repeats", "1", "--iters", "1", "--rounds", "1", "--out", str(out)])
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+             if line.startswith("| ")]
+    rows = {row[0]: row for row in cells if len(row) == 6}  # the ranks table
+    times = {row[0]: row for row in cells if len(row) == 2}  # the timing table, one batch size
+    sweep = next(row for row in cells if row[0] == "64@8²")[2].split()
+    assert len(sweep) == 64 and all(float(v) > 0 for v in sweep)
+    assert all(int(r) % 8 == 0 for r in rows["channel, multiple 8"][1].split())
+    assert any(int(r) % 8 for r in rows["channel, multiple 1"][1].split())
+    assert rows["channel, multiple 16"][1] == "unreachable"
+    for label in ("channel, multiple 1", "channel, multiple 8"):  # same budget: 2.2x fewer FLOPs either way
+        assert float(rows[label][3].rstrip("x")) >= 1 / 0.45 - 0.01
+    assert times["dense"][1].endswith("ms, 1.00x") and "ms," in times["channel, multiple 8"][1]
 
 
 class _Report:

@@ -94,6 +94,8 @@ def test_explicit_ranks_and_errors():
         lr.factorize(model, rank={"0": 40}, input_size=(1, 8, 10, 10))
     with pytest.raises(ValueError, match="no such conv/linear layer"):
         lr.factorize(model, rank={"nope": 2}, input_size=(1, 8, 10, 10))
+    with pytest.raises(ValueError, match=r"read as \{layer: rank\}; for a policy write a string, e.g. 'flops:0.45'"):
+        lr.factorize(model, rank={"flops": 0.45, "multiple": 8}, input_size=(1, 8, 10, 10))
     lr.factorize(model, rank={"0": 3}, input_size=(1, 8, 10, 10))
     assert isinstance(model[0], LowRankConv2d) and model[0].rank == 3
     assert isinstance(model[3], nn.Linear)

@@ -110,7 +110,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _policy_arguments(p: argparse.ArgumentParser, default_rank: str) -> None:
     p.add_argument("--rank", default=default_rank,
-                   help="rank policy: energy:E, threshold:V, ratio:R, fixed:K or flops:F (default %(default)s)")
+                   help="rank policy: energy:E, threshold:V, ratio:R, fixed:K or flops:F, each with an optional "
+                        ",multiple:M (ranks in multiples of M, e.g. 8 for GPU tensor cores) (default %(default)s)")
     p.add_argument("--scheme", default="channel", help="channel, spatial, decoupled or tucker2 (default %(default)s)")
     p.add_argument("--skip", nargs="*", default=[], metavar="PATTERN", help="layer names to keep dense (fnmatch)")
 

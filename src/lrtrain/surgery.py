@@ -22,7 +22,7 @@ from torch import nn
 from . import linalg
 from .layers import LowRankConv2d, LowRankLinear, check_factorizable
 from .metrics import trace_calls
-from .ranks import Rank, RankPolicy, RankRequest, parse_policy
+from .ranks import POLICIES, Rank, RankPolicy, RankRequest, parse_policy
 from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs
 
 log = logging.getLogger("lrtrain")
@@ -170,6 +170,9 @@ def _explicit_ranks(ranks: dict[str, Rank], cands: list[Candidate], skipped: lis
     for name in ranks:
         if name not in names:
             why = next((d.reason for d in skipped if d.name == name), "no such conv/linear layer in the model")
+            if name in POLICIES or name == "multiple":
+                why += (f" (a mapping of ranks is read as {{layer: rank}}; for a policy write a string, e.g. "
+                        f"'{name}:{ranks[name]}' or 'flops:0.45,multiple:8')")
             raise ValueError(f"layer {name!r} was given a rank but cannot be factorized: {why}")
     return ranks
 
