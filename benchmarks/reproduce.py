@@ -77,7 +77,8 @@ import yaml
 
 from lrtrain import benchmark
 from lrtrain.config import load_recipe
-from lrtrain.train.checkpoint import atomic_write_text, list_checkpoints
+from lrtrain.files import atomic_write_text
+from lrtrain.train.checkpoint import list_checkpoints
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -9,8 +9,8 @@ from torch import nn
 
 from lrtrain.config import resolve
 from lrtrain.train import Trainer
-from lrtrain.train.checkpoint import (atomic_write, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
-                                      set_rng_state)
+from lrtrain.files import atomic_write
+from lrtrain.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 class DropNet(nn.Sequential):

@@ -125,6 +125,29 @@ def test_writing_an_export_onto_a_folder_is_one_line(run_dir, tmp_path, capsys):
     assert "a_folder" in err
 
 
+@pytest.mark.parametrize("extra", [["--format", "torchscript"], ["--format", "onnx", "--deploy"]])
+def test_an_export_input_size_that_does_not_fit_the_model_is_one_line(run_dir, tmp_path, capsys, extra):
+    if "onnx" in extra:
+        pytest.importorskip("onnx")
+    out = tmp_path / "m.out"
+    err = _fails(capsys, ["export", str(run_dir), *extra, "--input-size", "1", "1", "32", "32", "-o", str(out)])
+    assert "cannot run on input_size (1, 1, 32, 32)" in err and "3 channels" in err
+    assert not out.exists()
+
+
+def test_an_export_into_a_missing_folder_names_the_folder(run_dir, tmp_path, capsys):
+    err = _fails(capsys, ["export", str(run_dir), "--format", "state_dict", "-o", str(tmp_path / "nodir" / "m.pt")])
+    assert err.endswith(f"there is no folder {tmp_path / 'nodir'}")
+
+
+def test_a_damaged_compact_model_says_why_without_torchs_advice(run_dir, tmp_path, capsys):
+    for name, content in (("empty.pt", b""), ("junk.pt", bytes(range(256)))):
+        (tmp_path / name).write_bytes(content)
+        err = _fails(capsys, ["export", str(tmp_path / name), "--format", "state_dict", "-o", str(tmp_path / "o.pt")])
+        assert f"cannot read compact model {tmp_path / name}: " in err and "weights_only" not in err
+        assert ("empty or cut short" if name == "empty.pt" else "not a PyTorch file, or a damaged one") in err
+
+
 def test_a_checkpoint_of_another_model_or_method_names_both(run_dir, capsys):
     config = run_dir / "config.yaml"
     text = config.read_text()
@@ -147,7 +170,11 @@ def test_a_checkpoint_of_another_model_or_method_names_both(run_dir, capsys):
     ("{name: elrt, rank: {layer1.0.conv1: [20, 4]}}", "r_in in 1..16, r_out in 1..16"),
     ("{name: lrpet, rank: {layer9.conv1: 4}}",
      "layer 'layer9.conv1' was given a rank but cannot be factorized: no such conv/linear layer in the model"),
-    ("{name: trp, rank: 'fixed:0'}", "FixedRank: the rank must be a positive integer, got 0"),
+    ("{name: trp, rank: 'fixed:0'}", "method 'trp': FixedRank: the rank must be a positive integer, got 0"),
+    ("{name: lrpet, goal: abc}", "method 'lrpet': could not convert string to float: 'abc' (from goal='abc')"),
+    ("{name: lrpet, goal: 0.5, rank: 'flops:0.4'}",
+     "got goal=0.5, rank='flops:0.4' (to replace a recipe's goal by a rank: --set method.goal=null)"),
+    ("{name: elrt, rank: 'flops:0.45,multiple:8,multiple:16'}", "multiple is given twice"),
 ])
 def test_impossible_ranks(tmp_path, capsys, method, message):
     recipe = _recipe(tmp_path, TINY + f"method: {method}\n")
@@ -236,3 +263,18 @@ def test_help_and_a_bad_recipe_answer_without_importing_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "False"], done.stderr
     assert "unknown key 'data.nmae' (did you mean 'data.name'?)" in done.stderr
+
+
+def test_a_warning_is_one_line_without_the_source_location(tmp_path, capsys):
+    import warnings
+
+    recipe = _recipe(tmp_path, TINY + "schedule: {name: step, milestones: [5]}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["train", recipe, "--out-dir", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "milestones" in line]
+    assert lines == [f"lrtrain: warning: {recipe}: schedule.milestones [5] lie at or past train.epochs=1: the "
+                     "learning rate is never lowered there (set schedule.milestones for the shorter run, or "
+                     "schedule.name=cosine)"]
+    assert "config.py" not in err and warnings.showwarning.__module__ == "warnings"  # put back after the run

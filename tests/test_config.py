@@ -92,6 +92,17 @@ def test_a_section_with_every_key_commented_out_is_an_empty_section(tmp_path):
     assert load_recipe(recipe)["train"] == resolve({})["train"]
 
 
+def test_a_value_out_of_range_names_the_overrides_beside_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  batch_size: 8\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml \(with --set train\.epochs=2 data\.batch_size=0\): "
+                                          r"data\.batch_size must be >= 1"):
+        load_recipe(recipe, ["train.epochs=2", "data.batch_size=0"])
+    recipe.write_text("data:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: data\.batch_size must be >= 1"):
+        load_recipe(recipe)
+
+
 def test_recipe_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  momentun: 0.9\n")

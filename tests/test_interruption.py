@@ -223,7 +223,8 @@ def test_the_cli_exits_130_on_sigint_and_stops_at_once_on_a_second_one(tmp_path,
 
 _WRITER = """
 import sys, time, torch
-from lrtrain.train.checkpoint import atomic_write, save_checkpoint
+from lrtrain.files import atomic_write
+from lrtrain.train.checkpoint import save_checkpoint
 
 folder = sys.argv[1]
 save_checkpoint(folder, 1, {"step": 1, "weights": torch.arange(10.0)}, keep=5)

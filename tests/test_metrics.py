@@ -192,3 +192,8 @@ def test_latency_ratio_takes_turns_and_divides_the_medians():
 
 def test_docstring_examples_run():
     assert doctest.testmod(metrics).failed == 0
+
+
+def test_counts_print_as_one_line_of_totals():
+    # ResNet-20: 19 convs and the classifier, 40.55 M MACs, 0.27 M parameters (He et al.)
+    assert str(count(models.create("resnet20"))) == "40.55 M MACs, 0.270 M params (20 conv/linear layers)"

@@ -35,7 +35,7 @@ def test_bad_weight_files_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match=r"model.weights: no file '.*nope.pt'"):
         load_pretrained(model, tmp_path / "nope.pt", owner="model.weights")
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="is not a readable PyTorch weights file"):
+    with pytest.raises(ValueError, match=r"^weights: cannot read weights file .*junk.pt: not a PyTorch file"):
         load_pretrained(model, tmp_path / "junk.pt")
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "meta.pt")
     with pytest.raises(ValueError, match="holds no state_dict"):

@@ -133,6 +133,10 @@ def test_parse_policy_multiple_option_and_its_errors():
     assert parse_policy("ratio:0.5, multiple:4").multiple == 4
     with pytest.raises(ValueError, match="unknown option 'multple:8'"):
         parse_policy("flops:0.45,multple:8")
+    with pytest.raises(ValueError, match="multiple is given twice"):
+        parse_policy("flops:0.45,multiple:8,multiple:16")
+    with pytest.raises(ValueError, match="'8.5' is not an integer"):
+        parse_policy("fixed:8.5")
     with pytest.raises(ValueError, match="multiple 'x' is not an integer"):
         parse_policy("flops:0.45,multiple:x")
     for bad in (0, -8, 2.5, True, "8"):

@@ -85,11 +85,12 @@ def test_the_rank_table_lists_the_compact_models_low_rank_layers(runs, two_runs)
     assert f"| **total** | | | {flops:,} |" in markdown
 
 
-def test_the_command_plots_chosen_layers_and_notes_unknown_ones(runs, tmp_path):
+def test_the_command_plots_chosen_layers_and_notes_unknown_ones(runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert cli.main(["report", str(runs / "trp"), "-o", str(out), "--layers", "layer2.0.conv2", "nope"]) == 0
     markdown = (out / "README.md").read_text()
     assert "layer 'nope': not in this run's checkpoint or compact model, skipped" in markdown
+    assert "note: trp: layer 'nope': not in this run's checkpoint or compact model, skipped" in capsys.readouterr().out
     assert_real_png(out / "trp_spectra.png")
 
 

@@ -101,6 +101,15 @@ def test_explicit_ranks_and_errors():
     assert isinstance(model[3], nn.Linear)
 
 
+def test_a_compact_model_given_again_is_called_one():
+    compact = nn.Sequential(LowRankConv2d(3, 16, 3, rank=4, padding=1), nn.Flatten(), LowRankLinear(16 * 64, 10, 4))
+    with pytest.raises(ValueError, match=r"ELRT: no layer of Sequential can be factorized \(its 2 conv/linear "
+                                         r"layer\(s\) are factorized already: it is a compact model\)"):
+        lr.ELRT(compact, rank="ratio:0.5", skip=(), input_size=(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"no conv or linear layer\)"):
+        lr.ELRT(nn.Sequential(nn.Flatten()), rank="ratio:0.5", skip=(), input_size=(1, 3, 8, 8))
+
+
 def test_wrong_input_size_is_reported():
     with pytest.raises(ValueError, match="input_size"):
         lr.factorize(models.create("resnet20"), rank=4, input_size=(1, 1, 32, 32))

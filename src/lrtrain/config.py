@@ -297,12 +297,13 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     recipe.setdefault("name", file.stem)
     for assignment in overrides:
         apply_override(recipe, assignment)
-    return resolve(recipe, source=str(file))
+    # a value out of range may come from the file or from an override: name both
+    return resolve(recipe, source=f"{file} (with --set {' '.join(overrides)})" if overrides else str(file))
 
 
 def dump(cfg: dict[str, Any], path: str | Path) -> None:
     """Write a resolved config as YAML (the run directory's config.yaml), atomically: a run killed while
     writing it keeps the previous one, which ``lrtrain train RUN --resume`` reads."""
-    from .train.checkpoint import atomic_write_text
+    from .files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))

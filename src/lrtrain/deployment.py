@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .fold import fold_batchnorm
 from .layers import LowRankConv2d
-from .metrics import _inference, _sync
+from .metrics import _forward, _inference, _sync
 from .surgery import replace_module
 
 Timer = Callable[[nn.Module, nn.Module, Tensor], tuple[float, float]]
@@ -131,7 +131,7 @@ def _layer_inputs(model: nn.Module, input_size) -> dict[str, Tensor]:
              for name, m in model.named_modules() if isinstance(m, LowRankConv2d)]
     try:
         with _random_batch(model, input_size) as x:
-            model(x)
+            _forward(model, x)  # a ValueError naming input_size where it does not fit the model
     finally:
         for h in hooks:
             h.remove()

@@ -23,13 +23,15 @@ import copy
 import io
 import warnings
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from . import models
+from .files import atomic_write, load_torch_file
 from .layers import LowRankConv2d, LowRankLinear
+from .metrics import _forward, _inference
 from .surgery import replace_module
 
 FORMAT = 1
@@ -114,13 +116,6 @@ def rebuild(arch: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    # Imported here: the checkpoint module sits in the training package, which loading never needs.
-    from .train.checkpoint import atomic_write
-
-    atomic_write(path, write)
-
-
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -134,19 +129,12 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
     """
     arch = describe(model, model_name, num_classes, **extra)
     state = _state(model)
-    _atomic_write(path, lambda f: torch.save({"format": FORMAT, "arch": arch, "state_dict": state}, f))
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "arch": arch, "state_dict": state}, f))
 
 
 def load_with_arch(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """`load`, also returning the file's ``arch`` (model name, classes, layers, input size when known)."""
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a directory, not a compact model file") from None
-    except Exception as err:  # truncated or corrupt files raise several error types
-        raise ValueError(f"cannot read compact model {path}: {' '.join(str(err).split())}") from None
+    blob = load_torch_file(path, "compact model", map_location)
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
         hint = " (a training checkpoint: make a compact model of it with lrtrain compress)" \
             if isinstance(blob, dict) and "config" in blob else ""
@@ -206,7 +194,7 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size=(1, 3, 32,
         except Exception:
             with torch.no_grad():
                 module = torch.jit.trace(net, _example(input_size))
-        _atomic_write(path, lambda f: torch.jit.save(module, f))
+        atomic_write(path, lambda f: torch.jit.save(module, f))
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32), opset: int | None = None) -> None:
@@ -226,7 +214,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32), o
         torch.onnx.export(net, (_example(input_size),), buffer, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    _atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def export_state_dict(model: nn.Module, path: str | Path) -> None:
@@ -235,7 +223,7 @@ def export_state_dict(model: nn.Module, path: str | Path) -> None:
     It fits ``rebuild(arch)`` (or the model `load` returns) for ``arch`` the architecture `describe` gives.
     """
     state = _state(model)
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 EXPORTERS: dict[str, Callable[..., None]] = {
@@ -245,10 +233,17 @@ EXPORTERS: dict[str, Callable[..., None]] = {
 }
 
 
+def _check_input_size(model: nn.Module, input_size) -> None:
+    """A ValueError naming `input_size` where the model cannot run on it (not torch's shape error)."""
+    with _inference(model, input_size) as x:
+        _forward(model, x)
+
+
 def export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32), **options: Any) -> None:
     """Write `model` to `path` in `format` (one of `EXPORT_FORMATS`)."""
     if format not in EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    _check_input_size(model, input_size)
     EXPORTERS[format](model, path, tuple(input_size), **options)
 
 
@@ -258,6 +253,7 @@ def check_export(model: nn.Module, path: str | Path, format: str, input_size=(1,
     The batch has one more image than `input_size` says (the exported batch dimension must not be fixed).
     None for ONNX when onnxruntime is not installed.
     """
+    _check_input_size(model, input_size)
     net = _deployable(model)
     size = (input_size[0] + 1, *input_size[1:])
     x = torch.randn(size, generator=torch.Generator().manual_seed(1))

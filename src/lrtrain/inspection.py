@@ -115,8 +115,8 @@ def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str 
     note = ""
     if not any(d.factorize for d in decisions):
         if all(d.rank is None for d in decisions):  # not one layer is eligible: the request cannot work
-            raise ValueError(f"no layer was factorized, so there is nothing to compress ({why_none(decisions)})")
-        note = f"no layer was factorized: at these ranks none is cheaper than dense ({why_none(decisions, 1)})"
+            raise ValueError(f"no layer was factorized, so there is nothing to compress ({why_none(decisions, model)})")
+        note = f"no layer was factorized: at these ranks none is cheaper than dense ({why_none(decisions, model, 1)})"
     compact = factorize(copy.deepcopy(model), rank, scheme, skip, size)
     export.save(compact, out, name, classes, input_size=list(size))
     with torch.no_grad():

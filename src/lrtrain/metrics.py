@@ -43,6 +43,10 @@ class Counts:
     params: int
     layers: dict[str, LayerCount] = field(default_factory=dict)
 
+    def __str__(self) -> str:
+        return (f"{self.flops / 1e6:,.2f} M MACs, {self.params / 1e6:,.3f} M params "
+                f"({len(self.layers)} conv/linear layers)")
+
 
 def _check_size(input_size) -> tuple[int, int, int, int]:
     if not (

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .files import load_torch_file
 
 
 def load_pretrained(model: nn.Module, path: str | Path, owner: str = "weights") -> None:
@@ -22,10 +22,9 @@ def load_pretrained(model: nn.Module, path: str | Path, owner: str = "weights") 
     if not path.is_file():
         raise ValueError(f"{owner}: no file {str(path)!r}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as err:
-        detail = " ".join(str(err).split())[:300]
-        raise ValueError(f"{owner}: {str(path)!r} is not a readable PyTorch weights file ({detail})") from None
+        state = load_torch_file(path, "weights file")
+    except ValueError as err:
+        raise ValueError(f"{owner}: {err}") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

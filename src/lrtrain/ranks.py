@@ -198,7 +198,7 @@ class FlopsBudget(RankPolicy):
         if floor > budget:
             lowest = "1" if self.multiple == 1 else f"{self.multiple} (its multiple)"
             raise ValueError(f"{self!r} is unreachable: the layers that are not factorized cost {fixed_cost:,} "
-                             f"MACs and every factorized layer at rank {lowest} adds {floor:,}; raise the "
+                             f"MACs and the factorized ones at rank {lowest} add {floor:,} together; raise the "
                              "fraction, factorize more layers" + (" or lower the multiple" if self.multiple > 1
                                                                    else ""))
         matrix = all(isinstance(r.max_rank, int) and r.spectrum is not None for r in requests)
@@ -271,6 +271,10 @@ def parse_policy(spec) -> RankPolicy:
         raise ValueError(f"bad rank policy {spec!r}{extra}; expected NAME:VALUE[,multiple:M] with NAME one of "
                          f"{', '.join(POLICIES)} (e.g. energy:0.95, flops:0.45, fixed:8, flops:0.45,multiple:8)")
     multiple = 1
+    if len(options) > 1:
+        raise ValueError(f"bad rank policy {spec!r}: multiple is given twice" if all(
+            o.strip().startswith("multiple:") for o in options) else
+            f"bad rank policy {spec!r}: one option at most (multiple:M)")
     for option in options:
         key, sep, text = option.strip().partition(":")
         if key != "multiple" or not sep:
@@ -283,7 +287,8 @@ def parse_policy(spec) -> RankPolicy:
     try:
         number = int(value) if name == "fixed" else float(value)
     except ValueError:
-        raise ValueError(f"bad rank policy {spec!r}: {value!r} is not a number") from None
+        kind = "an integer" if name == "fixed" else "a number"
+        raise ValueError(f"bad rank policy {spec!r}: {value!r} is not {kind}") from None
     return POLICIES[name](number, multiple=multiple)
 
 

@@ -381,6 +381,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
             md += ["### Compact model", "", rank_table(compact, arch), ""]
         if run.notes:
             md += ["### Notes", "", *[f"- {note}" for note in run.notes], ""]
+            for note in run.notes:  # on the terminal too: a mistyped --layers name should not pass unseen
+                print(f"note: {run.name}: {note}")
     path = out / "README.md"
     path.write_text("\n".join(md))
     return path

@@ -221,10 +221,12 @@ def plan(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", 
     return sorted(decisions, key=lambda d: order[d.name])
 
 
-def why_none(decisions: list[Decision], limit: int = 3) -> str:
-    """Why no layer is factorized, in one short line: the first `limit` layers and their reasons."""
+def why_none(decisions: list[Decision], model: nn.Module, limit: int = 3) -> str:
+    """Why no layer of `model` is factorized, in one short line: the first `limit` layers and their reasons."""
     if not decisions:
-        return "the model has no conv or linear layer"
+        done = sum(isinstance(m, (LowRankConv2d, LowRankLinear)) for m in model.modules())
+        return (f"its {done} conv/linear layer(s) are factorized already: it is a compact model" if done
+                else "the model has no conv or linear layer")
     shown = "; ".join(f"{d.name}: {d.reason}" for d in decisions[:limit])
     more = len(decisions) - limit
     return shown + (f"; and {more} more layer{'s' if more > 1 else ''}" if more > 0 else "")

@@ -74,7 +74,16 @@ def create_method(name: str, model: nn.Module, **params: Any) -> Method:
         signature.bind(model, **params)
     except TypeError as err:
         raise ValueError(f"method {name!r}: {err}") from None
-    return cls(model, **params)
+    try:
+        return cls(model, **params)
+    except (TypeError, ValueError) as err:
+        # a value of the wrong type (a recipe's string where a number belongs) fails inside Python's own
+        # conversions, whose messages name neither the method nor the parameter
+        text = str(err)
+        if text.startswith((f"{cls.__name__}:", f"method {name!r}")):
+            raise
+        culprits = ", ".join(f"{k}={v!r}" for k, v in params.items() if isinstance(v, str) and repr(v) in text)
+        raise ValueError(f"method {name!r}: {text}" + (f" (from {culprits})" if culprits else "")) from err
 
 
 # Importing a method module registers it.

@@ -193,7 +193,7 @@ class ELRT(Method):
         self.decisions = self._plan(rank, equal_ranks, skip, tuple(input_size))
         if not any(d.factorize for d in self.decisions):
             raise ValueError(f"ELRT: no layer of {type(model).__name__} can be factorized "
-                             f"({why_none(self.decisions)})")
+                             f"({why_none(self.decisions, model)})")
         self.layers: dict[str, LowRank] = {}
         for d in self.decisions:
             if not d.factorize:
@@ -212,7 +212,7 @@ class ELRT(Method):
         cands, skipped = candidates(self.model, self.scheme, skip, input_size)
         if not cands:
             raise ValueError(f"ELRT: no layer of {type(self.model).__name__} can be factorized "
-                             f"({why_none(skipped)})")
+                             f"({why_none(skipped, self.model)})")
         requests = [_tied(c.request) if equal_ranks else c.request for c in cands]
         chosen = policy(requests, fixed_cost=sum(d.dense_flops for d in skipped))
         return plan(self.model, chosen, self.scheme, skip, input_size)

@@ -136,7 +136,9 @@ class LRPET(Method):
         super().__init__(model)
         if (goal is None) == (rank is None):
             raise ValueError(f"LRPET: give exactly one of goal= (e.g. 0.54) and rank= (a policy such as "
-                             f"'flops:0.45', or {{layer: rank}}), got goal={goal!r}, rank={rank!r}")
+                             f"'flops:0.45', or {{layer: rank}}), got goal={goal!r}, rank={rank!r}"
+                             + (" (to replace a recipe's goal by a rank: --set method.goal=null)"
+                                if goal is not None else ""))
         if not (period == "epoch" or (isinstance(period, int) and not isinstance(period, bool) and period >= 1)):
             raise ValueError(f"LRPET: period must be a positive number of steps or 'epoch', got {period!r}")
         if not 0.0 <= float(transfer) <= 1.0:
@@ -162,7 +164,7 @@ class LRPET(Method):
                                                                              self._fixed_cost)
         if not cands:
             raise ValueError(f"LRPET: {type(model).__name__} has no conv that can be projected "
-                             f"({surgery.why_none(skipped)})")
+                             f"({surgery.why_none(skipped, model)})")
         self._cands = {c.name: c for c in cands}
         self._groups: list[WeightGroup] = group_weights([(c.name, c.module) for c in cands], self._scheme)
         pairs = conv_bn_pairs(model, self.input_size) if bn_rectify else {}

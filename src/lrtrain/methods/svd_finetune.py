@@ -73,7 +73,7 @@ class SVDFinetune(Method):
         cands, skipped = surgery.candidates(model, self.scheme, self.skip, self.input_size, self.linear)
         if not cands:  # found now, not at the swap halfway through training
             raise ValueError(f"SVDFinetune: no layer of {type(model).__name__} can be factorized under scheme "
-                             f"{self.scheme.name!r} ({surgery.why_none(skipped)})")
+                             f"{self.scheme.name!r} ({surgery.why_none(skipped, model)})")
         if init is not None:
             load_pretrained(model, init, owner="SVDFinetune init")
         self.swapped = False

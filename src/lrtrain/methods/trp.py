@@ -225,7 +225,7 @@ class TRP(Method):
                        "first" if preset == "official" else
                        f"{len(convs)} factorizable conv(s), none cheaper factorized than dense")
             else:
-                why = surgery.why_none(skipped) if skipped else "the model has no conv layer"
+                why = surgery.why_none(skipped, self.model)
             raise ValueError(f"TRP: no conv of the model is eligible under scheme {self.scheme.name!r} "
                              f"and preset {preset!r} ({why})")
         return [(c.name, c.module) for c in train], final, {c.name: c.request for c in train}

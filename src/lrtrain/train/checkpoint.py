@@ -1,47 +1,22 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``, and the RNG states they carry.
 
-A checkpoint is written to a temporary file in the same folder, flushed and fsync'ed, then renamed over
-its final name (and the folder fsync'ed), so a crash leaves either the old or the new file, never half
-of one. Files are named by step (``step_000001234.pt``) and only the newest ``keep`` are kept.
+A checkpoint is written atomically (`files.atomic_write`: a crash leaves the old or the new file, never
+half of one). Files are named by step (``step_000001234.pt``) and only the newest ``keep`` are kept.
 Everything stored is plain data (tensors, numbers, strings, lists, dicts): no pickled objects.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import Any
 
 import torch
 
+from ..files import atomic_write, load_torch_file
+
 _NAME = re.compile(r"step_(\d+)\.pt")
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Create or replace ``path`` with what ``write(file)`` writes, atomically and durably."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # makes the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -64,10 +39,7 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; a damaged file raises ValueError naming it."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # damaged files raise many kinds (KeyError, struct.error, UnpicklingError, ...)
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    return load_torch_file(path, "checkpoint", map_location)
 
 
 def rng_state() -> dict[str, Any]:

@@ -40,14 +40,14 @@ from ..pretrained import load_pretrained
 from ..provenance import commit, today
 from . import distributed
 from .bn import recalibrate_bn
-from .checkpoint import (atomic_write, atomic_write_text, list_checkpoints, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state)
+from ..files import atomic_write, atomic_write_text
+from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .schedule import from_config as schedule_from_config
 
 METRICS_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
                   "img_per_s"]
 RANK_FIELDS = ["step", "layer", "rank", "max_rank"]
-_RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "compact_module.pt"]
+RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "compact_module.pt"]
 
 
 class DivergenceError(RuntimeError):
@@ -569,7 +569,7 @@ class Trainer:
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if overwrite and not resume:
-                for path in [*existing, *(self.run_dir / f for f in _RUN_FILES)]:
+                for path in [*existing, *(self.run_dir / f for f in RUN_FILES)]:
                     path.unlink(missing_ok=True)
             for stale in [*ckpt_dir.glob(".step_*.tmp"), *self.run_dir.glob(".*.tmp")]:
                 stale.unlink(missing_ok=True)  # half-written files of a process that was killed

@@ -1,0 +1,80 @@
+"""Files lrtrain writes and reads: atomic writes, and `torch.load` errors said in one line.
+
+A file is written to a temporary file in the same folder, flushed and fsync'ed, then renamed over its final
+name (and the folder fsync'ed), so a crash leaves either the old or the new file, never half of one. The
+file gets the permissions any new file gets under the process's umask (a temporary file alone would be
+private to its owner). Every torch file is read with ``weights_only=True``: plain data, no pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, IO
+
+import torch
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Create or replace ``path`` with what ``write(file)`` writes, atomically and durably."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: there is no folder {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # makes the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def load_error(err: BaseException) -> str:
+    """Why `torch.load` failed on a file, in one line (torch's own texts run to paragraphs, and for a
+    damaged file advise loading it with ``weights_only=False``, which would not help)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, EOFError) or not text:
+        return "the file is empty or cut short"
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
+        if "Unsupported global" in detail:
+            return (f"it holds pickled Python objects, not only tensors and plain data ({detail[:200]}); "
+                    "lrtrain reads weights only")
+        return f"not a PyTorch file, or a damaged one (unpickling stopped: {detail[:120]})"
+    if isinstance(err, zipfile.BadZipFile) or "central directory" in text or "zip archive" in text:
+        return "a damaged PyTorch file: its zip archive is incomplete (cut short while written or copied?)"
+    if isinstance(err, (KeyError, pickle.UnpicklingError, ValueError, IndexError)):
+        return f"not a PyTorch file, or a damaged one ({type(err).__name__}: {text[:120]})"
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def load_torch_file(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a file that cannot be read raises ValueError naming `what`
+    and `path` and saying why in one line (a missing file stays FileNotFoundError)."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a directory, not a {what} file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # damaged files raise many kinds (KeyError, struct.error, UnpicklingError, ...)
+        raise ValueError(f"cannot read {what} {path}: {load_error(err)}") from None

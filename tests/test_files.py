@@ -1,0 +1,53 @@
+import os
+import stat
+
+import pytest
+import torch
+from torch import nn
+
+from lrtrain import files
+from lrtrain.files import atomic_write_text, load_torch_file
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "the file is empty or cut short"),
+    (bytes(range(256)) * 2, "not a PyTorch file, or a damaged one"),
+    (b"plain text, not a tensor file\n" * 4, "not a PyTorch file, or a damaged one"),
+])
+def test_an_unreadable_file_is_named_with_its_reason_in_one_line(tmp_path, content, reason):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_torch_file(path, "checkpoint")
+    text = str(info.value)
+    assert text.startswith(f"cannot read checkpoint {path}: {reason}")
+    assert "\n" not in text and "weights_only" not in text  # not torch's advice to unpickle code
+
+
+def test_a_truncated_file_and_pickled_objects_get_their_own_reasons(tmp_path):
+    torch.save({"w": torch.ones(100)}, tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="a damaged PyTorch file: its zip archive is incomplete"):
+        load_torch_file(tmp_path / "cut.pt", "compact model")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pt")
+    with pytest.raises(ValueError, match=r"holds pickled Python objects.*Linear.*lrtrain reads weights only"):
+        load_torch_file(tmp_path / "module.pt", "compact model")
+    with pytest.raises(ValueError, match="is a directory, not a checkpoint file"):
+        load_torch_file(tmp_path, "checkpoint")
+    with pytest.raises(FileNotFoundError):
+        load_torch_file(tmp_path / "nope.pt", "checkpoint")
+    assert torch.equal(load_torch_file(tmp_path / "whole.pt", "checkpoint")["w"], torch.ones(100))
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_umasks_permissions_not_the_temporary_files(tmp_path, monkeypatch, umask, mode):
+    monkeypatch.setattr(files, "_UMASK", umask)
+    atomic_write_text(tmp_path / "out.txt", "x")
+    assert stat.S_IMODE(os.stat(tmp_path / "out.txt").st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_writing_into_a_missing_folder_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"cannot write .*g.onnx: there is no folder {tmp_path / 'nodir'}$"):
+        atomic_write_text(tmp_path / "nodir" / "g.onnx", "x")
