@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     raise_recompile_limit()
     deadline = time.monotonic() + args.budget if args.budget else None
     report = Report(args.out or RESULTS / f"rank_multiples_{device_slug(device)}.md", header, deadline)
+    dense, source = load_model(args)  # before any timing: a wrong --weights path fails at once
     report.add(["## Conv time against its rank", "", *block_sweep(device, args)])
 
-    dense, source = load_model(args)
     dense_flops = lr.count(dense).flops
     data = None
     if args.data_dir:

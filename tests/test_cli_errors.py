@@ -170,7 +170,7 @@ def test_a_checkpoint_of_another_model_or_method_names_both(run_dir, capsys):
     ("{name: elrt, rank: {layer1.0.conv1: [20, 4]}}", "r_in in 1..16, r_out in 1..16"),
     ("{name: lrpet, rank: {layer9.conv1: 4}}",
      "layer 'layer9.conv1' was given a rank but cannot be factorized: no such conv/linear layer in the model"),
-    ("{name: trp, rank: 'fixed:0'}", "method 'trp': FixedRank: the rank must be a positive integer, got 0"),
+    ("{name: trp, rank: 'fixed:0'}", "FixedRank: the rank must be a positive integer, got 0"),
     ("{name: lrpet, goal: abc}", "method 'lrpet': could not convert string to float: 'abc' (from goal='abc')"),
     ("{name: lrpet, goal: 0.5, rank: 'flops:0.4'}",
      "got goal=0.5, rank='flops:0.4' (to replace a recipe's goal by a rank: --set method.goal=null)"),

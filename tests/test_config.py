@@ -103,6 +103,12 @@ def test_a_value_out_of_range_names_the_overrides_beside_the_file(tmp_path):
         load_recipe(recipe)
 
 
+def test_one_override_given_as_a_string_is_one_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: 0.1\n")
+    assert load_recipe(recipe, "optim.lr=0.05")["optim"]["lr"] == 0.05
+
+
 def test_recipe_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  momentun: 0.9\n")

@@ -231,3 +231,14 @@ def test_a_conv_with_another_padding_mode_or_string_padding_is_rebuilt_as_it_was
     x = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def test_save_refuses_a_name_that_does_not_rebuild_the_model(tmp_path):
+    compact = lr.factorize(lr.models.create("resnet20"), rank="flops:0.5")
+    with pytest.raises(ValueError, match=r"save: CifarResNet is not models.create\('resnet56', num_classes=10\) "
+                                         r"with its low-rank layers \(model vs that\): missing: layer1.3"):
+        lr.save(compact, tmp_path / "m.pt", "resnet56", 10)
+    assert not (tmp_path / "m.pt").exists()
+    lr.save(compact, tmp_path / "m.pt", "resnet20", 10)
+    torch.testing.assert_close(lr.load(tmp_path / "m.pt")(torch.ones(1, 3, 32, 32)),
+                               compact.eval()(torch.ones(1, 3, 32, 32)))

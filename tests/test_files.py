@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-from lrtrain import files
 from lrtrain.files import atomic_write_text, load_torch_file
 
 
@@ -41,11 +40,26 @@ def test_a_truncated_file_and_pickled_objects_get_their_own_reasons(tmp_path):
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
-def test_written_files_get_the_umasks_permissions_not_the_temporary_files(tmp_path, monkeypatch, umask, mode):
-    monkeypatch.setattr(files, "_UMASK", umask)
-    atomic_write_text(tmp_path / "out.txt", "x")
-    assert stat.S_IMODE(os.stat(tmp_path / "out.txt").st_mode) == mode
-    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+def test_written_files_get_the_umasks_permissions_and_a_replaced_file_keeps_its_own(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "out.txt", "x")
+        assert stat.S_IMODE(os.stat(tmp_path / "out.txt").st_mode) == mode
+        os.chmod(tmp_path / "out.txt", 0o640)
+        atomic_write_text(tmp_path / "out.txt", "y")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(os.stat(tmp_path / "out.txt").st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"] and (tmp_path / "out.txt").read_text() == "y"
+
+
+def test_every_cut_of_a_torch_file_reads_as_damaged(tmp_path):
+    torch.save({"w": torch.randn(66_000)}, tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    for i in range(1, 20):
+        (tmp_path / "cut.pt").write_bytes(data[: len(data) * i // 20])
+        with pytest.raises(ValueError, match="zip archive is incomplete|empty or cut short"):
+            load_torch_file(tmp_path / "cut.pt", "checkpoint")
 
 
 def test_writing_into_a_missing_folder_names_the_folder(tmp_path):

@@ -18,7 +18,8 @@ def test_factorize_resnet20_keeps_function_at_full_energy_and_is_never_costlier(
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     ref = model(x)
     plan = lr.plan(model, rank="energy:1.0", scheme=scheme)
-    out = lr.factorize(model, rank="energy:1.0", scheme=scheme)(x)
+    with pytest.warns(UserWarning, match="no layer of CifarResNet was factorized"):  # full rank: none cheaper
+        out = lr.factorize(model, rank="energy:1.0", scheme=scheme)(x)
     # every factorized layer is cheaper than its dense form; skipped ones say why
     assert all(d.flops < d.dense_flops for d in plan if d.factorize)
     assert all(d.reason for d in plan if not d.factorize)
@@ -58,7 +59,8 @@ def test_layer_costlier_when_factorized_stays_dense():
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
     d = _decisions(model, rank=16, input_size=(1, 3, 8, 8))
     assert not d["0"].factorize and "not less than dense" in d["0"].reason
-    lr.factorize(model, rank=16, input_size=(1, 3, 8, 8))
+    with pytest.warns(UserWarning, match=r"the model is unchanged \(0: rank 16 would cost"):
+        lr.factorize(model, rank=16, input_size=(1, 3, 8, 8))
     assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Conv2d)
 
 
@@ -149,3 +151,16 @@ def test_a_layer_called_several_times_is_costed_for_every_call(skip):
     small = lr.factorize(model, rank=lr.FlopsBudget(0.7), scheme="channel", skip=skip, input_size=size)
     flops = lr.count(small, size).flops
     assert flops <= 0.7 * dense and flops == sum(d.flops for d in plan.values())
+
+
+def test_a_skip_pattern_given_as_one_string_is_one_pattern():
+    model = models.create("resnet20")
+    lr.factorize(model, rank="ratio:0.5", skip="conv1")
+    assert isinstance(model.conv1, nn.Conv2d) and isinstance(model.layer1[0].conv1, LowRankConv2d)
+
+
+def test_factorize_that_changes_nothing_warns_why():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
+    with pytest.warns(UserWarning, match=r"no layer of Sequential was factorized, the model is unchanged "
+                                         r"\(1: rank 10 would cost 580 MACs, not less than dense 480\)"):
+        lr.factorize(model, rank="energy:1.0", input_size=(1, 3, 4, 4))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lrtrain import cli
-from lrtrain.config import resolve
+from lrtrain import cli, models
+from lrtrain.config import ConfigError, resolve
 from lrtrain.methods import Method, register_method
 from lrtrain.train import DivergenceError, Schedule, Trainer
 from lrtrain.train.checkpoint import list_checkpoints, load_checkpoint
@@ -375,3 +375,24 @@ def test_ranks_csv_of_a_resumed_run_equals_the_uninterrupted_runs(tmp_path, meth
     (tmp_path / "fresh" / "run" / "ranks.csv").write_text(ranks_csv(tmp_path / "whole" / "run"))
     fit(fresh)
     assert ranks_csv(tmp_path / "fresh" / "run") == ranks_csv(tmp_path / "whole" / "run")
+
+
+def test_a_hand_written_config_is_checked_and_completed():
+    with pytest.raises(ConfigError, match=r"Trainer config: unknown key 'optim.lrr' \(did you mean 'optim.lr'\?\)"):
+        Trainer({"optim": {"lrr": 0.1}})
+    trainer = Trainer({"data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8,
+                                "batch_size": 32}, "train": {"epochs": 1, "progress": False},
+                       "schedule": {"name": "cosine"}})
+    assert trainer.cfg["optim"]["lr"] == resolve({})["optim"]["lr"] and trainer.steps_per_epoch == 2
+
+
+@pytest.mark.parametrize("steps, total, match", [(0, 4, r"steps_per_epoch must be an integer >= 1, got 0 \(an "
+                                                          r"empty data loader\?\)"),
+                                                  (-1, 4, "steps_per_epoch must be an integer >= 1, got -1"),
+                                                  (2, 0, "total_steps must be an integer >= 1, got 0"),
+                                                  (2.5, 5, "steps_per_epoch must be an integer >= 1, got 2.5")])
+def test_setup_refuses_an_empty_or_negative_run(steps, total, match):
+    from lrtrain.methods.svd_finetune import SVDFinetune
+
+    with pytest.raises(ValueError, match=rf"SVDFinetune.setup: {match}"):
+        SVDFinetune(models.create("resnet20")).setup(steps, total)

@@ -247,6 +247,15 @@ def resolve(recipe: dict[str, Any], source: str = "recipe") -> dict[str, Any]:
     return cfg
 
 
+def is_resolved(cfg: Any) -> bool:
+    """Whether `cfg` has every key of the schema (what `resolve` returns), so that no resolve is needed."""
+    def complete(node: dict, given: Any) -> bool:
+        return isinstance(given, dict) and all(
+            key in given and (not isinstance(field, dict) or complete(field, given[key]))
+            for key, field in node.items())
+    return complete(SCHEMA, cfg)
+
+
 def apply_override(recipe: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b=value`` to the raw ``recipe`` in place; the value is parsed as YAML."""
     source = f"--set {assignment}"
@@ -295,6 +304,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     if not isinstance(recipe, dict):
         raise ConfigError(f"{file}: a recipe must be a mapping of sections, got {type(recipe).__name__}")
     recipe.setdefault("name", file.stem)
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)  # one, not its characters
     for assignment in overrides:
         apply_override(recipe, assignment)
     # a value out of range may come from the file or from an override: name both

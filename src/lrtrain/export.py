@@ -32,6 +32,7 @@ from . import models
 from .files import atomic_write, load_torch_file
 from .layers import LowRankConv2d, LowRankLinear
 from .metrics import _forward, _inference
+from .pretrained import mismatches
 from .surgery import replace_module
 
 FORMAT = 1
@@ -129,6 +130,12 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
     """
     arch = describe(model, model_name, num_classes, **extra)
     state = _state(model)
+    # checked now, not when `load` fails on the file: the name and classes must rebuild this very model
+    problems = mismatches(state, rebuild(arch).state_dict())
+    if problems:
+        raise ValueError(f"save: {type(model).__name__} is not models.create({model_name!r}, "
+                         f"num_classes={num_classes}) with its low-rank layers (model vs that): "
+                         f"{'; '.join(problems)}")
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "arch": arch, "state_dict": state}, f))
 
 

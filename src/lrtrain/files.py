@@ -1,24 +1,37 @@
 """Files lrtrain writes and reads: atomic writes, and `torch.load` errors said in one line.
 
 A file is written to a temporary file in the same folder, flushed and fsync'ed, then renamed over its final
-name (and the folder fsync'ed), so a crash leaves either the old or the new file, never half of one. The
-file gets the permissions any new file gets under the process's umask (a temporary file alone would be
-private to its owner). Every torch file is read with ``weights_only=True``: plain data, no pickled code.
+name (and the folder fsync'ed), so a crash leaves either the old or the new file, never half of one. A new
+file gets the permissions any new file gets under the process's umask, a replaced one keeps its own. Every torch file is read with ``weights_only=True``: plain data, no pickled code.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
-import tempfile
+import secrets
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
 import torch
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+def _temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside `path`, created with mode 0o666 so that the kernel applies the process's umask as
+    it does to any new file (`tempfile.mkstemp` makes it 0o600); replacing a file keeps that file's mode."""
+    mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else 0o666
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        if mode != 0o666:
+            os.fchmod(fd, mode)
+        return fd, tmp
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -26,9 +39,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: there is no folder {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -60,7 +72,8 @@ def load_error(err: BaseException) -> str:
             return (f"it holds pickled Python objects, not only tensors and plain data ({detail[:200]}); "
                     "lrtrain reads weights only")
         return f"not a PyTorch file, or a damaged one (unpickling stopped: {detail[:120]})"
-    if isinstance(err, zipfile.BadZipFile) or "central directory" in text or "zip archive" in text:
+    damaged_zip = isinstance(err, OSError) and err.errno == errno.EINVAL  # torch's zip reader, some cut points
+    if damaged_zip or isinstance(err, zipfile.BadZipFile) or "central directory" in text or "zip archive" in text:
         return "a damaged PyTorch file: its zip archive is incomplete (cut short while written or copied?)"
     if isinstance(err, (KeyError, pickle.UnpicklingError, ValueError, IndexError)):
         return f"not a PyTorch file, or a damaged one ({type(err).__name__}: {text[:120]})"

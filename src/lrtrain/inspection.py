@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,9 @@ def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str 
         if all(d.rank is None for d in decisions):  # not one layer is eligible: the request cannot work
             raise ValueError(f"no layer was factorized, so there is nothing to compress ({why_none(decisions, model)})")
         note = f"no layer was factorized: at these ranks none is cheaper than dense ({why_none(decisions, model, 1)})"
-    compact = factorize(copy.deepcopy(model), rank, scheme, skip, size)
+    with warnings.catch_warnings():  # "no layer was factorized" is the note above
+        warnings.simplefilter("ignore", UserWarning)
+        compact = factorize(copy.deepcopy(model), rank, scheme, skip, size)
     export.save(compact, out, name, classes, input_size=list(size))
     with torch.no_grad():
         x = torch.randn(size)

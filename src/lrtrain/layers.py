@@ -8,6 +8,7 @@ lives in `schemes`.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -99,7 +100,8 @@ class LowRankConv2d(nn.Module):
         self.scheme = get_scheme(scheme)
         self.geometry = ConvGeometry(in_channels, out_channels, _pair(kernel_size), _pair(stride), _pair(padding),
                                      _pair(dilation), bias=bias)
-        self._rank = self.scheme.check_rank(self.geometry, rank, where=f"LowRankConv2d{self.geometry.shape}")
+        where = f"LowRankConv2d({in_channels}, {out_channels}, kernel_size={self.geometry.kernel_size})"
+        self._rank = self.scheme.check_rank(self.geometry, rank, where=where)
         self.factors = nn.Sequential(*[_factor_conv(s, device, dtype)
                                        for s in self.scheme.specs(self.geometry, self._rank)])
 
@@ -178,9 +180,12 @@ class LowRankLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         hi = min(in_features, out_features)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= hi:
-            raise ValueError(f"LowRankLinear({in_features}, {out_features}): rank {rank!r} is out of range "
+        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= hi:
+            what = "is out of range" if isinstance(rank, numbers.Integral) and not isinstance(rank, bool) \
+                else "is not an integer"
+            raise ValueError(f"LowRankLinear({in_features}, {out_features}): rank {rank!r} {what} "
                              f"(valid ranks are 1..{hi})")
+        rank = int(rank)
         self.in_features, self.out_features, self._rank = in_features, out_features, rank
         self.factors = nn.Sequential(nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype),
                                      nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype))

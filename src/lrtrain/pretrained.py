@@ -33,15 +33,21 @@ def load_pretrained(model: nn.Module, path: str | Path, owner: str = "weights") 
         raise ValueError(f"{owner}: {str(path)!r} holds no state_dict (a dict of tensors, or one under "
                          "'model' or 'state_dict')")
     # Checked before loading: load_state_dict copies every tensor that fits before it raises for the rest.
-    own = model.state_dict()
-    problems = _listed("missing", [k for k in own if k not in state])
-    problems += _listed("unexpected", [k for k in state if k not in own])
-    problems += _listed("other shapes", [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                                         for k in own if k in state and state[k].shape != own[k].shape])
+    problems = mismatches(state, model.state_dict())
     if problems:
         raise ValueError(f"{owner}: the weights in {str(path)!r} do not fit {type(model).__name__} "
                          f"(file vs model): {'; '.join(problems)}")
     model.load_state_dict(state)
+
+
+def mismatches(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `state` from loading into a model whose state_dict is `own`: missing and unexpected keys,
+    other shapes (the first few of each)."""
+    problems = _listed("missing", [k for k in own if k not in state])
+    problems += _listed("unexpected", [k for k in state if k not in own])
+    problems += _listed("other shapes", [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                         for k in own if k in state and state[k].shape != own[k].shape])
+    return problems
 
 
 def _listed(what: str, keys: list[str], most: int = 4) -> list[str]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import heapq
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,8 +60,8 @@ def _per_mode(max_rank: Rank, fn: Callable[[int, Tensor | None], int], spectrum=
 
 
 def _check_multiple(multiple) -> int:
-    if isinstance(multiple, bool) or not isinstance(multiple, (int, float)) or int(multiple) != multiple \
-            or int(multiple) < 1:
+    whole = isinstance(multiple, numbers.Integral) or (isinstance(multiple, float) and multiple.is_integer())
+    if isinstance(multiple, bool) or not whole or int(multiple) < 1:
         raise ValueError(f"rank policy: multiple must be a positive integer, got {multiple!r}")
     return int(multiple)
 
@@ -209,6 +210,9 @@ class FlopsBudget(RankPolicy):
         spent = self.floor(requests)
         heap = []
         for i, r in enumerate(requests):
+            if r.cost(ranks[r.name]) >= r.dense_cost:  # not cheaper even at its lowest rank: stays whole
+                ranks[r.name] = r.max_rank
+                continue
             e = pooled_spectrum(r.spectrum).double().square()
             share = (e / e.sum().clamp_min(1e-300)).tolist()
             # ranks below the break-even point only: beyond it the dense layer is cheaper
@@ -231,8 +235,11 @@ class FlopsBudget(RankPolicy):
 
     def _common_ratio(self, requests, budget):
         def at(ratio):
-            return {r.name: _per_mode(r.max_rank,
-                                      lambda m, s: aligned(max(1, int(round(m * ratio))), m, self.multiple))
+            ranks = {r.name: _per_mode(r.max_rank,
+                                       lambda m, s: aligned(max(1, int(round(m * ratio))), m, self.multiple))
+                     for r in requests}
+            # a layer not cheaper at its rank stays whole (the budget counts it dense)
+            return {r.name: r.max_rank if r.cost(ranks[r.name]) >= r.dense_cost else ranks[r.name]
                     for r in requests}
 
         lo, hi = 0.0, 1.0
@@ -256,13 +263,14 @@ POLICIES: dict[str, type[RankPolicy]] = {
 
 def parse_policy(spec) -> RankPolicy:
     """A policy from a policy object, an int (FixedRank), a string ``name:value[,multiple:m]`` (e.g.
-    ``energy:0.95``, ``flops:0.45,multiple:8``) or the same as a mapping (``{"flops": 0.45, "multiple": 8}``)."""
+    ``energy:0.95``, ``flops:0.45,multiple:8``) or the same as a mapping (``{"flops": 0.45, "multiple": 8}``;
+    the methods and `factorize` read a mapping as ``{layer: rank}``: give them the string)."""
     if isinstance(spec, RankPolicy):
         return spec
     if isinstance(spec, int) and not isinstance(spec, bool):
         return FixedRank(spec)
-    if isinstance(spec, dict):
-        spec = ",".join(f"{k}:{v}" for k, v in spec.items())
+    if isinstance(spec, dict):  # the option last, whatever the mapping's order
+        spec = ",".join(f"{k}:{v}" for k, v in sorted(spec.items(), key=lambda kv: kv[0] == "multiple"))
     head, *options = str(spec).split(",")
     name, sep, value = head.strip().partition(":")
     if not sep or name not in POLICIES:

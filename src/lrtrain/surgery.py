@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -83,11 +84,16 @@ def _why_not(conv: nn.Conv2d, scheme: Scheme) -> str:
     return ""
 
 
+def skip_patterns(skip: str | Iterable[str]) -> list[str]:
+    """A skip list as a list: one pattern given as a string is one pattern, not its characters."""
+    return [skip] if isinstance(skip, str) else list(skip)
+
+
 def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterable[str] = (),
                input_size=(1, 3, 32, 32), linear: bool = True) -> tuple[list[Candidate], list[Decision]]:
     """Split the model's conv/linear layers into candidates for `scheme` and decisions to skip."""
     scheme = get_scheme(scheme)
-    skip = list(skip)
+    skip = skip_patterns(skip)
     layers = [name for name, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear, LowRankConv2d, LowRankLinear))]
     unmatched = [p for p in skip if not any(fnmatch.fnmatchcase(name, p) for name in layers)]
@@ -251,10 +257,15 @@ def factorize(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.
         >>> model = lr.models.create("resnet20")
         >>> model = lr.factorize(model, rank=lr.Energy(0.9), scheme="channel", skip=["conv1"])
 
-    Layers that are skipped, and why, are logged on the ``lrtrain`` logger; `plan` returns them.
+    Layers that are skipped, and why, are logged on the ``lrtrain`` logger; `plan` returns them. Where no
+    layer is factorized, a UserWarning says why (the model comes back unchanged).
     """
     scheme = get_scheme(scheme)
-    for d in plan(model, rank, scheme, skip, input_size, linear):
+    decisions = plan(model, rank, scheme, skip, input_size, linear)
+    if not any(d.factorize for d in decisions):
+        warnings.warn(f"factorize: no layer of {type(model).__name__} was factorized, the model is unchanged "
+                      f"({why_none(decisions, model)})", stacklevel=3)  # past full_precision's wrapper
+    for d in decisions:
         if not d.factorize:
             log.info("factorize: %s kept dense: %s", d.name, d.reason)
             continue

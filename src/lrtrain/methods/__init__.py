@@ -76,14 +76,17 @@ def create_method(name: str, model: nn.Module, **params: Any) -> Method:
         raise ValueError(f"method {name!r}: {err}") from None
     try:
         return cls(model, **params)
-    except (TypeError, ValueError) as err:
-        # a value of the wrong type (a recipe's string where a number belongs) fails inside Python's own
-        # conversions, whose messages name neither the method nor the parameter
+    except ValueError as err:
+        # A recipe's text where a number belongs fails inside Python's own conversions, whose messages name
+        # neither the method nor the parameter: name both. Other errors pass as they are.
         text = str(err)
-        if text.startswith((f"{cls.__name__}:", f"method {name!r}")):
+        culprits = [f"{k}={v!r}" for k, v in params.items() if isinstance(v, str) and repr(v) in text]
+        if text.startswith(cls.__name__) or len(culprits) != 1 or not text.startswith(_CONVERSIONS):
             raise
-        culprits = ", ".join(f"{k}={v!r}" for k, v in params.items() if isinstance(v, str) and repr(v) in text)
-        raise ValueError(f"method {name!r}: {text}" + (f" (from {culprits})" if culprits else "")) from err
+        raise ValueError(f"method {name!r}: {text} (from {culprits[0]})") from err
+
+
+_CONVERSIONS = ("could not convert string to", "invalid literal for")
 
 
 # Importing a method module registers it.

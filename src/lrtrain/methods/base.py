@@ -20,6 +20,7 @@ The base class is a no-op for every hook; a method overrides only what it needs.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from torch import nn
@@ -47,6 +48,10 @@ class Method:
 
     def setup(self, steps_per_epoch: int, total_steps: int) -> None:
         """Told once by the loop before training, so period rules like "once per epoch" can resolve."""
+        for what, value, least in (("steps_per_epoch", steps_per_epoch, 1), ("total_steps", total_steps, 1)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"{type(self).__name__}.setup: {what} must be an integer >= {least}, got {value!r}"
+                                 + (" (an empty data loader?)" if value == 0 else ""))
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
 

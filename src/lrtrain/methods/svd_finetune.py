@@ -61,7 +61,7 @@ class SVDFinetune(Method):
         super().__init__(model)
         self.rank = rank if isinstance(rank, dict) else parse_policy(rank)
         self.scheme = get_scheme(scheme)
-        self.skip = list(skip)
+        self.skip = surgery.skip_patterns(skip)
         self.linear = bool(linear)
         self.input_size = tuple(input_size)
         if dense_fraction is None:

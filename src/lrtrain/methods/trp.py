@@ -29,6 +29,7 @@ random initialization); here the step count runs across epochs and the first pro
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Any, Iterable
 
 import torch
@@ -91,7 +92,8 @@ class TRP(Method):
         energy: fraction of Σσ² each projection keeps (official: 0.9).
         rank: instead of the energy rule, a global rank policy applied at each projection, e.g.
             ``"flops:0.45"`` (the layers TRP trains, and the rest dense, cost at most 45 % of the dense
-            FLOPs), so the training ranks aim at the compact model's budget.
+            FLOPs), so the training ranks aim at the compact model's budget. A ``multiple`` in it
+            (``"flops:0.45,multiple:8"``) aligns the projections' ranks; `final` takes its own.
         ramp: with a ``"flops:F"`` `rank`, the fraction of training (0-1) over which the projections' budget
             tightens linearly from the dense FLOPs to F; 0 (default) projects to F from the first projection.
             A projected weight keeps no energy beyond its rank, so a projection's ranks never grow again:
@@ -154,7 +156,7 @@ class TRP(Method):
         if ramp and not isinstance(self.rank_policy, FlopsBudget):
             raise ValueError(f"TRP: ramp tightens a FLOPs budget, so it needs rank='flops:F' (got rank={rank!r})")
         self.ramp = float(ramp)
-        if period is not None and (isinstance(period, bool) or int(period) != period or period < 0):
+        if period is not None and (not isinstance(period, numbers.Integral) or isinstance(period, bool) or period < 0):
             raise ValueError(f"TRP: period must be an integer >= 0 (0 or None: never project), got {period!r}")
         if float(nuclear) < 0:
             raise ValueError(f"TRP: nuclear (λ) must be >= 0, got {nuclear!r}")
@@ -174,7 +176,7 @@ class TRP(Method):
             final = Energy(0.85) if self.scheme.name == "decoupled" else Threshold(0.05)
         self.final = final if isinstance(final, dict) else parse_policy(final)
         self.input_size = tuple(input_size)
-        self.skip = list(skip)
+        self.skip = surgery.skip_patterns(skip)
 
         layers, self._final_names, self._requests = self._eligible_layers(eligible)
         dense = count(self.model, self.input_size).flops

@@ -85,6 +85,9 @@ def create(name: str, num_classes: int | None = 10, **kwargs) -> nn.Module:
     ...
     ValueError: unknown model 'resnet65'. Did you mean 'resnet56'? Valid names: ...
     """
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"{name}: num_classes must be a positive integer, got {num_classes!r}")
     kwargs = {k: v for k, v in dict(kwargs, num_classes=num_classes).items() if v is not None}
     return _entry(name).builder(**kwargs)
 

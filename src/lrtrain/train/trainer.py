@@ -35,12 +35,12 @@ from .. import config as config_mod
 from ..layers import LowRankConv2d, LowRankLinear
 from ..linalg import NonFiniteError
 from ..data import Data, build_data
+from ..files import atomic_write, atomic_write_text
 from ..methods import create_method
 from ..pretrained import load_pretrained
 from ..provenance import commit, today
 from . import distributed
 from .bn import recalibrate_bn
-from ..files import atomic_write, atomic_write_text
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .schedule import from_config as schedule_from_config
 
@@ -195,7 +195,8 @@ class Trainer:
 
     >>> from lrtrain.config import resolve
     >>> cfg = resolve({"data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8,
-    ...                         "batch_size": 32}, "train": {"epochs": 1, "progress": False}})
+    ...                         "batch_size": 32}, "train": {"epochs": 1, "progress": False},
+    ...                "schedule": {"name": "cosine"}})
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     >>> trainer = Trainer(cfg, model=net)
     >>> sorted(trainer.evaluate())
@@ -203,6 +204,8 @@ class Trainer:
     """
 
     def __init__(self, config: dict[str, Any], *, model: nn.Module | None = None, data: Data | None = None):
+        if not config_mod.is_resolved(config):  # a hand-written dict: checked, completed with the defaults
+            config = config_mod.resolve(config, source="Trainer config")
         self.cfg = config
         train_cfg = config["train"]
         self.world = distributed.init_from_env(use_cuda=train_cfg["device"] != "cpu" and torch.cuda.is_available())
