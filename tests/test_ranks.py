@@ -142,3 +142,19 @@ def test_parse_policy_multiple_option_and_its_errors():
     for bad in (0, -8, 2.5, True, "8"):
         with pytest.raises(ValueError, match="multiple must be a positive integer"):
             FlopsBudget(0.5, multiple=bad)
+
+
+def test_a_layer_not_cheaper_at_its_aligned_lowest_rank_stays_whole():
+    # max rank 9 with multiple 8: rank 8 costs 80 of a dense 60; TRP would otherwise cut it every projection
+    reqs = [_req("a", [1.0] * 9, 10, 60), _req("b", [1.0] * 32, 10, 600)]
+    ranks = FlopsBudget(0.6, multiple=8)(reqs)
+    assert ranks["a"] == 9 and ranks["b"] % 8 == 0
+    spectra_free = [RankRequest(r.name, r.max_rank, r.cost, r.dense_cost) for r in reqs]  # common ratio path
+    assert FlopsBudget(0.6, multiple=8)(spectra_free)["a"] == 9
+
+
+def test_a_policy_mapping_in_any_order_and_numpy_multiples():
+    import numpy as np
+
+    assert parse_policy({"multiple": 8, "flops": 0.45}).multiple == 8
+    assert FlopsBudget(0.5, multiple=np.int64(8)).multiple == 8 and FlopsBudget(0.5, multiple=8.0).multiple == 8
