@@ -66,6 +66,37 @@ def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path, stop_at)
     assert summary["final_acc"] == whole_summary["final_acc"] and summary["steps"] == 12
 
 
+def test_an_evaluation_that_fails_keeps_the_trained_epoch_and_the_resume_redoes_only_its_end(
+        tmp_path, monkeypatch, capsys):
+    whole, whole_summary = run(make_cfg(tmp_path / "whole"))
+
+    cfg = make_cfg(tmp_path / "parts", checkpoint_every=0)
+    real = Trainer.evaluate
+    calls = []
+
+    def unreadable_in_epoch_2(self, model=None):
+        calls.append(self.step)
+        if self.step == 8:
+            raise ValueError("cannot read image val/cat/7.jpg: image file is truncated")
+        return real(self, model)
+
+    monkeypatch.setattr(Trainer, "evaluate", unreadable_in_epoch_2)
+    with pytest.raises(ValueError, match="cannot read image"):
+        run(cfg)
+    kept = tmp_path / "parts" / "checkpoints" / "step_000000008.pt"
+    assert f"the trained epoch 2 is kept in {kept}" in capsys.readouterr().out
+    state = load_checkpoint(kept)
+    assert (state["step"], state["epoch"], state["batch"]) == (8, 1, 4)  # after the last step, not ended
+    monkeypatch.setattr(Trainer, "evaluate", real)
+    torch.manual_seed(12345)
+    resumed = Trainer(cfg, model=DropNet())
+    summary = resumed.fit(resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))
+    assert _metrics(tmp_path / "whole" / "metrics.csv") == _metrics(tmp_path / "parts" / "metrics.csv")
+    assert summary["final_acc"] == whole_summary["final_acc"]
+
+
 def test_checkpoints_are_plain_data_for_weights_only_loading(tmp_path):
     cfg = make_cfg(tmp_path, epochs=1)
     trainer, _ = run(cfg)

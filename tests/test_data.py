@@ -244,6 +244,65 @@ def test_folder_crops_are_the_same_on_resume_and_with_any_number_of_workers(tmp_
     assert torch.equal(torch.get_rng_state(), state) and reseeded == []  # the training process's RNGs untouched
 
 
+def _two_class_folder(root, extra=()):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(["ant", "bee"]):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (12, 10), (200 * k, 40 * i, 90)).save(root / split / cls / f"{i}.png")
+    for name, content in extra:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+
+
+def test_hidden_folders_and_files_are_no_data(tmp_path):
+    _two_class_folder(tmp_path, [("train/.ipynb_checkpoints/0.png", b"x"), ("train/ant/._0.png", b"\0\5"),
+                                 ("train/ant/.DS_Store", b"x"), ("train/bee/notes.txt", b"x")])
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
+    data = build_data(cfg, device=torch.device("cpu"))
+    assert data.num_classes == 2 and data.train.classes == ["ant", "bee"] and len(data.train.dataset) == 6
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_that_cannot_be_decoded_is_named(tmp_path, workers):
+    from PIL import Image
+
+    _two_class_folder(tmp_path, [("train/bee/empty.png", b"")])
+    Image.new("RGB", (64, 64)).save(tmp_path / "val" / "ant" / "whole.jpg")
+    cut = (tmp_path / "val" / "ant" / "whole.jpg").read_bytes()
+    (tmp_path / "val" / "ant" / "cut.jpg").write_bytes(cut[: len(cut) // 2])
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=7, eval_batch_size=8,
+                      workers=workers, drop_last=False)
+    data = build_data(cfg, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"^cannot read image .*train/bee/empty.png: cannot identify image file"):
+        list(data.train.batches(0))
+    with pytest.raises(ValueError, match=r"^cannot read image .*val/ant/cut.jpg: .*\(remove or replace the file\)$"):
+        list(data.test.batches())
+
+
+def test_an_empty_class_folder_and_a_missing_split_name_their_folder(tmp_path):
+    _two_class_folder(tmp_path)
+    (tmp_path / "train" / "cat").mkdir()
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'train'}: Found no valid file for the classes cat"):
+        build_data(cfg, device=torch.device("cpu"))
+    (tmp_path / "train" / "cat").rmdir()
+    (tmp_path / "val").rename(tmp_path / "test")
+    with pytest.raises(FileNotFoundError, match=rf"image folder not found \(no val/ in {tmp_path}\)"):
+        build_data(cfg, device=torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match=r"image folder not found \(no folder .*nowhere\)"):
+        build_data(dict(cfg, dir=str(tmp_path / "nowhere")), device=torch.device("cpu"))
+
+
+def test_an_incomplete_cifar_folder_names_the_missing_file(tmp_path):
+    folder = _write_fake_cifar(tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"CIFAR-10 in {folder} is incomplete: no data_batch_3"):
+        find_cifar("cifar10", tmp_path)
+
+
 def test_asking_for_more_cifar_images_than_there_are_says_so(tmp_path):
     _write_fake_cifar(tmp_path)
     cfg = _sample_cfg(name="cifar10", dir=str(tmp_path), train_size=10**6, test_size=5, batch_size=4)

@@ -396,3 +396,23 @@ def test_setup_refuses_an_empty_or_negative_run(steps, total, match):
 
     with pytest.raises(ValueError, match=rf"SVDFinetune.setup: {match}"):
         SVDFinetune(models.create("resnet20")).setup(steps, total)
+
+
+def test_a_folder_run_keeps_its_class_names_beside_the_model(tmp_path):
+    from PIL import Image
+
+    from lrtrain import export
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(["zebra", "Ant", "bee"]):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (12, 12), (80 * k, 30 * i, 9)).save(tmp_path / "data" / split / cls / f"{i}.png")
+    cfg = resolve({"out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"},
+                   "data": {"name": "folder", "dir": str(tmp_path / "data"), "image_size": 8, "batch_size": 3,
+                            "eval_batch_size": 3, "workers": 0},
+                   "schedule": {"name": "cosine"}, "train": {"epochs": 1, "progress": False}})
+    summary = Trainer(cfg).fit()
+    assert summary["classes"] == ["Ant", "bee", "zebra"] and summary["num_classes"] == 3  # label order
+    _, arch = export.load_with_arch(tmp_path / "run" / "compact.pt")
+    assert arch["classes"] == summary["classes"]

@@ -78,7 +78,7 @@ SCHEMA: dict[str, Any] = {
                         nullable=True),
         "image_size": _f(None, int, "folder: crop size (224); sample: image side (32)", nullable=True),
         "num_classes": _f(10, int, "sample: number of classes to generate"),
-        "workers": _f(8, int, "folder: DataLoader worker processes"),
+        "workers": _f(8, int, "folder: DataLoader worker processes (at most the CPUs this process may use)"),
     },
     "optim": {
         "lr": _f(0.1, _NUM, "peak learning rate"),

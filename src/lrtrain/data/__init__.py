@@ -35,6 +35,7 @@ class Data:
     num_classes: int
     input_size: tuple[int, int, int, int]  # (1, channels, height, width) for FLOPs counting
     description: str                        # e.g. "CIFAR-10 from /path (50000 train, 10000 test)"
+    classes: list[str] | None = None        # class names by label index, where the data names them
 
 
 def _tensor_data(tensors: tuple[Tensor, Tensor, Tensor, Tensor], classes: int, source: str, cfg: dict[str, Any],
@@ -53,17 +54,19 @@ def _tensor_data(tensors: tuple[Tensor, Tensor, Tensor, Tensor], classes: int, s
 
 def _folder_data(cfg: dict[str, Any], batch_size: int, **placement: Any) -> Data:
     root = cfg["dir"] or os.environ.get(DATA_ENV)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if root is None:
         raise FileNotFoundError(
             f"data.name folder needs data.dir (or ${DATA_ENV}): the folder holding train/ and val/")
     train_dir, val_dir = find_folder(Path(root))
     size = cfg["image_size"] or 224
-    common = dict(image_size=size, workers=cfg["workers"], drop_last=cfg["drop_last"], **placement)
+    # more decoding processes than cores only compete for them (torch warns of it at every epoch)
+    common = dict(image_size=size, workers=min(cfg["workers"], cpus), drop_last=cfg["drop_last"], **placement)
     train = FolderLoader(train_dir, True, batch_size=batch_size, augment=cfg["augment"], **common)
     test = FolderLoader(val_dir, False, batch_size=cfg["eval_batch_size"], augment=False, classes=train.classes,
                         **common)
     return Data(train, test, len(train.classes), (1, 3, size, size),
-                f"image folder {root} ({len(train.dataset)} train, {len(test.dataset)} val)")
+                f"image folder {root} ({len(train.dataset)} train, {len(test.dataset)} val)", train.classes)
 
 
 def build_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1,

@@ -62,11 +62,15 @@ def find_cifar(name: str, data_dir: str | Path | None = None) -> Path:
     """
     layout = LAYOUTS[name]
     looked = []
+    files = (*layout.train_files, layout.test_file)
     for root in search_dirs(data_dir):
         for folder in (root / layout.folder, root):
             looked.append(str(folder))
-            if all((folder / f).is_file() for f in (*layout.train_files, layout.test_file)):
+            missing = [f for f in files if not (folder / f).is_file()]
+            if not missing:
                 return folder
+            if len(missing) < len(files):  # the right folder, with files lost: say which
+                raise FileNotFoundError(f"{layout.title} in {folder} is incomplete: no {', '.join(missing)}")
     raise FileNotFoundError(
         f"{layout.title} not found: looked for {layout.folder}/{{{','.join(layout.train_files)},"
         f"{layout.test_file}}} in {', '.join(dict.fromkeys(looked))} "

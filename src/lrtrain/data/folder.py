@@ -42,23 +42,61 @@ class _ShardSampler(Sampler[tuple[int, int]]):
         return self.per_rank - self.start
 
 
-def _image_folder(root: Path, transform, classes: list[str] | None):
-    """torchvision's ImageFolder, its labels taken from ``classes`` when given."""
-    from torchvision import datasets
+def _visible(name: str) -> bool:
+    """Not a hidden entry: ``.ipynb_checkpoints/``, macOS's ``._x.jpg`` and ``.DS_Store`` are no data."""
+    return not name.startswith(".")
 
-    if classes is None:
-        return datasets.ImageFolder(str(root), transform=transform)
 
-    class Labelled(datasets.ImageFolder):
-        def find_classes(self, directory):
-            found = {e.name for e in Path(directory).iterdir() if e.is_dir()}
-            extra = sorted(found - set(classes))
-            if extra:
-                raise ValueError(f"{directory} has class folders the training set lacks: "
-                                 f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-            return list(classes), {name: i for i, name in enumerate(classes)}
+def _is_image(path: str) -> bool:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-    return Labelled(str(root), transform=transform, allow_empty=True)
+    return _visible(Path(path).name) and has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+
+def _read_image(path: str):
+    """The image at `path` in RGB; one that cannot be decoded raises ValueError naming the file (PIL's own
+    errors, e.g. "image file is truncated", do not), in a worker process as in the training one."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as err:
+        raise ValueError(f"cannot read image {path}: {' '.join(str(err).split())} (remove or replace the "
+                         "file)") from None
+
+
+class _ImageFiles(Dataset):
+    """The images of ``root/<class>/``, as torchvision's ImageFolder finds them (its file extensions, sorted
+    class names) but without hidden folders and files, and labelled by ``classes`` when given (the training
+    set's: a validation folder may lack some classes, never hold one the list has not). Module-level, so
+    that worker processes started by spawn can unpickle it."""
+
+    def __init__(self, root: Path, transform, classes: list[str] | None = None):
+        from torchvision.datasets.folder import make_dataset
+
+        found = sorted(e.name for e in root.iterdir() if e.is_dir() and _visible(e.name))
+        labelled = classes is not None
+        if classes is None:
+            if not found:
+                raise FileNotFoundError(f"no class folder in {root} (expected {root}/<class>/*.jpg)")
+            classes = found
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise ValueError(f"{root} has class folders the training set lacks: "
+                             f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        self.classes, self.transform = list(classes), transform
+        try:
+            self.samples = make_dataset(str(root), {name: i for i, name in enumerate(self.classes)},
+                                        is_valid_file=_is_image, allow_empty=labelled)
+        except FileNotFoundError as err:  # "Found no valid file for the classes ...": name the folder
+            raise FileNotFoundError(f"{root}: {err}") from None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return self.transform(_read_image(path)), label
 
 
 class _SeededItems(Dataset):
@@ -98,7 +136,7 @@ class FolderLoader:
         else:
             steps = [transforms.Resize(round(image_size / 0.875)), transforms.CenterCrop(image_size)]
         transform = transforms.Compose([*steps, transforms.PILToTensor()])
-        self.dataset = _image_folder(root, transform, classes)
+        self.dataset = _ImageFiles(root, transform, classes)
         self.sampler = _ShardSampler(len(self.dataset), train, seed, rank, world_size)
         self.batch_size, self.drop_last = batch_size, train and drop_last
         self.device, self.channels_last = device, channels_last
@@ -124,14 +162,24 @@ class FolderLoader:
         """(normalized float images, labels) for the steps ``start``.. of ``epoch``, on the device."""
         self.sampler.epoch, self.sampler.start = epoch, start * self.batch_size
         mean, std = IMAGENET_MEAN.to(self.device), IMAGENET_STD.to(self.device)
-        for images, labels in self.loader:
-            images = images.to(self.device, non_blocking=True)
-            yield normalize(images, mean, std, self.channels_last), labels.to(self.device, non_blocking=True)
+        try:
+            for images, labels in self.loader:
+                images = images.to(self.device, non_blocking=True)
+                yield normalize(images, mean, std, self.channels_last), labels.to(self.device, non_blocking=True)
+        except ValueError as err:  # a worker's error arrives wrapped in its traceback: keep its own line
+            last = str(err).strip().splitlines()[-1]
+            if "Original Traceback" not in str(err) or not last.startswith("ValueError: "):
+                raise
+            raise ValueError(last.removeprefix("ValueError: ")) from None
 
 
 def find_folder(root: Path) -> tuple[Path, Path]:
     """``root/train`` and ``root/val``; FileNotFoundError says what was expected where."""
     train, val = root / "train", root / "val"
     if not (train.is_dir() and val.is_dir()):
-        raise FileNotFoundError(f"image folder not found: expected {train}/<class>/*.jpg and {val}/<class>/*.jpg")
+        missing = (f"no folder {root}" if not root.exists() else f"{root} is a file, not a folder"
+                   if not root.is_dir() else " and ".join(f"no {p.name}/" for p in (train, val) if not p.is_dir())
+                   + f" in {root}")
+        raise FileNotFoundError(f"image folder not found ({missing}): expected {train}/<class>/*.jpg and "
+                                f"{val}/<class>/*.jpg")
     return train, val

@@ -487,7 +487,7 @@ class Trainer:
             if not self._train_epoch(epoch, until_step):
                 return self._stopped()
             images = (self.sums.samples - images_before) * self.world.world_size
-            self._end_epoch(epoch, time.perf_counter() - started, images)
+            self._end_epoch_or_keep_it(epoch, time.perf_counter() - started, images)
             out_of_time = time_limit is not None and time.perf_counter() - session > time_limit
             stop = (until_step is not None and self.step >= until_step) \
                 or self._agree(out_of_time or self.stop_signal is not None)
@@ -495,6 +495,24 @@ class Trainer:
             if stop and self.epoch < self.epochs:
                 return self._stopped()
         return None
+
+    def _end_epoch_or_keep_it(self, epoch: int, seconds: float, images: int) -> None:
+        """`_end_epoch`; where it fails (an unreadable test image, out of memory in the evaluation) a
+        single process first checkpoints the trained epoch, as it stood after its last step, so that
+        ``--resume`` runs only its end again. Not on divergence (nothing good to keep), nor under DDP
+        (one rank's failure would leave the others in the checkpoint's collectives)."""
+        rng = rng_state()
+        try:
+            self._end_epoch(epoch, seconds, images)
+        except DivergenceError:
+            raise
+        except Exception:
+            if self.world.distributed or self.batch != self.steps_per_epoch:
+                raise
+            set_rng_state(rng)  # as after the epoch's last step: what the resumed run starts from
+            path = self.save_checkpoint()
+            print(f"the trained epoch {epoch + 1} is kept in {path}: --resume redoes only its end", flush=True)
+            raise
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -755,6 +773,7 @@ class Trainer:
             "world_size": self.world.world_size,
             "torch": str(torch.__version__),
             "num_classes": self.num_classes,
+            **({"classes": self.data.classes} if self.data.classes else {}),  # output index -> class name
             "commit": ", ".join(self._commits),
             "date": today(),
         }
@@ -769,7 +788,8 @@ class Trainer:
     def _save_compact(self, compact: nn.Module) -> None:
         from .. import export, models
 
-        extra = {"input_size": list(self.data.input_size), "method": self.method.name, "ranks": self.method.ranks()}
+        extra = {"input_size": list(self.data.input_size), "method": self.method.name, "ranks": self.method.ranks(),
+                 **({"classes": self.data.classes} if self.data.classes else {})}
         path = self.run_dir / "compact.pt"
         if self.model_name in models.list_models():
             export.save(compact, path, self.model_name, self.num_classes, **extra)
