@@ -57,7 +57,8 @@ def test_missing_recipe_and_missing_image_folder(tmp_path, capsys, monkeypatch):
     assert "no recipe file" in _fails(capsys, ["train", str(tmp_path / "nope.yaml")])
     recipe = _recipe(tmp_path)
     err = _fails(capsys, ["train", recipe, "--set", "data.name=folder", "--data-dir", str(tmp_path / "nowhere")])
-    assert f"image folder not found (no folder {tmp_path / 'nowhere'}): expected {tmp_path / 'nowhere' / 'train'}" in err
+    nowhere = tmp_path / "nowhere"
+    assert f"image folder not found (no folder {nowhere}): expected {nowhere / 'train'}" in err
     monkeypatch.delenv("LRTRAIN_DATA", raising=False)
     assert "data.name folder needs data.dir" in _fails(capsys, ["train", recipe, "--set", "data.name=folder"])
 

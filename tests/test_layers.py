@@ -174,7 +174,8 @@ def test_low_rank_layers_compile_into_one_graph_with_the_eager_result(channels_l
 def test_rank_errors_read_in_constructor_order_and_say_integer():
     with pytest.raises(ValueError, match=r"^LowRankConv2d\(16, 32, kernel_size=\(3, 3\)\): rank 0 is out of range"):
         LowRankConv2d(16, 32, 3, 0)
-    with pytest.raises(ValueError, match=r"^LowRankLinear\(16, 8\): rank 2.5 is not an integer \(valid ranks are 1..8\)"):
+    with pytest.raises(ValueError, match=r"^LowRankLinear\(16, 8\): rank 2.5 is not an integer \(valid ranks "
+                                         r"are 1..8\)"):
         LowRankLinear(16, 8, 2.5)
     with pytest.raises(ValueError, match="resnet20: num_classes must be a positive integer, got 0"):
         models.create("resnet20", num_classes=0)

@@ -39,7 +39,8 @@ def _fit(cfg: dict[str, Any], *, resume: bool, overwrite: bool, time_limit: floa
         distributed.shutdown()
     if summary["finished"] and trainer.world.is_main:
         written = [f for f in RUN_FILES if (Path(summary["run_dir"]) / f).is_file()]
-        print(f"results in {summary['run_dir']}/: {', '.join(written)} (final accuracy {summary['final_acc']:.2f}%)")
+        print(f"results in {summary['run_dir']}/: {', '.join(written)} "
+              f"(final accuracy {summary['final_acc']:.2f}%)")
     if summary.get("signal"):  # stopped cleanly by SIGINT/SIGTERM: the shell's 128 + signal number
         return 128 + int(getattr(signal, summary["signal"]))
     return 0

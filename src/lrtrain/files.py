@@ -2,7 +2,8 @@
 
 A file is written to a temporary file in the same folder, flushed and fsync'ed, then renamed over its final
 name (and the folder fsync'ed), so a crash leaves either the old or the new file, never half of one. A new
-file gets the permissions any new file gets under the process's umask, a replaced one keeps its own. Every torch file is read with ``weights_only=True``: plain data, no pickled code.
+file gets the permissions any new file gets under the process's umask, a replaced one keeps its own.
+Every torch file is read with ``weights_only=True``: plain data, no pickled code.
 """
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ from typing import Any, Callable, IO
 
 import torch
 
+
 def _temporary(path: Path) -> tuple[int, Path]:
     """A new file beside `path`, created with mode 0o666 so that the kernel applies the process's umask as
     it does to any new file (`tempfile.mkstemp` makes it 0o600); replacing a file keeps that file's mode."""
-    mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else 0o666
+    keep = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else None
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
             continue
-        if mode != 0o666:
-            os.fchmod(fd, mode)
+        if keep is not None:
+            os.fchmod(fd, keep)
         return fd, tmp
     raise FileExistsError(f"cannot create a temporary file beside {path}")
 
