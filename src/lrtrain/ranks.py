@@ -216,8 +216,8 @@ class FlopsBudget(RankPolicy):
             e = pooled_spectrum(r.spectrum).double().square()
             share = (e / e.sum().clamp_min(1e-300)).tolist()
             # ranks below the break-even point only: beyond it the dense layer is cheaper
-            steps = [k for k in range(ranks[r.name], r.max_rank + 1, self.multiple)]
-            steps = [k for k in steps if k == ranks[r.name] or r.cost(k) < r.dense_cost]
+            steps = [k for k in range(ranks[r.name], r.max_rank + 1, self.multiple)
+                     if k == ranks[r.name] or r.cost(k) < r.dense_cost]
             if steps[-1] < r.max_rank and r.cost(r.max_rank) < r.dense_cost:
                 steps.append(r.max_rank)
             for k, nxt in zip(steps, steps[1:]):
@@ -283,11 +283,11 @@ def parse_policy(spec) -> RankPolicy:
         raise ValueError(f"bad rank policy {spec!r}: multiple is given twice" if all(
             o.strip().startswith("multiple:") for o in options) else
             f"bad rank policy {spec!r}: one option at most (multiple:M)")
-    for option in options:
-        key, sep, text = option.strip().partition(":")
+    if options:
+        key, sep, text = options[0].strip().partition(":")
         if key != "multiple" or not sep:
-            raise ValueError(f"bad rank policy {spec!r}: unknown option {option.strip()!r}; the one option is "
-                             "multiple:M (ranks rounded to multiples of M)")
+            raise ValueError(f"bad rank policy {spec!r}: unknown option {options[0].strip()!r}; the one option "
+                             "is multiple:M (ranks rounded to multiples of M)")
         try:
             multiple = int(text)
         except ValueError:

@@ -177,9 +177,10 @@ def find_folder(root: Path) -> tuple[Path, Path]:
     """``root/train`` and ``root/val``; FileNotFoundError says what was expected where."""
     train, val = root / "train", root / "val"
     if not (train.is_dir() and val.is_dir()):
-        missing = (f"no folder {root}" if not root.exists() else f"{root} is a file, not a folder"
-                   if not root.is_dir() else " and ".join(f"no {p.name}/" for p in (train, val) if not p.is_dir())
-                   + f" in {root}")
-        raise FileNotFoundError(f"image folder not found ({missing}): expected {train}/<class>/*.jpg and "
+        if root.is_dir():
+            why = " and ".join(f"no {p.name}/" for p in (train, val) if not p.is_dir()) + f" in {root}"
+        else:
+            why = f"{root} is a file, not a folder" if root.exists() else f"no folder {root}"
+        raise FileNotFoundError(f"image folder not found ({why}): expected {train}/<class>/*.jpg and "
                                 f"{val}/<class>/*.jpg")
     return train, val
