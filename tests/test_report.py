@@ -147,3 +147,17 @@ def test_invalid_yaml_paper_points_are_named(tmp_path):
     points.write_text("- {label: x, speedup: [unclosed\n")
     with pytest.raises(ValueError, match="points.yaml: not valid YAML"):
         report.load_paper_points(points)
+
+
+def test_an_unfinished_run_shows_how_far_it_got_and_step_drops_are_found(tmp_path):
+    run = tmp_path / "half"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: {name: lrpet}\ntrain: {epochs: 10}\n")
+    rows = [(1, 0.1, 50.0), (2, 0.1, 61.5), (3, 0.01, 70.25), (4, 0.01, 68.0)]
+    (run / "metrics.csv").write_text("epoch,step,lr,train_loss,train_acc,test_loss,test_acc\n" + "".join(
+        f"{e},{4 * e},{lr},1.0,{acc},1.0,{acc}\n" for e, lr, acc in rows))
+    out = report.write_report([run], tmp_path / "report")
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| half "))
+    assert "| 4/10 (unfinished) | 68.00 (latest) | 70.25 |" in row
+    assert report._lr_drops(report._read_csv(run / "metrics.csv")) == [2]  # 0.1 after epoch 2, then 0.01
+    assert_real_png(tmp_path / "report" / "accuracy.png")

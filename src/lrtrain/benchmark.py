@@ -187,13 +187,14 @@ def _over_seeds(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | None = "dense",
-         paper_points: list[dict[str, Any]] | None = None, panels: str | None = None) -> None:
+         paper_points: list[dict[str, Any]] | None = None, panels: str | None = None,
+         colours: dict[str, str] | None = None) -> None:
     """Top-1 against FLOPs speedup, one marker per method; the dense run as a horizontal line.
 
     With ``dense_label=None`` every row is a marker (a dense run sits at speedup 1). A paper point
     ``{label, speedup, top1}`` is a black cross; one that also names a ``method`` gets that method's
     marker and colour, hollow. ``panels`` names a key (e.g. "model"): one panel per value, each row and
-    paper point in the panel of its value.
+    paper point in the panel of its value. ``colours`` fixes a method's colour (to match other plots).
     """
     import matplotlib
 
@@ -204,11 +205,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
     groups = list(dict.fromkeys(x[panels] for x in [*rows, *points])) if panels else [None]
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
     markers = itertools.cycle("osD^v<>pPX*h")  # colours still tell apart methods beyond twelve
-    colours = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    colours_given, cycle = colours, itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     style: dict[str, tuple[str, str]] = {}  # method -> (marker, colour), the same in every panel
 
     def style_of(method: str) -> tuple[str, str]:
-        return style.setdefault(method, (next(markers), "grey" if method == dense_label else next(colours)))
+        fixed = (colours_given or {}).get(method)
+        return style.setdefault(method, (next(markers), "grey" if method == dense_label
+                                         else fixed or next(cycle)))
 
     for ax, group in zip(axes[0], groups):
         for r in (r for r in rows if panels is None or r[panels] == group):

@@ -52,6 +52,7 @@ class _Run:
     name: str  # unique within the report: also the stem of the run's image files
     summary: dict[str, Any] | None
     method: str
+    planned_epochs: int | None = None  # config.yaml's train.epochs
     notes: list[str] = field(default_factory=list)
 
 
@@ -67,13 +68,9 @@ def _open_run(path: Path, taken: set[str]) -> _Run:
     taken.add(name)
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    if summary is not None:
-        method = summary["method"]
-    elif (path / "config.yaml").exists():
-        method = (yaml.safe_load((path / "config.yaml").read_text()) or {}).get("method", {}).get("name", "?")
-    else:
-        method = "?"
-    run = _Run(path, name, summary, method)
+    config = yaml.safe_load((path / "config.yaml").read_text()) or {} if (path / "config.yaml").exists() else {}
+    method = summary["method"] if summary is not None else config.get("method", {}).get("name", "?")
+    run = _Run(path, name, summary, method, config.get("train", {}).get("epochs"))
     if summary is None:
         run.notes.append("no summary.json (unfinished run?): left out of the accuracy-vs-FLOPs plot")
     return run
@@ -108,25 +105,55 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def plot_accuracy(curves: dict[str, list[dict[str, str]]], path: Path) -> None:
-    """Train (dashed) and test (solid) top-1 against epoch; ``curves`` maps a run name to its metrics.csv rows."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    colours = _colours()
+def _zoom(series: list[list[float]]) -> tuple[float, float]:
+    """Top-1 limits that show where the runs differ: past each run's first tenth (its warm-up climb)."""
+    late = [v for values in series for v in values[len(values) // 10:]] or [0.0, 100.0]
+    return max(0.0, min(late) - 2.0), min(100.0, max(late) + 1.0)
+
+
+def _lr_drops(rows: list[dict[str, str]]) -> list[int]:
+    """Epochs after which the learning rate fell at least fivefold (a step schedule's milestones)."""
+    lrs = [(int(r["epoch"]), float(r["lr"])) for r in rows if r.get("lr")]
+    return [e for (e, a), (_, b) in zip(lrs, lrs[1:]) if b > 0 and a / b >= 5]
+
+
+def plot_accuracy(curves: dict[str, list[dict[str, str]]], path: Path, colours: dict[str, str] | None = None,
+                  planned: dict[str, int] | None = None) -> None:
+    """Test (left) and train (right) top-1 against epoch; ``curves`` maps a run name to its metrics.csv rows.
+
+    ``colours`` fixes each run's colour (the report's other plots use the same); a run whose ``planned``
+    epochs are more than it has logged ends in a cross, its label says how far it got; dotted lines mark
+    the epochs after which a run's learning rate fell (step schedules)."""
+    fig = Figure(figsize=(11, 4.5))
+    test_ax, train_ax = fig.subplots(1, 2)
+    default = _colours()
+    tests, trains = [], []
     for i, (name, rows) in enumerate(curves.items()):
-        colour = colours[i % len(colours)]
-        ax.plot([int(r["epoch"]) for r in rows], [float(r["train_acc"]) for r in rows], "--", color=colour,
-                label=f"{name} train")
+        colour = (colours or {}).get(name, default[i % len(default)])
+        epochs = [int(r["epoch"]) for r in rows]
+        last, total = (epochs[-1] if epochs else 0), (planned or {}).get(name)
+        label = name if not total or last >= total else f"{name} (unfinished: {last}/{total})"
         # Test accuracy is empty in epochs the run did not evaluate (train.eval_every > 1).
         tested = [r for r in rows if r["test_acc"]]
-        ax.plot([int(r["epoch"]) for r in tested], [float(r["test_acc"]) for r in tested], "-o", markersize=3,
-                color=colour, label=f"{name} test")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("Accuracy during training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+        test = [float(r["test_acc"]) for r in tested]
+        test_ax.plot([int(r["epoch"]) for r in tested], test, "-", color=colour, label=label)
+        train = [float(r["train_acc"]) for r in rows]
+        train_ax.plot(epochs, train, "-", color=colour, label=label)
+        if label != name and tested:
+            test_ax.plot(int(tested[-1]["epoch"]), test[-1], "x", color=colour, markersize=8)
+        for epoch in _lr_drops(rows):
+            test_ax.axvline(epoch, color=colour, linestyle=":", linewidth=0.8, alpha=0.6)
+        tests.append(test)
+        trains.append(train)
+    for ax, series, what in ((test_ax, tests, "test"), (train_ax, trains, "train")):
+        ax.set_ylim(*_zoom(series))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{what} top-1 (%)")
+        ax.grid(alpha=0.3)
+    test_ax.set_title("Test accuracy (dotted: learning-rate drops)")
+    train_ax.set_title("Train accuracy")
+    test_ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
 
@@ -138,8 +165,11 @@ def _rank_fraction(rank: str, max_rank: str) -> float:
     return r / top
 
 
-def plot_rank_heatmap(rows: list[dict[str, str]], path: Path, title: str) -> None:
-    """A heat map of ranks.csv rows: one line per layer, one column per projection step, colour = rank / max."""
+def plot_rank_heatmap(rows: list[dict[str, str]], path: Path, title: str, steps_per_epoch: int | None = None
+                      ) -> None:
+    """A heat map of ranks.csv rows: one line per layer, one column per projection step, colour = rank / max
+    (a tucker2 layer's: the mean over its two modes); with ``steps_per_epoch`` the columns are labelled in
+    epochs."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     steps = sorted({int(r["step"]) for r in rows})
     row_of, col_of = {n: i for i, n in enumerate(layers)}, {s: j for j, s in enumerate(steps)}
@@ -153,8 +183,10 @@ def plot_rank_heatmap(rows: list[dict[str, str]], path: Path, title: str) -> Non
     every = math.ceil(len(layers) / 60)  # at most 60 readable layer names
     ax.set_yticks(range(0, len(layers), every), layers[::every], fontsize=7)
     every = math.ceil(len(steps) / 12)
-    ax.set_xticks(range(0, len(steps), every), [str(s) for s in steps[::every]], fontsize=8)
-    ax.set_xlabel("step")
+    ticks = [f"{s / steps_per_epoch:.1f}" if steps_per_epoch else str(s) for s in steps[::every]]
+    ax.set_xticks(range(0, len(steps), every), ticks, fontsize=8)
+    ax.set_xlabel("epoch of the projection (columns: projections in order)" if steps_per_epoch
+                  else "step of the projection")
     ax.set_title(title)
     _save(fig, path)
 
@@ -309,7 +341,8 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _runs_table(runs: list[_Run]) -> list[str]:
+def _runs_table(runs: list[_Run], curves: dict[str, list[dict[str, str]]]) -> list[str]:
+    """One row per run; an unfinished one shows how far it got and its latest and best test top-1."""
     lines = ["| run | method | model | epochs | final top-1 | best top-1 | speedup | MMACs | params (M) | directory |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for run in runs:
@@ -317,9 +350,14 @@ def _runs_table(runs: list[_Run]) -> list[str]:
         compact = s.get("compact", {})
         mmacs = compact["flops"] / 1e6 if compact else None
         mparams = compact["params"] / 1e6 if compact else None
-        lines.append(f"| {run.name} | {run.method} | {s.get('model', '—')} | {s.get('epochs', '—')} "
-                     f"| {_fmt(s.get('final_acc'))} | {_fmt(s.get('best_acc'))} | {_fmt(s.get('speedup'))} "
-                     f"| {_fmt(mmacs)} | {_fmt(mparams, '.3f')} | `{run.path}` |")
+        epochs, final, best = s.get("epochs", "—"), _fmt(s.get("final_acc")), _fmt(s.get("best_acc"))
+        tested = [float(r["test_acc"]) for r in curves.get(run.name, []) if r["test_acc"]]
+        if not s and tested:
+            epochs = f"{curves[run.name][-1]['epoch']}/{run.planned_epochs or '?'} (unfinished)"
+            final, best = f"{tested[-1]:.2f} (latest)", f"{max(tested):.2f}"
+        speedup = f"{s['speedup']:.2f}×" if s.get("speedup") is not None else "—"
+        lines.append(f"| {run.name} | {run.method} | {s.get('model', '—')} | {epochs} | {final} | {best} "
+                     f"| {speedup} | {_fmt(mmacs)} | {_fmt(mparams, '.3f')} | `{run.path}` |")
     return lines
 
 
@@ -337,16 +375,17 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
     points = load_paper_points(paper_points) if paper_points is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = ["# Training report", "", *_runs_table(runs), ""]
-
     curves = {}
     for run in runs:
         if (run.path / "metrics.csv").exists():
             curves[run.name] = _read_csv(run.path / "metrics.csv")
         else:
             run.notes.append("no metrics.csv: not in the accuracy plot")
+    md = ["# Training report", "", *_runs_table(runs, curves), ""]
+    palette = _colours()
+    colours = {run.name: palette[i % len(palette)] for i, run in enumerate(runs)}  # one per run, every plot
     if curves:
-        plot_accuracy(curves, out / "accuracy.png")
+        plot_accuracy(curves, out / "accuracy.png", colours, {run.name: run.planned_epochs for run in runs})
         md += ["## Accuracy during training", "", "![accuracy during training](accuracy.png)", ""]
 
     rows = [{"method": f"{run.name} ({run.method})", "top1_final": run.summary["final_acc"],
@@ -354,7 +393,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
             for run in runs if run.summary and run.summary.get("speedup") is not None]
     if rows or points:
         plot_accuracy_vs_flops(rows, out / "accuracy_vs_flops.png", "Top-1 vs FLOPs speedup", dense_label=None,
-                               paper_points=points)
+                               paper_points=points,
+                               colours={f"{run.name} ({run.method})": colours[run.name] for run in runs})
         md += ["## Accuracy vs FLOPs", "", "![accuracy vs FLOPs speedup](accuracy_vs_flops.png)", ""]
 
     for run in runs:
@@ -362,7 +402,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
         rank_rows = _complete_rank_rows(run.path / "ranks.csv")
         if rank_rows:
             image = f"{run.name}_ranks.png"
-            plot_rank_heatmap(rank_rows, out / image, f"{run.name}: rank during training")
+            first = next(iter(curves.get(run.name, [])), None)
+            per_epoch = int(first["step"]) // int(first["epoch"]) if first and int(first["epoch"]) else None
+            plot_rank_heatmap(rank_rows, out / image, f"{run.name}: rank during training", per_epoch)
             md += ["### Rank during training", "", f"![{run.name} rank during training]({image})", ""]
         elif rank_rows is None:
             run.notes.append("no ranks.csv (its method logs no ranks): no rank heat map")
