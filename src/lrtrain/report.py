@@ -30,7 +30,7 @@ import torch
 import yaml
 from matplotlib import rcParams
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from torch import nn
 
 from . import export, models
@@ -212,6 +212,10 @@ def plot_spectra(spectra: dict[str, dict[str, torch.Tensor]], path: Path, title:
         for label, s in curves.items():
             ax.semilogy(range(1, len(s) + 1), s.numpy(), label=label)
         ax.set_title(layer, fontsize=9)
+        low, high = ax.get_ylim()
+        if high < 10 * low:  # within a decade matplotlib labels the minor ticks as 3.8×10⁰: plain numbers
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("index")
         ax.grid(alpha=0.3, which="both")
@@ -307,8 +311,9 @@ def _spectra(run: _Run, compact: nn.Module | None, layers: list[str] | None) -> 
     spectra = {}
     for name in layers:
         curves = {}
-        if name in before:
-            curves[f"before ({source})"] = singular_values(before[name])
+        if name in before:  # without a compact model the checkpoint is the latest state, not a "before"
+            label = f"before ({source})" if compact is not None else f"checkpoint ({source})"
+            curves[label] = singular_values(before[name])
         if name in after:
             curves["after (compact)"] = singular_values(after[name])
         if not curves:
@@ -417,8 +422,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
             image = f"{run.name}_spectra.png"
             plot_spectra(spectra, out / image, f"{run.name}: singular values")
             where = f"the oldest checkpoint kept ({source})" if source else "no checkpoint"
-            md += ["### Singular values", "", f"Before: {where}; after: the compact model. Channel matrix form "
-                   "(out × in·k²), log scale.", "", f"![{run.name} singular values]({image})", ""]
+            after = "after: the compact model" if compact is not None else "no compact model yet"
+            md += ["### Singular values", "", f"Before: {where}; {after}. Channel matrix form (out × in·k²), "
+                   "log scale.", "", f"![{run.name} singular values]({image})", ""]
         if compact is not None:
             md += ["### Compact model", "", rank_table(compact, arch), ""]
         if run.notes:
