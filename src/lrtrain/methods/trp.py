@@ -93,7 +93,7 @@ class TRP(Method):
         rank: instead of the energy rule, a global rank policy applied at each projection, e.g.
             ``"flops:0.45"`` (the layers TRP trains, and the rest dense, cost at most 45 % of the dense
             FLOPs), so the training ranks aim at the compact model's budget. A ``multiple`` in it
-            (``"flops:0.45,multiple:8"``) aligns the projections' ranks; `final` takes its own.
+            (``"flops:0.45,multiple:8"``) aligns the projections' ranks, and the default `final`'s.
         ramp: with a ``"flops:F"`` `rank`, the fraction of training (0-1) over which the projections' budget
             tightens linearly from the dense FLOPs to F; 0 (default) projects to F from the first projection.
             A projected weight keeps no energy beyond its rank, so a projection's ranks never grow again:
@@ -108,7 +108,7 @@ class TRP(Method):
         nuclear: λ, the weight of the nuclear norm (official: 3e-4); 0 turns step A off.
         final: rank policy of `finalize`: a `RankPolicy`, a string such as ``"energy:0.85"`` or
             ``"flops:0.45"``, or ``{layer: rank}``; default ``Threshold(0.05)``, or ``Energy(0.85)`` for
-            the decoupled scheme (the official rules).
+            the decoupled scheme (the official rules), with the ``multiple`` of `rank` where it has one.
         eligible: ``"default"``: every conv whose factorized form can be cheaper than the dense one (first
             conv, 1×1 and stride-2 convs included); ``"official"``: 3×3 convs but the first, with stride-2
             convs trained but left dense at the end under channel/spatial, as the official code does.
@@ -172,8 +172,9 @@ class TRP(Method):
         if self.subgradient == "projection" and self.nuclear and not self.period:
             raise ValueError("TRP: subgradient='projection' applies λ only after projections, but period=0 never "
                              "projects; use subgradient='svd' or 'newton_schulz' for nuclear-norm-only training")
-        if final is None:
-            final = Energy(0.85) if self.scheme.name == "decoupled" else Threshold(0.05)
+        if final is None:  # the official rules, in steps of the projections' multiple where `rank` has one
+            multiple = self.rank_policy.multiple if self.rank_policy is not None else 1
+            final = Energy(0.85, multiple) if self.scheme.name == "decoupled" else Threshold(0.05, multiple)
         self.final = final if isinstance(final, dict) else parse_policy(final)
         self.input_size = tuple(input_size)
         self.skip = surgery.skip_patterns(skip)
