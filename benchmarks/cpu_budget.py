@@ -93,9 +93,7 @@ def report(runs: list[benchmark.RunSpec], root: Path, out_stem: Path, threads: i
              f"autocast is 2x slower on this CPU), NCHW (channels-last for the ELRT runs: 1.65x faster for "
              f"their Tucker-2 layers), seed 0. Low-rank runs target at most {BUDGET:.0%} of the dense FLOPs "
              f"(>= {1 / BUDGET:.2f}x). cpu_speedup_b32: measured forward-pass speedup of the compact model over "
-             f"the dense one at batch 32; cpu_deployed_speedup_b32: the same, the compact model deployed for this "
-             f"CPU (`lr.deploy`: a factorized conv kept only where it timed faster, BatchNorm folded, NCHW or "
-             f"channels-last, whichever ran faster) against the dense one deployed alike.")
+             f"the dense one at batch 32; {benchmark.DEPLOYED_NOTE}")
     benchmark.write_table(rows, out_stem, "CIFAR-10 ResNet-20: every method at one FLOPs budget (CPU)", notes)
     if rows:
         benchmark.plot(rows, out_stem.with_suffix(".png"), f"ResNet-20, CIFAR-10, {COMMON['train']['epochs']} "

@@ -25,6 +25,11 @@ from .deployment import deploy
 from .metrics import latency_ratio
 from .provenance import cpu_name
 
+# What the table's deployed column means, in the notes of every table that shows it.
+DEPLOYED_NOTE = ("cpu_deployed_speedup_b32: the same, the compact model deployed for that CPU (`lr.deploy`: a "
+                 "factorized conv kept only where it timed faster than its dense form, BatchNorm folded, NCHW or "
+                 "channels-last, whichever ran faster) against the dense one deployed alike.")
+
 ROW_FIELDS = ["run", "method", "model", "top1_final", "top1_best", "top1_before_finalize", "dense_mflops",
               "compact_mflops", "flops_speedup", "dense_params_m", "compact_params_m", "cpu_speedup_b32",
               "cpu_deployed_speedup_b32", "epochs", "wall_s", "device", "command", "commit", "date",
@@ -205,13 +210,12 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
     groups = list(dict.fromkeys(x[panels] for x in [*rows, *points])) if panels else [None]
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
     markers = itertools.cycle("osD^v<>pPX*h")  # colours still tell apart methods beyond twelve
-    colours_given, cycle = colours, itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    cycle = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     style: dict[str, tuple[str, str]] = {}  # method -> (marker, colour), the same in every panel
 
     def style_of(method: str) -> tuple[str, str]:
-        fixed = (colours_given or {}).get(method)
-        return style.setdefault(method, (next(markers), "grey" if method == dense_label
-                                         else fixed or next(cycle)))
+        colour = "grey" if method == dense_label else (colours or {}).get(method) or next(cycle)
+        return style.setdefault(method, (next(markers), colour))
 
     for ax, group in zip(axes[0], groups):
         for r in (r for r in rows if panels is None or r[panels] == group):

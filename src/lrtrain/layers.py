@@ -180,9 +180,9 @@ class LowRankLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         hi = min(in_features, out_features)
-        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= hi:
-            what = "is out of range" if isinstance(rank, numbers.Integral) and not isinstance(rank, bool) \
-                else "is not an integer"
+        integer = isinstance(rank, numbers.Integral) and not isinstance(rank, bool)
+        if not integer or not 1 <= rank <= hi:
+            what = "is out of range" if integer else "is not an integer"
             raise ValueError(f"LowRankLinear({in_features}, {out_features}): rank {rank!r} {what} "
                              f"(valid ranks are 1..{hi})")
         rank = int(rank)

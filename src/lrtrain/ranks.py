@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import difflib
 import heapq
-import numbers
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import Tensor
 
 from . import linalg
+from .schemes import _whole
 
 Rank = int | tuple[int, int]
 
@@ -60,10 +60,10 @@ def _per_mode(max_rank: Rank, fn: Callable[[int, Tensor | None], int], spectrum=
 
 
 def _check_multiple(multiple) -> int:
-    whole = isinstance(multiple, numbers.Integral) or (isinstance(multiple, float) and multiple.is_integer())
-    if isinstance(multiple, bool) or not whole or int(multiple) < 1:
+    whole = _whole(multiple)
+    if whole is None or whole < 1:
         raise ValueError(f"rank policy: multiple must be a positive integer, got {multiple!r}")
-    return int(multiple)
+    return whole
 
 
 def aligned(rank: int, max_rank: int, multiple: int) -> int:

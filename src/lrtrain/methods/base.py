@@ -48,9 +48,9 @@ class Method:
 
     def setup(self, steps_per_epoch: int, total_steps: int) -> None:
         """Told once by the loop before training, so period rules like "once per epoch" can resolve."""
-        for what, value, least in (("steps_per_epoch", steps_per_epoch, 1), ("total_steps", total_steps, 1)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-                raise ValueError(f"{type(self).__name__}.setup: {what} must be an integer >= {least}, got {value!r}"
+        for what, value in (("steps_per_epoch", steps_per_epoch), ("total_steps", total_steps)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{type(self).__name__}.setup: {what} must be an integer >= 1, got {value!r}"
                                  + (" (an empty data loader?)" if value == 0 else ""))
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps

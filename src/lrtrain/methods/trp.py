@@ -156,7 +156,8 @@ class TRP(Method):
         if ramp and not isinstance(self.rank_policy, FlopsBudget):
             raise ValueError(f"TRP: ramp tightens a FLOPs budget, so it needs rank='flops:F' (got rank={rank!r})")
         self.ramp = float(ramp)
-        if period is not None and (not isinstance(period, numbers.Integral) or isinstance(period, bool) or period < 0):
+        if period is not None and (isinstance(period, bool) or not isinstance(period, numbers.Integral)
+                                   or period < 0):
             raise ValueError(f"TRP: period must be an integer >= 0 (0 or None: never project), got {period!r}")
         if float(nuclear) < 0:
             raise ValueError(f"TRP: nuclear (λ) must be >= 0, got {nuclear!r}")
