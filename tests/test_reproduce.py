@@ -137,15 +137,25 @@ def test_run_list_covers_the_issue_and_every_entry_resolves():
     names = [r.name for r in reproduce.RUNS]
     assert len(set(names)) == len(names) == 23 + 11  # the eleven ResNet-56 rows twice
     for model in ("resnet20", "resnet56"):
-        for method in ("dense", "svd_finetune", "trp_channel_nuclear", "trp_channel", "trp_spatial_nuclear",
-                       "trp_spatial", "lrpet", "elrt_tucker2", "elrt_channel"):
+        for method in ("dense", "svd_finetune", "trp_channel_nuclear", "lrpet", "elrt_tucker2", "elrt_channel"):
             assert f"{model}_{method}" in names
+    trp = {}  # (model, scheme, nuclear on, final cut) -> run name, of the first seeds
     for run in reproduce.RUNS:
         cfg = reproduce.spec(run, reproduce.overrides(run, [], 1.0)).recipe
         assert cfg["model"]["name"] == run.name.split("_")[0]
         assert cfg["train"]["keep_checkpoints"] == 1
-    trp56 = ["resnet56_trp_channel_nuclear", "resnet56_trp_channel", "resnet56_trp_spatial_nuclear",
-             "resnet56_trp_spatial", "resnet56_trp_channel_ramp"]
+        method = cfg["method"]
+        if method["name"] == "trp" and "seed1" not in run.name:
+            trp[cfg["model"]["name"], method["scheme"], method["nuclear"] > 0, str(method["final"])] = run.name
+    # Issue 8: each scheme with and without the nuclear term; for ResNet-56 at the paper's 2.31x (the ramp's
+    # FLOPs cut), besides the official 0.9-energy rule's row.
+    for scheme in ("channel", "spatial"):
+        for nuclear in (True, False):
+            assert ("resnet20", scheme, nuclear, "threshold:0.05") in trp
+            assert ("resnet56", scheme, nuclear, "flops:0.433") in trp
+    assert ("resnet56", "channel", True, "threshold:0.05") in trp
+    trp56 = ["resnet56_trp_channel_nuclear", "resnet56_trp_channel_ramp", "resnet56_trp_channel_ramp_nonuclear",
+             "resnet56_trp_spatial_ramp", "resnet56_trp_spatial_ramp_nonuclear"]
     assert [r.name for r in reproduce.select(["resnet56_trp_*"])] == trp56 + [f"{n}_seed1" for n in trp56]
     with pytest.raises(SystemExit, match="no run matches"):
         reproduce.select(["resnet18_*"])
