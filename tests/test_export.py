@@ -242,3 +242,13 @@ def test_save_refuses_a_name_that_does_not_rebuild_the_model(tmp_path):
     lr.save(compact, tmp_path / "m.pt", "resnet20", 10)
     torch.testing.assert_close(lr.load(tmp_path / "m.pt")(torch.ones(1, 3, 32, 32)),
                                compact.eval()(torch.ones(1, 3, 32, 32)))
+
+
+def test_save_refuses_classes_that_a_factorized_classifier_does_not_have(tmp_path):
+    model = lr.models.create("resnet20", num_classes=10)
+    model.fc = lr.LowRankLinear(64, 10, rank=4)
+    with pytest.raises(ValueError, match=r"num_classes=100\) .*fc: out_features 10 vs 100"):
+        lr.save(model, tmp_path / "m.pt", "resnet20", 100)
+    assert not (tmp_path / "m.pt").exists()
+    lr.save(model, tmp_path / "m.pt", "resnet20", 10)
+    assert lr.load(tmp_path / "m.pt")(torch.ones(2, 3, 32, 32)).shape == (2, 10)

@@ -151,6 +151,15 @@ def test_failing_forward_names_size_and_error():
         flop_counter_macs(model, (1, 1, 32, 32))
 
 
+def test_out_of_memory_is_not_called_an_input_size_mistake():
+    class Hungry(nn.Module):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError, match="2.00 GiB"):
+        count(Hungry(), (1, 3, 32, 32))
+
+
 def test_follows_model_dtype():
     c = count(TinyNet().double(), (1, 3, 8, 8))
     assert c.layers["stem"].flops == 64 * 8 * 27

@@ -117,6 +117,16 @@ def rebuild(arch: dict[str, Any]) -> nn.Module:
     return model
 
 
+def _resized(arch: dict[str, Any]) -> list[str]:
+    """The replaced layers whose inputs or outputs differ from the layer they replace in the registry model
+    (a factorized classifier keeps its own size, so a wrong `num_classes` shows only here)."""
+    base = dict(models.create(arch["model"], num_classes=arch["num_classes"]).named_modules())
+    return [f"{name}: {key} {spec[key]} vs {getattr(base[name], key)}"
+            for name, spec in arch["layers"].items()
+            for key in ("in_channels", "out_channels", "in_features", "out_features")
+            if key in spec and name in base and getattr(base[name], key, spec[key]) != spec[key]]
+
+
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -131,7 +141,7 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
     arch = describe(model, model_name, num_classes, **extra)
     state = _state(model)
     # checked now, not when `load` fails on the file: the name and classes must rebuild this very model
-    problems = mismatches(state, rebuild(arch).state_dict())
+    problems = _resized(arch) or mismatches(state, rebuild(arch).state_dict())
     if problems:
         raise ValueError(f"save: {type(model).__name__} is not models.create({model_name!r}, "
                          f"num_classes={num_classes}) with its low-rank layers (model vs that): "

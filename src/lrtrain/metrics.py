@@ -84,6 +84,8 @@ def _inference(model: nn.Module, input_size, device=None) -> Iterator[torch.Tens
 def _forward(model: nn.Module, x: torch.Tensor) -> None:
     try:
         model(x)
+    except torch.OutOfMemoryError:
+        raise  # the memory, not the input size, is short
     except Exception as err:
         raise ValueError(
             f"{type(model).__name__} cannot run on input_size {tuple(x.shape)}: {err}"
