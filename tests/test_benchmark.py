@@ -285,3 +285,36 @@ def test_provenance_shared_by_every_row_is_said_once_else_per_run(tmp_path):
     lines = stem.with_suffix(".md").read_text().splitlines()
     assert "Device: gpu." in lines and "Command: `python x.py`." in lines
     assert "Commit, per run: dense `aaa1111`; trp `bbb2222, aaa1111`." in lines
+
+
+def test_plot_styles_a_method_once_and_lists_it_once(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = [{"method": m, "flops_speedup": s, "top1_final": a}
+            for m, s, a in [("A", 2.0, 90.0), ("A", 2.1, 90.5), ("B", 3.0, 89.0), ("dense", 1.0, 92.0)]]
+    paper = [{"label": "A (paper)", "method": "A", "speedup": 2.2, "top1": 91.0}]
+    benchmark.plot(rows, tmp_path / "p.png", "t", paper_points=paper)
+    ax = figures[0].axes[0]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["A", "A (paper)", "B", "dense (92.00%)"]
+    a1, a2, b, a_paper = ax.collections
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    assert tuple(a1.get_facecolor()[0]) == tuple(a2.get_facecolor()[0]) == to_rgba(cycle[0])
+    assert tuple(a_paper.get_edgecolor()[0]) == to_rgba(cycle[0])
+    assert tuple(b.get_facecolor()[0]) == to_rgba(cycle[1])  # the next colour: a styled method draws none
+
+
+def test_plot_of_runs_at_one_budget_does_not_magnify_their_tiny_speedup_differences(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = [{"method": m, "flops_speedup": s, "top1_final": 88.0} for m, s in [("A", 2.222), ("B", 2.231)]]
+    benchmark.plot(rows, tmp_path / "p.png", "t")
+    left, right = figures[0].axes[0].get_xlim()
+    assert left == pytest.approx(2.2265 / 1.1) and right == pytest.approx(2.2265 * 1.1)
+    benchmark.plot([{**rows[0], "flops_speedup": 1.5}, rows[1]], tmp_path / "q.png", "t")
+    left, right = figures[1].axes[0].get_xlim()  # spread points: matplotlib's own margins
+    assert 1.4 < left < 1.5 and 2.231 < right < 2.3

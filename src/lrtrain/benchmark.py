@@ -214,8 +214,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
     style: dict[str, tuple[str, str]] = {}  # method -> (marker, colour), the same in every panel
 
     def style_of(method: str) -> tuple[str, str]:
-        colour = "grey" if method == dense_label else (colours or {}).get(method) or next(cycle)
-        return style.setdefault(method, (next(markers), colour))
+        if method not in style:
+            colour = "grey" if method == dense_label else (colours or {}).get(method) or next(cycle)
+            style[method] = (next(markers), colour)
+        return style[method]
 
     for ax, group in zip(axes[0], groups):
         for r in (r for r in rows if panels is None or r[panels] == group):
@@ -234,11 +236,16 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
                 ax.scatter(p["speedup"], p["top1"], marker="x", color="black", s=50)
                 ax.annotate(p["label"], (p["speedup"], p["top1"]), fontsize=7, xytext=(4, 2),
                             textcoords="offset points")
+        speedups = [x for c in ax.collections for x in c.get_offsets()[:, 0]]
+        if speedups and max(speedups) < 1.2 * min(speedups):  # a narrow axis would magnify a 0.1 % difference
+            middle = (max(speedups) + min(speedups)) / 2
+            ax.set_xlim(middle / 1.1, middle * 1.1)
         ax.set_xlabel("FLOPs speedup (dense / compact)")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(title if group is None else f"{title}: {group}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        entries = dict(zip(*ax.get_legend_handles_labels()[::-1]))  # one entry per method, not per seed
+        ax.legend(entries.values(), entries.keys(), fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
