@@ -140,10 +140,12 @@ def main(argv: list[str] | None = None) -> None:
         ax.set_title(stage)
         ax.set_xlabel("step")
         ax.set_ylabel("mean rank")
-    axes[0].legend(fontsize=7)
     fig.suptitle("TRP, 0.9-energy projection every 5 steps: ranks of ResNet-20's 3×3 convs")
-    fig.tight_layout()
-    fig.savefig(args.out.with_suffix(".png"), dpi=110)
+    # below the panels: inside one it covered the curves of its first hundred steps
+    legend = fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8,
+                        bbox_to_anchor=(0.5, 0))
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.savefig(args.out.with_suffix(".png"), dpi=110, bbox_extra_artists=[legend])
     print("\n".join(lines))
 
 
