@@ -217,6 +217,61 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a run directory (its compact.pt, else its newest checkpoint), a compact model "
+                                 "file or a checkpoint step_*.pt")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="the data set to score on, e.g. --set data.name=cifar100 (default: the run's own; "
+                        "repeatable)")
+    p.add_argument("--data-dir", help="where the data set is (default: the run's, then $LRTRAIN_DATA, then "
+                                      "../shared/data)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--latency", action="store_true",
+                   help="also time the model's forward pass against the dense model's on this CPU, batch 1 and 32")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import models
+    from .data import build_data
+    from .evaluation import check_fit, evaluate, resolve_source
+    from .metrics import count, latency_ratio
+    from .train import distributed
+    from .train.trainer import resolve_device
+
+    model, cfg, arch, what = resolve_source(args.model, args.overrides)
+    recorded = cfg["data"]["dir"]
+    if args.data_dir:
+        cfg["data"]["dir"] = args.data_dir
+    elif recorded and not Path(recorded).exists() and not any(k.startswith("data.dir=") for k in args.overrides):
+        print(f"note: the run's data.dir {recorded} is not on this machine; looking in the default places")
+        cfg["data"]["dir"] = None  # a run trained elsewhere (moved, or from a GPU machine's /tmp)
+    if cfg["data"]["name"] == "folder" and cfg["data"]["image_size"] is None and arch.get("input_size"):
+        cfg["data"]["image_size"] = arch["input_size"][-1]  # the size it was trained at
+    device = resolve_device(args.device, distributed.World())
+    data = build_data(cfg["data"], device=device, seed=cfg["seed"])
+    check_fit(model, arch, data, what)
+    result = evaluate(model.to(device), data.test.batches(), amp=False)
+    top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""
+    print(f"{what} on {data.description}: top-1 {result['test_acc']:.2f}%{top5}, loss {result['test_loss']:.4f} "
+          f"({result['images']} images, {device})")
+    name = arch.get("model") or cfg["model"]["name"]
+    dense = models.create(name, num_classes=data.num_classes).eval()
+    compact, full = count(model.cpu(), data.input_size), count(dense, data.input_size)
+    if compact.flops == full.flops and compact.params == full.params:
+        print(f"{compact.flops / 1e6:.2f} M FLOPs, {compact.params / 1e6:.3f} M params: a dense {name}'s")
+    else:
+        print(f"{compact.flops / 1e6:.2f} M FLOPs ({full.flops / compact.flops:.2f}x fewer than a dense {name}), "
+              f"{compact.params / 1e6:.3f} M params ({full.params / compact.params:.2f}x fewer)")
+    if args.latency:
+        for batch in (1, 32):
+            ratio = latency_ratio(dense, model, (batch, *data.input_size[1:]), device="cpu")
+            print(f"forward pass on this CPU ({torch.get_num_threads()} threads), batch {batch}: {ratio:.2f}x the "
+                  "dense model's speed")
+    return 0
+
+
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     # Declared here, not in report.py, so building the parser does not import matplotlib.
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by lrtrain train")
@@ -241,6 +296,8 @@ COMMANDS: dict[str, Command] = {
                         _compress_arguments, _run_compress),
     "export": Command("write a compact model as TorchScript, ONNX or a plain state_dict", _export_arguments,
                       _run_export),
+    "evaluate": Command("test accuracy of a run, compact model or checkpoint; FLOPs and CPU speed against dense",
+                        _evaluate_arguments, _run_evaluate),
     "train": Command("train a model with a method, as a recipe says", _train_arguments, _run_train),
     "demo": Command("a short training run showing the whole pipeline", _demo_arguments, _run_demo),
 }

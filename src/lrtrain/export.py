@@ -151,7 +151,11 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
 
 def load_with_arch(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """`load`, also returning the file's ``arch`` (model name, classes, layers, input size when known)."""
-    blob = load_torch_file(path, "compact model", map_location)
+    return from_blob(load_torch_file(path, "compact model", map_location), path, map_location)
+
+
+def from_blob(blob: Any, path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """`load_with_arch` of a file already read (`path` names it in errors)."""
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
         hint = " (a training checkpoint: make a compact model of it with lrtrain compress)" \
             if isinstance(blob, dict) and "config" in blob else ""

@@ -55,25 +55,36 @@ def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple]:
 
     Returns ``(model, model name, num_classes, input size)``.
     """
-    from .train.checkpoint import list_checkpoints, load_checkpoint
+    from .train.checkpoint import load_checkpoint
+
+    path = trained_file(path)
+    return from_state(load_checkpoint(path), path)
+
+
+def trained_file(path: str | Path) -> Path:
+    """The file `load_trained` reads for `path`: a run directory's newest checkpoint, else its compact.pt."""
+    from .train.checkpoint import list_checkpoints
 
     path = Path(path)
     if path.is_dir():
         found = list_checkpoints(path / "checkpoints")
         if found:
-            path = found[-1]
-        elif (path / "compact.pt").exists():  # a finished run whose checkpoints were cleared away
-            path = path / "compact.pt"
-        else:
-            raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'} and no compact.pt in {path}")
+            return found[-1]
+        if (path / "compact.pt").exists():  # a finished run whose checkpoints were cleared away
+            return path / "compact.pt"
+        raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'} and no compact.pt in {path}")
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint: {path}")
-    state = load_checkpoint(path)
-    if "arch" in state:
+    return path
+
+
+def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple]:
+    """`load_trained` of a file already read (`path` names it in errors)."""
+    if isinstance(state, dict) and "arch" in state:
         arch = state["arch"]
-        return export.load(path), arch["model"], arch["num_classes"], tuple(arch.get("input_size") or
-                                                                                   models.default_input_size(arch["model"]))
-    if "config" not in state or "model" not in state:
+        return export.from_blob(state, path)[0], arch["model"], arch["num_classes"], \
+            tuple(arch.get("input_size") or models.default_input_size(arch["model"]))
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"{path} is neither an lrtrain checkpoint nor a compact model")
     cfg = state["config"]
     name = cfg["model"]["name"]

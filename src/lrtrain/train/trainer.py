@@ -35,6 +35,7 @@ from .. import config as config_mod
 from ..layers import LowRankConv2d, LowRankLinear
 from ..linalg import NonFiniteError
 from ..data import Data, build_data
+from ..evaluation import score_sums, summarize
 from ..files import atomic_write, atomic_write_text
 from ..methods import create_method
 from ..pretrained import load_pretrained
@@ -376,28 +377,13 @@ class Trainer:
             bar.close()
         return True
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
         """Test loss and top-1 accuracy (%) of ``model`` (default: the model being trained), all ranks."""
-        model = model if model is not None else self.model
-        was_training = model.training
-        model.eval()
         self._evaluating = True
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, images
-        images_seen = 0
-        try:  # a caller that catches an error here (out of memory) gets its model's mode back
-            for images, labels in self.data.test.batches():
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    logits = model(images)
-                sums[:2] += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum").double(),
-                                         (logits.argmax(1) == labels).sum().double()])
-                images_seen += labels.shape[0]
-        finally:
-            model.train(was_training)
+        sums = score_sums(self.model if model is None else model, self.data.test.batches(), self.amp)
         self._evaluating = False  # left set by an error: `_translate_errors` reads it, then clears it
-        sums[2] = images_seen
-        loss, correct, n = distributed.all_reduce_sum_(sums).tolist()
-        return {"test_loss": loss / n, "test_acc": 100.0 * correct / n}
+        result = summarize(distributed.all_reduce_sum_(sums))
+        return {"test_loss": result["test_loss"], "test_acc": result["test_acc"]}  # metrics.csv's columns
 
     def _end_epoch(self, epoch: int, seconds: float, images: int) -> None:
         """Read the epoch's sums (divergence check), evaluate, log; ``images`` were trained in ``seconds``."""

@@ -1,0 +1,115 @@
+"""How well a model classifies a data set's test split: `evaluate`, the trainer's end-of-epoch test, and
+``lrtrain evaluate`` on a run, a compact model file or a checkpoint.
+
+    >>> import torch, lrtrain as lr
+    >>> from lrtrain.evaluation import evaluate
+    >>> batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))]
+    >>> result = evaluate(lr.models.create("resnet20"), batches)
+    >>> sorted(result), result["images"]
+    (['images', 'test_acc', 'test_loss', 'top5_acc'], 8)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SUMS = ("loss", "top1", "top5", "images")  # the entries of `score_sums`
+
+
+@torch.no_grad()
+def score_sums(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], amp: bool = False) -> Tensor:
+    """Summed cross-entropy, top-1 and top-5 hits and images over `batches`, in eval mode (the model's
+    modes are restored after), as one float64 tensor on the model's device: no host sync per batch."""
+    ref = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for images, labels in batches:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(images).float()
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
+            sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), hits[:, 0].sum(),
+                                 hits.any(1).sum(), labels.new_tensor(labels.shape[0])]).double()
+    finally:
+        for m, training in modes:
+            m.training = training
+    return sums
+
+
+def summarize(sums: Tensor) -> dict[str, Any]:
+    """`score_sums` (all processes' summed) as mean loss, top-1 and top-5 accuracy (%) and images."""
+    loss, top1, top5, images = sums.tolist()
+    if not images:
+        raise ValueError("the test split holds no image: nothing to evaluate")
+    return {"test_loss": loss / images, "test_acc": 100.0 * top1 / images, "top5_acc": 100.0 * top5 / images,
+            "images": int(images)}
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], amp: bool = False) -> dict[str, Any]:
+    """Mean test loss, top-1 and top-5 accuracy (%) of `model` over `batches` of (images, labels), e.g. a
+    torch DataLoader or ``lrtrain.data.build_data(...).test.batches()``; ``amp``: bf16 autocast."""
+    return summarize(score_sums(model, batches, amp))
+
+
+# ------------------------------------------------------------------------------------- lrtrain evaluate
+
+def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
+    """The model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact model
+    file; a checkpoint), the resolved recipe its data come from (the run's config.yaml, else the
+    checkpoint's, else the defaults; then `overrides`, data.* keys only), its ``arch`` (empty for a
+    checkpoint's dense model) and a phrase naming what was loaded."""
+    from . import export
+    from .config import apply_override, load_recipe, resolve
+    from .inspection import from_state, trained_file
+    from .train.checkpoint import load_checkpoint
+
+    bad = [key for key in overrides if not key.startswith("data.")]
+    if bad:
+        raise ValueError(f"--set {bad[0]}: evaluate takes data.* keys only (the model is what the file holds)")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {path}")
+    run_dir = path if path.is_dir() else None
+    file = path / "compact.pt" if run_dir and (path / "compact.pt").is_file() else trained_file(path)
+    state = load_checkpoint(file)
+    config = None
+    if isinstance(state, dict) and "arch" in state:
+        (model, arch), what = export.from_blob(state, file), f"{file} (compact model)"
+        run_dir = run_dir or file.parent  # a run's compact.pt sits beside its config.yaml
+    else:
+        model, arch = from_state(state, file)[0], {}
+        what = f"{file} (checkpoint: the dense model as trained so far)"
+        config = state["config"]
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        return model, load_recipe(run_dir, overrides), arch, what
+    recipe: dict[str, Any] = {"data": dict(config["data"])} if config else {}
+    for key in overrides:
+        apply_override(recipe, key)
+    return model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what
+
+
+def check_fit(model: nn.Module, arch: dict[str, Any], data: Any, what: str) -> None:
+    """Refuse data the model cannot be scored on: other class counts, or class names in another order."""
+    from .metrics import _inference
+
+    with _inference(model, data.input_size) as x:
+        outputs = model(x).shape[-1]
+    if outputs != data.num_classes:
+        raise ValueError(f"{what} predicts {outputs} classes; {data.description} has {data.num_classes} "
+                         "(point --set data.name / data.dir at the data set it was trained on)")
+    trained, here = arch.get("classes"), data.classes
+    if trained and here and list(trained) != list(here):
+        first = next(i for i, (a, b) in enumerate(zip(trained, here)) if a != b)
+        raise ValueError(f"{what} was trained with class {first} = {trained[first]!r}; {data.description} "
+                         f"has {here[first]!r} there: its labels would be scored against other classes")
+
+
+__all__ = ["check_fit", "evaluate", "resolve_source", "score_sums", "summarize"]

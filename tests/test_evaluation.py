@@ -1,0 +1,116 @@
+"""Scoring a model on a test split: the function, and ``lrtrain evaluate`` on runs, files and checkpoints."""
+
+import doctest
+import json
+import re
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from lrtrain import cli
+from lrtrain.evaluation import check_fit, evaluate
+from lrtrain.train.checkpoint import list_checkpoints
+
+RECIPE = """
+model: {name: resnet20}
+data: {name: sample, train_size: 64, test_size: 48, image_size: 8, num_classes: 7, batch_size: 16,
+       eval_batch_size: 20}
+method: {name: lrpet, goal: 0.5}
+train: {epochs: 1, progress: false}
+"""
+
+
+def test_evaluate_sums_loss_top1_and_top5_over_batches_in_eval_mode():
+    logits = torch.randn(30, 7, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 7, (30,), generator=torch.Generator().manual_seed(1))
+    model = nn.Sequential(nn.Dropout(0.5)).train()  # the logits pass through only in eval mode
+    result = evaluate(model, [(logits[:16], labels[:16]), (logits[16:], labels[16:])])
+    ranked = logits.argsort(1, descending=True)
+    assert result["images"] == 30
+    assert result["test_acc"] == pytest.approx(100 * (ranked[:, 0] == labels).float().mean().item())
+    assert result["top5_acc"] == pytest.approx(100 * (ranked[:, :5] == labels[:, None]).any(1).float().mean().item())
+    assert result["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert model.training
+    with pytest.raises(ValueError, match="no image"):
+        evaluate(model, [])
+
+
+def test_check_fit_refuses_other_class_counts_and_class_names_in_another_order():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    data = SimpleNamespace(input_size=(1, 3, 2, 2), num_classes=3, classes=["cat", "dog", "fox"], description="D")
+    check_fit(model, {"classes": ["cat", "dog", "fox"]}, data, "M")
+    with pytest.raises(ValueError, match=r"M was trained with class 1 = 'fox'; D has 'dog' there"):
+        check_fit(model, {"classes": ["cat", "fox", "dog"]}, data, "M")
+    with pytest.raises(ValueError, match="M predicts 3 classes; D has 4"):
+        check_fit(model, {}, SimpleNamespace(**{**vars(data), "num_classes": 4}), "M")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished tiny LRPET run on generated data: compact.pt, checkpoints, config.yaml."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    (folder / "recipe.yaml").write_text(textwrap.dedent(RECIPE))
+    assert cli.main(["train", str(folder / "recipe.yaml"), "--out-dir", str(folder / "run")]) == 0
+    return folder / "run"
+
+
+def _lines(capsys, argv):
+    assert cli.main(argv) == 0
+    return capsys.readouterr().out.strip().splitlines()
+
+
+def test_a_runs_compact_model_scores_what_the_trainer_reported(run, capsys):
+    final = json.loads((run / "summary.json").read_text())["final_acc"]
+    for source in (run, run / "compact.pt"):  # the file alone finds its run's data beside it
+        scored, sizes = _lines(capsys, ["evaluate", str(source)])
+        assert scored.startswith(f"{run / 'compact.pt'} (compact model) on generated sample set")
+        assert f"top-1 {final:.2f}%, top-5 " in scored and "(48 images, cpu)" in scored
+        assert "x fewer than a dense resnet20" in sizes
+    *_, batch1, batch32 = _lines(capsys, ["evaluate", str(run), "--latency"])
+    for line, batch in ((batch1, 1), (batch32, 32)):
+        assert re.fullmatch(rf"forward pass on this CPU \(\d+ threads\), batch {batch}: \d+\.\d\dx the dense "
+                            r"model's speed", line) and float(line.split(": ")[1].split("x")[0]) > 0
+
+
+def test_a_checkpoint_scores_as_the_dense_model_trained_so_far(run, capsys):
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    scored, sizes = _lines(capsys, ["evaluate", str(newest)])
+    assert scored.startswith(f"{newest} (checkpoint: the dense model as trained so far) on generated sample set")
+    assert sizes.endswith("M params: a dense resnet20's")
+
+
+def test_a_data_dir_recorded_on_another_machine_falls_back_with_a_note(run, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "compact.pt").write_bytes((run / "compact.pt").read_bytes())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["dir"] = "/nowhere/cifar"
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = _lines(capsys, ["evaluate", str(moved)])
+    assert lines[0] == "note: the run's data.dir /nowhere/cifar is not on this machine; looking in the default places"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "optim.lr=0.1"], "--set optim.lr=0.1: evaluate takes data.* keys only"),
+    (["--set", "data.num_classes=5"], "(compact model) predicts 7 classes; generated sample set (8×8, 5 classes)"),
+])
+def test_data_the_model_cannot_be_scored_on_is_one_line(run, capsys, argv, message):
+    assert cli.main(["evaluate", str(run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrtrain: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_missing_source_is_named(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert f"no such run directory, compact model or checkpoint: {tmp_path / 'nothing'}" in capsys.readouterr().err
+
+
+def test_the_module_example_runs():
+    from lrtrain import evaluation
+
+    assert doctest.testmod(evaluation).failed == 0
