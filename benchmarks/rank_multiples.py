@@ -39,7 +39,7 @@ from lrtrain.fold import fold_batchnorm
 from lrtrain.layers import LowRankConv2d
 
 from bench_common import add_timing_args, device_slug, raise_recompile_limit, timing_header
-from speed import Report, _table, _timed, cpu_latencies, gpu_latencies, pinned
+from speed import Report, _size, _table, _timed, cpu_latencies, gpu_latencies, pinned
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -174,11 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         for compiled in ([False, True] if args.compile else [False]):
             columns.append(f"b{args.gpu_batch} bf16 {'compiled' if compiled else 'eager'}")
-            timing.append(gpu_latencies(nets, device, args, compiled, report))
+            timing.append(gpu_latencies(nets, _size(args.model, args.gpu_batch), device, args, compiled, report))
     else:
         for batch in args.batches:
             columns.append(f"CPU b{batch}")
-            timing.append(cpu_latencies(nets, batch, args))
+            timing.append(cpu_latencies(nets, _size(args.model, batch), args))
     lines = []
     for label in nets:
         cells = []

@@ -92,6 +92,16 @@ B3_RUNS = ("svd_finetune", "trp_channel_nuclear", "trp_spatial_nuclear", "lrpet"
 # spatial has none: ResNet-20's).
 TRP_SPEEDUP = {"resnet20_trp_channel_nuclear": 2.17, "resnet20_trp_spatial_nuclear": 2.84,
                "resnet56_trp_channel_nuclear": 2.31, "resnet56_trp_spatial_nuclear": 2.84}
+# The image-folder models (no reproduction run: fresh weights) at their recipes' targets, the ELRT formats at
+# LRPET's ResNet-50 FLOPs (2.16x, 46 %) for comparison.
+R50 = ("model.name=resnet50", "method.input_size=[1,3,224,224]", "method.rank=flops:0.46")
+FOLDER_B3 = {
+    "resnet18": [("LRPET", "imagenet_resnet18_lrpet.yaml", ())],
+    "resnet50": [("TRP channel + nuclear", "imagenet_resnet50_trp_channel.yaml", ("model.weights=null",)),
+                 ("LRPET", "imagenet_resnet50_lrpet.yaml", ()),
+                 ("ELRT tucker2", "cifar10_resnet56_elrt_tucker2.yaml", R50),
+                 ("ELRT channel", "cifar10_resnet56_elrt_channel.yaml", R50)],
+}
 
 
 class Report:
@@ -202,7 +212,11 @@ def train_steps(args, device: torch.device, report: Report) -> None:
 # -- B.3 ----------------------------------------------------------------------------------------------
 
 def compact_models(model_name: str, runs_root: Path) -> list[tuple[str, nn.Module, str]]:
-    """(label, compact model, where its ranks come from) for the reproduce runs of `model_name` in B3_RUNS."""
+    """(label, compact model, where its ranks come from) for the reproduce runs of `model_name` in B3_RUNS,
+    or for an image-folder model the recipes of FOLDER_B3."""
+    if model_name in FOLDER_B3:
+        return [(label, _finalized(model_name, load_recipe(reproduce.RECIPES / recipe, sets)),
+                 "fresh weights, the recipe's ranks") for label, recipe, sets in FOLDER_B3[model_name]]
     out = []
     for run in reproduce.RUNS:
         if not run.name.startswith(model_name + "_") or run.name.removeprefix(model_name + "_") not in B3_RUNS:
@@ -212,16 +226,25 @@ def compact_models(model_name: str, runs_root: Path) -> list[tuple[str, nn.Modul
             out.append((run.label, export.load(path), "trained run"))
             continue
         cfg = load_recipe(reproduce.RECIPES / run.recipe, reproduce.overrides(run, [], 1.0))
-        params = {k: v for k, v in cfg["method"].items() if k != "name"}
         source = "fresh weights, the recipe's ranks"
         if run.name in TRP_SPEEDUP:
-            params["final"] = f"flops:{1 / TRP_SPEEDUP[run.name]:.4f}"
+            cfg["method"]["final"] = f"flops:{1 / TRP_SPEEDUP[run.name]:.4f}"
             source = f"fresh weights, cut at the paper's {TRP_SPEEDUP[run.name]}x"
-        torch.manual_seed(0)
-        method = create_method(cfg["method"]["name"], models.create(model_name), **params)
-        method.setup(CIFAR_TRAIN // 128, CIFAR_TRAIN // 128 * cfg["train"]["epochs"])
-        out.append((run.label, method.finalize().eval(), source))
+        out.append((run.label, _finalized(model_name, cfg), source))
     return out
+
+
+def _finalized(model_name: str, cfg: dict) -> nn.Module:
+    """The compact model `cfg`'s method makes of a freshly initialized `model_name` (ranks from its targets)."""
+    params = {k: v for k, v in cfg["method"].items() if k != "name"}
+    torch.manual_seed(0)
+    method = create_method(cfg["method"]["name"], models.create(model_name), **params)
+    method.setup(CIFAR_TRAIN // 128, CIFAR_TRAIN // 128 * cfg["train"]["epochs"])
+    return method.finalize().eval()
+
+
+def _size(model_name: str, batch: int = 1) -> tuple[int, int, int, int]:
+    return (batch, *models.default_input_size(model_name)[1:])
 
 
 @contextmanager
@@ -240,20 +263,21 @@ def pinned(threads: int):
             os.sched_setaffinity(0, cores)
 
 
-def cpu_latencies(nets: dict[str, nn.Module], batch: int, args) -> dict[str, float]:
+def cpu_latencies(nets: dict[str, nn.Module], size: tuple[int, ...], args) -> dict[str, float]:
     times: dict[str, list[float]] = {label: [] for label in nets}
     with pinned(args.threads):
         for _ in range(args.rounds):
             for label, net in nets.items():
-                times[label].append(latency(net, (batch, 3, 32, 32), warmup=2, iters=args.iters))
+                times[label].append(latency(net, size, warmup=2, iters=args.iters))
     return {label: statistics.median(t) for label, t in times.items()}
 
 
-def gpu_latencies(nets: dict[str, nn.Module], device: torch.device, args, compiled: bool,
+def gpu_latencies(nets: dict[str, nn.Module], size: tuple[int, ...], device: torch.device, args, compiled: bool,
                   report: Report) -> dict[str, float]:
-    """Seconds per forward pass at batch ``args.gpu_batch`` in bf16, channels_last (a mean over a loop); the
-    nets not yet prepared when the report's budget runs out are left out (a compilation takes a while)."""
-    x = torch.randn(args.gpu_batch, 3, 32, 32, device=device, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    """Seconds per forward pass on `size` (batch ``args.gpu_batch``) in bf16, channels_last (a mean over a
+    loop); the nets not yet prepared when the report's budget runs out are left out (a compilation takes a
+    while)."""
+    x = torch.randn(size, device=device, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = True  # as in training, whether or not a Trainer ran in this process first
     ready = {}
     with torch.no_grad():
@@ -298,7 +322,7 @@ class Breakdown:
                 f"{dense.other_ms:.2f} ms).")
 
 
-def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dtype) -> Breakdown:
+def breakdown(net: nn.Module, size: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Breakdown:
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -306,11 +330,11 @@ def breakdown(net: nn.Module, batch: int, device: torch.device, dtype: torch.dty
     net = copy.deepcopy(net).to(device, dtype, memory_format=layout).eval()
     macs: dict[str, int] = {}
     convs = {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
-    for name, layer in count(net).layers.items():
+    for name, layer in count(net, (1, *size[1:])).layers.items():
         if name in convs:
             key = _kernel([0, 0, *convs[name].kernel_size])
-            macs[key] = macs.get(key, 0) + layer.flops * batch
-    x = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype).to(memory_format=layout)
+            macs[key] = macs.get(key, 0) + layer.flops * size[0]
+    x = torch.randn(size, device=device, dtype=dtype).to(memory_format=layout)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     reps = 10
     with torch.no_grad():
@@ -340,31 +364,33 @@ def inference(args, device: torch.device, report: Report) -> None:
         if report.over_budget():
             report.add([f"(B.3 of {', '.join(args.models[i:])} skipped: the {args.budget:.0f} s budget was spent)"])
             return
-        dense = models.create(model_name).eval()
-        dense_macs = count(dense).flops
+        dense, one = models.create(model_name).eval(), _size(model_name)
+        dense_macs = count(dense, one).flops
         compacts = compact_models(model_name, args.runs_root)
         nets = {"dense": dense, **{label: net for label, net, _ in compacts}}
         if args.fold_bn:  # the inference form, for dense and compact alike
-            nets = {label: fold_batchnorm(net) for label, net in nets.items()}
+            nets = {label: fold_batchnorm(net, one) for label, net in nets.items()}
         sources = {"dense": "—", **{label: src for label, _, src in compacts}}
-        flops_speedup = {label: dense_macs / count(net).flops for label, net in nets.items()}
-        measures = [(f"CPU b{batch}", lambda b=batch: cpu_latencies(nets, b, args)) for batch in args.cpu_batches]
+        macs = {label: count(net, one).flops for label, net in nets.items()}
+        measures = [(f"CPU b{batch}", lambda b=batch: cpu_latencies(nets, _size(model_name, b), args))
+                    for batch in args.cpu_batches]
         if device.type == "cuda":
             measures += [(f"GPU b{args.gpu_batch} bf16 {'compiled' if compiled else 'eager'}",
-                          lambda c=compiled: gpu_latencies(nets, device, args, c, report)) for compiled in (False, True)]
+                          lambda c=compiled: gpu_latencies(nets, _size(model_name, args.gpu_batch), device, args, c,
+                                                           report)) for compiled in (False, True)]
         columns: dict[str, dict[str, float]] = {}
 
         def table() -> list[str]:
             header = ["method", "ranks from", "MMACs", "FLOPs speedup", *(f"{c} ms (speedup)" for c in columns)]
             rows = []
             for label, net in nets.items():
-                cells = [label, sources[label], f"{count(net).flops / 1e6:.1f}", f"{flops_speedup[label]:.2f}x"]
+                cells = [label, sources[label], f"{macs[label] / 1e6:.1f}", f"{dense_macs / macs[label]:.2f}x"]
                 cells += [f"{1000 * t[label]:.2f} ({t['dense'] / t[label]:.2f}x)" if label in t else "—"
                           for t in columns.values()]
                 rows.append(cells)
             cut = (f" The {args.budget:.0f} s budget ran out during this model: what is missing (a column, a "
                    "profile, a cell marked —) was not measured.") if report.over_budget() else ""
-            return [f"## B.3 Inference latency: {model_name}, compact vs dense", "",
+            return [f"## B.3 Inference latency: {model_name} at {'×'.join(map(str, one[2:]))}, compact vs dense", "",
                     f"CPU: {cpu_name()}, {args.threads} thread(s) pinned to as many cores, fp32, median of "
                     f"{args.rounds} interleaved rounds of the median of {args.iters} forward passes. GPU: mean of "
                     f"{args.iters} forward passes in a loop, median of {args.rounds} rounds, bf16 weights and "
@@ -385,10 +411,11 @@ def inference(args, device: torch.device, report: Report) -> None:
         # CPU at the largest batch (batch 1 is dominated by per-layer overheads any model has).
         batch = max(args.cpu_batches)
         cpu = columns.get(f"CPU b{batch}", {})
-        short = [label for label in cpu if label != "dense" and cpu["dense"] / cpu[label] < 0.8 * flops_speedup[label]]
-        places = [("CPU", f"batch {batch}", torch.device("cpu"), torch.float32, batch)]
+        short = [label for label in cpu if label != "dense" and cpu["dense"] / cpu[label] < 0.8 * dense_macs / macs[label]]
+        places = [("CPU", f"batch {batch}", torch.device("cpu"), torch.float32, _size(model_name, batch))]
         if device.type == "cuda":
-            places.append(("GPU", f"batch {args.gpu_batch} bf16 eager", device, torch.bfloat16, args.gpu_batch))
+            places.append(("GPU", f"batch {args.gpu_batch} bf16 eager", device, torch.bfloat16,
+                           _size(model_name, args.gpu_batch)))
         profiles = []
         for where, what, dev, dtype, size in places if short else []:
             if report.over_budget():
@@ -416,23 +443,24 @@ def deployed(args, device: torch.device, report: Report) -> None:
         if report.over_budget():
             report.add([f"(deploy of {', '.join(args.models[i:])} skipped: the {args.budget:.0f} s budget was spent)"])
             return
-        dense = fold_batchnorm(models.create(model_name).eval())
-        dense_macs = count(dense).flops
+        one = _size(model_name)
+        dense = fold_batchnorm(models.create(model_name).eval(), one)
+        dense_macs = count(dense, one).flops
         rows = []
         for batch in args.cpu_batches:
             nets, kept = {"dense": dense}, {}
-            size = (batch, 3, 32, 32)
+            size = _size(model_name, batch)
             with pinned(args.threads):
                 nets["dense, deployed"], _ = deploy(dense, size, layout="auto")  # its faster layout
                 for label, net, _ in compact_models(model_name, args.runs_root):
-                    nets[label] = fold_batchnorm(net)
+                    nets[label] = fold_batchnorm(net, one)
                     nets[f"{label}, deployed"], choices = deploy(net, size, layout="auto")
                     kept[f"{label}, deployed"] = f"{sum(c.factorized for c in choices)}/{len(choices)}"
-            times = cpu_latencies(nets, batch, args)
-            rows += [[f"b{batch}", label, kept.get(label, "—"), layout_of(net), f"{count(net).flops / 1e6:.1f}",
-                      f"{dense_macs / count(net).flops:.2f}x", f"{1000 * times[label]:.2f}",
+            times = cpu_latencies(nets, size, args)
+            rows += [[f"b{batch}", label, kept.get(label, "—"), layout_of(net), f"{count(net, one).flops / 1e6:.1f}",
+                      f"{dense_macs / count(net, one).flops:.2f}x", f"{1000 * times[label]:.2f}",
                       f"{times['dense'] / times[label]:.2f}x"] for label, net in nets.items()]
-        report.add([f"## B.3 Deployed for this CPU: {model_name}", "",
+        report.add([f"## B.3 Deployed for this CPU: {model_name} at {'×'.join(map(str, one[2:]))}", "",
                     f"CPU: {cpu_name()}, {args.threads} thread(s) pinned, fp32, BatchNorm folded everywhere; "
                     f"median of {args.rounds} interleaved rounds of the median of {args.iters} forward passes. "
                     "\"deployed\": `lr.deploy(..., layout=\"auto\")` at that batch size, each factorized conv kept "

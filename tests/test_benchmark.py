@@ -183,8 +183,11 @@ def test_speed_inference_writes_each_column_and_stops_at_the_budget(monkeypatch)
 
     measured = []
 
-    def first_column_spends_the_budget(nets, batch, args):
+    sizes = []
+
+    def first_column_spends_the_budget(nets, size, args):
         measured.extend(nets.values())
+        sizes.append(size)
         report.over = True
         return {label: 1e-3 for label in nets}
 
@@ -197,11 +200,15 @@ def test_speed_inference_writes_each_column_and_stops_at_the_budget(monkeypatch)
     assert "BatchNorm folded into the convs" in first[2] and len(measured) == 2
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for net in measured for m in net.modules())
     assert skipped == ["(B.3 of resnet56 skipped: the 60 s budget was spent)"]
+    report, args.models = _Report(), ["resnet18"]  # an image-folder model: timed at its own 224×224
+    speed.inference(args, torch.device("cpu"), report)
+    assert sizes == [(1, 3, 32, 32), (1, 3, 224, 224)]
+    assert report.sections[0][0] == "## B.3 Inference latency: resnet18 at 224×224, compact vs dense"
 
     # The GPU columns leave out the nets not prepared (compiled) in time; bf16 on the CPU stands in here.
     nets = {"dense": speed.models.create("resnet20").eval(), "half": speed.models.create("resnet20").eval()}
     checks = Namespace(over_budget=iter([False, True]).__next__)
-    assert list(speed.gpu_latencies(nets, torch.device("cpu"), args, False, checks)) == ["dense"]
+    assert list(speed.gpu_latencies(nets, (2, 3, 32, 32), torch.device("cpu"), args, False, checks)) == ["dense"]
 
 
 def test_speed_writes_one_file_per_section_and_a_later_run_of_one_keeps_the_others(tmp_path, monkeypatch):
