@@ -87,6 +87,8 @@ def test_an_evaluation_that_fails_keeps_the_trained_epoch_and_the_resume_redoes_
     assert f"the trained epoch 2 is kept in {kept}" in capsys.readouterr().out
     state = load_checkpoint(kept)
     assert (state["step"], state["epoch"], state["batch"]) == (8, 1, 4)  # after the last step, not ended
+    seconds, images = state["trained_epoch"]  # the epoch's time and images, for its row once resumed
+    assert seconds > 0 and images == 4 * cfg["data"]["batch_size"]
     monkeypatch.setattr(Trainer, "evaluate", real)
     torch.manual_seed(12345)
     resumed = Trainer(cfg, model=DropNet())
@@ -95,6 +97,10 @@ def test_an_evaluation_that_fails_keeps_the_trained_epoch_and_the_resume_redoes_
                                                   resumed.model.state_dict().values()))
     assert _metrics(tmp_path / "whole" / "metrics.csv") == _metrics(tmp_path / "parts" / "metrics.csv")
     assert summary["final_acc"] == whole_summary["final_acc"]
+    with open(tmp_path / "parts" / "metrics.csv") as f:
+        epoch_2 = list(csv.DictReader(f))[1]
+    assert float(epoch_2["epoch_time_s"]) == pytest.approx(seconds)
+    assert float(epoch_2["img_per_s"]) == pytest.approx(images / seconds)
 
 
 def test_checkpoints_are_plain_data_for_weights_only_loading(tmp_path):

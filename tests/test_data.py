@@ -28,9 +28,11 @@ def _write_fake_cifar(root: Path, per_batch: int = 6) -> Path:
 
 
 def _sample_cfg(**data):
+    """A resolved data section: the generated set's by default; ``name="folder"`` takes every image."""
+    sizes = {"train_size": None, "test_size": None} if data.get("name") == "folder" else {}
     return {"name": "sample", "dir": None, "batch_size": 8, "eval_batch_size": 16, "augment": True, "padding": 2,
             "drop_last": True, "train_size": 40, "test_size": 20, "image_size": 8, "num_classes": 4, "workers": 0,
-            **data}
+            **sizes, **data}
 
 
 def test_read_cifar_keeps_the_channel_planar_layout(tmp_path):
@@ -308,3 +310,30 @@ def test_asking_for_more_cifar_images_than_there_are_says_so(tmp_path):
     cfg = _sample_cfg(name="cifar10", dir=str(tmp_path), train_size=10**6, test_size=5, batch_size=4)
     with pytest.raises(ValueError, match=r"data.train_size is 1000000, but CIFAR-10 has \d+ such images"):
         build_data(cfg, device=torch.device("cpu"))
+
+
+def test_a_folders_train_and_test_size_take_the_same_random_images_of_every_class(tmp_path):
+    _two_class_folder(tmp_path)
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2,
+                      train_size=4, test_size=3)
+    data = build_data(cfg, device=torch.device("cpu"))
+    train = data.train.dataset.samples
+    assert len(train) == 4 and len(data.test.dataset.samples) == 3 and "(4 train, 3 val)" in data.description
+    assert {label for _, label in train} == {0, 1}  # not the first four files: those are one class
+    assert build_data(cfg, device=torch.device("cpu")).train.dataset.samples == train
+    with pytest.raises(ValueError, match=r"train has 6 images, fewer than the 7 asked for"):
+        build_data(dict(cfg, train_size=7), device=torch.device("cpu"))
+
+
+def test_test_data_of_a_folder_needs_only_its_val_split(tmp_path):
+    from lrtrain.data import build_test_data
+
+    _two_class_folder(tmp_path)
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=128, eval_batch_size=4)
+    data = build_test_data(cfg, device=torch.device("cpu"))  # 6 training images: no batch of 128, no matter
+    assert data.train is None and data.classes == ["ant", "bee"] and data.input_size == (1, 3, 8, 8)
+    assert torch.cat([y for _, y in data.test.batches()]).tolist() == [0, 0, 0, 1, 1, 1]
+    (tmp_path / "train").rename(tmp_path / "elsewhere")
+    named = build_test_data(cfg, device=torch.device("cpu"), classes=["bee", "ant"])  # a model's own order
+    assert torch.cat([y for _, y in named.test.batches()]).tolist() == [1, 1, 1, 0, 0, 0]
+    assert build_test_data(cfg, device=torch.device("cpu")).classes == ["ant", "bee"]  # val's own folders

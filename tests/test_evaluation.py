@@ -17,7 +17,7 @@ from lrtrain.evaluation import check_fit, evaluate
 from lrtrain.train.checkpoint import list_checkpoints
 
 RECIPE = """
-model: {name: resnet20}
+model: {name: resnet32, num_classes: 9}
 data: {name: sample, train_size: 64, test_size: 48, image_size: 8, num_classes: 7, batch_size: 16,
        eval_batch_size: 20}
 method: {name: lrpet, goal: 0.5}
@@ -52,7 +52,8 @@ def test_check_fit_refuses_other_class_counts_and_class_names_in_another_order()
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A finished tiny LRPET run on generated data: compact.pt, checkpoints, config.yaml."""
+    """A finished tiny LRPET run on generated data (7 classes, the model built for 9, as one started from
+    weights with more classes would be): compact.pt, checkpoints, config.yaml."""
     folder = tmp_path_factory.mktemp("evaluate")
     (folder / "recipe.yaml").write_text(textwrap.dedent(RECIPE))
     assert cli.main(["train", str(folder / "recipe.yaml"), "--out-dir", str(folder / "run")]) == 0
@@ -70,7 +71,7 @@ def test_a_runs_compact_model_scores_what_the_trainer_reported(run, capsys):
         scored, sizes = _lines(capsys, ["evaluate", str(source)])
         assert scored.startswith(f"{run / 'compact.pt'} (compact model) on generated sample set")
         assert f"top-1 {final:.2f}%, top-5 " in scored and "(48 images, cpu)" in scored
-        assert "x fewer than a dense resnet20" in sizes
+        assert "x fewer than a dense resnet32" in sizes
     *_, batch1, batch32 = _lines(capsys, ["evaluate", str(run), "--latency"])
     for line, batch in ((batch1, 1), (batch32, 32)):
         assert re.fullmatch(rf"forward pass on this CPU \(\d+ threads\), batch {batch}: \d+\.\d\dx the dense "
@@ -81,7 +82,7 @@ def test_a_checkpoint_scores_as_the_dense_model_trained_so_far(run, capsys):
     newest = list_checkpoints(run / "checkpoints")[-1]
     scored, sizes = _lines(capsys, ["evaluate", str(newest)])
     assert scored.startswith(f"{newest} (checkpoint: the dense model as trained so far) on generated sample set")
-    assert sizes.endswith("M params: a dense resnet20's")
+    assert sizes.endswith("M params: a dense resnet32's")  # the checkpoint's own model, with its 9 outputs
 
 
 def test_a_data_dir_recorded_on_another_machine_falls_back_with_a_note(run, tmp_path, capsys):
@@ -97,7 +98,7 @@ def test_a_data_dir_recorded_on_another_machine_falls_back_with_a_note(run, tmp_
 
 @pytest.mark.parametrize("argv, message", [
     (["--set", "optim.lr=0.1"], "--set optim.lr=0.1: evaluate takes data.* keys only"),
-    (["--set", "data.num_classes=5"], "(compact model) predicts 7 classes; generated sample set (8×8, 5 classes)"),
+    (["--set", "data.num_classes=11"], "(compact model) predicts 9 classes; generated sample set (8×8, 11 classes)"),
 ])
 def test_data_the_model_cannot_be_scored_on_is_one_line(run, capsys, argv, message):
     assert cli.main(["evaluate", str(run), *argv]) == 2
@@ -114,3 +115,30 @@ def test_the_module_example_runs():
     from lrtrain import evaluation
 
     assert doctest.testmod(evaluation).failed == 0
+
+
+def test_a_folder_runs_compressed_model_keeps_its_class_names_and_scores_on_val_alone(tmp_path, capsys):
+    from PIL import Image
+
+    from lrtrain.export import load_with_arch
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(["ant", "bee"]):
+            (tmp_path / "images" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (10, 10), (200 * k, 40 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
+    recipe = tmp_path / "folder.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        model: {{name: resnet20}}
+        data: {{name: folder, dir: {tmp_path / 'images'}, image_size: 8, batch_size: 2, eval_batch_size: 4,
+               workers: 0}}
+        train: {{epochs: 1, progress: false}}
+        """))
+    assert cli.main(["train", str(recipe), "--out-dir", str(tmp_path / "run")]) == 0
+    assert cli.main(["compress", str(tmp_path / "run"), "--rank", "ratio:0.5", "-o", str(tmp_path / "c.pt")]) == 0
+    assert load_with_arch(tmp_path / "c.pt")[1]["classes"] == ["ant", "bee"]
+    capsys.readouterr()
+    (tmp_path / "images" / "train").rename(tmp_path / "images" / "gone")  # scoring needs val/ only
+    scored, _ = _lines(capsys, ["evaluate", str(tmp_path / "c.pt"), "--set", "data.name=folder",
+                                "--set", f"data.dir={tmp_path / 'images'}", "--set", "data.image_size=8"])
+    assert "on image folder" in scored and "(6 val)" in scored and "top-5" not in scored  # 2 classes

@@ -62,10 +62,10 @@ def test_a_finished_run_without_checkpoints_is_read_from_its_compact_model(dense
     run = tmp_path / "run"
     shutil.copytree(dense_run, run)
     shutil.rmtree(run / "checkpoints")
-    model, name, classes, size = load_trained(run)
+    model, name, classes, size, names = load_trained(run)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(model(x), load_trained(dense_run)[0](x), atol=1e-5, rtol=0)
-    assert (name, classes) == ("resnet20", 10)
+    assert (name, classes, names) == ("resnet20", 10, {})  # the sample set names no classes
     (run / "compact.pt").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoint in .* and no compact.pt"):
         load_trained(run)
@@ -105,5 +105,5 @@ def test_a_model_with_more_classes_than_its_data_compresses_and_loads_back(tmp_p
     summary = Trainer(cfg).fit()
     assert summary["num_classes"] == 12
     assert lr.load(tmp_path / "run" / "compact.pt").fc.out_features == 12
-    model, name, classes, _ = load_trained(tmp_path / "run")  # not the data's 4 classes
+    model, name, classes, *_ = load_trained(tmp_path / "run")  # not the data's 4 classes
     assert (name, classes, model.fc.out_features) == ("resnet20", 12, 12)

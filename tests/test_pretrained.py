@@ -55,6 +55,24 @@ def test_bad_weight_files_say_what_is_wrong(tmp_path):
         load_pretrained(model, tmp_path / "short.pt")
 
 
+def test_weights_with_another_number_of_classes_load_all_but_the_classifier_with_a_warning(tmp_path):
+    trained = _net(0)
+    trained[-1] = nn.Linear(8, 1000)  # e.g. ImageNet's classes, for a data set of 4
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    model = _net(1)
+    fresh_head = [t.clone() for t in model[-1].parameters()]
+    with pytest.warns(UserWarning, match=r"model.weights: the classifier 5 has 1000 outputs in .*w.pt' and 4 here: "
+                                         r"every other weight is loaded, 5 starts freshly initialized \(to load it "
+                                         r"too, set model.num_classes=1000\)"):
+        load_pretrained(model, tmp_path / "w.pt", owner="model.weights")
+    assert all(torch.equal(a, b) for a, b in zip(model[:-1].state_dict().values(), trained[:-1].state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model[-1].parameters(), fresh_head))
+    trained[0] = nn.Conv2d(3, 8, 5, padding=2)  # another difference besides: nothing is loaded
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"other shapes: 0.weight \(8, 3, 5, 5\) vs \(8, 3, 3, 3\), 5.weight"):
+        load_pretrained(model, tmp_path / "w.pt")
+
+
 def test_the_trainer_starts_the_method_from_model_weights(tmp_path):
     trained = _net(0)
     torch.save(trained.state_dict(), tmp_path / "w.pt")

@@ -234,7 +234,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from . import models
-    from .data import build_data
+    from .data import build_test_data
     from .evaluation import check_fit, evaluate, resolve_source
     from .metrics import count, latency_ratio
     from .train import distributed
@@ -250,14 +250,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if cfg["data"]["name"] == "folder" and cfg["data"]["image_size"] is None and arch.get("input_size"):
         cfg["data"]["image_size"] = arch["input_size"][-1]  # the size it was trained at
     device = resolve_device(args.device, distributed.World())
-    data = build_data(cfg["data"], device=device, seed=cfg["seed"])
-    check_fit(model, arch, data, what)
+    data = build_test_data(cfg["data"], device=device, seed=cfg["seed"], classes=arch.get("classes"))
+    outputs = check_fit(model, arch, data, what)
     result = evaluate(model.to(device), data.test.batches(), amp=False)
     top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""
     print(f"{what} on {data.description}: top-1 {result['test_acc']:.2f}%{top5}, loss {result['test_loss']:.4f} "
           f"({result['images']} images, {device})")
     name = arch.get("model") or cfg["model"]["name"]
-    dense = models.create(name, num_classes=data.num_classes).eval()
+    dense = models.create(name, num_classes=outputs).eval()
     compact, full = count(model.cpu(), data.input_size), count(dense, data.input_size)
     if compact.flops == full.flops and compact.params == full.params:
         print(f"{compact.flops / 1e6:.2f} M FLOPs, {compact.params / 1e6:.3f} M params: a dense {name}'s")

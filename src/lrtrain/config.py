@@ -72,10 +72,9 @@ SCHEMA: dict[str, Any] = {
         "augment": _f(True, bool, "random crop with padding + horizontal flip (folder: resized crop)"),
         "padding": _f(4, int, "padding of the random crop (cifar, sample)"),
         "drop_last": _f(True, bool, "drop the last incomplete training batch (constant shapes)"),
-        "train_size": _f(None, int, "use only the first N training images (sample: how many to make)",
-                         nullable=True),
-        "test_size": _f(None, int, "use only the first N test images (sample: how many to make)",
-                        nullable=True),
+        "train_size": _f(None, int, "use only N training images (cifar: the first N; folder: N fixed random "
+                         "ones; sample: how many to make)", nullable=True),
+        "test_size": _f(None, int, "use only N test images (as train_size)", nullable=True),
         "image_size": _f(None, int, "folder: crop size (224); sample: image side (32)", nullable=True),
         "num_classes": _f(10, int, "sample: number of classes to generate"),
         "workers": _f(8, int, "folder: DataLoader worker processes (at most the CPUs this process may use)"),

@@ -90,19 +90,22 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
         config = state["config"]
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         return model, load_recipe(run_dir, overrides), arch, what
-    recipe: dict[str, Any] = {"data": dict(config["data"])} if config else {}
+    recipe: dict[str, Any] = {}
+    if config:  # a checkpoint's own: its model's name and data
+        recipe = {"model": {"name": config["model"]["name"]}, "data": dict(config["data"])}
     for key in overrides:
         apply_override(recipe, key)
     return model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what
 
 
-def check_fit(model: nn.Module, arch: dict[str, Any], data: Any, what: str) -> None:
-    """Refuse data the model cannot be scored on: other class counts, or class names in another order."""
+def check_fit(model: nn.Module, arch: dict[str, Any], data: Any, what: str) -> int:
+    """Refuse data the model cannot be scored on: more classes than it predicts, or class names in another
+    order. Returns how many classes it predicts (more than the data's: a head kept from 1000-class weights)."""
     from .metrics import _inference
 
     with _inference(model, data.input_size) as x:
         outputs = model(x).shape[-1]
-    if outputs != data.num_classes:
+    if outputs < data.num_classes:
         raise ValueError(f"{what} predicts {outputs} classes; {data.description} has {data.num_classes} "
                          "(point --set data.name / data.dir at the data set it was trained on)")
     trained, here = arch.get("classes"), data.classes
@@ -110,6 +113,7 @@ def check_fit(model: nn.Module, arch: dict[str, Any], data: Any, what: str) -> N
         first = next(i for i, (a, b) in enumerate(zip(trained, here)) if a != b)
         raise ValueError(f"{what} was trained with class {first} = {trained[first]!r}; {data.description} "
                          f"has {here[first]!r} there: its labels would be scored against other classes")
+    return outputs
 
 
 __all__ = ["check_fit", "evaluate", "resolve_source", "score_sums", "summarize"]

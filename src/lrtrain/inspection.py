@@ -50,10 +50,11 @@ def info(model_name: str, rank="energy:0.95", scheme: str = "channel", skip=(), 
             f"({before / after:.2f}x fewer); {sum(d.factorize for d in decisions)} of {len(decisions)} layers factorized")
 
 
-def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple]:
+def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple, dict[str, Any]]:
     """A trained model from a run directory, a trainer checkpoint or a compact model file.
 
-    Returns ``(model, model name, num_classes, input size)``.
+    Returns ``(model, model name, num_classes, input size, extra)``, ``extra`` holding the class names by
+    label (``classes``) where the file has them.
     """
     from .train.checkpoint import load_checkpoint
 
@@ -78,12 +79,12 @@ def trained_file(path: str | Path) -> Path:
     return path
 
 
-def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple]:
+def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict[str, Any]]:
     """`load_trained` of a file already read (`path` names it in errors)."""
     if isinstance(state, dict) and "arch" in state:
         arch = state["arch"]
         return export.from_blob(state, path)[0], arch["model"], arch["num_classes"], \
-            tuple(arch.get("input_size") or models.default_input_size(arch["model"]))
+            tuple(arch.get("input_size") or models.default_input_size(arch["model"])), _names(arch)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"{path} is neither an lrtrain checkpoint nor a compact model")
     cfg = state["config"]
@@ -103,7 +104,12 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple]:
         size = (1, 3, side, side)
     else:
         size = models.default_input_size(name)
-    return model.eval(), name, classes, size
+    return model.eval(), name, classes, size, _names(state)
+
+
+def _names(holder: dict[str, Any]) -> dict[str, Any]:
+    """``{"classes": [...]}`` where `holder` (an arch, a checkpoint) names the classes, else empty."""
+    return {"classes": holder["classes"]} if holder.get("classes") else {}
 
 
 def _classes(name: str, cfg: dict[str, Any], weights: dict[str, Any]) -> int:
@@ -122,7 +128,7 @@ def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str 
     """Decompose a trained model and write the compact model to `out`; returns the tables to print."""
     import copy
 
-    model, name, classes, size = load_trained(path)
+    model, name, classes, size, names = load_trained(path)
     decisions = plan(model, rank, scheme, skip, size)
     note = ""
     if not any(d.factorize for d in decisions):
@@ -132,7 +138,7 @@ def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str 
     with warnings.catch_warnings():  # "no layer was factorized" is the note above
         warnings.simplefilter("ignore", UserWarning)
         compact = factorize(copy.deepcopy(model), rank, scheme, skip, size)
-    export.save(compact, out, name, classes, input_size=list(size))
+    export.save(compact, out, name, classes, input_size=list(size), **names)
     with torch.no_grad():
         x = torch.randn(size)
         drift = (compact(x) - model(x)).abs().max().item()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,12 +33,38 @@ def load_pretrained(model: nn.Module, path: str | Path, owner: str = "weights") 
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{owner}: {str(path)!r} holds no state_dict (a dict of tensors, or one under "
                          "'model' or 'state_dict')")
+    own = model.state_dict()
+    head = _other_head(model, state, own)
+    if head:  # e.g. torchvision's 1000 ImageNet classes for a folder of 3: the rest is what one starts from
+        name, theirs, ours = head
+        state, own = _without(state, name), _without(own, name)
+        warnings.warn(f"{owner}: the classifier {name} has {theirs} outputs in {str(path)!r} and {ours} here: "
+                      f"every other weight is loaded, {name} starts freshly initialized (to load it too, set "
+                      f"model.num_classes={theirs})")
     # Checked before loading: load_state_dict copies every tensor that fits before it raises for the rest.
-    problems = mismatches(state, model.state_dict())
+    problems = mismatches(state, own)
     if problems:
         raise ValueError(f"{owner}: the weights in {str(path)!r} do not fit {type(model).__name__} "
                          f"(file vs model): {'; '.join(problems)}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not head)
+
+
+def _other_head(model: nn.Module, state: dict[str, torch.Tensor],
+                own: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
+    """(name, the file's outputs, the model's) of the model's classifier (its last Linear) where only its
+    number of outputs keeps `state` from loading; None otherwise."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    key = f"{linears[-1]}.weight" if linears else None
+    if key not in state or key not in own or state[key].ndim != 2 or state[key].shape[1:] != own[key].shape[1:] \
+            or state[key].shape[0] == own[key].shape[0]:
+        return None
+    name = linears[-1]
+    return None if mismatches(_without(state, name), _without(own, name)) else \
+        (name, int(state[key].shape[0]), int(own[key].shape[0]))
+
+
+def _without(state: dict[str, torch.Tensor], module: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith(module + ".")}
 
 
 def mismatches(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> list[str]:

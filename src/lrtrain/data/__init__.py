@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .cifar import DATA_ENV, LAYOUTS, DeviceLoader, channel_stats, find_cifar, read_cifar
-from .folder import FolderLoader, find_folder
+from .folder import FolderLoader, class_folders, find_folder
 from .sample import make_sample
 
 
@@ -52,21 +52,54 @@ def _tensor_data(tensors: tuple[Tensor, Tensor, Tensor, Tensor], classes: int, s
     return Data(train, test, classes, (1, 3, size, size), description)
 
 
-def _folder_data(cfg: dict[str, Any], batch_size: int, **placement: Any) -> Data:
+def _folder_root(cfg: dict[str, Any]) -> Path:
     root = cfg["dir"] or os.environ.get(DATA_ENV)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if root is None:
         raise FileNotFoundError(
             f"data.name folder needs data.dir (or ${DATA_ENV}): the folder holding train/ and val/")
-    train_dir, val_dir = find_folder(Path(root))
-    size = cfg["image_size"] or 224
+    return Path(root)
+
+
+def _folder_common(cfg: dict[str, Any], **placement: Any) -> dict[str, Any]:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     # more decoding processes than cores only compete for them (torch warns of it at every epoch)
-    common = dict(image_size=size, workers=min(cfg["workers"], cpus), drop_last=cfg["drop_last"], **placement)
-    train = FolderLoader(train_dir, True, batch_size=batch_size, augment=cfg["augment"], **common)
+    return dict(image_size=cfg["image_size"] or 224, workers=min(cfg["workers"], cpus), drop_last=cfg["drop_last"],
+                **placement)
+
+
+def _folder_data(cfg: dict[str, Any], batch_size: int, **placement: Any) -> Data:
+    root = _folder_root(cfg)
+    train_dir, val_dir = find_folder(root)
+    common = _folder_common(cfg, **placement)
+    train = FolderLoader(train_dir, True, batch_size=batch_size, augment=cfg["augment"], limit=cfg["train_size"],
+                         **common)
     test = FolderLoader(val_dir, False, batch_size=cfg["eval_batch_size"], augment=False, classes=train.classes,
-                        **common)
+                        limit=cfg["test_size"], **common)
+    size = common["image_size"]
     return Data(train, test, len(train.classes), (1, 3, size, size),
                 f"image folder {root} ({len(train.dataset)} train, {len(test.dataset)} val)", train.classes)
+
+
+def build_test_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0,
+                    classes: list[str] | None = None) -> Data:
+    """`build_data` for scoring only: an image folder needs just its val/ split, labelled by ``classes``
+    (a model's own) or else by the class folders of train/ (or of val/ where there is no train/); its
+    ``train`` is None. Other data sets are read whole (CIFAR's normalization comes from its training
+    images)."""
+    if cfg["name"] != "folder":
+        return build_data(cfg, device=device, seed=seed)
+    root = _folder_root(cfg)
+    val_dir, train_dir = root / "val", root / "train"
+    if not val_dir.is_dir():
+        find_folder(root)  # raises, naming what is missing
+    if classes is None and train_dir.is_dir():
+        classes = class_folders(train_dir)
+    common = _folder_common(cfg, device=device, seed=seed)
+    test = FolderLoader(val_dir, False, batch_size=cfg["eval_batch_size"], augment=False, classes=classes,
+                        limit=cfg["test_size"], **common)
+    size = common["image_size"]
+    return Data(None, test, len(test.classes), (1, 3, size, size),  # type: ignore[arg-type]
+                f"image folder {root} ({len(test.dataset)} val)", test.classes)
 
 
 def build_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -99,4 +132,5 @@ def build_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0, rank
     return _tensor_data(tensors, classes, source, cfg, batch_size, **placement)
 
 
-__all__ = ["Data", "DeviceLoader", "FolderLoader", "Loader", "build_data", "find_cifar", "make_sample"]
+__all__ = ["Data", "DeviceLoader", "FolderLoader", "Loader", "build_data", "build_test_data", "find_cifar",
+           "make_sample"]

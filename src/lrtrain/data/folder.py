@@ -65,6 +65,11 @@ def _read_image(path: str):
                          "file)") from None
 
 
+def class_folders(root: Path) -> list[str]:
+    """The class names of ``root/<class>/``: its folders, sorted, hidden ones left out."""
+    return sorted(e.name for e in root.iterdir() if e.is_dir() and _visible(e.name))
+
+
 class _ImageFiles(Dataset):
     """The images of ``root/<class>/``, as torchvision's ImageFolder finds them (its file extensions, sorted
     class names) but without hidden folders and files, and labelled by ``classes`` when given (the training
@@ -74,7 +79,7 @@ class _ImageFiles(Dataset):
     def __init__(self, root: Path, transform, classes: list[str] | None = None):
         from torchvision.datasets.folder import make_dataset
 
-        found = sorted(e.name for e in root.iterdir() if e.is_dir() and _visible(e.name))
+        found = class_folders(root)
         labelled = classes is not None
         if classes is None:
             if not found:
@@ -126,9 +131,11 @@ class FolderLoader:
 
     def __init__(self, root: Path, train: bool, image_size: int, batch_size: int, *, workers: int,
                  augment: bool, drop_last: bool, seed: int, device: torch.device, rank: int = 0,
-                 world_size: int = 1, channels_last: bool = False, classes: list[str] | None = None):
+                 world_size: int = 1, channels_last: bool = False, classes: list[str] | None = None,
+                 limit: int | None = None):
         """``classes``: label the class folders by this list (the training set's), not by their own sorted
-        names: a validation folder may lack some classes, never hold one the list has not."""
+        names: a validation folder may lack some classes, never hold one the list has not. ``limit``: use
+        only that many images, the same random ones (seeded apart from ``seed``) in every run."""
         from torchvision import transforms
 
         if train and augment:
@@ -137,6 +144,11 @@ class FolderLoader:
             steps = [transforms.Resize(round(image_size / 0.875)), transforms.CenterCrop(image_size)]
         transform = transforms.Compose([*steps, transforms.PILToTensor()])
         self.dataset = _ImageFiles(root, transform, classes)
+        if limit is not None and limit < len(self.dataset):  # the first N would be the first classes only
+            keep = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(0))[:limit]
+            self.dataset.samples = [self.dataset.samples[i] for i in sorted(keep.tolist())]
+        elif limit is not None:
+            raise ValueError(f"{root} has {len(self.dataset)} images, fewer than the {limit} asked for")
         self.sampler = _ShardSampler(len(self.dataset), train, seed, rank, world_size)
         self.batch_size, self.drop_last = batch_size, train and drop_last
         self.device, self.channels_last = device, channels_last

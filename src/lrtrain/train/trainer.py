@@ -261,6 +261,7 @@ class Trainer:
         self._elapsed_before = 0.0  # seconds spent by the sessions this run resumed from
         # the code of each session that trained the run (read now: the tree may change while it trains)
         self._commits = [commit()]
+        self._trained_epoch: tuple[float, int] | None = None  # (seconds, images) of an epoch whose end failed
         self._session_start = time.perf_counter()
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during `fit`
         self._evaluating = False
@@ -472,8 +473,10 @@ class Trainer:
             started, images_before = time.perf_counter(), self.sums.samples
             if not self._train_epoch(epoch, until_step):
                 return self._stopped()
-            images = (self.sums.samples - images_before) * self.world.world_size
-            self._end_epoch_or_keep_it(epoch, time.perf_counter() - started, images)
+            seconds, images = time.perf_counter() - started, (self.sums.samples - images_before) * self.world.world_size
+            if self._trained_epoch is not None:  # resumed to redo the end of an epoch trained before the failure
+                (seconds, images), self._trained_epoch = self._trained_epoch, None
+            self._end_epoch_or_keep_it(epoch, seconds, images)
             out_of_time = time_limit is not None and time.perf_counter() - session > time_limit
             stop = (until_step is not None and self.step >= until_step) \
                 or self._agree(out_of_time or self.stop_signal is not None)
@@ -496,6 +499,7 @@ class Trainer:
             if self.world.distributed or self.batch != self.steps_per_epoch:
                 raise
             set_rng_state(rng)  # as after the epoch's last step: what the resumed run starts from
+            self._trained_epoch = (seconds, images)  # its metrics row's time and rate, once resumed
             path = self.save_checkpoint()
             print(f"the trained epoch {epoch + 1} is kept in {path}: --resume redoes only its end", flush=True)
             raise
@@ -628,6 +632,8 @@ class Trainer:
                 "commits": self._commits,
                 "rng": rng,
                 "rng_ranks": rng_ranks,
+                "trained_epoch": self._trained_epoch,
+                **({"classes": self.data.classes} if self.data.classes else {}),  # for lrtrain compress
             }
             path = save_checkpoint(self.run_dir / "checkpoints", self.step, state,
                                    self.cfg["train"]["keep_checkpoints"])
@@ -676,6 +682,7 @@ class Trainer:
         self.sums.load(state["sums"], self.world.is_main)
         self.history = state["history"]
         self._elapsed_before = state["elapsed"]
+        self._trained_epoch = state.get("trained_epoch")  # absent from older checkpoints
         earlier = [c for c in state.get("commits", []) if c != self._commits[-1]]  # absent from older checkpoints
         self._commits = [*dict.fromkeys(earlier), self._commits[-1]]
         per_rank = state.get("rng_ranks")  # absent from older checkpoints
