@@ -31,7 +31,7 @@ results beside this one's.
   CPU at each batch size (a factorized conv kept only where it times faster than its dense form) beside
   the model as trained, both with BatchNorm folded.
 
-Writes benchmarks/results/speed_<section>_<device>.md (section: train, inference, deploy, throughput; a run of
+Writes benchmarks/results/speed_<section>_<device>[_<tag>].md (section: train, inference, deploy, throughput; a run of
 some sections leaves the others' files alone), rewritten after every B.3 column (so a run stopped by its
 budget or its call's limit keeps what it measured; with $OUT set a copy goes there), and refreshes the
 index benchmarks/results/speed.md. ``--budget`` is checked before every section, model and
@@ -604,6 +604,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--commit", help="the commit measured (the GPU machine has no .git)")
     p.add_argument("--note", default="", help="a line for the header, e.g. the machine's load")
     p.add_argument("--index-only", action="store_true", help="only refresh benchmarks/results/speed.md")
+    p.add_argument("--tag", help="ends the results files' names (speed_SECTION_DEVICE_TAG.md), so that a run of "
+                                 "other models (e.g. imagenet) leaves the default ones alone")
     args = p.parse_args(argv)
     if args.index_only:
         write_index()
@@ -627,7 +629,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.sections:
             # one file per section, so that a run of some sections leaves the others' results alone
             run, title = SECTIONS[name]
-            report = Report(RESULTS / f"speed_{name}_{device_slug(device)}.md", [f"# {title}", "", *header],
+            tag = f"_{args.tag}" if args.tag else ""
+            report = Report(RESULTS / f"speed_{name}_{device_slug(device)}{tag}.md", [f"# {title}", "", *header],
                             deadline)
             if report.over_budget():
                 print(f"section {name} skipped: the {args.budget:.0f} s budget was spent", flush=True)
