@@ -321,8 +321,9 @@ def test_a_folders_train_and_test_size_take_the_same_random_images_of_every_clas
     assert len(train) == 4 and len(data.test.dataset.samples) == 3 and "(4 train, 3 val)" in data.description
     assert {label for _, label in train} == {0, 1}  # not the first four files: those are one class
     assert build_data(cfg, device=torch.device("cpu")).train.dataset.samples == train
-    with pytest.raises(ValueError, match=r"train has 6 images, fewer than the 7 asked for"):
+    with pytest.raises(ValueError, match=r"data.train_size is 7, but .*train has 6 images"):
         build_data(dict(cfg, train_size=7), device=torch.device("cpu"))
+    assert len(build_data(dict(cfg, train_size=6), device=torch.device("cpu")).train.dataset) == 6
 
 
 def test_test_data_of_a_folder_needs_only_its_val_split(tmp_path):

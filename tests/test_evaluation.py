@@ -1,6 +1,7 @@
 """Scoring a model on a test split: the function, and ``lrtrain evaluate`` on runs, files and checkpoints."""
 
 import doctest
+import csv
 import json
 import re
 import textwrap
@@ -13,7 +14,7 @@ import yaml
 from torch import nn
 
 from lrtrain import cli
-from lrtrain.evaluation import check_fit, evaluate
+from lrtrain.evaluation import evaluate, predicted_classes, resolve_source
 from lrtrain.train.checkpoint import list_checkpoints
 
 RECIPE = """
@@ -40,14 +41,12 @@ def test_evaluate_sums_loss_top1_and_top5_over_batches_in_eval_mode():
         evaluate(model, [])
 
 
-def test_check_fit_refuses_other_class_counts_and_class_names_in_another_order():
+def test_a_model_is_scored_on_data_with_at_most_as_many_classes_as_it_predicts():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    data = SimpleNamespace(input_size=(1, 3, 2, 2), num_classes=3, classes=["cat", "dog", "fox"], description="D")
-    check_fit(model, {"classes": ["cat", "dog", "fox"]}, data, "M")
-    with pytest.raises(ValueError, match=r"M was trained with class 1 = 'fox'; D has 'dog' there"):
-        check_fit(model, {"classes": ["cat", "fox", "dog"]}, data, "M")
+    data = SimpleNamespace(input_size=(1, 3, 2, 2), num_classes=2, description="D")
+    assert predicted_classes(model, data, "M") == 3  # e.g. a head kept from weights with more classes
     with pytest.raises(ValueError, match="M predicts 3 classes; D has 4"):
-        check_fit(model, {}, SimpleNamespace(**{**vars(data), "num_classes": 4}), "M")
+        predicted_classes(model, SimpleNamespace(**{**vars(data), "num_classes": 4}), "M")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +81,8 @@ def test_a_checkpoint_scores_as_the_dense_model_trained_so_far(run, capsys):
     newest = list_checkpoints(run / "checkpoints")[-1]
     scored, sizes = _lines(capsys, ["evaluate", str(newest)])
     assert scored.startswith(f"{newest} (checkpoint: the dense model as trained so far) on generated sample set")
+    with open(run / "metrics.csv") as f:  # the epoch's own evaluation, of the model it checkpointed
+        assert f"top-1 {float(list(csv.DictReader(f))[-1]['test_acc']):.2f}%" in scored
     assert sizes.endswith("M params: a dense resnet32's")  # the checkpoint's own model, with its 9 outputs
 
 
@@ -93,7 +94,7 @@ def test_a_data_dir_recorded_on_another_machine_falls_back_with_a_note(run, tmp_
     cfg["data"]["dir"] = "/nowhere/cifar"
     (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = _lines(capsys, ["evaluate", str(moved)])
-    assert lines[0] == "note: the run's data.dir /nowhere/cifar is not on this machine; looking in the default places"
+    assert lines[0] == "note: the run's data.dir /nowhere/cifar is not on this machine: looking elsewhere (give --data-dir)"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -137,6 +138,8 @@ def test_a_folder_runs_compressed_model_keeps_its_class_names_and_scores_on_val_
     assert cli.main(["train", str(recipe), "--out-dir", str(tmp_path / "run")]) == 0
     assert cli.main(["compress", str(tmp_path / "run"), "--rank", "ratio:0.5", "-o", str(tmp_path / "c.pt")]) == 0
     assert load_with_arch(tmp_path / "c.pt")[1]["classes"] == ["ant", "bee"]
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]  # a checkpoint keeps them as well
+    assert resolve_source(newest, [])[2] == {"classes": ["ant", "bee"]}
     capsys.readouterr()
     (tmp_path / "images" / "train").rename(tmp_path / "images" / "gone")  # scoring needs val/ only
     scored, _ = _lines(capsys, ["evaluate", str(tmp_path / "c.pt"), "--set", "data.name=folder",

@@ -223,8 +223,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
                    help="the data set to score on, e.g. --set data.name=cifar100 (default: the run's own; "
                         "repeatable)")
-    p.add_argument("--data-dir", help="where the data set is (default: the run's, then $LRTRAIN_DATA, then "
-                                      "../shared/data)")
+    p.add_argument("--data-dir", help="where the data set is (default: the run's, else $LRTRAIN_DATA, else for "
+                                      "CIFAR ../shared/data)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--latency", action="store_true",
                    help="also time the model's forward pass against the dense model's on this CPU, batch 1 and 32")
@@ -235,7 +235,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from . import models
     from .data import build_test_data
-    from .evaluation import check_fit, evaluate, resolve_source
+    from .evaluation import evaluate, predicted_classes, resolve_source
     from .metrics import count, latency_ratio
     from .train import distributed
     from .train.trainer import resolve_device
@@ -245,13 +245,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.data_dir:
         cfg["data"]["dir"] = args.data_dir
     elif recorded and not Path(recorded).exists() and not any(k.startswith("data.dir=") for k in args.overrides):
-        print(f"note: the run's data.dir {recorded} is not on this machine; looking in the default places")
+        print(f"note: the run's data.dir {recorded} is not on this machine: looking elsewhere (give --data-dir)")
         cfg["data"]["dir"] = None  # a run trained elsewhere (moved, or from a GPU machine's /tmp)
     if cfg["data"]["name"] == "folder" and cfg["data"]["image_size"] is None and arch.get("input_size"):
         cfg["data"]["image_size"] = arch["input_size"][-1]  # the size it was trained at
     device = resolve_device(args.device, distributed.World())
     data = build_test_data(cfg["data"], device=device, seed=cfg["seed"], classes=arch.get("classes"))
-    outputs = check_fit(model, arch, data, what)
+    outputs = predicted_classes(model, data, what)
     result = evaluate(model.to(device), data.test.batches(), amp=False)
     top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""
     print(f"{what} on {data.description}: top-1 {result['test_acc']:.2f}%{top5}, loss {result['test_loss']:.4f} "

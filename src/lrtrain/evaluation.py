@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .metrics import eval_mode, model_device
+
 SUMS = ("loss", "top1", "top5", "images")  # the entries of `score_sums`
 
 
@@ -25,23 +27,19 @@ SUMS = ("loss", "top1", "top5", "images")  # the entries of `score_sums`
 def score_sums(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], amp: bool = False) -> Tensor:
     """Summed cross-entropy, top-1 and top-5 hits and images over `batches`, in eval mode (the model's
     modes are restored after), as one float64 tensor on the model's device: no host sync per batch."""
-    ref = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
-    device = ref.device if ref is not None else torch.device("cpu")
-    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    device = model_device(model)
+    sums = torch.zeros(len(SUMS) - 1, dtype=torch.float64, device=device)
+    images_seen = 0  # counted on the host: exact and free
+    with eval_mode(model):
         for images, labels in batches:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(images).float()
-            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-            sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), hits[:, 0].sum(),
-                                 hits.any(1).sum(), labels.new_tensor(labels.shape[0])]).double()
-    finally:
-        for m, training in modes:
-            m.training = training
-    return sums
+            top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]).any(1)
+            sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
+                                 (logits.argmax(1) == labels).sum(), top5.sum()]).double()  # argmax: ties as before
+            images_seen += labels.shape[0]
+    return torch.cat([sums, sums.new_tensor([images_seen])])
 
 
 def summarize(sums: Tensor) -> dict[str, Any]:
@@ -85,22 +83,23 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
         (model, arch), what = export.from_blob(state, file), f"{file} (compact model)"
         run_dir = run_dir or file.parent  # a run's compact.pt sits beside its config.yaml
     else:
-        model, arch = from_state(state, file)[0], {}
+        model, *_, arch = from_state(state, file)  # arch: the class names the checkpoint keeps, if any
         what = f"{file} (checkpoint: the dense model as trained so far)"
         config = state["config"]
     if run_dir is not None and (run_dir / "config.yaml").is_file():
         return model, load_recipe(run_dir, overrides), arch, what
     recipe: dict[str, Any] = {}
-    if config:  # a checkpoint's own: its model's name and data
-        recipe = {"model": {"name": config["model"]["name"]}, "data": dict(config["data"])}
+    if config:  # a checkpoint's own: its model's name, data and seed (the generated set's images)
+        recipe = {"model": {"name": config["model"]["name"]}, "data": dict(config["data"]), "seed": config["seed"]}
     for key in overrides:
         apply_override(recipe, key)
     return model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what
 
 
-def check_fit(model: nn.Module, arch: dict[str, Any], data: Any, what: str) -> int:
-    """Refuse data the model cannot be scored on: more classes than it predicts, or class names in another
-    order. Returns how many classes it predicts (more than the data's: a head kept from 1000-class weights)."""
+def predicted_classes(model: nn.Module, data: Any, what: str) -> int:
+    """How many classes `model` predicts (more than the data's: a head kept from 1000-class weights);
+    refuses data with more classes than that. (An image folder's labels come from the model's own class
+    names where it has them: `lrtrain.data.build_test_data`.)"""
     from .metrics import _inference
 
     with _inference(model, data.input_size) as x:
@@ -108,12 +107,7 @@ def check_fit(model: nn.Module, arch: dict[str, Any], data: Any, what: str) -> i
     if outputs < data.num_classes:
         raise ValueError(f"{what} predicts {outputs} classes; {data.description} has {data.num_classes} "
                          "(point --set data.name / data.dir at the data set it was trained on)")
-    trained, here = arch.get("classes"), data.classes
-    if trained and here and list(trained) != list(here):
-        first = next(i for i, (a, b) in enumerate(zip(trained, here)) if a != b)
-        raise ValueError(f"{what} was trained with class {first} = {trained[first]!r}; {data.description} "
-                         f"has {here[first]!r} there: its labels would be scored against other classes")
     return outputs
 
 
-__all__ = ["check_fit", "evaluate", "resolve_source", "score_sums", "summarize"]
+__all__ = ["evaluate", "predicted_classes", "resolve_source", "score_sums", "summarize"]

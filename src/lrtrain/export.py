@@ -91,7 +91,15 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
 
 def describe(model: nn.Module, model_name: str, num_classes: int, **extra: Any) -> dict[str, Any]:
     """The plain-data architecture of `model` relative to ``models.create(model_name, num_classes)``."""
-    base = dict(models.create(model_name, num_classes=num_classes).named_modules())
+    return _describe(model, _base(model_name, num_classes), model_name, num_classes, extra)
+
+
+def _base(model_name: str, num_classes: int) -> dict[str, nn.Module]:
+    return dict(models.create(model_name, num_classes=num_classes).named_modules())
+
+
+def _describe(model: nn.Module, base: dict[str, nn.Module], model_name: str, num_classes: int,
+              extra: dict[str, Any]) -> dict[str, Any]:
     layers: dict[str, dict[str, Any]] = {}
     covered: list[str] = []
     for name, module in model.named_modules():
@@ -117,10 +125,10 @@ def rebuild(arch: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _resized(arch: dict[str, Any]) -> list[str]:
+def _resized(arch: dict[str, Any], base: dict[str, nn.Module]) -> list[str]:
     """The replaced layers whose inputs or outputs differ from the layer they replace in the registry model
-    (a factorized classifier keeps its own size, so a wrong `num_classes` shows only here)."""
-    base = dict(models.create(arch["model"], num_classes=arch["num_classes"]).named_modules())
+    (`base`: its modules by name; a factorized classifier keeps its own size, so a wrong `num_classes`
+    shows only here)."""
     return [f"{name}: {key} {spec[key]} vs {getattr(base[name], key)}"
             for name, spec in arch["layers"].items()
             for key in ("in_channels", "out_channels", "in_features", "out_features")
@@ -138,10 +146,11 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
     the model back in that dtype, on its `map_location`; a channels-last model is made so again with
     ``model.to(memory_format=torch.channels_last)``.
     """
-    arch = describe(model, model_name, num_classes, **extra)
+    base = _base(model_name, num_classes)
+    arch = _describe(model, base, model_name, num_classes, extra)
     state = _state(model)
     # checked now, not when `load` fails on the file: the name and classes must rebuild this very model
-    problems = _resized(arch) or mismatches(state, rebuild(arch).state_dict())
+    problems = _resized(arch, base) or mismatches(state, rebuild(arch).state_dict())
     if problems:
         raise ValueError(f"save: {type(model).__name__} is not models.create({model_name!r}, "
                          f"num_classes={num_classes}) with its low-rank layers (model vs that): "

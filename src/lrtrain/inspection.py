@@ -11,6 +11,7 @@ from torch import nn
 
 from . import export, models
 from .metrics import count
+from .pretrained import classifier_name
 from .surgery import Decision, factorize, plan, why_none
 
 _DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -115,8 +116,7 @@ def _names(holder: dict[str, Any]) -> dict[str, Any]:
 def _classes(name: str, cfg: dict[str, Any], weights: dict[str, Any]) -> int:
     """The class count the checkpoint's model was built with: its classifier's rows when the weights hold
     it (the data set's count need not be it), else from the config."""
-    linears = [n for n, m in models.create(name).named_modules() if isinstance(m, nn.Linear)]
-    head = weights.get(f"{linears[-1]}.weight") if linears else None
+    head = weights.get(f"{classifier_name(models.create(name))}.weight")
     if head is not None and getattr(head, "ndim", 0) == 2:
         return int(head.shape[0])
     data = cfg["data"]

@@ -60,25 +60,38 @@ def _check_size(input_size) -> tuple[int, int, int, int]:
     return tuple(input_size)
 
 
-@contextmanager
-def _inference(model: nn.Module, input_size, device=None) -> Iterator[torch.Tensor]:
-    """Eval mode and no_grad for the block, yielding a zero input on the model's device and dtype.
+def _reference(model: nn.Module) -> torch.Tensor | None:
+    return next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
 
-    Every submodule's own mode is restored afterwards, not just the root's: a model may be partly
-    frozen in eval mode on purpose.
-    """
-    size = _check_size(input_size)
-    ref = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
-    x = torch.zeros(size, device=device or (ref.device if ref is not None else "cpu"),
-                    dtype=ref.dtype if ref is not None else torch.float32)
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s floating-point tensors are (the CPU for a model without any)."""
+    ref = _reference(model)
+    return ref.device if ref is not None else torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """`model` in eval mode for the block; every submodule's own mode is restored afterwards, not just the
+    root's: a model may be partly frozen in eval mode on purpose."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
-            yield x
+        yield
     finally:
         for m, training in modes:
             m.training = training
+
+
+@contextmanager
+def _inference(model: nn.Module, input_size, device=None) -> Iterator[torch.Tensor]:
+    """Eval mode (`eval_mode`) and no_grad for the block, yielding a zero input on the model's device and
+    dtype."""
+    size = _check_size(input_size)
+    ref = _reference(model)
+    x = torch.zeros(size, device=device or model_device(model), dtype=ref.dtype if ref is not None else torch.float32)
+    with eval_mode(model), torch.no_grad():
+        yield x
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> None:

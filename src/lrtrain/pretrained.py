@@ -53,14 +53,19 @@ def _other_head(model: nn.Module, state: dict[str, torch.Tensor],
                 own: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
     """(name, the file's outputs, the model's) of the model's classifier (its last Linear) where only its
     number of outputs keeps `state` from loading; None otherwise."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    key = f"{linears[-1]}.weight" if linears else None
+    name = classifier_name(model)
+    key = f"{name}.weight"
     if key not in state or key not in own or state[key].ndim != 2 or state[key].shape[1:] != own[key].shape[1:] \
             or state[key].shape[0] == own[key].shape[0]:
         return None
-    name = linears[-1]
     return None if mismatches(_without(state, name), _without(own, name)) else \
         (name, int(state[key].shape[0]), int(own[key].shape[0]))
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The name of `model`'s classifier: its last nn.Linear (None without one)."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
 
 
 def _without(state: dict[str, torch.Tensor], module: str) -> dict[str, torch.Tensor]:

@@ -91,7 +91,7 @@ def build_test_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0,
     root = _folder_root(cfg)
     val_dir, train_dir = root / "val", root / "train"
     if not val_dir.is_dir():
-        find_folder(root)  # raises, naming what is missing
+        raise FileNotFoundError(f"image folder not found (no val/ in {root}): scoring expects {val_dir}/<class>/*.jpg")
     if classes is None and train_dir.is_dir():
         classes = class_folders(train_dir)
     common = _folder_common(cfg, device=device, seed=seed)

@@ -144,11 +144,12 @@ class FolderLoader:
             steps = [transforms.Resize(round(image_size / 0.875)), transforms.CenterCrop(image_size)]
         transform = transforms.Compose([*steps, transforms.PILToTensor()])
         self.dataset = _ImageFiles(root, transform, classes)
-        if limit is not None and limit < len(self.dataset):  # the first N would be the first classes only
+        if limit is not None and limit > len(self.dataset):
+            raise ValueError(f"data.{'train' if train else 'test'}_size is {limit}, but {root} has "
+                             f"{len(self.dataset)} images")
+        if limit is not None:  # the first N would be the first classes only
             keep = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(0))[:limit]
             self.dataset.samples = [self.dataset.samples[i] for i in sorted(keep.tolist())]
-        elif limit is not None:
-            raise ValueError(f"{root} has {len(self.dataset)} images, fewer than the {limit} asked for")
         self.sampler = _ShardSampler(len(self.dataset), train, seed, rank, world_size)
         self.batch_size, self.drop_last = batch_size, train and drop_last
         self.device, self.channels_last = device, channels_last
