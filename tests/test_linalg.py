@@ -12,12 +12,14 @@ def _low_rank(m, n, r, batch=(), seed=0):
                                                                                       dtype=torch.float64)
 
 
-def test_svd_many_matches_per_matrix_svd_and_keeps_order():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # LAPACK's SVD; the float64 Gram's eigenvalues
+def test_singular_values_many_match_per_matrix_svd_and_keep_order(dtype):
     g = torch.Generator().manual_seed(0)
-    mats = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(4, 6), (5, 3), (4, 6), (5, 3), (7, 7)]]
-    for m, dec in zip(mats, linalg.svd_many(mats)):
-        torch.testing.assert_close(dec.S, torch.linalg.svdvals(m))
-        torch.testing.assert_close(linalg.reconstruct(*dec), m)
+    mats = [torch.randn(s, generator=g, dtype=dtype) for s in [(4, 6), (5, 3), (4, 6), (5, 3), (7, 7)]]
+    mats.append(_graded(6, 9, 0))  # exact zeros among them
+    for m, S in zip(mats, linalg.singular_values_many(mats), strict=True):
+        assert S.dtype == m.dtype
+        torch.testing.assert_close(S.double(), torch.linalg.svdvals(m.double()), atol=1e-6, rtol=0)
 
 
 def test_energy_rank_is_smallest_rank_keeping_the_fraction():
@@ -173,6 +175,17 @@ def test_a_cpu_float32_svd_comes_from_the_gram_matrix_as_accurate_as_lapacks(mon
     torch.testing.assert_close(Vh @ Vh.mT, eye, atol=2e-6, rtol=0)
 
 
+def test_an_svd_cut_at_a_rank_is_the_truncation_and_needs_no_qr_for_a_projected_weight(monkeypatch):
+    a = _graded(24, 72, 0, (2,))  # half the σ exactly zero: a weight projected to rank 12
+    whole = linalg.svd(a)
+    monkeypatch.setattr(torch.linalg, "qr", None)  # the kept σ are all good: division only
+    cut = linalg.svd(a, rank=12)
+    assert cut.U.shape == (2, 24, 12) and cut.S.shape == (2, 12) and cut.Vh.shape == (2, 12, 72)
+    for mine, theirs in zip(cut, linalg.truncate(whole, 12)):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(linalg.reconstruct(*cut), a, atol=1e-6, rtol=0)
+
+
 def test_svd_gives_up_with_a_clear_error_when_every_fallback_fails(monkeypatch):
     _flaky_svd(monkeypatch, ["raise"] * 3)
     with pytest.raises(RuntimeError, match=r"SVD of a \(6, 4\) weight failed even in float64 with jitter"):
@@ -186,7 +199,7 @@ def test_svd_of_non_finite_weights_names_the_layers():
         linalg.svd(a, names=["a", "b", "c"])
     mats = [torch.randn(5, 4), torch.full((3, 3), float("nan")), torch.randn(5, 4)]
     with pytest.raises(linalg.NonFiniteError, match=r"^second: the weight contains NaN"):
-        linalg.svd_many(mats, ["first", "second", "third"])
+        linalg.singular_values_many(mats, ["first", "second", "third"])
 
 
 def test_full_precision_sets_ieee_matmuls_inside_and_restores_the_callers_choice():

@@ -195,7 +195,7 @@ class LowRankLinear(nn.Module):
         layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
-            dec = linalg.truncate(linalg.svd(linear.weight.detach()), rank)
+            dec = linalg.svd(linear.weight.detach(), rank=rank)
             root = dec.S.sqrt()
             layer.factors[0].weight.copy_(root[:, None] * dec.Vh)
             layer.factors[1].weight.copy_(dec.U * root)

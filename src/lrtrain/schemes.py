@@ -164,7 +164,7 @@ class Channel(Scheme):
 
     def factorize(self, w, rank):
         n, c, kh, kw = w.shape
-        left, right = _split_sqrt(linalg.truncate(linalg.svd(self.to_matrix(w)), rank))
+        left, right = _split_sqrt(linalg.svd(self.to_matrix(w), rank=rank))
         return [right.reshape(rank, c, kh, kw), left.reshape(n, rank, 1, 1)]
 
     def compose(self, factors):
@@ -195,7 +195,7 @@ class Spatial(Scheme):
 
     def factorize(self, w, rank):
         n, c, kh, kw = w.shape
-        left, right = _split_sqrt(linalg.truncate(linalg.svd(self.to_matrix(w)), rank))
+        left, right = _split_sqrt(linalg.svd(self.to_matrix(w), rank=rank))
         first = left.mT.reshape(rank, c, kh, 1)
         second = right.reshape(rank, n, kw).permute(1, 0, 2).reshape(n, rank, 1, kw)
         return [first, second]
@@ -230,7 +230,7 @@ class Decoupled(Scheme):
 
     def factorize(self, w, rank):
         n, c, kh, kw = w.shape
-        left, right = _split_sqrt(linalg.truncate(linalg.svd(self.to_matrix(w)), rank))
+        left, right = _split_sqrt(linalg.svd(self.to_matrix(w), rank=rank))
         pointwise = left.mT.reshape(n * rank, c, 1, 1)  # row n*rank + t is path t of filter n
         depthwise = right.reshape(n, rank, kh, kw)
         return [pointwise, depthwise]

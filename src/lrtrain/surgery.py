@@ -143,7 +143,7 @@ def _inside_lowrank(model: nn.Module, name: str) -> bool:
 
 
 def attach_spectra(cands: list[Candidate]) -> None:
-    """Fill each candidate's singular values, one batched SVD per group of equal-shaped matrices.
+    """Fill each candidate's singular values, one batched call per group of equal-shaped matrices.
 
     A decoupled conv gets one row of singular values per output filter (see `ranks`).
     """
@@ -159,16 +159,17 @@ def attach_spectra(cands: list[Candidate]) -> None:
             continue
         names.append(c.name)
     tucker = [c for c in convs if not c.scheme.has_matrix_form]
-    decs = iter(linalg.svd_many(mats, names))
+    spectra = iter(linalg.singular_values_many(mats, names))
     for c in cands:
         if c.scheme is None or c.scheme.has_matrix_form:
-            c.request.spectrum = next(decs).S
+            c.request.spectrum = next(spectra)
     if tucker:
         tucker_names = [c.name for c in tucker]
-        outs = linalg.svd_many([c.module.weight.detach().flatten(1) for c in tucker], tucker_names)
-        ins = linalg.svd_many([c.module.weight.detach().transpose(0, 1).flatten(1) for c in tucker], tucker_names)
+        outs = linalg.singular_values_many([c.module.weight.detach().flatten(1) for c in tucker], tucker_names)
+        ins = linalg.singular_values_many([c.module.weight.detach().transpose(0, 1).flatten(1) for c in tucker],
+                                          tucker_names)
         for c, o, i in zip(tucker, outs, ins):
-            c.request.spectrum = (i.S, o.S)
+            c.request.spectrum = (i, o)
 
 
 def _explicit_ranks(ranks: dict[str, Rank], cands: list[Candidate], skipped: list[Decision]) -> dict[str, Rank]:

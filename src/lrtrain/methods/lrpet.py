@@ -267,8 +267,8 @@ class LRPET(Method):
         compact = copy.deepcopy(self.model)
         names = list(self._cands)
         convs = [compact.get_submodule(n) for n in names]
-        sigma1 = [dec.S[0] for dec in linalg.svd_many([self._scheme.to_matrix(c.weight.detach()) for c in convs],
-                                                       names)]
+        sigma1 = [S[0] for S in linalg.singular_values_many([self._scheme.to_matrix(c.weight.detach()) for c in convs],
+                                                             names)]
         vanished = [n for n, c, s in zip(names, convs, sigma1) if float(s) < _VANISHED_SIGMA]
         for name in vanished:
             surgery.replace_module(compact, name, VanishedConv2d(compact.get_submodule(name)))
