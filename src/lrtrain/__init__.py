@@ -18,7 +18,7 @@ _EXPORTS = {
     "ELRT": "methods", "LRPET": "methods", "TRP": "methods", "Dense": "methods", "Method": "methods",
     "SVDFinetune": "methods", "Counts": "metrics", "count": "metrics", "Energy": "ranks", "FixedRank": "ranks",
     "FlopsBudget": "ranks", "Ratio": "ranks", "Threshold": "ranks", "factorize": "surgery", "plan": "surgery",
-    "fold_batchnorm": "fold", "deploy": "deployment",
+    "fold_batchnorm": "fold", "deploy": "deployment", "evaluate": "evaluation",
 }
 
 __all__ = sorted([*_EXPORTS, "linalg", "models", "schemes"])
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from . import linalg, models, schemes
     from .export import load, save
     from .deployment import deploy
+    from .evaluation import evaluate
     from .fold import fold_batchnorm
     from .layers import LowRankConv2d, LowRankLinear
     from .methods import ELRT, LRPET, TRP, Dense, Method, SVDFinetune

@@ -2,9 +2,8 @@
 ``lrtrain evaluate`` on a run, a compact model file or a checkpoint.
 
     >>> import torch, lrtrain as lr
-    >>> from lrtrain.evaluation import evaluate
     >>> batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))]
-    >>> result = evaluate(lr.models.create("resnet20"), batches)
+    >>> result = lr.evaluate(lr.models.create("resnet20"), batches)
     >>> sorted(result), result["images"]
     (['images', 'test_acc', 'test_loss', 'top5_acc'], 8)
 """
