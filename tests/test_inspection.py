@@ -107,3 +107,27 @@ def test_a_model_with_more_classes_than_its_data_compresses_and_loads_back(tmp_p
     assert lr.load(tmp_path / "run" / "compact.pt").fc.out_features == 12
     model, name, classes, *_ = load_trained(tmp_path / "run")  # not the data's 4 classes
     assert (name, classes, model.fc.out_features) == ("resnet20", 12, 12)
+
+
+def test_info_of_a_trained_model_lists_what_each_layer_became(dense_run, tmp_path, capsys):
+    from lrtrain import cli
+
+    out = tmp_path / "c.pt"
+    assert cli.main(["compress", str(dense_run), "--rank", "ratio:0.5", "--skip", "conv1", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    compact = lr.load(out)
+    assert lines[0] == f"{out} (resnet20, 10 classes, input 1x3x16x16)"
+    rows = {line.split()[0]: line for line in lines[2:-1]}
+    assert "dense" in rows["conv1"] and len(rows) == len(lr.count(lr.models.create("resnet20")).layers)
+    layer = compact.layer2[1].conv1
+    assert f"channel rank {layer.rank}/{layer.max_rank}" in rows["layer2.1.conv1"] and layer.max_rank == 32
+    macs_now = sum(int(row.split()[-1].replace(",", "")) for row in rows.values())
+    assert macs_now == lr.count(compact, (1, 3, 16, 16)).flops
+    factorized = sum(isinstance(m, (lr.LowRankConv2d, lr.LowRankLinear)) for m in compact.modules())
+    assert lines[-1].startswith(f"{factorized} of {len(rows)} layers factorized; MACs ")
+    # with --rank: what the policy would make of the trained weights (here the dense run's checkpoint)
+    assert cli.main(["info", str(dense_run), "--rank", "flops:0.5", "--input-size", "1", "3", "16", "16"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("conv/linear MACs ") and float(last.split("(")[1].split("x")[0]) >= 2.0

@@ -111,26 +111,33 @@ def _run_demo(args: argparse.Namespace) -> int:
     return _fit(cfg, resume=False, overwrite=True, time_limit=None)
 
 
-def _policy_arguments(p: argparse.ArgumentParser, default_rank: str) -> None:
+def _policy_arguments(p: argparse.ArgumentParser, default_rank: str | None, default_text: str = "%(default)s") -> None:
     p.add_argument("--rank", default=default_rank,
                    help="rank policy: energy:E, threshold:V, ratio:R, fixed:K or flops:F, each with an optional "
-                        ",multiple:M (ranks in multiples of M, e.g. 8 for GPU tensor cores) (default %(default)s)")
+                        f",multiple:M (ranks in multiples of M, e.g. 8 for GPU tensor cores) (default {default_text})")
     p.add_argument("--scheme", default="channel", help="channel, spatial, decoupled or tucker2 (default %(default)s)")
     p.add_argument("--skip", nargs="*", default=[], metavar="PATTERN", help="layer names to keep dense (fnmatch)")
 
 
 def _info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a model name (lrtrain.models.list_models())")
+    p.add_argument("model", help="a model name (lrtrain.models.list_models()), or a trained one: a run directory "
+                                 "(its compact.pt, else its newest checkpoint), a compact model file or a checkpoint")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--input-size", type=int, nargs=4, metavar=("N", "C", "H", "W"),
                    help="input shape (default: the model's own, 1 3 32 32 for CIFAR models)")
-    _policy_arguments(p, "ratio:0.5")
+    _policy_arguments(p, None, "ratio:0.5 for a model name; for a trained model, its layers as they are, or with "
+                               "--rank what that policy would make of its weights")
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .inspection import info
+    from .inspection import info, trained_info
 
-    print(info(args.model, args.rank, args.scheme, args.skip, args.input_size, args.num_classes))
+    if not Path(args.model).exists():
+        print(info(args.model, args.rank or "ratio:0.5", args.scheme, args.skip, args.input_size, args.num_classes))
+    elif args.rank is None:
+        print(trained_info(args.model))
+    else:
+        print(info(args.model, args.rank, args.scheme, args.skip, args.input_size))
     return 0
 
 

@@ -39,16 +39,53 @@ def totals_line(before: nn.Module, after: nn.Module, input_size) -> str:
             f"params {b.params / 1e6:.3f} M -> {a.params / 1e6:.3f} M")
 
 
-def info(model_name: str, rank="energy:0.95", scheme: str = "channel", skip=(), input_size=None,
+def info(model_name: str | Path, rank="energy:0.95", scheme: str = "channel", skip=(), input_size=None,
          num_classes: int = 10) -> str:
     """The per-layer table of a registry model under a scheme and rank policy (random weights: spectra
-    of an untrained model only show what eligibility and costs would be)."""
-    model = models.create(model_name, num_classes=num_classes)
-    size = tuple(input_size or models.default_input_size(model_name))
+    of an untrained model only show what eligibility and costs would be), or of a trained model's weights
+    when `model_name` is the path of one (a run directory, a checkpoint or a compact model file)."""
+    if Path(model_name).exists():
+        model, _, _, trained_size, _ = load_trained(model_name)
+        size = tuple(input_size or trained_size)
+    else:
+        model = models.create(model_name, num_classes=num_classes)
+        size = tuple(input_size or models.default_input_size(model_name))
     decisions = plan(model, rank, scheme, skip, size)
     before, after = sum(d.dense_flops for d in decisions), sum(d.flops for d in decisions)
     return (decision_table(decisions) + f"\nconv/linear MACs {before / 1e6:.2f} M -> {after / 1e6:.2f} M "
             f"({before / after:.2f}x fewer); {sum(d.factorize for d in decisions)} of {len(decisions)} layers factorized")
+
+
+def trained_info(path: str | Path) -> str:
+    """The per-layer table of a trained model (a run directory: its compact.pt, else its newest checkpoint;
+    a compact model file; a checkpoint): each conv/linear layer of the dense model, its MACs, what it is now
+    (dense, a factorized scheme at its rank, or cut out) and its MACs now, then the totals."""
+    from .layers import LowRankConv2d, LowRankLinear
+    from .train.checkpoint import load_checkpoint
+
+    path = Path(path)
+    file = path / "compact.pt" if path.is_dir() and (path / "compact.pt").is_file() else trained_file(path)
+    model, name, classes, size, _ = from_state(load_checkpoint(file), file)
+    dense = models.create(name, num_classes=classes)
+    before, after = count(dense, size), count(model, size)
+    factorized = {n: m for n, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
+    rows = [("layer", "MACs", "now", "MACs now")]
+    for layer, dense_count in before.layers.items():
+        if layer in factorized:
+            m = factorized[layer]
+            scheme = m.scheme.name if isinstance(m, LowRankConv2d) else "linear"
+            form = f"{scheme} rank {_fmt_rank(m.rank)}/{_fmt_rank(m.max_rank)}"
+            macs = sum(c.flops for n, c in after.layers.items() if n.startswith(layer + "."))
+        elif layer in after.layers:
+            form, macs = "dense", after.layers[layer].flops
+        else:  # replaced by a layer without MACs (LRPET's vanished conv)
+            form, macs = "cut out", 0
+        rows.append((layer, f"{dense_count.flops:,}", form, f"{macs:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    table = "\n".join("  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                      for r in rows)
+    return (f"{file} ({name}, {classes} classes, input {'x'.join(map(str, size))})\n{table}\n"
+            f"{len(factorized)} of {len(before.layers)} layers factorized; {totals_line(dense, model, size)}")
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple, dict[str, Any]]:
@@ -100,11 +137,9 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
         raise ValueError(f"{path}: its weights do not fit a dense {name} ({first}); a checkpoint of a run whose "
                          "method changed the layers (ELRT, after SVD fine-tuning) is compact already: use its "
                          "compact.pt") from None
-    if cfg["data"]["name"] == "folder":
-        side = cfg["data"].get("image_size") or 224
-        size = (1, 3, side, side)
-    else:
-        size = models.default_input_size(name)
+    data = cfg["data"]
+    side = {"folder": data.get("image_size") or 224, "sample": data.get("image_size")}.get(data["name"])
+    size = (1, 3, side, side) if side else models.default_input_size(name)  # the size it was trained at
     return model.eval(), name, classes, size, _names(state)
 
 

@@ -92,7 +92,7 @@ class LowRankConv2d(nn.Module):
     """
 
     # TorchScript compiles properties; these read Python-only state (the scheme), so scripting skips them.
-    __jit_unused_properties__ = ["rank", "weight", "bias"]
+    __jit_unused_properties__ = ["rank", "max_rank", "weight", "bias"]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank, scheme: str | Scheme = "channel",
                  stride=1, padding=0, dilation=1, bias: bool = True, device=None, dtype=None):
@@ -132,6 +132,11 @@ class LowRankConv2d(nn.Module):
     @property
     def rank(self):
         return self._rank
+
+    @property
+    def max_rank(self):
+        """The largest rank of the layer's scheme (a tucker2 layer: its pair)."""
+        return self.scheme.max_rank(self.geometry)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -175,7 +180,7 @@ class LowRankLinear(nn.Module):
         torch.Size([3, 10])
     """
 
-    __jit_unused_properties__ = ["rank", "weight", "bias"]  # as in LowRankConv2d: keeps it scriptable
+    __jit_unused_properties__ = ["rank", "max_rank", "weight", "bias"]  # as in LowRankConv2d: keeps it scriptable
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
@@ -206,6 +211,10 @@ class LowRankLinear(nn.Module):
     @property
     def rank(self) -> int:
         return self._rank
+
+    @property
+    def max_rank(self) -> int:
+        return min(self.in_features, self.out_features)
 
     @property
     def weight(self) -> torch.Tensor:
