@@ -120,6 +120,25 @@ def test_a_moved_run_directory_resumes_where_it_is_now(tmp_path, capsys):
     assert f"resumed from {moved / 'checkpoints'}" in out and (moved / "summary.json").exists() and not run.exists()
 
 
+def test_resuming_by_another_spelling_of_the_same_folder_notes_no_change(tmp_path, capsys, monkeypatch):
+    recipe = _recipe(tmp_path, TINY.replace("epochs: 1", "epochs: 2"))
+    assert cli.main(["train", recipe, "--out-dir", str(tmp_path / "run"), "--time-limit", "0"]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["train", "run", "--resume"]) == 0  # relative, where the run was given absolute
+    assert "changed settings" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device, message", [
+    ("foo", "device 'foo' is not a device name (auto, cpu, cuda, cuda:N)"),
+    ("cuda", "device 'cuda': this machine has no CUDA device (use cpu or auto)"),
+])
+def test_a_device_this_machine_cannot_use_is_one_line(tmp_path, capsys, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert _fails(capsys, ["train", _recipe(tmp_path), "--set", f"train.device={device}"]).endswith(message)
+
+
 def test_writing_an_export_onto_a_folder_is_one_line(run_dir, tmp_path, capsys):
     (tmp_path / "a_folder").mkdir()
     err = _fails(capsys, ["export", str(run_dir), "--format", "state_dict", "-o", str(tmp_path / "a_folder")])

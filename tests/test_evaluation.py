@@ -97,6 +97,23 @@ def test_a_data_dir_recorded_on_another_machine_falls_back_with_a_note(run, tmp_
     assert lines[0] == "note: the run's data.dir /nowhere/cifar is not on this machine: looking elsewhere (give --data-dir)"
 
 
+def test_another_data_set_takes_none_of_the_runs_data_settings(run, tmp_path, capsys):
+    model, cfg, *_ = resolve_source(run, ["data.name=sample", "data.num_classes=3", "data.test_size=20"])
+    assert cfg["data"]["test_size"] == 20 and cfg["data"]["image_size"] is None  # the run's 8 is not carried over
+    _, same, *_ = resolve_source(run, ["data.test_size=20"])
+    assert same["data"]["image_size"] == 8 and same["data"]["num_classes"] == 7  # the run's own otherwise
+
+
+def test_a_checkpoint_of_a_run_that_recalibrated_batchnorm_says_its_score_may_differ(tmp_path, capsys):
+    (tmp_path / "recipe.yaml").write_text(textwrap.dedent(RECIPE) + "\n")
+    assert cli.main(["train", str(tmp_path / "recipe.yaml"), "--out-dir", str(tmp_path / "run"),
+                     "--set", "train.bn_recalibrate=1"]) == 0
+    capsys.readouterr()
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    scored, _ = _lines(capsys, ["evaluate", str(newest)])
+    assert "its BatchNorm statistics as saved" in scored and "train.bn_recalibrate" in scored
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--set", "optim.lr=0.1"], "--set optim.lr=0.1: evaluate takes data.* keys only"),
     (["--set", "data.num_classes=11"], "(compact model) predicts 9 classes; generated sample set (8×8, 11 classes)"),

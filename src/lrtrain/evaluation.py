@@ -86,10 +86,15 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
         what = f"{file} (checkpoint: the dense model as trained so far)"
         config = state["config"]
     if run_dir is not None and (run_dir / "config.yaml").is_file():
-        return model, load_recipe(run_dir, overrides), arch, what
+        config = load_recipe(run_dir)
+    if not arch and config and config["train"].get("bn_recalibrate"):
+        what += ("; its BatchNorm statistics as saved, where the trainer's epoch score re-estimated them after "
+                 "a projection (train.bn_recalibrate), so the two may differ")
     recipe: dict[str, Any] = {}
-    if config:  # a checkpoint's own: its model's name, data and seed (the generated set's images)
+    if config:  # the run's own: its model's name, data and seed (the generated set's images)
         recipe = {"model": {"name": config["model"]["name"]}, "data": dict(config["data"]), "seed": config["seed"]}
+    if any(key.startswith("data.name=") for key in overrides):
+        recipe.pop("data", None)  # another data set: none of the run's data settings (its folder, its sizes)
     for key in overrides:
         apply_override(recipe, key)
     return model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what

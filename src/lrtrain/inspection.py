@@ -11,7 +11,7 @@ from torch import nn
 
 from . import export, models
 from .metrics import count
-from .pretrained import classifier_name
+from .pretrained import classifier_name, mismatches
 from .surgery import Decision, factorize, plan, why_none
 
 _DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -133,10 +133,10 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: its weights do not fit a dense {name} ({first}); a checkpoint of a run whose "
-                         "method changed the layers (ELRT, after SVD fine-tuning) is compact already: use its "
-                         "compact.pt") from None
+        problems = "; ".join(mismatches(weights, model.state_dict()))
+        raise ValueError(f"{path}: its weights do not fit a dense {name} ({problems}); a checkpoint of a run "
+                         f"whose method changed the layers ({state['config']['method']['name']}) holds them as "
+                         "trained: use the run's compact.pt, which it writes when it finishes") from None
     data = cfg["data"]
     side = {"folder": data.get("image_size") or 224, "sample": data.get("image_size")}.get(data["name"])
     size = (1, 3, side, side) if side else models.default_input_size(name)  # the size it was trained at

@@ -76,10 +76,18 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def resolve_device(name: str, world: distributed.World) -> torch.device:
-    """``auto`` is the local rank's GPU when CUDA is available, else the CPU."""
+    """``auto`` is the local rank's GPU when CUDA is available, else the CPU. A device name torch does not
+    know, or a CUDA device this machine lacks, is a ValueError saying so."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine has no CUDA device (use cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", world.local_rank)
     return device
@@ -658,7 +666,8 @@ class Trainer:
             raise ValueError(f"checkpoint {path} holds a {was[0]} trained with method {was[1]!r}, but this run "
                              f"builds a {this[0]} with method {this[1]!r}: resume with the recipe it was saved "
                              "with, or start again with --overwrite")
-        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
+                         and not (k == "out_dir" and Path(saved[k]).resolve() == Path(now[k]).resolve()))
         if changed and self.world.is_main:
             print(f"note: resuming {path} with changed settings: {', '.join(changed)}", flush=True)
         before = [id(p) for p in self.model.parameters()]
