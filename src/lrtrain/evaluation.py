@@ -65,7 +65,7 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
     checkpoint's dense model) and a phrase naming what was loaded."""
     from . import export
     from .config import apply_override, load_recipe, resolve
-    from .inspection import from_state, trained_file
+    from .inspection import from_state, scored_file
     from .train.checkpoint import load_checkpoint
 
     bad = [key for key in overrides if not key.startswith("data.")]
@@ -75,7 +75,7 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
     if not path.exists():
         raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {path}")
     run_dir = path if path.is_dir() else None
-    file = path / "compact.pt" if run_dir and (path / "compact.pt").is_file() else trained_file(path)
+    file = scored_file(path)
     state = load_checkpoint(file)
     config = None
     if isinstance(state, dict) and "arch" in state:
@@ -85,7 +85,7 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
         model, *_, arch = from_state(state, file)  # arch: the class names the checkpoint keeps, if any
         what = f"{file} (checkpoint: the dense model as trained so far)"
         config = state["config"]
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
+    if config is None and run_dir is not None and (run_dir / "config.yaml").is_file():
         config = load_recipe(run_dir)
     if not arch and config and config["train"].get("bn_recalibrate"):
         what += ("; its BatchNorm statistics as saved, where the trainer's epoch score re-estimated them after "

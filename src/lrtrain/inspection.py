@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import export, models
-from .metrics import count
+from .metrics import Counts, count
 from .pretrained import classifier_name, mismatches
 from .surgery import Decision, factorize, plan, why_none
 
@@ -34,7 +34,11 @@ def decision_table(decisions: list[Decision]) -> str:
 
 
 def totals_line(before: nn.Module, after: nn.Module, input_size) -> str:
-    b, a = count(before, input_size), count(after, input_size)
+    return counts_line(count(before, input_size), count(after, input_size))
+
+
+def counts_line(b: Counts, a: Counts) -> str:
+    """MACs and params before (`b`) and after (`a`), in one line."""
     return (f"MACs {b.flops / 1e6:.2f} M -> {a.flops / 1e6:.2f} M ({b.flops / a.flops:.2f}x fewer), "
             f"params {b.params / 1e6:.3f} M -> {a.params / 1e6:.3f} M")
 
@@ -63,8 +67,7 @@ def trained_info(path: str | Path) -> str:
     from .layers import LowRankConv2d, LowRankLinear
     from .train.checkpoint import load_checkpoint
 
-    path = Path(path)
-    file = path / "compact.pt" if path.is_dir() and (path / "compact.pt").is_file() else trained_file(path)
+    file = scored_file(path)
     model, name, classes, size, _ = from_state(load_checkpoint(file), file)
     dense = models.create(name, num_classes=classes)
     before, after = count(dense, size), count(model, size)
@@ -85,7 +88,7 @@ def trained_info(path: str | Path) -> str:
     table = "\n".join("  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                       for r in rows)
     return (f"{file} ({name}, {classes} classes, input {'x'.join(map(str, size))})\n{table}\n"
-            f"{len(factorized)} of {len(before.layers)} layers factorized; {totals_line(dense, model, size)}")
+            f"{len(factorized)} of {len(before.layers)} layers factorized; {counts_line(before, after)}")
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple, dict[str, Any]]:
@@ -98,6 +101,12 @@ def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple, dict[str
 
     path = trained_file(path)
     return from_state(load_checkpoint(path), path)
+
+
+def scored_file(path: str | Path) -> Path:
+    """The file that stands for a trained model: a run directory's compact.pt, else `trained_file`'s."""
+    path = Path(path)
+    return path / "compact.pt" if path.is_dir() and (path / "compact.pt").is_file() else trained_file(path)
 
 
 def trained_file(path: str | Path) -> Path:

@@ -133,7 +133,7 @@ def _svd_from_gram(a: Tensor, rank: int | None = None) -> SVD:
     """
     left = a.shape[-2] <= a.shape[-1]
     a64 = a.double()
-    S, basis = _eigh_descending(a64 @ a64.mT if left else a64.mT @ a64)
+    S, basis = _eigh_descending(_gram(a64))
     S, basis = S[..., :rank], basis[..., :rank]
     scaled = a64.mT @ basis if left else a64 @ basis
     if bool((S[..., -1] > 1e-5 * S[..., 0]).all()):
@@ -143,6 +143,11 @@ def _svd_from_gram(a: Tensor, rank: int | None = None) -> SVD:
         other = Q * torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).unsqueeze(-2)  # σᵢ ≥ 0
     U, V = (basis, other) if left else (other, basis)
     return SVD(U, S, V.mT)
+
+
+def _gram(a: Tensor) -> Tensor:
+    """The smaller Gram matrix of (a batch of) `a`: ``A·Aᵀ`` where A is wide (m ≤ n), else ``Aᵀ·A``."""
+    return a @ a.mT if a.shape[-2] <= a.shape[-1] else a.mT @ a
 
 
 def _eigh_descending(gram: Tensor) -> tuple[Tensor, Tensor]:
@@ -158,8 +163,7 @@ def singular_values(a: Tensor, names: list[str] | None = None) -> Tensor:
     else `svd`'s (with its fallbacks and its error naming ``names`` for a matrix holding NaN or Inf)."""
     if a.device.type == "cpu" and a.dtype in (torch.float32, torch.bfloat16, torch.float16) and a.numel() \
             and bool(torch.isfinite(a).all()):
-        a64 = a.double()
-        gram = a64 @ a64.mT if a.shape[-2] <= a.shape[-1] else a64.mT @ a64
+        gram = _gram(a.double())
         with _lapack_threads(gram):
             return torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt().float()
     return svd(a, names).S
@@ -254,7 +258,7 @@ class GramTransfer:
         self.mats = mats
         self.host = host and bool(mats)
         self.lefts = [a.shape[-2] <= a.shape[-1] for a in mats]
-        grams = [a64 @ a64.mT if left else a64.mT @ a64 for a64, left in zip((a.double() for a in mats), self.lefts)]
+        grams = [_gram(a.double()) for a in mats]
         self._event = None
         if self.host and grams[0].device.type != "cpu":
             flat = torch.cat([g.flatten() for g in grams])

@@ -67,14 +67,19 @@ def _folder_common(cfg: dict[str, Any], **placement: Any) -> dict[str, Any]:
                 **placement)
 
 
+def _val_loader(val_dir: Path, cfg: dict[str, Any], classes: list[str] | None,
+                common: dict[str, Any]) -> FolderLoader:
+    return FolderLoader(val_dir, False, batch_size=cfg["eval_batch_size"], augment=False, classes=classes,
+                        limit=cfg["test_size"], **common)
+
+
 def _folder_data(cfg: dict[str, Any], batch_size: int, **placement: Any) -> Data:
     root = _folder_root(cfg)
     train_dir, val_dir = find_folder(root)
     common = _folder_common(cfg, **placement)
     train = FolderLoader(train_dir, True, batch_size=batch_size, augment=cfg["augment"], limit=cfg["train_size"],
                          **common)
-    test = FolderLoader(val_dir, False, batch_size=cfg["eval_batch_size"], augment=False, classes=train.classes,
-                        limit=cfg["test_size"], **common)
+    test = _val_loader(val_dir, cfg, train.classes, common)
     size = common["image_size"]
     return Data(train, test, len(train.classes), (1, 3, size, size),
                 f"image folder {root} ({len(train.dataset)} train, {len(test.dataset)} val)", train.classes)
@@ -95,8 +100,7 @@ def build_test_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0,
     if classes is None and train_dir.is_dir():
         classes = class_folders(train_dir)
     common = _folder_common(cfg, device=device, seed=seed)
-    test = FolderLoader(val_dir, False, batch_size=cfg["eval_batch_size"], augment=False, classes=classes,
-                        limit=cfg["test_size"], **common)
+    test = _val_loader(val_dir, cfg, classes, common)
     size = common["image_size"]
     return Data(None, test, len(test.classes), (1, 3, size, size),  # type: ignore[arg-type]
                 f"image folder {root} ({len(test.dataset)} val)", test.classes)
