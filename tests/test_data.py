@@ -166,6 +166,23 @@ def test_build_data_for_the_sample_set():
         build_data(_sample_cfg(), device=torch.device("cpu"), world_size=3)
 
 
+def test_data_say_their_input_normalization_and_take_a_model_s_own(tmp_path):
+    _write_fake_cifar(tmp_path)
+    cfg = _sample_cfg(name="cifar10", dir=str(tmp_path), train_size=16, test_size=5, batch_size=4)
+    small = build_data(cfg, device=torch.device("cpu"))
+    images, *_ = read_cifar("cifar10", tmp_path / "cifar-10-batches-py")
+    mean, std = channel_stats(images[:16])
+    assert small.normalize == {"mean": (mean.double() / 255).tolist(), "std": (std.double() / 255).tolist()}
+    whole = build_data({**cfg, "train_size": None}, device=torch.device("cpu"))
+    assert whole.normalize != small.normalize
+    same = build_data({**cfg, "train_size": None}, device=torch.device("cpu"), normalize=small.normalize)
+    assert same.normalize == small.normalize
+    assert torch.equal(next(same.test.batches())[0], next(small.test.batches())[0])  # bit for bit
+    for bad in ({"mean": [0.5] * 3}, {"mean": [0.5] * 3, "std": [0.2, 0.2, 0.0]}, {"mean": [0.5], "std": [0.2]}):
+        with pytest.raises(ValueError, match="input normalization"):
+            build_data(cfg, device=torch.device("cpu"), normalize=bad)
+
+
 def test_build_data_reads_cifar_subsets(tmp_path):
     _write_fake_cifar(tmp_path)
     cfg = _sample_cfg(name="cifar10", dir=str(tmp_path), train_size=16, test_size=5, batch_size=4)
@@ -338,3 +355,10 @@ def test_test_data_of_a_folder_needs_only_its_val_split(tmp_path):
     named = build_test_data(cfg, device=torch.device("cpu"), classes=["bee", "ant"])  # a model's own order
     assert torch.cat([y for _, y in named.test.batches()]).tolist() == [1, 1, 1, 0, 0, 0]
     assert build_test_data(cfg, device=torch.device("cpu")).classes == ["ant", "bee"]  # val's own folders
+    assert named.normalize["mean"] == pytest.approx([0.485, 0.456, 0.406], abs=1e-7)  # ImageNet's by default
+    assert named.normalize["std"] == pytest.approx([0.229, 0.224, 0.225], abs=1e-7)
+    grey = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    x, _ = next(build_test_data(cfg, device=torch.device("cpu"), classes=["bee", "ant"], normalize=grey).test.batches())
+    raw, _ = next(named.test.batches())
+    imagenet = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, (raw * imagenet[1] + imagenet[0] - 0.5) / 0.25, atol=1e-5, rtol=0)

@@ -77,10 +77,10 @@ def test_a_runs_compact_model_scores_what_the_trainer_reported(run, capsys):
                             r"model's speed", line) and float(line.split(": ")[1].split("x")[0]) > 0
 
 
-def test_a_checkpoint_scores_as_the_dense_model_trained_so_far(run, capsys):
+def test_a_checkpoint_scores_as_the_model_trained_so_far(run, capsys):
     newest = list_checkpoints(run / "checkpoints")[-1]
     scored, sizes = _lines(capsys, ["evaluate", str(newest)])
-    assert scored.startswith(f"{newest} (checkpoint: the dense model as trained so far) on generated sample set")
+    assert scored.startswith(f"{newest} (checkpoint: the model as trained so far) on generated sample set")
     with open(run / "metrics.csv") as f:  # the epoch's own evaluation, of the model it checkpointed
         assert f"top-1 {float(list(csv.DictReader(f))[-1]['test_acc']):.2f}%" in scored
     assert sizes.endswith("M params: a dense resnet32's")  # the checkpoint's own model, with its 9 outputs
@@ -156,9 +156,36 @@ def test_a_folder_runs_compressed_model_keeps_its_class_names_and_scores_on_val_
     assert cli.main(["compress", str(tmp_path / "run"), "--rank", "ratio:0.5", "-o", str(tmp_path / "c.pt")]) == 0
     assert load_with_arch(tmp_path / "c.pt")[1]["classes"] == ["ant", "bee"]
     newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]  # a checkpoint keeps them as well
-    assert resolve_source(newest, [])[2] == {"classes": ["ant", "bee"]}
+    assert resolve_source(newest, [])[2]["classes"] == ["ant", "bee"]
     capsys.readouterr()
     (tmp_path / "images" / "train").rename(tmp_path / "images" / "gone")  # scoring needs val/ only
     scored, _ = _lines(capsys, ["evaluate", str(tmp_path / "c.pt"), "--set", "data.name=folder",
                                 "--set", f"data.dir={tmp_path / 'images'}", "--set", "data.image_size=8"])
     assert "on image folder" in scored and "(6 val)" in scored and "top-5" not in scored  # 2 classes
+
+
+def test_a_compact_model_is_scored_with_the_input_normalization_it_was_trained_with(tmp_path, capsys):
+    """CIFAR's normalization comes from the training images: a run on 16 of them, scored with all 30 of the
+    data set's (the default away from its run), still sees its own statistics, so its score is the run's."""
+    from test_data import _write_fake_cifar
+
+    _write_fake_cifar(tmp_path / "data")
+    (tmp_path / "recipe.yaml").write_text(textwrap.dedent("""
+        model: {name: resnet20}
+        data: {name: cifar10, train_size: 16, batch_size: 8, eval_batch_size: 10}
+        method: {name: dense}
+        train: {epochs: 1, progress: false}
+        """))
+    assert cli.main(["train", str(tmp_path / "recipe.yaml"), "--out-dir", str(tmp_path / "run"),
+                     "--set", f"data.dir={tmp_path / 'data'}"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    alone = tmp_path / "alone.pt"  # no config.yaml beside it: the data set's defaults, all 30 training images
+    alone.write_bytes((tmp_path / "run" / "compact.pt").read_bytes())
+    capsys.readouterr()
+    scored, _ = _lines(capsys, ["evaluate", str(alone), "--data-dir", str(tmp_path / "data")])
+    assert f"loss {summary['final_loss']:.4f} (6 images" in scored
+    blob = torch.load(alone, weights_only=True)
+    del blob["arch"]["normalize"]  # as written by an older lrtrain: the 30 images' statistics
+    torch.save(blob, alone)
+    scored, _ = _lines(capsys, ["evaluate", str(alone), "--data-dir", str(tmp_path / "data")])
+    assert f"loss {summary['final_loss']:.4f} (6 images" not in scored

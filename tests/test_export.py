@@ -89,7 +89,8 @@ def test_cli_exports_a_run_directory_and_checks_the_file(compact_file, tmp_path,
         pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
     out = tmp_path / f"model.{fmt}"
     assert cli.main(["export", str(compact_file.parent), "--format", fmt, "-o", str(out)]) == 0
-    printed = capsys.readouterr().out.strip()
+    printed, said = capsys.readouterr().out.strip().splitlines()
+    assert said == "input: normalization not recorded in this file (written by an older lrtrain)"
     assert printed.startswith(f"wrote {out} ({fmt}, example input 1x3x32x32;")
     if "not checked" not in printed:
         assert float(printed.rsplit(": ", 1)[1].rstrip(")")) < 1e-4
@@ -165,7 +166,7 @@ def test_cli_exports_with_batchnorm_folded_and_checks_against_the_unfolded_model
         pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
     out = tmp_path / f"folded.{fmt}"
     assert cli.main(["export", str(compact_file), "--format", fmt, "-o", str(out), "--fold-bn"]) == 0
-    printed = capsys.readouterr().out.strip()
+    printed = capsys.readouterr().out.strip().splitlines()[0]
     assert printed.startswith(f"wrote {out} ({fmt}, BatchNorm folded, example input 1x3x32x32;")
     if "not checked" not in printed:
         assert float(printed.rsplit(": ", 1)[1].rstrip(")")) < 1e-4
@@ -196,7 +197,7 @@ def test_cli_deploy_says_which_factorized_convs_it_kept_and_the_file_matches(com
     printed = capsys.readouterr().out
     assert printed.startswith(f"deploy ({layout}): " if layout else "deploy (")  # auto: whichever ran faster
     assert "factorized convs kept" in printed and "BatchNorm folded" in printed
-    assert float(printed.strip().rsplit(": ", 1)[1].rstrip(")")) < 1e-4
+    assert float(printed.strip().splitlines()[1].rsplit(": ", 1)[1].rstrip(")")) < 1e-4
     x = _inputs()
     with torch.no_grad():
         assert _max_diff(torch.jit.load(str(out))(x), lr.load(compact_file)(x)) < 1e-4
@@ -252,3 +253,62 @@ def test_save_refuses_classes_that_a_factorized_classifier_does_not_have(tmp_pat
     assert not (tmp_path / "m.pt").exists()
     lr.save(model, tmp_path / "m.pt", "resnet20", 10)
     assert lr.load(tmp_path / "m.pt")(torch.ones(2, 3, 32, 32)).shape == (2, 10)
+
+
+NORMALIZE = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_normalize_builds_the_recorded_input_normalization_into_the_export(compact_file, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
+    source = tmp_path / "compact.pt"
+    lr.save(lr.load(compact_file), source, model_name="resnet20", num_classes=10, input_size=list(SIZE),
+            normalize=NORMALIZE)
+    out = tmp_path / f"m.{fmt}"
+    assert cli.main(["export", str(source), "--format", fmt, "-o", str(out), "--normalize"]) == 0
+    wrote, said = capsys.readouterr().out.strip().splitlines()
+    assert float(wrote.rsplit(": ", 1)[1].rstrip(")")) < 1e-4 or "not checked" in wrote
+    assert said == "the exported model normalizes its input itself: give it RGB images scaled to 0-1"
+    pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))  # RGB in 0-1
+    mean, std = (torch.tensor(NORMALIZE[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        expected = lr.load(source)((pixels - mean) / std)
+    if fmt == "torchscript":
+        got = torch.jit.load(str(out))(pixels)
+    else:
+        onnxruntime = pytest.importorskip("onnxruntime")
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"images": pixels.numpy()})[0])
+    assert _max_diff(got, expected) < 1e-4
+    # without --normalize the export says what input the model expects
+    assert cli.main(["export", str(source), "--format", fmt, "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "input: RGB scaled to 0-1, then (x - mean) / std per channel, mean [0.4900, 0.4800, 0.4500], "
+        "std [0.2500, 0.2400, 0.2600] (--normalize builds it into the exported model)")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("state_dict", "a state_dict holds weights only: it cannot carry the input normalization"),
+    ("unrecorded", "does not record the input normalization it was trained with"),
+])
+def test_normalize_errors_are_one_line(compact_file, tmp_path, capsys, case, message):
+    source = compact_file
+    if case == "state_dict":
+        source = tmp_path / "compact.pt"
+        lr.save(lr.load(compact_file), source, model_name="resnet20", num_classes=10, normalize=NORMALIZE)
+    fmt = "state_dict" if case == "state_dict" else "torchscript"
+    assert cli.main(["export", str(source), "--format", fmt, "-o", str(tmp_path / "out"), "--normalize"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrtrain: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_normalized_wraps_a_model_and_refuses_a_malformed_record():
+    model = torch.nn.Conv2d(3, 2, 1)
+    net = export.Normalized(model, NORMALIZE)
+    x = torch.rand(2, 3, 4, 4)
+    mean, std = (torch.tensor(NORMALIZE[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    torch.testing.assert_close(net(x), model((x - mean) / std))
+    with pytest.raises(ValueError, match="needs 3 means and 3 positive stds"):
+        export.Normalized(model, {"mean": [0.5], "std": [1.0]})

@@ -65,7 +65,8 @@ def test_a_finished_run_without_checkpoints_is_read_from_its_compact_model(dense
     model, name, classes, size, names = load_trained(run)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(model(x), load_trained(dense_run)[0](x), atol=1e-5, rtol=0)
-    assert (name, classes, names) == ("resnet20", 10, {})  # the sample set names no classes
+    assert (name, classes) == ("resnet20", 10) and list(names) == ["normalize"]  # the sample set names no classes
+    assert names == load_trained(dense_run)[4]  # the checkpoint and the compact model record the same
     (run / "compact.pt").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoint in .* and no compact.pt"):
         load_trained(run)
@@ -90,7 +91,11 @@ def test_compress_refuses_a_checkpoint_of_another_model(dense_run, tmp_path, cap
     save_checkpoint(tmp_path, 1, state, keep=1)
     assert cli.main(["compress", str(tmp_path / "step_000000001.pt"), "-o", str(tmp_path / "c.pt")]) == 2
     err = capsys.readouterr().err
-    assert "do not fit a dense resnet32 (missing: layer1.3" in err and "(dense) holds them as trained" in err
+    assert "do not fit a dense resnet32 (missing: layer1.3" in err and "older lrtrain" not in err
+    del state["layers"]  # as written before checkpoints described their layers
+    save_checkpoint(tmp_path, 1, state, keep=1)
+    assert cli.main(["compress", str(tmp_path / "step_000000001.pt"), "-o", str(tmp_path / "c.pt")]) == 2
+    assert "older lrtrain of a run whose method changed the layers (dense)" in capsys.readouterr().err
 
 
 def test_a_model_with_more_classes_than_its_data_compresses_and_loads_back(tmp_path):
@@ -120,15 +125,51 @@ def test_info_of_a_trained_model_lists_what_each_layer_became(dense_run, tmp_pat
     lines = capsys.readouterr().out.strip().splitlines()
     compact = lr.load(out)
     assert lines[0] == f"{out} (resnet20, 10 classes, input 1x3x16x16)"
-    rows = {line.split()[0]: line for line in lines[2:-1]}
+    rows = {line.split()[0]: line for line in lines[2:-2]}
     assert "dense" in rows["conv1"] and len(rows) == len(lr.count(lr.models.create("resnet20")).layers)
     layer = compact.layer2[1].conv1
     assert f"channel rank {layer.rank}/{layer.max_rank}" in rows["layer2.1.conv1"] and layer.max_rank == 32
     macs_now = sum(int(row.split()[-1].replace(",", "")) for row in rows.values())
     assert macs_now == lr.count(compact, (1, 3, 16, 16)).flops
     factorized = sum(isinstance(m, (lr.LowRankConv2d, lr.LowRankLinear)) for m in compact.modules())
-    assert lines[-1].startswith(f"{factorized} of {len(rows)} layers factorized; MACs ")
+    assert lines[-2].startswith(f"{factorized} of {len(rows)} layers factorized; MACs ")
+    # compress kept the run's input normalization (the generated training images' statistics)
+    mean = [f"{v:.4f}" for v in torch.load(out, weights_only=True)["arch"]["normalize"]["mean"]]
+    assert lines[-1] == f"input: RGB scaled to 0-1, then (x - mean) / std per channel, mean [{', '.join(mean)}], " \
+                        f"std [{lines[-1].split('std [')[1]}" and float(mean[0]) > 0.1
     # with --rank: what the policy would make of the trained weights (here the dense run's checkpoint)
     assert cli.main(["info", str(dense_run), "--rank", "flops:0.5", "--input-size", "1", "3", "16", "16"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("conv/linear MACs ") and float(last.split("(")[1].split("x")[0]) >= 2.0
+
+
+@pytest.mark.parametrize("method", [{"name": "elrt", "rank": "flops:0.5"},
+                                    {"name": "svd_finetune", "rank": "flops:0.5"}])
+def test_a_checkpoint_of_a_run_whose_method_changed_the_layers_rebuilds_its_model(tmp_path, method, capsys):
+    """ELRT trains factorized layers from the start, SVD + fine-tune after its swap: their checkpoints say
+    how the layers differ from the registry model, so they load without the method."""
+    from lrtrain import cli
+    from lrtrain.inspection import load_trained
+    from lrtrain.train.checkpoint import list_checkpoints, load_checkpoint
+
+    cfg = resolve({
+        "out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"}, "method": method,
+        "data": {"name": "sample", "train_size": 32, "test_size": 16, "image_size": 8, "batch_size": 16},
+        "schedule": {"name": "constant"}, "train": {"epochs": 2, "progress": False},
+    })
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert load_checkpoint(newest)["layers"]  # what export.describe says of the trained model
+    model, name, classes, size, _ = load_trained(newest)
+    assert (name, classes, size) == ("resnet20", 10, (1, 3, 8, 8))
+    trained = trainer.model.cpu().eval()
+    assert [type(m) for m in model.modules()] == [type(m) for m in trained.modules()]
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x))
+    assert cli.main(["info", str(newest)]) == 0
+    table = capsys.readouterr().out
+    scheme = "tucker2" if method["name"] == "elrt" else "channel"
+    assert f"{scheme} rank " in table and "layers factorized" in table

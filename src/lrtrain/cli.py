@@ -175,6 +175,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deploy", action="store_true",
                    help="--fold-bn, and keep each factorized conv only where it runs faster than its dense form "
                         "on this machine's CPU at the example input size (measured; same outputs)")
+    p.add_argument("--normalize", action="store_true",
+                   help="build the input normalization the model was trained with into the exported model: it "
+                        "then takes RGB images scaled to 0-1 (torchscript and onnx)")
     p.add_argument("--layout", choices=["auto", "contiguous", "channels_last", "as_is"],
                    help="with --deploy: the weights' memory layout; auto (the default) deploys in NCHW and in "
                         "channels_last and keeps the faster model")
@@ -186,6 +189,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from . import export, models
     from .deployment import deploy, layout_of
     from .fold import fold_batchnorm
+    from .inspection import input_line
 
     source = Path(args.model)
     if source.is_dir():
@@ -215,12 +219,24 @@ def _run_export(args: argparse.Namespace) -> int:
               f"{sum(c.dense_ms for c in choices):.2f} ms over these layers at input {'x'.join(map(str, size))})")
     elif args.fold_bn:
         written = fold_batchnorm(model, size)
-    export.export(written, args.out, args.format, size, **({"opset": args.opset} if args.opset else {}))
-    diff = export.check_export(model, args.out, args.format, size)  # against the model as loaded, unfolded
+    normalize = arch.get("normalize")
+    if args.normalize and not normalize:
+        raise ValueError(f"{source} does not record the input normalization it was trained with (written by an "
+                         "older lrtrain, or from data that do not give one): export without --normalize, or in "
+                         "Python wrap lrtrain.load(...) in lrtrain.export.Normalized with the statistics")
+    normalize = normalize if args.normalize else None
+    export.export(written, args.out, args.format, size, normalize,
+                  **({"opset": args.opset} if args.opset else {}))
+    diff = export.check_export(model, args.out, args.format, size, normalize)  # against the model as loaded
     check = ("not checked: onnxruntime is not installed" if diff is None
              else f"max abs difference from the compact model on a random batch: {diff:.3g}")
     folded = ", BatchNorm folded" if args.fold_bn or args.deploy else ""
     print(f"wrote {args.out} ({args.format}{folded}, example input {'x'.join(map(str, size))}; {check})")
+    if args.normalize:
+        print("the exported model normalizes its input itself: give it RGB images scaled to 0-1")
+    else:
+        print(f"{input_line(arch.get('normalize'))} (--normalize builds it into the exported model)"
+              if arch.get("normalize") else input_line(None))
     return 0
 
 
@@ -257,7 +273,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if cfg["data"]["name"] == "folder" and cfg["data"]["image_size"] is None and arch.get("input_size"):
         cfg["data"]["image_size"] = arch["input_size"][-1]  # the size it was trained at
     device = resolve_device(args.device, distributed.World())
-    data = build_test_data(cfg["data"], device=device, seed=cfg["seed"], classes=arch.get("classes"))
+    # the model's own input normalization where its file records it (CIFAR's depends on the training images)
+    data = build_test_data(cfg["data"], device=device, seed=cfg["seed"], classes=arch.get("classes"),
+                           normalize=arch.get("normalize"))
     outputs = predicted_classes(model, data, what)
     result = evaluate(model.to(device), data.test.batches(), amp=False)
     top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""

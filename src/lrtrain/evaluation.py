@@ -61,8 +61,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], amp: bo
 def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
     """The model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact model
     file; a checkpoint), the resolved recipe its data come from (the run's config.yaml, else the
-    checkpoint's, else the defaults; then `overrides`, data.* keys only), its ``arch`` (empty for a
-    checkpoint's dense model) and a phrase naming what was loaded."""
+    checkpoint's, else the defaults; then `overrides`, data.* keys only), its ``arch`` (for a checkpoint
+    only the class names and input normalization it records) and a phrase naming what was loaded."""
     from . import export
     from .config import apply_override, load_recipe, resolve
     from .inspection import from_state, scored_file
@@ -82,14 +82,14 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
         (model, arch), what = export.from_blob(state, file), f"{file} (compact model)"
         run_dir = run_dir or file.parent  # a run's compact.pt sits beside its config.yaml
     else:
-        model, *_, arch = from_state(state, file)  # arch: the class names the checkpoint keeps, if any
-        what = f"{file} (checkpoint: the dense model as trained so far)"
+        model, *_, arch = from_state(state, file)  # arch: the class names and normalization it keeps, if any
+        what = f"{file} (checkpoint: the model as trained so far)"
         config = state["config"]
+        if config["train"].get("bn_recalibrate"):
+            what += ("; its BatchNorm statistics as saved, where the trainer's epoch score re-estimated them "
+                     "after a projection (train.bn_recalibrate), so the two may differ")
     if config is None and run_dir is not None and (run_dir / "config.yaml").is_file():
         config = load_recipe(run_dir)
-    if not arch and config and config["train"].get("bn_recalibrate"):
-        what += ("; its BatchNorm statistics as saved, where the trainer's epoch score re-estimated them after "
-                 "a projection (train.bn_recalibrate), so the two may differ")
     recipe: dict[str, Any] = {}
     if config:  # the run's own: its model's name, data and seed (the generated set's images)
         recipe = {"model": {"name": config["model"]["name"]}, "data": dict(config["data"]), "seed": config["seed"]}

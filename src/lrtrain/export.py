@@ -7,7 +7,8 @@ no pickled code, so files load with ``torch.load(weights_only=True)`` and need n
 
 For deployment, `export_torchscript`, `export_onnx` (needs the ``onnx`` package) and `export_state_dict`
 write a model in those formats, and `check_export` measures how far the written file's outputs are from
-the model's (``lrtrain export`` runs both).
+the model's (``lrtrain export`` runs both). A compact model written by the trainer records the input
+normalization it was trained with (``arch["normalize"]``); `Normalized` builds it into the model.
 
     >>> import lrtrain as lr, tempfile, os
     >>> model = lr.factorize(lr.models.create("resnet20"), rank=lr.FlopsBudget(0.5))
@@ -89,12 +90,15 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
     return type(a) is type(b) and (not isinstance(a, nn.Conv2d) or _conv_spec(a) == _conv_spec(b))
 
 
-def describe(model: nn.Module, model_name: str, num_classes: int, **extra: Any) -> dict[str, Any]:
-    """The plain-data architecture of `model` relative to ``models.create(model_name, num_classes)``."""
-    return _describe(model, _base(model_name, num_classes), model_name, num_classes, extra)
+def describe(model: nn.Module, model_name: str, num_classes: int, *, base: dict[str, nn.Module] | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """The plain-data architecture of `model` relative to ``models.create(model_name, num_classes)``
+    (``base``: that model's `base_modules`, where the caller keeps them between calls)."""
+    return _describe(model, base or base_modules(model_name, num_classes), model_name, num_classes, extra)
 
 
-def _base(model_name: str, num_classes: int) -> dict[str, nn.Module]:
+def base_modules(model_name: str, num_classes: int) -> dict[str, nn.Module]:
+    """The modules of ``models.create(model_name, num_classes)`` by name: what `describe` compares with."""
     return dict(models.create(model_name, num_classes=num_classes).named_modules())
 
 
@@ -146,7 +150,7 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
     the model back in that dtype, on its `map_location`; a channels-last model is made so again with
     ``model.to(memory_format=torch.channels_last)``.
     """
-    base = _base(model_name, num_classes)
+    base = base_modules(model_name, num_classes)
     arch = _describe(model, base, model_name, num_classes, extra)
     state = _state(model)
     # checked now, not when `load` fails on the file: the name and classes must rebuild this very model
@@ -199,6 +203,29 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
 # ---------------------------------------------------------------------------------------------- export
 
 EXPORT_FORMATS = ("torchscript", "onnx", "state_dict")
+
+
+class Normalized(nn.Module):
+    """`model` taking RGB images in the 0–1 scale: it normalizes them itself, ``model((x - mean) / std)``,
+    with a trained model's recorded ``normalize`` (``{"mean": [...], "std": [...]}``, per channel). For
+    exports whose users should not have to know the training data's statistics.
+
+        >>> net = Normalized(nn.Identity(), {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+        >>> net(torch.ones(1, 3, 2, 2)).flatten()[:2].tolist()
+        [2.0, 2.0]
+    """
+
+    def __init__(self, model: nn.Module, normalize: dict[str, list[float]]):
+        from .data import _stats  # checks the record
+
+        super().__init__()
+        mean, std = (t / 255 for t in _stats(normalize))
+        self.model = model
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
 
 
 def _deployable(model: nn.Module) -> nn.Module:
@@ -269,22 +296,33 @@ def _check_input_size(model: nn.Module, input_size) -> None:
         _forward(model, x)
 
 
-def export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32), **options: Any) -> None:
-    """Write `model` to `path` in `format` (one of `EXPORT_FORMATS`)."""
+def _with(model: nn.Module, normalize: dict[str, list[float]] | None) -> nn.Module:
+    return Normalized(model, normalize) if normalize else model
+
+
+def export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32),
+           normalize: dict[str, list[float]] | None = None, **options: Any) -> None:
+    """Write `model` to `path` in `format` (one of `EXPORT_FORMATS`); with ``normalize`` (a trained model's
+    record, ``arch["normalize"]``) the written model takes 0–1 RGB images and normalizes them itself."""
     if format not in EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    if normalize and format == "state_dict":
+        raise ValueError("a state_dict holds weights only: it cannot carry the input normalization (export "
+                         "torchscript or onnx, or wrap the model in lrtrain.export.Normalized after loading)")
     _check_input_size(model, input_size)
-    EXPORTERS[format](model, path, tuple(input_size), **options)
+    EXPORTERS[format](_with(model, normalize), path, tuple(input_size), **options)
 
 
-def check_export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32)) -> float | None:
-    """Largest absolute difference between the exported file's outputs and the model's on a random batch.
+def check_export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32),
+                 normalize: dict[str, list[float]] | None = None) -> float | None:
+    """Largest absolute difference between the exported file's outputs and the model's (normalizing its
+    input by ``normalize`` where the file was written so) on a random batch.
 
     The batch has one more image than `input_size` says (the exported batch dimension must not be fixed).
     None for ONNX when onnxruntime is not installed.
     """
     _check_input_size(model, input_size)
-    net = _deployable(model)
+    net = _deployable(_with(model, normalize))
     size = (input_size[0] + 1, *input_size[1:])
     x = torch.randn(size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -60,6 +60,14 @@ def info(model_name: str | Path, rank="energy:0.95", scheme: str = "channel", sk
             f"({before / after:.2f}x fewer); {sum(d.factorize for d in decisions)} of {len(decisions)} layers factorized")
 
 
+def input_line(normalize: dict[str, list[float]] | None) -> str:
+    """What input a trained model expects, from its recorded normalization (None: not recorded)."""
+    if not normalize:
+        return "input: normalization not recorded in this file (written by an older lrtrain)"
+    mean, std = (", ".join(f"{v:.4f}" for v in normalize[key]) for key in ("mean", "std"))
+    return f"input: RGB scaled to 0-1, then (x - mean) / std per channel, mean [{mean}], std [{std}]"
+
+
 def trained_info(path: str | Path) -> str:
     """The per-layer table of a trained model (a run directory: its compact.pt, else its newest checkpoint;
     a compact model file; a checkpoint): each conv/linear layer of the dense model, its MACs, what it is now
@@ -68,7 +76,7 @@ def trained_info(path: str | Path) -> str:
     from .train.checkpoint import load_checkpoint
 
     file = scored_file(path)
-    model, name, classes, size, _ = from_state(load_checkpoint(file), file)
+    model, name, classes, size, facts = from_state(load_checkpoint(file), file)
     dense = models.create(name, num_classes=classes)
     before, after = count(dense, size), count(model, size)
     factorized = {n: m for n, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
@@ -88,7 +96,8 @@ def trained_info(path: str | Path) -> str:
     table = "\n".join("  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                       for r in rows)
     return (f"{file} ({name}, {classes} classes, input {'x'.join(map(str, size))})\n{table}\n"
-            f"{len(factorized)} of {len(before.layers)} layers factorized; {counts_line(before, after)}")
+            f"{len(factorized)} of {len(before.layers)} layers factorized; {counts_line(before, after)}\n"
+            f"{input_line(facts.get('normalize'))}")
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple, dict[str, Any]]:
@@ -131,30 +140,36 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
     if isinstance(state, dict) and "arch" in state:
         arch = state["arch"]
         return export.from_blob(state, path)[0], arch["model"], arch["num_classes"], \
-            tuple(arch.get("input_size") or models.default_input_size(arch["model"])), _names(arch)
+            tuple(arch.get("input_size") or models.default_input_size(arch["model"])), _facts(arch)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"{path} is neither an lrtrain checkpoint nor a compact model")
     cfg = state["config"]
     name = cfg["model"]["name"]
     weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     classes = _classes(name, cfg, weights)
-    model = models.create(name, num_classes=classes)
+    layers = state.get("layers")  # absent from checkpoints written before lrtrain recorded them
+    model = export.rebuild({"model": name, "num_classes": classes, "layers": layers}) if layers \
+        else models.create(name, num_classes=classes)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         problems = "; ".join(mismatches(weights, model.state_dict()))
-        raise ValueError(f"{path}: its weights do not fit a dense {name} ({problems}); a checkpoint of a run "
-                         f"whose method changed the layers ({state['config']['method']['name']}) holds them as "
-                         "trained: use the run's compact.pt, which it writes when it finishes") from None
+        hint = "" if "layers" in state else (
+            f"; a checkpoint written by an older lrtrain of a run whose method changed the layers "
+            f"({cfg['method']['name']}) holds them as trained without saying how: use the run's compact.pt, "
+            "which it writes when it finishes")
+        raise ValueError(f"{path}: its weights do not fit {'the layers it describes' if layers else f'a dense {name}'}"
+                         f" ({problems}){hint}") from None
     data = cfg["data"]
     side = {"folder": data.get("image_size") or 224, "sample": data.get("image_size")}.get(data["name"])
     size = (1, 3, side, side) if side else models.default_input_size(name)  # the size it was trained at
-    return model.eval(), name, classes, size, _names(state)
+    return model.eval(), name, classes, size, _facts(state)
 
 
-def _names(holder: dict[str, Any]) -> dict[str, Any]:
-    """``{"classes": [...]}`` where `holder` (an arch, a checkpoint) names the classes, else empty."""
-    return {"classes": holder["classes"]} if holder.get("classes") else {}
+def _facts(holder: dict[str, Any]) -> dict[str, Any]:
+    """The class names (``classes``) and input normalization (``normalize``) that `holder` (an arch, a
+    checkpoint) records, where it does."""
+    return {key: holder[key] for key in ("classes", "normalize") if holder.get(key)}
 
 
 def _classes(name: str, cfg: dict[str, Any], weights: dict[str, Any]) -> int:

@@ -132,10 +132,11 @@ class FolderLoader:
     def __init__(self, root: Path, train: bool, image_size: int, batch_size: int, *, workers: int,
                  augment: bool, drop_last: bool, seed: int, device: torch.device, rank: int = 0,
                  world_size: int = 1, channels_last: bool = False, classes: list[str] | None = None,
-                 limit: int | None = None):
+                 limit: int | None = None, mean: Tensor = IMAGENET_MEAN, std: Tensor = IMAGENET_STD):
         """``classes``: label the class folders by this list (the training set's), not by their own sorted
         names: a validation folder may lack some classes, never hold one the list has not. ``limit``: use
-        only that many images, the same random ones (seeded apart from ``seed``) in every run."""
+        only that many images, the same random ones (seeded apart from ``seed``) in every run. ``mean``,
+        ``std``: the per-channel normalization, in the 0–255 scale (ImageNet's by default)."""
         from torchvision import transforms
 
         if train and augment:
@@ -153,6 +154,7 @@ class FolderLoader:
         self.sampler = _ShardSampler(len(self.dataset), train, seed, rank, world_size)
         self.batch_size, self.drop_last = batch_size, train and drop_last
         self.device, self.channels_last = device, channels_last
+        self.mean, self.std = mean.to(device), std.to(device)
         self.loader = DataLoader(_SeededItems(self.dataset), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, pin_memory=device.type == "cuda",
                                  drop_last=self.drop_last, persistent_workers=workers > 0,
@@ -174,11 +176,10 @@ class FolderLoader:
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """(normalized float images, labels) for the steps ``start``.. of ``epoch``, on the device."""
         self.sampler.epoch, self.sampler.start = epoch, start * self.batch_size
-        mean, std = IMAGENET_MEAN.to(self.device), IMAGENET_STD.to(self.device)
         try:
             for images, labels in self.loader:
                 images = images.to(self.device, non_blocking=True)
-                yield normalize(images, mean, std, self.channels_last), labels.to(self.device, non_blocking=True)
+                yield normalize(images, self.mean, self.std, self.channels_last), labels.to(self.device, non_blocking=True)
         except ValueError as err:  # a worker's error arrives wrapped in its traceback: keep its own line
             last = str(err).strip().splitlines()[-1]
             if "Original Traceback" not in str(err) or not last.startswith("ValueError: "):

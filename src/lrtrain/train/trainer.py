@@ -273,6 +273,7 @@ class Trainer:
         self._session_start = time.perf_counter()
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during `fit`
         self._evaluating = False
+        self._base_modules: dict[str, nn.Module] | None = None  # the registry model's, for `_layers`
 
     # -- building -----------------------------------------------------------------------------------
 
@@ -641,7 +642,8 @@ class Trainer:
                 "rng": rng,
                 "rng_ranks": rng_ranks,
                 "trained_epoch": self._trained_epoch,
-                **({"classes": self.data.classes} if self.data.classes else {}),  # for lrtrain compress
+                **self._model_facts(),  # for lrtrain evaluate / compress
+                **self._layers(),
             }
             path = save_checkpoint(self.run_dir / "checkpoints", self.step, state,
                                    self.cfg["train"]["keep_checkpoints"])
@@ -775,7 +777,7 @@ class Trainer:
             "world_size": self.world.world_size,
             "torch": str(torch.__version__),
             "num_classes": self.num_classes,
-            **({"classes": self.data.classes} if self.data.classes else {}),  # output index -> class name
+            **self._model_facts(),
             "commit": ", ".join(self._commits),
             "date": today(),
         }
@@ -787,11 +789,30 @@ class Trainer:
                   f"({summary['speedup'] or 0:.2f}x fewer), {small.params / 1e6:.3f} M params", flush=True)
         return summary
 
+    def _layers(self) -> dict[str, Any]:
+        """``{"layers": ...}``: how the trained model's layers differ from the registry model's (a method's
+        factorized layers; `export.describe`), so that a checkpoint of any run rebuilds its model without
+        the method (lrtrain evaluate, info, compress); empty for a model given as a module."""
+        from .. import export
+
+        if not self._registry_model:
+            return {}
+        if self._base_modules is None:  # built once: a ResNet-50 takes a while to initialize
+            self._base_modules = export.base_modules(self.model_name, self.num_classes)
+        return {"layers": export.describe(self.model, self.model_name, self.num_classes,
+                                          base=self._base_modules)["layers"]}
+
+    def _model_facts(self) -> dict[str, Any]:
+        """What a user of the trained model needs besides its weights, where the data say it: the class
+        names by output index and the input normalization (CIFAR's comes from the training images used)."""
+        return {**({"classes": self.data.classes} if self.data.classes else {}),
+                **({"normalize": self.data.normalize} if self.data.normalize else {})}
+
     def _save_compact(self, compact: nn.Module) -> None:
         from .. import export, models
 
         extra = {"input_size": list(self.data.input_size), "method": self.method.name, "ranks": self.method.ranks(),
-                 **({"classes": self.data.classes} if self.data.classes else {})}
+                 **self._model_facts()}
         path = self.run_dir / "compact.pt"
         if self.model_name in models.list_models():
             export.save(compact, path, self.model_name, self.num_classes, **extra)
