@@ -18,3 +18,16 @@ def test_unknown_names_and_dunder_probes_raise_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
         lrtrain.nothing_here
     assert not hasattr(lrtrain, "__wrapped__")
+
+
+def test_the_version_is_the_packages_own(capsys):
+    import tomllib
+    from pathlib import Path
+
+    from lrtrain import cli
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert lrtrain.__version__ == project["version"]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"lrtrain {project['version']}\n"

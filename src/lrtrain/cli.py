@@ -257,25 +257,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from . import models
-    from .data import build_test_data
-    from .evaluation import evaluate, predicted_classes, resolve_source
+    from .evaluation import evaluate, predicted_classes, resolve_source, test_data
     from .metrics import count, latency_ratio
     from .train import distributed
     from .train.trainer import resolve_device
 
     model, cfg, arch, what = resolve_source(args.model, args.overrides)
-    recorded = cfg["data"]["dir"]
-    if args.data_dir:
-        cfg["data"]["dir"] = args.data_dir
-    elif recorded and not Path(recorded).exists() and not any(k.startswith("data.dir=") for k in args.overrides):
-        print(f"note: the run's data.dir {recorded} is not on this machine: looking elsewhere (give --data-dir)")
-        cfg["data"]["dir"] = None  # a run trained elsewhere (moved, or from a GPU machine's /tmp)
-    if cfg["data"]["name"] == "folder" and cfg["data"]["image_size"] is None and arch.get("input_size"):
-        cfg["data"]["image_size"] = arch["input_size"][-1]  # the size it was trained at
     device = resolve_device(args.device, distributed.World())
-    # the model's own input normalization where its file records it (CIFAR's depends on the training images)
-    data = build_test_data(cfg["data"], device=device, seed=cfg["seed"], classes=arch.get("classes"),
-                           normalize=arch.get("normalize"))
+    data = test_data(cfg, arch, device, args.data_dir, args.overrides)
     outputs = predicted_classes(model, data, what)
     result = evaluate(model.to(device), data.test.batches(), amp=False)
     top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""
@@ -297,6 +286,31 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a run directory (its compact.pt, else its newest checkpoint), a compact model "
+                                 "file or a checkpoint step_*.pt")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--top", type=int, default=5, help="how many classes to list per image (default: 5)")
+    p.add_argument("--device", default="cpu", help="cpu (the default), cuda, cuda:N or auto")
+    p.add_argument("--data-dir", help="where the run's data set is, for a model file that does not record its "
+                                      "input normalization (written by an older lrtrain)")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .prediction import describe, predict, prepared, read_images
+    from .train import distributed
+    from .train.trainer import resolve_device
+
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+    model, facts, side, _ = prepared(args.model, args.data_dir)
+    images = read_images(args.images, side, facts.get("resize"))
+    device = resolve_device(args.device, distributed.World())
+    probs, labels = predict(model.to(device), images, facts.get("normalize"), args.top)
+    print("\n".join(describe(args.images, probs, labels, facts.get("classes"))))
+    return 0
+
+
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     # Declared here, not in report.py, so building the parser does not import matplotlib.
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by lrtrain train")
@@ -313,25 +327,34 @@ def _run_report(args: argparse.Namespace) -> int:
     return report.run(args)
 
 
-COMMANDS: dict[str, Command] = {
-    "report": Command("plots and a Markdown summary from run directories", _report_arguments, _run_report),
+COMMANDS: dict[str, Command] = {  # in the order of a model's life: `lrtrain --help` lists them so
+    "train": Command("train a model with a method, as a recipe says", _train_arguments, _run_train),
+    "demo": Command("a short training run showing the whole pipeline", _demo_arguments, _run_demo),
+    "evaluate": Command("test accuracy of a run, compact model or checkpoint; FLOPs and CPU speed against dense",
+                        _evaluate_arguments, _run_evaluate),
+    "predict": Command("classify image files with a trained model (top classes and probabilities)",
+                       _predict_arguments, _run_predict),
     "info": Command("per-layer table of a model: shapes, FLOPs, ranks, what a scheme would do", _info_arguments,
                     _run_info),
     "compress": Command("decompose a trained model into a compact low-rank one (no fine-tuning)",
                         _compress_arguments, _run_compress),
     "export": Command("write a compact model as TorchScript, ONNX or a plain state_dict", _export_arguments,
                       _run_export),
-    "evaluate": Command("test accuracy of a run, compact model or checkpoint; FLOPs and CPU speed against dense",
-                        _evaluate_arguments, _run_evaluate),
-    "train": Command("train a model with a method, as a recipe says", _train_arguments, _run_train),
-    "demo": Command("a short training run showing the whole pipeline", _demo_arguments, _run_demo),
+    "report": Command("plots and a Markdown summary from run directories", _report_arguments, _run_report),
 }
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrtrain",
                                      description="Compact low-rank CNNs: train, compress, measure.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--version", action="version", version=f"lrtrain {_version()}")
     # Accept --debug after the subcommand too; SUPPRESS keeps the top-level value when it is absent.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -62,7 +62,7 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
     """The model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact model
     file; a checkpoint), the resolved recipe its data come from (the run's config.yaml, else the
     checkpoint's, else the defaults; then `overrides`, data.* keys only), its ``arch`` (for a checkpoint
-    only the class names and input normalization it records) and a phrase naming what was loaded."""
+    its input size and what it records of its data: `data.MODEL_FACTS`) and a phrase naming what was loaded."""
     from . import export
     from .config import apply_override, load_recipe, resolve
     from .inspection import from_state, scored_file
@@ -82,7 +82,8 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
         (model, arch), what = export.from_blob(state, file), f"{file} (compact model)"
         run_dir = run_dir or file.parent  # a run's compact.pt sits beside its config.yaml
     else:
-        model, *_, arch = from_state(state, file)  # arch: the class names and normalization it keeps, if any
+        model, _, _, size, arch = from_state(state, file)  # arch: what it records of its data, if anything
+        arch["input_size"] = list(size)
         what = f"{file} (checkpoint: the model as trained so far)"
         config = state["config"]
         if config["train"].get("bn_recalibrate"):
@@ -100,6 +101,28 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
     return model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what
 
 
+def test_data(cfg: dict[str, Any], arch: dict[str, Any], device: torch.device, data_dir: str | None = None,
+              overrides: list[str] = ()) -> Any:
+    """The test split `resolve_source`'s recipe and arch name (``data.build_test_data``): from `data_dir`
+    where given; a data.dir recorded on another machine (moved, or a GPU machine's /tmp) falls back to the
+    default places with a note; an image folder at the size the model was trained at, labelled by its class
+    names; the images normalized by the model's own statistics where its file records them (CIFAR's
+    depend on the training images used)."""
+    from .data import build_test_data
+
+    data_cfg = cfg["data"]
+    recorded = data_cfg["dir"]
+    if data_dir:
+        data_cfg["dir"] = data_dir
+    elif recorded and not Path(recorded).exists() and not any(k.startswith("data.dir=") for k in overrides):
+        print(f"note: the run's data.dir {recorded} is not on this machine: looking elsewhere (give --data-dir)")
+        data_cfg["dir"] = None
+    if data_cfg["name"] == "folder" and data_cfg["image_size"] is None and arch.get("input_size"):
+        data_cfg["image_size"] = arch["input_size"][-1]
+    return build_test_data(data_cfg, device=device, seed=cfg["seed"], classes=arch.get("classes"),
+                           normalize=arch.get("normalize"))
+
+
 def predicted_classes(model: nn.Module, data: Any, what: str) -> int:
     """How many classes `model` predicts (more than the data's: a head kept from 1000-class weights);
     refuses data with more classes than that. (An image folder's labels come from the model's own class
@@ -114,4 +137,4 @@ def predicted_classes(model: nn.Module, data: Any, what: str) -> int:
     return outputs
 
 
-__all__ = ["evaluate", "predicted_classes", "resolve_source", "score_sums", "summarize"]
+__all__ = ["evaluate", "predicted_classes", "resolve_source", "score_sums", "summarize", "test_data"]

@@ -167,9 +167,11 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
 
 
 def _facts(holder: dict[str, Any]) -> dict[str, Any]:
-    """The class names (``classes``) and input normalization (``normalize``) that `holder` (an arch, a
-    checkpoint) records, where it does."""
-    return {key: holder[key] for key in ("classes", "normalize") if holder.get(key)}
+    """What `holder` (an arch, a checkpoint) records of its data (`data.MODEL_FACTS`: class names, input
+    normalization, evaluation resize), where it does."""
+    from .data import MODEL_FACTS
+
+    return {key: holder[key] for key in MODEL_FACTS if holder.get(key)}
 
 
 def _classes(name: str, cfg: dict[str, Any], weights: dict[str, Any]) -> int:

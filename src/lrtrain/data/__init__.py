@@ -15,8 +15,8 @@ from typing import Any, Iterator, Protocol
 import torch
 from torch import Tensor
 
-from .cifar import DATA_ENV, LAYOUTS, DeviceLoader, channel_stats, find_cifar, read_cifar
-from .folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, class_folders, find_folder
+from .cifar import DATA_ENV, LAYOUTS, DeviceLoader, channel_stats, cifar_class_names, find_cifar, read_cifar
+from .folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, class_folders, eval_resize, find_folder
 from .sample import make_sample
 
 
@@ -37,6 +37,11 @@ class Data:
     description: str                        # e.g. "CIFAR-10 from /path (50000 train, 10000 test)"
     classes: list[str] | None = None        # class names by label index, where the data names them
     normalize: dict[str, list[float]] | None = None  # the input the model sees: (x - mean) / std, x in 0-1
+    resize: int | None = None  # an evaluation image's shorter side before its centre crop (image folders)
+
+
+# the fields of `Data` that a trained model's files (compact.pt, checkpoints, summary.json) record
+MODEL_FACTS = ("classes", "normalize", "resize")
 
 
 def normalization(mean: Tensor, std: Tensor) -> dict[str, list[float]]:
@@ -55,9 +60,9 @@ def _stats(normalize: dict[str, list[float]]) -> tuple[Tensor, Tensor]:
     return mean.float(), std.float()
 
 
-def _tensor_data(tensors: tuple[Tensor, Tensor, Tensor, Tensor], classes: int, source: str, cfg: dict[str, Any],
-                 batch_size: int, *, device: torch.device, normalize: dict[str, list[float]] | None = None,
-                 train: bool = True, **placement: Any) -> Data:
+def _tensor_data(tensors: tuple[Tensor, Tensor, Tensor, Tensor], classes: int, source: str,
+                 names: list[str] | None, cfg: dict[str, Any], batch_size: int, *, device: torch.device,
+                 normalize: dict[str, list[float]] | None = None, train: bool = True, **placement: Any) -> Data:
     """``train=False``: no training loader (scoring only; the images still give the statistics)."""
     images, labels, test_images, test_labels = tensors
     mean, std = _stats(normalize) if normalize else channel_stats(images)
@@ -68,8 +73,8 @@ def _tensor_data(tensors: tuple[Tensor, Tensor, Tensor, Tensor], classes: int, s
                         drop_last=False, **common)
     size = images.shape[-1]
     description = f"{source} ({len(images)} train, {len(test_images)} test)"
-    return Data(loader, test, classes, (1, 3, size, size), description,  # type: ignore[arg-type]
-                normalize=normalization(mean, std))
+    return Data(loader, test, classes, (1, 3, size, size), description, names,  # type: ignore[arg-type]
+                normalization(mean, std))
 
 
 def _folder_root(cfg: dict[str, Any]) -> Path:
@@ -106,7 +111,7 @@ def _folder_data(cfg: dict[str, Any], batch_size: int, normalize: dict[str, list
     size = common["image_size"]
     return Data(train, test, len(train.classes), (1, 3, size, size),
                 f"image folder {root} ({len(train.dataset)} train, {len(test.dataset)} val)", train.classes,
-                normalization(common["mean"], common["std"]))
+                normalization(common["mean"], common["std"]), eval_resize(size))
 
 
 def build_test_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0,
@@ -129,7 +134,7 @@ def build_test_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0,
     size = common["image_size"]
     return Data(None, test, len(test.classes), (1, 3, size, size),  # type: ignore[arg-type]
                 f"image folder {root} ({len(test.dataset)} val)", test.classes,
-                normalization(common["mean"], common["std"]))
+                normalization(common["mean"], common["std"]), eval_resize(size))
 
 
 def build_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -152,14 +157,15 @@ def build_data(cfg: dict[str, Any], *, device: torch.device, seed: int = 0, rank
     return _tensor_data(*_tensors(cfg, seed), cfg, batch_size, normalize=normalize, **placement)
 
 
-def _tensors(cfg: dict[str, Any], seed: int) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], int, str]:
-    """The images and labels of a data set held in memory (CIFAR, the generated set), its class count and
-    where they come from."""
+def _tensors(cfg: dict[str, Any], seed: int) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], int, str,
+                                                      list[str] | None]:
+    """The images and labels of a data set held in memory (CIFAR, the generated set), its class count,
+    where they come from and the class names where it has them."""
     name = cfg["name"]
     if name == "sample":
         size, classes = cfg["image_size"] or 32, cfg["num_classes"]
         tensors = make_sample(cfg["train_size"] or 5000, cfg["test_size"] or 1000, size, classes, seed)
-        source = f"generated sample set ({size}×{size}, {classes} classes)"
+        source, names = f"generated sample set ({size}×{size}, {classes} classes)", None
     else:
         folder = find_cifar(name, cfg["dir"])
         images, labels, test_images, test_labels = read_cifar(name, folder)
@@ -169,8 +175,9 @@ def _tensors(cfg: dict[str, Any], seed: int) -> tuple[tuple[Tensor, Tensor, Tens
                 raise ValueError(f"data.{key} is {asked}, but {LAYOUTS[name].title} has {there} such images")
         tensors = (images[:train_n], labels[:train_n], test_images[:test_n], test_labels[:test_n])
         classes, source = LAYOUTS[name].classes, f"{LAYOUTS[name].title} from {folder}"
-    return tensors, classes, source
+        names = cifar_class_names(name, folder)
+    return tensors, classes, source, names
 
 
-__all__ = ["Data", "DeviceLoader", "FolderLoader", "Loader", "build_data", "build_test_data", "find_cifar",
+__all__ = ["MODEL_FACTS", "Data", "DeviceLoader", "FolderLoader", "Loader", "build_data", "build_test_data", "find_cifar",
            "make_sample", "normalization"]

@@ -35,12 +35,15 @@ class _Layout:
     label_key: bytes
     title: str
     classes: int
+    meta_file: str         # the class names, where the copy has them
+    names_key: bytes
 
 
 LAYOUTS = {
     "cifar10": _Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                       b"labels", "CIFAR-10", 10),
-    "cifar100": _Layout("cifar-100-python", ("train",), "test", b"fine_labels", "CIFAR-100", 100),
+                       b"labels", "CIFAR-10", 10, "batches.meta", b"label_names"),
+    "cifar100": _Layout("cifar-100-python", ("train",), "test", b"fine_labels", "CIFAR-100", 100,
+                        "meta", b"fine_label_names"),
 }
 
 
@@ -206,3 +209,16 @@ class DeviceLoader:
             if offsets is not None:
                 images = crop_flip(images, offsets[part], flips[part], self.padding)
             yield normalize(images, self.mean, self.std, self.channels_last), self.labels[index]
+
+
+def cifar_class_names(name: str, folder: Path) -> list[str] | None:
+    """The class names by label from the copy's meta file; None where it has none or an unreadable one
+    (the names are a convenience: the images and labels do not need them)."""
+    layout = LAYOUTS[name]
+    try:
+        with open(folder / layout.meta_file, "rb") as f:
+            names = [n.decode() if isinstance(n, bytes) else str(n)
+                     for n in pickle.load(f, encoding="bytes")[layout.names_key]]
+    except Exception:
+        return None
+    return names if len(names) == layout.classes else None

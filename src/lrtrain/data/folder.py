@@ -18,6 +18,20 @@ from .cifar import normalize
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
+EVAL_CROP = 0.875  # evaluation: the shorter side resized to size / 0.875, then the centre size × size
+
+
+def eval_resize(image_size: int) -> int:
+    """The shorter side an image is resized to before the evaluation's centre crop of `image_size`."""
+    return round(image_size / EVAL_CROP)
+
+
+def eval_transform(image_size: int, resize: int | None = None):
+    """Resize the shorter side to `resize` (default `eval_resize`), centre-crop `image_size`, uint8 C×H×W."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(resize or eval_resize(image_size)),
+                               transforms.CenterCrop(image_size), transforms.PILToTensor()])
 
 
 class _ShardSampler(Sampler[tuple[int, int]]):
@@ -140,10 +154,10 @@ class FolderLoader:
         from torchvision import transforms
 
         if train and augment:
-            steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+            transform = transforms.Compose([transforms.RandomResizedCrop(image_size),
+                                            transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
         else:
-            steps = [transforms.Resize(round(image_size / 0.875)), transforms.CenterCrop(image_size)]
-        transform = transforms.Compose([*steps, transforms.PILToTensor()])
+            transform = eval_transform(image_size)
         self.dataset = _ImageFiles(root, transform, classes)
         if limit is not None and limit > len(self.dataset):
             raise ValueError(f"data.{'train' if train else 'test'}_size is {limit}, but {root} has "

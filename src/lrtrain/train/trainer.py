@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .. import config as config_mod
 from ..layers import LowRankConv2d, LowRankLinear
 from ..linalg import NonFiniteError
-from ..data import Data, build_data
+from ..data import MODEL_FACTS, Data, build_data
 from ..evaluation import score_sums, summarize
 from ..files import atomic_write, atomic_write_text
 from ..methods import create_method
@@ -804,9 +804,9 @@ class Trainer:
 
     def _model_facts(self) -> dict[str, Any]:
         """What a user of the trained model needs besides its weights, where the data say it: the class
-        names by output index and the input normalization (CIFAR's comes from the training images used)."""
-        return {**({"classes": self.data.classes} if self.data.classes else {}),
-                **({"normalize": self.data.normalize} if self.data.normalize else {})}
+        names by output index, the input normalization (CIFAR's comes from the training images used) and
+        an evaluation image's shorter side before its centre crop (image folders)."""
+        return {key: getattr(self.data, key) for key in MODEL_FACTS if getattr(self.data, key, None)}
 
     def _save_compact(self, compact: nn.Module) -> None:
         from .. import export, models

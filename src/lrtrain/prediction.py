@@ -1,0 +1,97 @@
+"""Classify image files with a trained model: `read_images`, `predict`, and ``lrtrain predict``.
+
+An image is prepared as the model's test images were: its shorter side resized (to the size the run's
+evaluation used before its centre crop, where the model records one: image folders; else to the input
+size) and centre-cropped to the input size, then normalized by the model's recorded statistics.
+
+    >>> import torch, lrtrain as lr
+    >>> images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    >>> probs, labels = predict(lr.models.create("resnet20").eval(), images,
+    ...                         {"mean": [0.5] * 3, "std": [0.25] * 3}, top=3)
+    >>> probs.shape, labels.shape, bool((probs.sum(1) <= 1 + 1e-6).all())
+    (torch.Size([2, 3]), torch.Size([2, 3]), True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import models
+from .metrics import eval_mode, model_device
+
+
+def read_images(paths: Sequence[str | Path], size: int, resize: int | None = None) -> Tensor:
+    """The images at `paths` as one uint8 N×3×size×size tensor: RGB, the shorter side resized to `resize`
+    (default `size`), centre-cropped. A missing file raises FileNotFoundError, one that cannot be decoded
+    ValueError, naming it."""
+    from .data.folder import _read_image, eval_transform
+
+    transform = eval_transform(size, resize or size)
+    images = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"no such image file: {path}")
+        images.append(transform(_read_image(str(path))))
+    return torch.stack(images)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, normalize: dict[str, list[float]] | None, top: int = 5,
+            batch_size: int = 64) -> tuple[Tensor, Tensor]:
+    """The `top` class probabilities (softmax) and labels of each of `images` (uint8 N×3×H×W, RGB),
+    normalized per channel by ``normalize`` (a trained model's record; None: the pixels scaled to 0–1
+    only), as two N×top CPU tensors, the likeliest first."""
+    from .data import _stats
+
+    device = model_device(model)
+    scale = [t.to(device).view(1, -1, 1, 1) / 255 for t in _stats(normalize)] if normalize else None
+    chunks = []
+    with eval_mode(model):
+        for batch in images.split(batch_size):
+            x = batch.to(device).float() / 255
+            if scale is not None:
+                x = (x - scale[0]) / scale[1]
+            chunks.append(model(x).float().softmax(1).cpu())
+    probs = torch.cat(chunks)
+    best = probs.topk(min(top, probs.shape[1]), dim=1)
+    return best.values, best.indices
+
+
+def describe(paths: Sequence[str | Path], probs: Tensor, labels: Tensor, classes: list[str] | None) -> list[str]:
+    """One line per image: ``path: name 91.2%, name 4.1%, ...`` (``class N`` where the model has no names)."""
+    def name(label: int) -> str:
+        return classes[label] if classes and label < len(classes) else f"class {label}"
+
+    return [f"{path}: " + ", ".join(f"{name(int(k))} {100 * float(p):.1f}%" for p, k in zip(row_p, row_k))
+            for path, row_p, row_k in zip(paths, probs, labels)]
+
+
+def prepared(path: str | Path, data_dir: str | None = None) -> tuple[nn.Module, dict[str, Any], int, str]:
+    """The trained model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact
+    model file; a checkpoint), what it records of its data (`data.MODEL_FACTS`), its input side and a phrase
+    naming it. A file that records no input normalization (written by an older lrtrain) takes its run's
+    data's, where they can be found (`data_dir`, else the run's, else the default places); else it is left
+    out, with a note."""
+    from .data import MODEL_FACTS
+    from .evaluation import resolve_source, test_data
+    from .inspection import _facts
+
+    model, cfg, arch, what = resolve_source(path, [])
+    facts = _facts(arch)
+    if not facts.get("normalize"):
+        try:
+            data = test_data(cfg, arch, torch.device("cpu"), data_dir)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"note: {what} does not record its input normalization and its run's data cannot give it "
+                  f"({err}): the pixels are only scaled to 0-1, so the probabilities may be off")
+        else:
+            facts = {key: getattr(data, key) for key in MODEL_FACTS if getattr(data, key, None)} | facts
+    side = (arch.get("input_size") or models.default_input_size(arch.get("model") or cfg["model"]["name"]))[-1]
+    return model, facts, side, what
+
+
+__all__ = ["describe", "predict", "prepared", "read_images"]

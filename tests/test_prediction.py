@@ -1,0 +1,166 @@
+"""Classifying image files: preprocessing as the test images had it, probabilities, ``lrtrain predict``."""
+
+import doctest
+import json
+import pickle
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+
+import lrtrain as lr
+from lrtrain import cli, prediction
+from lrtrain.data import build_test_data
+from lrtrain.data.cifar import cifar_class_names
+from lrtrain.evaluation import resolve_source
+from lrtrain.prediction import predict, read_images
+
+NAMES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _png(path, pixels):
+    """Write a uint8 3×H×W tensor as a (lossless) PNG."""
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def test_an_image_of_the_input_size_is_read_unchanged_and_a_larger_one_resized_and_cropped(tmp_path):
+    pixels = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    small = _png(tmp_path / "a.png", pixels)
+    wide = _png(tmp_path / "b.png", pixels.repeat_interleave(3, 1).repeat_interleave(6, 2))  # 24 × 48
+    images = read_images([small, wide], 8)
+    assert images.dtype == torch.uint8 and images.shape == (2, 3, 8, 8)
+    assert torch.equal(images[0], pixels)
+    assert torch.equal(images[1], read_images([wide], 8, resize=8)[0])  # the shorter side to the input size
+    assert not torch.equal(read_images([wide], 8, resize=12)[0], images[1])  # a folder model's 8 / 0.875 ...
+
+
+def test_unreadable_images_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such image file: .*missing.png"):
+        read_images([tmp_path / "missing.png"], 8)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image .*bad.png"):
+        read_images([tmp_path / "bad.png"], 8)
+
+
+def test_predict_gives_the_softmax_of_the_normalized_images_likeliest_first():
+    torch.manual_seed(0)
+    model = lr.models.create("resnet20").eval()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    record = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    probs, labels = predict(model, images, record, top=3, batch_size=2)
+    mean, std = (torch.tensor(record[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        expected = model((images.float() / 255 - mean) / std).softmax(1)
+    assert labels.shape == (5, 3) and torch.equal(labels[:, 0], expected.argmax(1))
+    torch.testing.assert_close(probs, expected.gather(1, labels), atol=1e-5, rtol=1e-4)
+    assert bool((probs[:, :-1] >= probs[:, 1:]).all())
+    assert predict(model, images, record, top=50)[0].shape == (5, 10)  # at most every class
+
+
+def test_the_module_example_runs():
+    assert doctest.testmod(prediction).failed == 0
+
+
+def _fake_cifar_with_names(root):
+    from test_data import _write_fake_cifar
+
+    folder = _write_fake_cifar(root)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in NAMES]}, f)
+    return folder
+
+
+def test_cifar_class_names_come_from_the_meta_file_where_it_can_be_read(tmp_path):
+    folder = _fake_cifar_with_names(tmp_path)
+    assert cifar_class_names("cifar10", folder) == NAMES
+    (folder / "batches.meta").write_bytes(b"damaged")
+    assert cifar_class_names("cifar10", folder) is None
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory):
+    """A finished tiny dense run on a fake CIFAR-10 with class names, trained on 16 of its 30 images."""
+    root = tmp_path_factory.mktemp("predict")
+    _fake_cifar_with_names(root / "data")
+    (root / "recipe.yaml").write_text(textwrap.dedent(f"""
+        model: {{name: resnet20}}
+        data: {{name: cifar10, dir: {root / 'data'}, train_size: 16, batch_size: 8, eval_batch_size: 10}}
+        train: {{epochs: 1, progress: false}}
+        """))
+    assert cli.main(["train", str(root / "recipe.yaml"), "--out-dir", str(root / "run")]) == 0
+    return root
+
+
+def _test_images_as_files(root, run):
+    """The run's test images as PNG files, and the model's own top class for each, as evaluation sees them."""
+    model, cfg, arch, _ = resolve_source(run, [])
+    data = build_test_data(cfg["data"], device=torch.device("cpu"), normalize=arch["normalize"])
+    images = torch.cat([x for x, _ in data.test.batches()])
+    with torch.no_grad():
+        expected = model(images).argmax(1)
+    raw = data.test.images  # uint8, as read
+    return [str(_png(root / f"test{i}.png", raw[i])) for i in range(len(raw))], expected
+
+
+def test_lrtrain_predict_labels_images_as_the_models_evaluation_does(cifar_run, capsys):
+    run = cifar_run / "run"
+    assert json.loads((run / "summary.json").read_text())["classes"] == NAMES
+    files, expected = _test_images_as_files(cifar_run, run)
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), *files, "--top", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(files)
+    for line, path, label in zip(lines, files, expected.tolist()):
+        assert line.startswith(f"{path}: {NAMES[label]} ") and line.count("%") == 2
+
+
+def test_a_file_without_its_normalization_takes_its_runs_data_or_says_it_cannot(cifar_run, tmp_path, capsys):
+    run = cifar_run / "run"
+    files, expected = _test_images_as_files(cifar_run, run)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    blob = torch.load(run / "compact.pt", weights_only=True)
+    for key in ("normalize", "classes"):
+        del blob["arch"][key]  # as an older lrtrain wrote it
+    torch.save(blob, old / "compact.pt")
+    capsys.readouterr()
+    assert cli.main(["predict", str(old), *files, "--top", "1"]) == 0  # the run's 16 training images' statistics
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(": ")[1].split()[0] for line in lines] == [NAMES[k] for k in expected.tolist()]
+    (old / "config.yaml").unlink()  # no run beside it: nothing tells the statistics
+    assert cli.main(["predict", str(old / "compact.pt"), files[0], "--data-dir", str(tmp_path / "none")]) == 0
+    note, line = capsys.readouterr().out.strip().splitlines()
+    assert note.startswith(f"note: {old / 'compact.pt'} (compact model) does not record its input normalization")
+    assert "the pixels are only scaled to 0-1" in note and line.startswith(f"{files[0]}: class ")
+
+
+def test_a_folder_models_images_are_resized_as_its_validation_images_were(tmp_path, capsys):
+    for split in ("train", "val"):
+        for k, cls in enumerate(["ant", "bee"]):
+            (tmp_path / "images" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 14), (200 * k, 60 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
+    (tmp_path / "folder.yaml").write_text(textwrap.dedent(f"""
+        model: {{name: resnet20}}
+        data: {{name: folder, dir: {tmp_path / 'images'}, image_size: 8, batch_size: 2, workers: 0}}
+        train: {{epochs: 1, progress: false}}
+        """))
+    assert cli.main(["train", str(tmp_path / "folder.yaml"), "--out-dir", str(tmp_path / "run")]) == 0
+    model, facts, side, _ = prediction.prepared(tmp_path / "run")
+    assert side == 8 and facts["resize"] == 9 and facts["classes"] == ["ant", "bee"]  # round(8 / 0.875)
+    files = sorted(str(p) for p in (tmp_path / "images" / "val").rglob("*.png"))
+    model, cfg, arch, _ = resolve_source(tmp_path / "run", [])
+    data = build_test_data(cfg["data"], device=torch.device("cpu"), classes=arch["classes"])
+    with torch.no_grad():
+        expected = torch.cat([model(x) for x, _ in data.test.batches()]).softmax(1)
+    probs, labels = predict(model, read_images(files, side, facts["resize"]), facts["normalize"], top=2)
+    torch.testing.assert_close(probs, expected.gather(1, labels), atol=1e-5, rtol=1e-4)
+
+
+def test_a_top_below_one_is_one_line(cifar_run, capsys):
+    assert cli.main(["predict", str(cifar_run / "run"), "x.png", "--top", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lrtrain: error: --top must be at least 1, got 0\n"
