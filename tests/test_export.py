@@ -290,7 +290,8 @@ def test_normalize_builds_the_recorded_input_normalization_into_the_export(compa
 
 @pytest.mark.parametrize("case, message", [
     ("state_dict", "a state_dict holds weights only: it cannot carry the input normalization"),
-    ("unrecorded", "does not record the input normalization it was trained with"),
+    ("unrecorded", "does not record the input normalization it was trained with (written by an older lrtrain) "
+                   "and its run's data cannot give it: give --data-dir"),
 ])
 def test_normalize_errors_are_one_line(compact_file, tmp_path, capsys, case, message):
     source = compact_file
@@ -298,7 +299,8 @@ def test_normalize_errors_are_one_line(compact_file, tmp_path, capsys, case, mes
         source = tmp_path / "compact.pt"
         lr.save(lr.load(compact_file), source, model_name="resnet20", num_classes=10, normalize=NORMALIZE)
     fmt = "state_dict" if case == "state_dict" else "torchscript"
-    assert cli.main(["export", str(source), "--format", fmt, "-o", str(tmp_path / "out"), "--normalize"]) == 2
+    assert cli.main(["export", str(source), "--format", fmt, "-o", str(tmp_path / "out"), "--normalize",
+                     "--data-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lrtrain: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()

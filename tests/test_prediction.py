@@ -16,6 +16,8 @@ from lrtrain.data.cifar import cifar_class_names
 from lrtrain.evaluation import resolve_source
 from lrtrain.prediction import predict, read_images
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
 NAMES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -164,3 +166,19 @@ def test_a_top_below_one_is_one_line(cifar_run, capsys):
     assert cli.main(["predict", str(cifar_run / "run"), "x.png", "--top", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "lrtrain: error: --top must be at least 1, got 0\n"
+
+
+def test_export_normalize_of_a_file_without_the_record_takes_its_runs_data(cifar_run, tmp_path, capsys):
+    run = cifar_run / "run"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    blob = torch.load(run / "compact.pt", weights_only=True)
+    del blob["arch"]["normalize"]
+    torch.save(blob, old / "compact.pt")
+    for source, out in ((run, tmp_path / "new.pt"), (old, tmp_path / "old.pt")):
+        assert cli.main(["export", str(source), "--format", "torchscript", "-o", str(out), "--normalize"]) == 0
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "old.pt"))(pixels),
+                                   torch.jit.load(str(tmp_path / "new.pt"))(pixels))

@@ -178,6 +178,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", action="store_true",
                    help="build the input normalization the model was trained with into the exported model: it "
                         "then takes RGB images scaled to 0-1 (torchscript and onnx)")
+    p.add_argument("--data-dir", help="with --normalize, for a model file that does not record its normalization "
+                                      "(written by an older lrtrain): where its run's data set is")
     p.add_argument("--layout", choices=["auto", "contiguous", "channels_last", "as_is"],
                    help="with --deploy: the weights' memory layout; auto (the default) deploys in NCHW and in "
                         "channels_last and keeps the faster model")
@@ -220,10 +222,14 @@ def _run_export(args: argparse.Namespace) -> int:
     elif args.fold_bn:
         written = fold_batchnorm(model, size)
     normalize = arch.get("normalize")
-    if args.normalize and not normalize:
-        raise ValueError(f"{source} does not record the input normalization it was trained with (written by an "
-                         "older lrtrain, or from data that do not give one): export without --normalize, or in "
-                         "Python wrap lrtrain.load(...) in lrtrain.export.Normalized with the statistics")
+    if args.normalize and not normalize:  # a file of an older lrtrain: its run's data's, where they are found
+        from .prediction import prepared
+
+        normalize = prepared(source, args.data_dir)[1].get("normalize")
+        if not normalize:
+            raise ValueError(f"{source} does not record the input normalization it was trained with (written by "
+                             "an older lrtrain) and its run's data cannot give it: give --data-dir, or export "
+                             "without --normalize")
     normalize = normalize if args.normalize else None
     export.export(written, args.out, args.format, size, normalize,
                   **({"opset": args.opset} if args.opset else {}))
