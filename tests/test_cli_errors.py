@@ -132,6 +132,7 @@ def test_resuming_by_another_spelling_of_the_same_folder_notes_no_change(tmp_pat
 @pytest.mark.parametrize("device, message", [
     ("foo", "device 'foo' is not a device name (auto, cpu, cuda, cuda:N)"),
     ("cuda", "device 'cuda': this machine has no CUDA device (use cpu or auto)"),
+    ("mps", "device 'mps': lrtrain runs on cpu or cuda (auto, cpu, cuda, cuda:N)"),
 ])
 def test_a_device_this_machine_cannot_use_is_one_line(tmp_path, capsys, device, message):
     if device == "cuda" and torch.cuda.is_available():
@@ -164,7 +165,7 @@ def test_a_damaged_compact_model_says_why_without_torchs_advice(run_dir, tmp_pat
     for name, content in (("empty.pt", b""), ("junk.pt", bytes(range(256)))):
         (tmp_path / name).write_bytes(content)
         err = _fails(capsys, ["export", str(tmp_path / name), "--format", "state_dict", "-o", str(tmp_path / "o.pt")])
-        assert f"cannot read compact model {tmp_path / name}: " in err and "weights_only" not in err
+        assert f"cannot read compact model or checkpoint {tmp_path / name}: " in err and "weights_only" not in err
         assert ("empty or cut short" if name == "empty.pt" else "not a PyTorch file, or a damaged one") in err
 
 

@@ -116,10 +116,9 @@ def test_without_onnxruntime_the_export_says_it_was_not_checked(compact_file, tm
 
 @pytest.mark.parametrize("case, message", [
     ("no_compact", "has no compact.pt: its run has not finished"),
-    ("missing", "no such run directory or compact model"),
-    ("checkpoint", "is not a compact model written by lrtrain (no 'arch'/'state_dict') (a training checkpoint: "
-                   "make a compact model of it with lrtrain compress)"),
-    ("truncated", "cannot read compact model"),
+    ("missing", "no such run directory, compact model or checkpoint"),
+    ("checkpoint", "is neither an lrtrain checkpoint nor a compact model"),
+    ("truncated", "cannot read compact model or checkpoint"),
     ("no_onnx", "ONNX export needs the onnx package: pip install onnx"),
 ])
 def test_export_errors_are_one_line(compact_file, tmp_path, capsys, monkeypatch, case, message):
@@ -290,8 +289,8 @@ def test_normalize_builds_the_recorded_input_normalization_into_the_export(compa
 
 @pytest.mark.parametrize("case, message", [
     ("state_dict", "a state_dict holds weights only: it cannot carry the input normalization"),
-    ("unrecorded", "does not record the input normalization it was trained with (written by an older lrtrain) "
-                   "and its run's data cannot give it: give --data-dir"),
+    ("unrecorded", "does not record its input normalization (written by an older lrtrain), and no config.yaml of "
+                   "its run beside it says what it was trained on"),
 ])
 def test_normalize_errors_are_one_line(compact_file, tmp_path, capsys, case, message):
     source = compact_file

@@ -143,8 +143,9 @@ def test_info_of_a_trained_model_lists_what_each_layer_became(dense_run, tmp_pat
     assert last.startswith("conv/linear MACs ") and float(last.split("(")[1].split("x")[0]) >= 2.0
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 @pytest.mark.parametrize("method", [{"name": "elrt", "rank": "flops:0.5"},
-                                    {"name": "svd_finetune", "rank": "flops:0.5"}])
+                                    {"name": "svd_finetune", "rank": "flops:0.5", "linear": True}])
 def test_a_checkpoint_of_a_run_whose_method_changed_the_layers_rebuilds_its_model(tmp_path, method, capsys):
     """ELRT trains factorized layers from the start, SVD + fine-tune after its swap: their checkpoints say
     how the layers differ from the registry model, so they load without the method."""
@@ -161,7 +162,10 @@ def test_a_checkpoint_of_a_run_whose_method_changed_the_layers_rebuilds_its_mode
     trainer = Trainer(cfg)
     trainer.fit()
     newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
-    assert load_checkpoint(newest)["layers"]  # what export.describe says of the trained model
+    state = load_checkpoint(newest)
+    assert state["layers"] and state["num_classes"] == 10  # also where the classifier itself is factorized
+    if method.get("linear"):
+        assert state["layers"]["fc"]["type"] == "LowRankLinear"
     model, name, classes, size, _ = load_trained(newest)
     assert (name, classes, size) == ("resnet20", 10, (1, 3, 8, 8))
     trained = trainer.model.cpu().eval()
@@ -169,6 +173,15 @@ def test_a_checkpoint_of_a_run_whose_method_changed_the_layers_rebuilds_its_mode
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), trained(x))
+    exported = tmp_path / "model.ts"  # the checkpoint exports as it is, without compress
+    assert cli.main(["export", str(newest), "--format", "torchscript", "-o", str(exported), "--normalize"]) == 0
+    capsys.readouterr()
+    record = load_checkpoint(newest)["normalize"]
+    mean, std = (torch.tensor(record[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    pixels = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(exported))(pixels), trained((pixels - mean) / std),
+                                   atol=1e-5, rtol=1e-4)
     assert cli.main(["info", str(newest)]) == 0
     table = capsys.readouterr().out
     scheme = "tucker2" if method["name"] == "elrt" else "channel"

@@ -42,8 +42,21 @@ def test_unreadable_images_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such image file: .*missing.png"):
         read_images([tmp_path / "missing.png"], 8)
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="cannot read image .*bad.png"):
+    with pytest.raises(ValueError, match="cannot read image .*bad.png: not an image format PIL can decode$"):
         read_images([tmp_path / "bad.png"], 8)
+    with pytest.raises(ValueError, match="is a folder: give image files"):
+        read_images([tmp_path], 8)
+    _png(tmp_path / "whole.png", torch.zeros(3, 40, 40, dtype=torch.uint8))
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:60])
+    with pytest.raises(ValueError, match="cannot read image .*cut.png: "):
+        read_images([tmp_path / "cut.png"], 8)
+
+
+def test_grey_and_transparent_images_are_read_as_rgb(tmp_path):
+    Image.new("L", (8, 8), 77).save(tmp_path / "grey.png")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "clear.png")
+    images = read_images([tmp_path / "grey.png", tmp_path / "clear.png"], 8)
+    assert images[0].unique().tolist() == [77] and images[1][:, 0, 0].tolist() == [10, 20, 30]
 
 
 def test_predict_gives_the_softmax_of_the_normalized_images_likeliest_first():
@@ -59,6 +72,10 @@ def test_predict_gives_the_softmax_of_the_normalized_images_likeliest_first():
     torch.testing.assert_close(probs, expected.gather(1, labels), atol=1e-5, rtol=1e-4)
     assert bool((probs[:, :-1] >= probs[:, 1:]).all())
     assert predict(model, images, record, top=50)[0].shape == (5, 10)  # at most every class
+    with pytest.raises(TypeError, match="predict takes uint8 images"):
+        predict(model, images.float() / 255, record)  # 0-1 floats would be scaled twice
+    half = lr.models.create("resnet20").to(torch.bfloat16).eval()  # a compact model may be saved so
+    assert predict(half, images, record)[0].dtype == torch.float32
 
 
 def test_the_module_example_runs():
@@ -97,7 +114,7 @@ def cifar_run(tmp_path_factory):
 
 def _test_images_as_files(root, run):
     """The run's test images as PNG files, and the model's own top class for each, as evaluation sees them."""
-    model, cfg, arch, _ = resolve_source(run, [])
+    model, cfg, arch, *_ = resolve_source(run, [])
     data = build_test_data(cfg["data"], device=torch.device("cpu"), normalize=arch["normalize"])
     images = torch.cat([x for x, _ in data.test.batches()])
     with torch.no_grad():
@@ -118,7 +135,7 @@ def test_lrtrain_predict_labels_images_as_the_models_evaluation_does(cifar_run, 
         assert line.startswith(f"{path}: {NAMES[label]} ") and line.count("%") == 2
 
 
-def test_a_file_without_its_normalization_takes_its_runs_data_or_says_it_cannot(cifar_run, tmp_path, capsys):
+def test_a_file_without_its_normalization_takes_its_runs_data_or_refuses(cifar_run, tmp_path, capsys):
     run = cifar_run / "run"
     files, expected = _test_images_as_files(cifar_run, run)
     old = tmp_path / "old"
@@ -130,13 +147,17 @@ def test_a_file_without_its_normalization_takes_its_runs_data_or_says_it_cannot(
     torch.save(blob, old / "compact.pt")
     capsys.readouterr()
     assert cli.main(["predict", str(old), *files, "--top", "1"]) == 0  # the run's 16 training images' statistics
-    lines = capsys.readouterr().out.strip().splitlines()
+    note, *lines = capsys.readouterr().out.strip().splitlines()
+    assert note == (f"note: {old / 'compact.pt'} (compact model) does not record its input normalization (written "
+                    f"by an older lrtrain): taken from its run's data, CIFAR-10 from {cifar_run / 'data'}"
+                    f"/cifar-10-batches-py (16 train, 6 test)")
     assert [line.split(": ")[1].split()[0] for line in lines] == [NAMES[k] for k in expected.tolist()]
-    (old / "config.yaml").unlink()  # no run beside it: nothing tells the statistics
-    assert cli.main(["predict", str(old / "compact.pt"), files[0], "--data-dir", str(tmp_path / "none")]) == 0
-    note, line = capsys.readouterr().out.strip().splitlines()
-    assert note.startswith(f"note: {old / 'compact.pt'} (compact model) does not record its input normalization")
-    assert "the pixels are only scaled to 0-1" in note and line.startswith(f"{files[0]}: class ")
+    assert cli.main(["predict", str(old), files[0], "--data-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "and its run's data cannot give it: CIFAR-10 not found" in err and err.count("\n") == 1
+    (old / "config.yaml").unlink()  # no run beside it: nothing says what data it was trained on
+    assert cli.main(["predict", str(old / "compact.pt"), files[0]]) == 2
+    assert "and no config.yaml of its run beside it says what it was trained on" in capsys.readouterr().err
 
 
 def test_a_folder_models_images_are_resized_as_its_validation_images_were(tmp_path, capsys):
@@ -154,7 +175,7 @@ def test_a_folder_models_images_are_resized_as_its_validation_images_were(tmp_pa
     model, facts, side, _ = prediction.prepared(tmp_path / "run")
     assert side == 8 and facts["resize"] == 9 and facts["classes"] == ["ant", "bee"]  # round(8 / 0.875)
     files = sorted(str(p) for p in (tmp_path / "images" / "val").rglob("*.png"))
-    model, cfg, arch, _ = resolve_source(tmp_path / "run", [])
+    model, cfg, arch, *_ = resolve_source(tmp_path / "run", [])
     data = build_test_data(cfg["data"], device=torch.device("cpu"), classes=arch["classes"])
     with torch.no_grad():
         expected = torch.cat([model(x) for x, _ in data.test.batches()]).softmax(1)

@@ -19,6 +19,7 @@ _EXPORTS = {
     "SVDFinetune": "methods", "Counts": "metrics", "count": "metrics", "Energy": "ranks", "FixedRank": "ranks",
     "FlopsBudget": "ranks", "Ratio": "ranks", "Threshold": "ranks", "factorize": "surgery", "plan": "surgery",
     "fold_batchnorm": "fold", "deploy": "deployment", "evaluate": "evaluation",
+    "predict": "prediction", "read_images": "prediction",
 }
 
 __all__ = sorted([*_EXPORTS, "linalg", "models", "schemes"])
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from .layers import LowRankConv2d, LowRankLinear
     from .methods import ELRT, LRPET, TRP, Dense, Method, SVDFinetune
     from .metrics import Counts, count
+    from .prediction import predict, read_images
     from .ranks import Energy, FixedRank, FlopsBudget, Ratio, Threshold
     from .surgery import factorize, plan
 

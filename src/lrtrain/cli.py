@@ -163,7 +163,8 @@ def _run_compress(args: argparse.Namespace) -> int:
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     # No `choices`: they live in export, which imports torch, and building the parser must not (the
     # export command names the valid formats when given another).
-    p.add_argument("model", help="a run directory (its compact.pt) or a compact model file")
+    p.add_argument("model", help="a run directory (its compact.pt), a compact model file or a checkpoint step_*.pt "
+                                 "(the model as trained so far)")
     p.add_argument("--format", required=True, help="what to write: torchscript, onnx or state_dict")
     p.add_argument("-o", "--out", required=True, help="the file to write")
     p.add_argument("--input-size", type=int, nargs=4, metavar=("N", "C", "H", "W"),
@@ -191,7 +192,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from . import export, models
     from .deployment import deploy, layout_of
     from .fold import fold_batchnorm
-    from .inspection import input_line
+    from .inspection import input_line, trained_with_arch
 
     source = Path(args.model)
     if source.is_dir():
@@ -200,8 +201,8 @@ def _run_export(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{args.model} has no compact.pt: its run has not finished (continue it with "
                                     f"lrtrain train {args.model} --resume), or make one with lrtrain compress")
     elif not source.exists():
-        raise FileNotFoundError(f"no such run directory or compact model: {source}")
-    model, arch = export.load_with_arch(source)
+        raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {source}")
+    model, arch = trained_with_arch(source)
     size = tuple(args.input_size or arch.get("input_size") or models.default_input_size(arch["model"]))
     if (args.fold_bn or args.deploy) and args.format == "state_dict":
         flag = "--deploy" if args.deploy else "--fold-bn"
@@ -225,11 +226,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.normalize and not normalize:  # a file of an older lrtrain: its run's data's, where they are found
         from .prediction import prepared
 
-        normalize = prepared(source, args.data_dir)[1].get("normalize")
-        if not normalize:
-            raise ValueError(f"{source} does not record the input normalization it was trained with (written by "
-                             "an older lrtrain) and its run's data cannot give it: give --data-dir, or export "
-                             "without --normalize")
+        normalize = prepared(source, args.data_dir)[1]["normalize"]
     normalize = normalize if args.normalize else None
     export.export(written, args.out, args.format, size, normalize,
                   **({"opset": args.opset} if args.opset else {}))
@@ -268,7 +265,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .train import distributed
     from .train.trainer import resolve_device
 
-    model, cfg, arch, what = resolve_source(args.model, args.overrides)
+    model, cfg, arch, what, _ = resolve_source(args.model, args.overrides)
     device = resolve_device(args.device, distributed.World())
     data = test_data(cfg, arch, device, args.data_dir, args.overrides)
     outputs = predicted_classes(model, data, what)
@@ -309,9 +306,9 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
+    device = resolve_device(args.device, distributed.World())  # before reading anything
     model, facts, side, _ = prepared(args.model, args.data_dir)
     images = read_images(args.images, side, facts.get("resize"))
-    device = resolve_device(args.device, distributed.World())
     probs, labels = predict(model.to(device), images, facts.get("normalize"), args.top)
     print("\n".join(describe(args.images, probs, labels, facts.get("classes"))))
     return 0

@@ -10,14 +10,15 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .metrics import eval_mode, model_device
+from .metrics import eval_mode, model_device, model_dtype
 
 SUMS = ("loss", "top1", "top5", "images")  # the entries of `score_sums`
 
@@ -26,12 +27,12 @@ SUMS = ("loss", "top1", "top5", "images")  # the entries of `score_sums`
 def score_sums(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], amp: bool = False) -> Tensor:
     """Summed cross-entropy, top-1 and top-5 hits and images over `batches`, in eval mode (the model's
     modes are restored after), as one float64 tensor on the model's device: no host sync per batch."""
-    device = model_device(model)
+    device, dtype = model_device(model), model_dtype(model)  # a bf16 model takes bf16 images
     sums = torch.zeros(len(SUMS) - 1, dtype=torch.float64, device=device)
     images_seen = 0  # counted on the host: exact and free
     with eval_mode(model):
         for images, labels in batches:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = images.to(device, dtype, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(images).float()
             top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]).any(1)
@@ -58,15 +59,24 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], amp: bo
 
 # ------------------------------------------------------------------------------------- lrtrain evaluate
 
-def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, dict[str, Any], dict[str, Any], str]:
+class Source(NamedTuple):
+    """A trained model and where its data come from (`resolve_source`)."""
+
+    model: nn.Module
+    recipe: dict[str, Any]  # resolved: the run's data settings (then any overrides), else the defaults
+    arch: dict[str, Any]    # a checkpoint's: its input size and what it records (`data.MODEL_FACTS`)
+    what: str               # a phrase naming what was loaded
+    from_run: bool          # the recipe's data are the run's own (its config.yaml or its checkpoint's)
+
+
+def resolve_source(path: str | Path, overrides: list[str]) -> Source:
     """The model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact model
     file; a checkpoint), the resolved recipe its data come from (the run's config.yaml, else the
     checkpoint's, else the defaults; then `overrides`, data.* keys only), its ``arch`` (for a checkpoint
     its input size and what it records of its data: `data.MODEL_FACTS`) and a phrase naming what was loaded."""
     from . import export
     from .config import apply_override, load_recipe, resolve
-    from .inspection import from_state, scored_file
-    from .train.checkpoint import load_checkpoint
+    from .inspection import from_state, load_trained_file, scored_file
 
     bad = [key for key in overrides if not key.startswith("data.")]
     if bad:
@@ -76,7 +86,7 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
         raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {path}")
     run_dir = path if path.is_dir() else None
     file = scored_file(path)
-    state = load_checkpoint(file)
+    state = load_trained_file(file)
     config = None
     if isinstance(state, dict) and "arch" in state:
         (model, arch), what = export.from_blob(state, file), f"{file} (compact model)"
@@ -90,7 +100,9 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
             what += ("; its BatchNorm statistics as saved, where the trainer's epoch score re-estimated them "
                      "after a projection (train.bn_recalibrate), so the two may differ")
     if config is None and run_dir is not None and (run_dir / "config.yaml").is_file():
-        config = load_recipe(run_dir)
+        with warnings.catch_warnings():  # its training settings' warnings are not for a scoring
+            warnings.simplefilter("ignore", UserWarning)
+            config = load_recipe(run_dir)
     recipe: dict[str, Any] = {}
     if config:  # the run's own: its model's name, data and seed (the generated set's images)
         recipe = {"model": {"name": config["model"]["name"]}, "data": dict(config["data"]), "seed": config["seed"]}
@@ -98,7 +110,8 @@ def resolve_source(path: str | Path, overrides: list[str]) -> tuple[nn.Module, d
         recipe.pop("data", None)  # another data set: none of the run's data settings (its folder, its sizes)
     for key in overrides:
         apply_override(recipe, key)
-    return model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what
+    return Source(model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what,
+                  config is not None)
 
 
 def test_data(cfg: dict[str, Any], arch: dict[str, Any], device: torch.device, data_dir: str | None = None,
@@ -137,4 +150,4 @@ def predicted_classes(model: nn.Module, data: Any, what: str) -> int:
     return outputs
 
 
-__all__ = ["evaluate", "predicted_classes", "resolve_source", "score_sums", "summarize", "test_data"]
+__all__ = ["Source", "evaluate", "predicted_classes", "resolve_source", "score_sums", "summarize", "test_data"]

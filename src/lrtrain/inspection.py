@@ -73,10 +73,9 @@ def trained_info(path: str | Path) -> str:
     a compact model file; a checkpoint): each conv/linear layer of the dense model, its MACs, what it is now
     (dense, a factorized scheme at its rank, or cut out) and its MACs now, then the totals."""
     from .layers import LowRankConv2d, LowRankLinear
-    from .train.checkpoint import load_checkpoint
 
     file = scored_file(path)
-    model, name, classes, size, facts = from_state(load_checkpoint(file), file)
+    model, name, classes, size, facts = from_state(load_trained_file(file), file)
     dense = models.create(name, num_classes=classes)
     before, after = count(dense, size), count(model, size)
     factorized = {n: m for n, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
@@ -103,13 +102,29 @@ def trained_info(path: str | Path) -> str:
 def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple, dict[str, Any]]:
     """A trained model from a run directory, a trainer checkpoint or a compact model file.
 
-    Returns ``(model, model name, num_classes, input size, extra)``, ``extra`` holding the class names by
-    label (``classes``) where the file has them.
+    Returns ``(model, model name, num_classes, input size, extra)``, ``extra`` holding what the file
+    records of its data (`data.MODEL_FACTS`: class names, input normalization...).
     """
-    from .train.checkpoint import load_checkpoint
-
     path = trained_file(path)
-    return from_state(load_checkpoint(path), path)
+    return from_state(load_trained_file(path), path)
+
+
+def load_trained_file(path: str | Path) -> Any:
+    """The content of a compact model file or checkpoint (`files.load_torch_file`: a damaged one is a
+    ValueError naming it)."""
+    from .files import load_torch_file
+
+    return load_torch_file(path, "compact model or checkpoint")
+
+
+def trained_with_arch(file: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """`export.load_with_arch` of a compact model file, or of a trainer checkpoint (the model as trained so
+    far; its arch: model name, classes, input size and what it records of its data)."""
+    state = load_trained_file(file)
+    if isinstance(state, dict) and "arch" in state:
+        return export.from_blob(state, file)
+    model, name, classes, size, facts = from_state(state, Path(file))
+    return model, {"model": name, "num_classes": classes, "input_size": list(size), **facts}
 
 
 def scored_file(path: str | Path) -> Path:
@@ -141,12 +156,13 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
         arch = state["arch"]
         return export.from_blob(state, path)[0], arch["model"], arch["num_classes"], \
             tuple(arch.get("input_size") or models.default_input_size(arch["model"])), _facts(arch)
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+    cfg = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"] \
+            or not isinstance(state.get("model"), dict):
         raise ValueError(f"{path} is neither an lrtrain checkpoint nor a compact model")
-    cfg = state["config"]
     name = cfg["model"]["name"]
     weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state["model"].items()}
-    classes = _classes(name, cfg, weights)
+    classes = state.get("num_classes") or _classes(name, cfg, weights)  # absent from older checkpoints
     layers = state.get("layers")  # absent from checkpoints written before lrtrain recorded them
     model = export.rebuild({"model": name, "num_classes": classes, "layers": layers}) if layers \
         else models.create(name, num_classes=classes)

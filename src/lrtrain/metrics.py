@@ -70,6 +70,13 @@ def model_device(model: nn.Module) -> torch.device:
     return ref.device if ref is not None else torch.device("cpu")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of `model`'s floating-point tensors (float32 for a model without any): what its input
+    must be in (a half-precision compact model stays one when loaded)."""
+    ref = _reference(model)
+    return ref.dtype if ref is not None else torch.float32
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """`model` in eval mode for the block; every submodule's own mode is restored afterwards, not just the

@@ -21,21 +21,32 @@ import torch
 from torch import Tensor, nn
 
 from . import models
-from .metrics import eval_mode, model_device
+from .metrics import eval_mode, model_device, model_dtype
 
 
 def read_images(paths: Sequence[str | Path], size: int, resize: int | None = None) -> Tensor:
-    """The images at `paths` as one uint8 N×3×size×size tensor: RGB, the shorter side resized to `resize`
-    (default `size`), centre-cropped. A missing file raises FileNotFoundError, one that cannot be decoded
-    ValueError, naming it."""
-    from .data.folder import _read_image, eval_transform
+    """The images at `paths` as one uint8 N×3×size×size tensor: RGB (grey, palette and alpha images
+    converted), the shorter side resized to `resize` (default `size`), centre-cropped. A missing file raises
+    FileNotFoundError, a folder or a file that cannot be decoded ValueError, naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .data.folder import eval_transform
 
     transform = eval_transform(size, resize or size)
     images = []
     for path in map(Path, paths):
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder: give image files (e.g. {path / '*.jpg'})")
         if not path.is_file():
             raise FileNotFoundError(f"no such image file: {path}")
-        images.append(transform(_read_image(str(path))))
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except UnidentifiedImageError:
+            raise ValueError(f"cannot read image {path}: not an image format PIL can decode") from None
+        except Exception as err:  # a truncated or damaged image: PIL's own words
+            raise ValueError(f"cannot read image {path}: {' '.join(str(err).split())}") from None
+        images.append(transform(rgb))
     return torch.stack(images)
 
 
@@ -47,7 +58,9 @@ def predict(model: nn.Module, images: Tensor, normalize: dict[str, list[float]] 
     only), as two N×top CPU tensors, the likeliest first."""
     from .data import _stats
 
-    device = model_device(model)
+    if images.dtype != torch.uint8:  # 0-1 floats would be divided by 255 once more
+        raise TypeError(f"predict takes uint8 images (0-255, as read_images gives), got {images.dtype}")
+    device, dtype = model_device(model), model_dtype(model)
     scale = [t.to(device).view(1, -1, 1, 1) / 255 for t in _stats(normalize)] if normalize else None
     chunks = []
     with eval_mode(model):
@@ -55,7 +68,7 @@ def predict(model: nn.Module, images: Tensor, normalize: dict[str, list[float]] 
             x = batch.to(device).float() / 255
             if scale is not None:
                 x = (x - scale[0]) / scale[1]
-            chunks.append(model(x).float().softmax(1).cpu())
+            chunks.append(model(x.to(dtype)).float().softmax(1).cpu())
     probs = torch.cat(chunks)
     best = probs.topk(min(top, probs.shape[1]), dim=1)
     return best.values, best.indices
@@ -74,22 +87,25 @@ def prepared(path: str | Path, data_dir: str | None = None) -> tuple[nn.Module, 
     """The trained model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact
     model file; a checkpoint), what it records of its data (`data.MODEL_FACTS`), its input side and a phrase
     naming it. A file that records no input normalization (written by an older lrtrain) takes its run's
-    data's, where they can be found (`data_dir`, else the run's, else the default places); else it is left
-    out, with a note."""
+    data's (found in `data_dir`, else the run's data.dir, else the default places), with a note; where
+    there is no run's recipe to say what data, or the data cannot be found, it is a ValueError."""
     from .data import MODEL_FACTS
     from .evaluation import resolve_source, test_data
     from .inspection import _facts
 
-    model, cfg, arch, what = resolve_source(path, [])
+    model, cfg, arch, what, from_run = resolve_source(path, [])
     facts = _facts(arch)
     if not facts.get("normalize"):
+        missing = f"{what} does not record its input normalization (written by an older lrtrain)"
+        if not from_run:  # never the defaults' data set: a guess would give confident wrong answers
+            raise ValueError(f"{missing}, and no config.yaml of its run beside it says what it was trained on: "
+                             "use it from its run directory")
         try:
             data = test_data(cfg, arch, torch.device("cpu"), data_dir)
         except (FileNotFoundError, ValueError) as err:
-            print(f"note: {what} does not record its input normalization and its run's data cannot give it "
-                  f"({err}): the pixels are only scaled to 0-1, so the probabilities may be off")
-        else:
-            facts = {key: getattr(data, key) for key in MODEL_FACTS if getattr(data, key, None)} | facts
+            raise ValueError(f"{missing}, and its run's data cannot give it: {err}") from None
+        print(f"note: {missing}: taken from its run's data, {data.description}")
+        facts = {key: getattr(data, key) for key in MODEL_FACTS if getattr(data, key, None)} | facts
     side = (arch.get("input_size") or models.default_input_size(arch.get("model") or cfg["model"]["name"]))[-1]
     return model, facts, side, what
 

@@ -79,6 +79,10 @@ def _read_image(path: str):
                          "file)") from None
 
 
+def _few(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
+
+
 def class_folders(root: Path) -> list[str]:
     """The class names of ``root/<class>/``: its folders, sorted, hidden ones left out."""
     return sorted(e.name for e in root.iterdir() if e.is_dir() and _visible(e.name))
@@ -101,8 +105,8 @@ class _ImageFiles(Dataset):
             classes = found
         extra = sorted(set(found) - set(classes))
         if extra:
-            raise ValueError(f"{root} has class folders the training set lacks: "
-                             f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+            raise ValueError(f"{root} has class folders that are not among the {len(classes)} classes it is "
+                             f"labelled by (the training set's, or the model's: {_few(classes)}): {_few(extra)}")
         self.classes, self.transform = list(classes), transform
         try:
             self.samples = make_dataset(str(root), {name: i for i, name in enumerate(self.classes)},

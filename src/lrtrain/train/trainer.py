@@ -77,13 +77,15 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def resolve_device(name: str, world: distributed.World) -> torch.device:
     """``auto`` is the local rank's GPU when CUDA is available, else the CPU. A device name torch does not
-    know, or a CUDA device this machine lacks, is a ValueError saying so."""
+    know, another kind than cpu and cuda, or a CUDA device this machine lacks, is a ValueError saying so."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu...: lrtrain is not tested there
+        raise ValueError(f"device {name!r}: lrtrain runs on cpu or cuda (auto, cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r}: this machine has no CUDA device (use cpu or auto)")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -642,6 +644,7 @@ class Trainer:
                 "rng": rng,
                 "rng_ranks": rng_ranks,
                 "trained_epoch": self._trained_epoch,
+                "num_classes": self.num_classes,  # the classifier's outputs, also when it is factorized
                 **self._model_facts(),  # for lrtrain evaluate / compress
                 **self._layers(),
             }
