@@ -197,6 +197,7 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
+        """The best rank-`rank` approximation of `linear` (truncated SVD, √σ on each side; bias kept)."""
         layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
@@ -210,14 +211,17 @@ class LowRankLinear(nn.Module):
 
     @property
     def rank(self) -> int:
+        """The inner dimension of the two factors."""
         return self._rank
 
     @property
     def max_rank(self) -> int:
+        """The rank at which the factorization is exact."""
         return min(self.in_features, self.out_features)
 
     @property
     def weight(self) -> torch.Tensor:
+        """The out × in weight the factors compose to (built on each access)."""
         return self.factors[1].weight @ self.factors[0].weight
 
     @property
@@ -228,10 +232,12 @@ class LowRankLinear(nn.Module):
         return self.factors(x)
 
     def flops(self, rows: int = 1) -> int:
+        """Multiply-accumulates for `rows` input vectors."""
         return rows * self._rank * (self.in_features + self.out_features)
 
     @torch.no_grad()
     def to_dense(self) -> nn.Linear:
+        """The one nn.Linear that computes what the factors do."""
         w = self.weight
         out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
         out.weight.copy_(w)

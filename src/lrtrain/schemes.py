@@ -43,18 +43,21 @@ class ConvSpec:
     bias: bool = False
 
     def out_hw(self, hw: Pair) -> Pair:
+        """The output's spatial size for an input of spatial size `hw`."""
         return tuple(  # type: ignore[return-value]
             (hw[i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel_size[i] - 1) - 1) // self.stride[i] + 1
             for i in range(2)
         )
 
     def macs(self, hw: Pair) -> int:
+        """Multiply-accumulates per sample on an input of spatial size `hw`."""
         oh, ow = self.out_hw(hw)
         kh, kw = self.kernel_size
         return oh * ow * self.out_channels * (self.in_channels // self.groups) * kh * kw
 
     @property
     def params(self) -> int:
+        """Weight (and bias) entries."""
         kh, kw = self.kernel_size
         return self.out_channels * (self.in_channels // self.groups) * kh * kw + (self.out_channels if self.bias else 0)
 
@@ -66,12 +69,14 @@ class ConvGeometry(ConvSpec):
 
     @classmethod
     def of(cls, conv: torch.nn.Conv2d) -> "ConvGeometry":
+        """The geometry of `conv`."""
         padding = conv.padding if not isinstance(conv.padding, str) else (0, 0)  # string padding: not factorized
         return cls(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
                    tuple(padding), tuple(conv.dilation), groups=conv.groups, bias=conv.bias is not None)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
+        """The dense weight's shape (n, c / groups, kh, kw)."""
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
 
@@ -91,6 +96,7 @@ class Scheme:
     has_matrix_form: ClassVar[bool] = True
 
     def max_rank(self, g: ConvGeometry):
+        """The rank at which the factorization is exact for a conv of geometry `g` (a pair for tucker2)."""
         raise NotImplementedError
 
     def to_matrix(self, w: Tensor) -> Tensor:
@@ -98,9 +104,11 @@ class Scheme:
         raise TypeError(f"scheme {self.name!r} has no single matrix form")
 
     def from_matrix(self, m: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
+        """The inverse of `to_matrix`: the weight of `shape` whose matrix form is `m`."""
         raise TypeError(f"scheme {self.name!r} has no single matrix form")
 
     def specs(self, g: ConvGeometry, rank) -> list[ConvSpec]:
+        """The factor convs, in order, that replace a conv of geometry `g` at `rank`."""
         raise NotImplementedError
 
     def factorize(self, w: Tensor, rank) -> list[Tensor]:
@@ -146,6 +154,8 @@ def _split_sqrt(dec: linalg.SVD) -> tuple[Tensor, Tensor]:
 
 
 class Channel(Scheme):
+    """W as n × c·kh·kw; a kh×kw conv c→r (the stride and padding) then a 1×1 conv r→n."""
+
     name = "channel"
 
     def max_rank(self, g):
@@ -174,6 +184,8 @@ class Channel(Scheme):
 
 
 class Spatial(Scheme):
+    """W as c·kh × n·kw; a kh×1 conv c→r (the vertical stride and padding) then a 1×kw conv r→n."""
+
     name = "spatial"
 
     def max_rank(self, g):
@@ -210,6 +222,9 @@ class Spatial(Scheme):
 
 
 class Decoupled(Scheme):
+    """Per output filter W[o] as c × kh·kw, each truncated to rank r: a 1×1 conv c→n·r, then a grouped
+    kh×kw conv n·r→n (n groups of r paths). Its rank is per filter, so it has no single matrix form."""
+
     name = "decoupled"
 
     def max_rank(self, g):
@@ -243,6 +258,9 @@ class Decoupled(Scheme):
 
 
 class Tucker2(Scheme):
+    """W ≈ G ×₀ U_out ×₁ U_in: a 1×1 conv c→r_in, the kh×kw core r_in→r_out, a 1×1 conv r_out→n; the rank
+    is the pair (r_in, r_out) (one int: both), truncated by HOSVD."""
+
     name = "tucker2"
     has_matrix_form = False
 
