@@ -313,3 +313,12 @@ def test_normalized_wraps_a_model_and_refuses_a_malformed_record():
     torch.testing.assert_close(net(x), model((x - mean) / std))
     with pytest.raises(ValueError, match="needs 3 means and 3 positive stds"):
         export.Normalized(model, {"mean": [0.5], "std": [1.0]})
+
+
+def test_loading_or_describing_a_model_draws_no_random_numbers(compact_file):
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    lr.load(compact_file)
+    export.base_modules("resnet20", 10)
+    assert torch.equal(torch.rand(3), expected)

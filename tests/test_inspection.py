@@ -186,3 +186,17 @@ def test_a_checkpoint_of_a_run_whose_method_changed_the_layers_rebuilds_its_mode
     table = capsys.readouterr().out
     scheme = "tucker2" if method["name"] == "elrt" else "channel"
     assert f"{scheme} rank " in table and "layers factorized" in table
+
+
+def test_writing_a_checkpoint_draws_no_random_numbers(tmp_path):
+    """A checkpoint describes the model's layers against a freshly built registry model: building it must
+    not move the RNG that training goes on drawing from (a resumed run restores the state saved before)."""
+    cfg = resolve({
+        "out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"}, "method": {"name": "elrt", "rank": "flops:0.5"},
+        "data": {"name": "sample", "train_size": 32, "test_size": 16, "image_size": 8, "batch_size": 16},
+        "train": {"epochs": 1, "progress": False},
+    })
+    trainer = Trainer(cfg)
+    before = torch.get_rng_state()
+    trainer.save_checkpoint()
+    assert torch.equal(torch.get_rng_state(), before)

@@ -99,7 +99,7 @@ def describe(model: nn.Module, model_name: str, num_classes: int, *, base: dict[
 
 def base_modules(model_name: str, num_classes: int) -> dict[str, nn.Module]:
     """The modules of ``models.create(model_name, num_classes)`` by name: what `describe` compares with."""
-    return dict(models.create(model_name, num_classes=num_classes).named_modules())
+    return dict(rebuild({"model": model_name, "num_classes": num_classes, "layers": {}}).named_modules())
 
 
 def _describe(model: nn.Module, base: dict[str, nn.Module], model_name: str, num_classes: int,
@@ -117,15 +117,18 @@ def _describe(model: nn.Module, base: dict[str, nn.Module], model_name: str, num
 
 
 def rebuild(arch: dict[str, Any]) -> nn.Module:
-    """The module `describe` described, with freshly initialized weights."""
-    model = models.create(arch["model"], num_classes=arch["num_classes"])
+    """The module `describe` described, with freshly initialized weights (drawn without touching torch's
+    global RNG: loading a model must not change the random numbers its caller draws next)."""
     if any(spec["type"] not in LAYER_TYPES for spec in arch["layers"].values()):
         from . import methods  # noqa: F401  (methods register their own layer types when imported)
     for name, spec in arch["layers"].items():
         if spec["type"] not in LAYER_TYPES:
             raise ValueError(f"layer {name!r} has type {spec['type']!r}, which this version of lrtrain cannot "
                              f"build (known: {', '.join(LAYER_TYPES)})")
-        replace_module(model, name, LAYER_TYPES[spec["type"]][2](spec))
+    with torch.random.fork_rng(devices=[]):
+        model = models.create(arch["model"], num_classes=arch["num_classes"])
+        for name, spec in arch["layers"].items():
+            replace_module(model, name, LAYER_TYPES[spec["type"]][2](spec))
     return model
 
 

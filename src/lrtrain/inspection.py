@@ -164,8 +164,7 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
     weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     classes = state.get("num_classes") or _classes(name, cfg, weights)  # absent from older checkpoints
     layers = state.get("layers")  # absent from checkpoints written before lrtrain recorded them
-    model = export.rebuild({"model": name, "num_classes": classes, "layers": layers}) if layers \
-        else models.create(name, num_classes=classes)
+    model = export.rebuild({"model": name, "num_classes": classes, "layers": layers or {}})
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
@@ -193,7 +192,7 @@ def _facts(holder: dict[str, Any]) -> dict[str, Any]:
 def _classes(name: str, cfg: dict[str, Any], weights: dict[str, Any]) -> int:
     """The class count the checkpoint's model was built with: its classifier's rows when the weights hold
     it (the data set's count need not be it), else from the config."""
-    head = weights.get(f"{classifier_name(models.create(name))}.weight")
+    head = weights.get(f"{classifier_name(export.rebuild({'model': name, 'num_classes': 10, 'layers': {}}))}.weight")
     if head is not None and getattr(head, "ndim", 0) == 2:
         return int(head.shape[0])
     data = cfg["data"]
