@@ -136,15 +136,11 @@ def test_the_module_example_runs():
 
 
 def test_a_folder_runs_compressed_model_keeps_its_class_names_and_scores_on_val_alone(tmp_path, capsys):
-    from PIL import Image
+    from test_data import _two_class_folder
 
     from lrtrain.export import load_with_arch
 
-    for split in ("train", "val"):
-        for k, cls in enumerate(["ant", "bee"]):
-            (tmp_path / "images" / split / cls).mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (10, 10), (200 * k, 40 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
+    _two_class_folder(tmp_path / "images")
     recipe = tmp_path / "folder.yaml"
     recipe.write_text(textwrap.dedent(f"""
         model: {{name: resnet20}}
@@ -187,5 +183,35 @@ def test_a_compact_model_is_scored_with_the_input_normalization_it_was_trained_w
     blob = torch.load(alone, weights_only=True)
     del blob["arch"]["normalize"]  # as written by an older lrtrain: the 30 images' statistics
     torch.save(blob, alone)
-    scored, _ = _lines(capsys, ["evaluate", str(alone), "--data-dir", str(tmp_path / "data")])
+    note, scored, _ = _lines(capsys, ["evaluate", str(alone), "--data-dir", str(tmp_path / "data")])
+    assert note.startswith(f"note: {alone} (compact model) does not record its input normalization")
     assert f"loss {summary['final_loss']:.4f} (6 images" not in scored
+
+
+def test_a_resumed_run_keeps_normalizing_as_its_checkpoints_model_was_trained(tmp_path, capsys):
+    """Resuming with other data settings (CIFAR's statistics come from the training images used) goes on
+    feeding the model the inputs it was trained on, and says so."""
+    from test_data import _write_fake_cifar
+
+    from lrtrain.config import resolve
+    from lrtrain.train import Trainer
+
+    _write_fake_cifar(tmp_path / "data")
+    recipe = {"out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"},
+              "data": {"name": "cifar10", "dir": str(tmp_path / "data"), "train_size": 16, "batch_size": 8},
+              "train": {"epochs": 2, "progress": False}}
+    first = Trainer(resolve(recipe))
+    first.fit(until_step=2)
+    trained_with = first.data.normalize
+    recipe["data"]["train_size"] = 24
+    again = Trainer(resolve(recipe))
+    assert again.data.normalize != trained_with
+    capsys.readouterr()
+    again.fit(resume=True)
+    assert "note: the images are normalized as" in capsys.readouterr().out
+    assert again.data.normalize == trained_with
+    assert torch.load(tmp_path / "run" / "compact.pt", weights_only=True)["arch"]["normalize"] == trained_with
+    x, _ = next(again.data.test.batches())
+    images = again.data.test.images[: len(x)].float()
+    mean, std = (torch.tensor(trained_with[k]).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
+    torch.testing.assert_close(x, (images - mean) / std)

@@ -289,6 +289,7 @@ def test_normalize_builds_the_recorded_input_normalization_into_the_export(compa
 
 @pytest.mark.parametrize("case, message", [
     ("state_dict", "a state_dict holds weights only: it cannot carry the input normalization"),
+    ("data_dir", "--data-dir tells --normalize where an older file's run data are: add --normalize"),
     ("unrecorded", "does not record its input normalization (written by an older lrtrain), and no config.yaml of "
                    "its run beside it says what it was trained on"),
 ])
@@ -298,14 +299,14 @@ def test_normalize_errors_are_one_line(compact_file, tmp_path, capsys, case, mes
         source = tmp_path / "compact.pt"
         lr.save(lr.load(compact_file), source, model_name="resnet20", num_classes=10, normalize=NORMALIZE)
     fmt = "state_dict" if case == "state_dict" else "torchscript"
-    assert cli.main(["export", str(source), "--format", fmt, "-o", str(tmp_path / "out"), "--normalize",
-                     "--data-dir", str(tmp_path / "none")]) == 2
+    flags = ["--data-dir", str(tmp_path / "none")] + ([] if case == "data_dir" else ["--normalize"])
+    assert cli.main(["export", str(source), "--format", fmt, "-o", str(tmp_path / "out"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lrtrain: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
-def test_normalized_wraps_a_model_and_refuses_a_malformed_record():
+def test_normalized_wraps_a_model_and_refuses_a_malformed_record(compact_file):
     model = torch.nn.Conv2d(3, 2, 1)
     net = export.Normalized(model, NORMALIZE)
     x = torch.rand(2, 3, 4, 4)
@@ -313,6 +314,12 @@ def test_normalized_wraps_a_model_and_refuses_a_malformed_record():
     torch.testing.assert_close(net(x), model((x - mean) / std))
     with pytest.raises(ValueError, match="needs 3 means and 3 positive stds"):
         export.Normalized(model, {"mean": [0.5], "std": [1.0]})
+    half = torch.nn.Conv2d(3, 2, 1).to(torch.bfloat16)  # a model saved in bf16 takes bf16 input
+    out = export.Normalized(half, NORMALIZE)(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, half(((x - mean) / std).to(torch.bfloat16)))
+    with pytest.raises(ValueError, match=r"input normalization \{'mean': \[1\]\} is not"):
+        lr.save(lr.load(compact_file), "never.pt", model_name="resnet20", num_classes=10, normalize={"mean": [1]})
 
 
 def test_loading_or_describing_a_model_draws_no_random_numbers(compact_file):

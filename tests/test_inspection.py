@@ -200,3 +200,18 @@ def test_writing_a_checkpoint_draws_no_random_numbers(tmp_path):
     before = torch.get_rng_state()
     trainer.save_checkpoint()
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_checkpoint_of_a_model_given_as_a_module_says_it_cannot_be_rebuilt(tmp_path, capsys):
+    from lrtrain.train.checkpoint import list_checkpoints
+
+    cfg = resolve({
+        "out_dir": str(tmp_path / "run"),
+        "data": {"name": "sample", "train_size": 32, "test_size": 16, "image_size": 8, "batch_size": 16},
+        "train": {"epochs": 1, "progress": False},
+    })
+    Trainer(cfg, model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))).fit()
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert cli.main(["evaluate", str(newest)]) == 2
+    assert "is a checkpoint of a model given to the trainer as a module, which lrtrain cannot rebuild" in \
+        capsys.readouterr().err

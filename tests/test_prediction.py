@@ -113,31 +113,40 @@ def cifar_run(tmp_path_factory):
 
 
 def _test_images_as_files(root, run):
-    """The run's test images as PNG files, and the model's own top class for each, as evaluation sees them."""
+    """The run's test images as PNG files, and the model's class probabilities for each, as evaluation sees
+    them."""
     model, cfg, arch, *_ = resolve_source(run, [])
     data = build_test_data(cfg["data"], device=torch.device("cpu"), normalize=arch["normalize"])
     images = torch.cat([x for x, _ in data.test.batches()])
     with torch.no_grad():
-        expected = model(images).argmax(1)
+        expected = model(images).softmax(1)
     raw = data.test.images  # uint8, as read
     return [str(_png(root / f"test{i}.png", raw[i])) for i in range(len(raw))], expected
 
 
-def test_lrtrain_predict_labels_images_as_the_models_evaluation_does(cifar_run, capsys):
+def _printed(lines):
+    """``[(name, percent), ...]`` per printed line of `lrtrain predict`."""
+    return [[(item.rsplit(" ", 1)[0], float(item.rsplit(" ", 1)[1].rstrip("%")))
+             for item in line.split(": ", 1)[1].split(", ")] for line in lines]
+
+
+def test_lrtrain_predict_gives_the_probabilities_the_models_evaluation_does(cifar_run, capsys):
     run = cifar_run / "run"
     assert json.loads((run / "summary.json").read_text())["classes"] == NAMES
     files, expected = _test_images_as_files(cifar_run, run)
     capsys.readouterr()
-    assert cli.main(["predict", str(run), *files, "--top", "2"]) == 0
+    assert cli.main(["predict", str(run), *files, "--top", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(files)
-    for line, path, label in zip(lines, files, expected.tolist()):
-        assert line.startswith(f"{path}: {NAMES[label]} ") and line.count("%") == 2
+    assert [line.split(": ")[0] for line in lines] == files
+    for row, probs in zip(_printed(lines), expected):
+        ranked = probs.argsort(descending=True)[:3].tolist()
+        assert [name for name, _ in row] == [NAMES[k] for k in ranked]
+        assert [p for _, p in row] == pytest.approx([100 * probs[k].item() for k in ranked], abs=0.051)
 
 
 def test_a_file_without_its_normalization_takes_its_runs_data_or_refuses(cifar_run, tmp_path, capsys):
     run = cifar_run / "run"
-    files, expected = _test_images_as_files(cifar_run, run)
+    files, _ = _test_images_as_files(cifar_run, run)
     old = tmp_path / "old"
     old.mkdir()
     (old / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
@@ -145,27 +154,35 @@ def test_a_file_without_its_normalization_takes_its_runs_data_or_refuses(cifar_r
     for key in ("normalize", "classes"):
         del blob["arch"][key]  # as an older lrtrain wrote it
     torch.save(blob, old / "compact.pt")
+    # the run's own 16 training images' statistics, not those of the copy's 30
+    assert prediction.prepared(old)[1] == prediction.prepared(run)[1]
     capsys.readouterr()
-    assert cli.main(["predict", str(old), *files, "--top", "1"]) == 0  # the run's 16 training images' statistics
+    assert cli.main(["predict", str(run), *files]) == 0
+    recorded = capsys.readouterr().out.strip().splitlines()
+    assert cli.main(["predict", str(old), *files]) == 0
     note, *lines = capsys.readouterr().out.strip().splitlines()
-    assert note == (f"note: {old / 'compact.pt'} (compact model) does not record its input normalization (written "
-                    f"by an older lrtrain): taken from its run's data, CIFAR-10 from {cifar_run / 'data'}"
-                    f"/cifar-10-batches-py (16 train, 6 test)")
-    assert [line.split(": ")[1].split()[0] for line in lines] == [NAMES[k] for k in expected.tolist()]
+    assert note == (f"note: {old / 'compact.pt'} does not record its input normalization (written by an older "
+                    f"lrtrain): taken from its run's data, CIFAR-10 from {cifar_run / 'data'}/cifar-10-batches-py "
+                    "(16 train, 6 test)")
+    assert lines == recorded
     assert cli.main(["predict", str(old), files[0], "--data-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "and its run's data cannot give it: CIFAR-10 not found" in err and err.count("\n") == 1
+    (old / "config.yaml").write_text((run / "config.yaml").read_text() + "surprise: 1\n")  # a newer lrtrain's
+    assert cli.main(["predict", str(old), files[0]]) == 2
+    assert "and its run's recipe cannot tell it: " in capsys.readouterr().err
     (old / "config.yaml").unlink()  # no run beside it: nothing says what data it was trained on
     assert cli.main(["predict", str(old / "compact.pt"), files[0]]) == 2
     assert "and no config.yaml of its run beside it says what it was trained on" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(old / "compact.pt"), "--data-dir", str(cifar_run / "data")]) == 0
+    assert "and no config.yaml of its run is beside it: scored with the statistics of CIFAR-10" in \
+        capsys.readouterr().out  # evaluate scores it all the same, and says with what
 
 
 def test_a_folder_models_images_are_resized_as_its_validation_images_were(tmp_path, capsys):
-    for split in ("train", "val"):
-        for k, cls in enumerate(["ant", "bee"]):
-            (tmp_path / "images" / split / cls).mkdir(parents=True)
-            for i in range(2):
-                Image.new("RGB", (20, 14), (200 * k, 60 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
+    from test_data import _two_class_folder
+
+    _two_class_folder(tmp_path / "images")  # 12 × 10 images: resized to 9 then cropped, not to 8
     (tmp_path / "folder.yaml").write_text(textwrap.dedent(f"""
         model: {{name: resnet20}}
         data: {{name: folder, dir: {tmp_path / 'images'}, image_size: 8, batch_size: 2, workers: 0}}
@@ -181,6 +198,18 @@ def test_a_folder_models_images_are_resized_as_its_validation_images_were(tmp_pa
         expected = torch.cat([model(x) for x, _ in data.test.batches()]).softmax(1)
     probs, labels = predict(model, read_images(files, side, facts["resize"]), facts["normalize"], top=2)
     torch.testing.assert_close(probs, expected.gather(1, labels), atol=1e-5, rtol=1e-4)
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "run"), *files, "--top", "2"]) == 0
+    for row, p, k in zip(_printed(capsys.readouterr().out.strip().splitlines()), probs, labels):
+        assert row == [(["ant", "bee"][j], pytest.approx(100 * q, abs=0.051)) for q, j in zip(p.tolist(), k.tolist())]
+    # a file of an older lrtrain, its folder gone: every folder model's normalization, no images needed
+    blob = torch.load(tmp_path / "run" / "compact.pt", weights_only=True)
+    for key in ("normalize", "resize"):
+        del blob["arch"][key]
+    torch.save(blob, tmp_path / "run" / "compact.pt")
+    (tmp_path / "images").rename(tmp_path / "gone")
+    assert prediction.prepared(tmp_path / "run")[1] == facts
+    assert "an image-folder model's, ImageNet's statistics" in capsys.readouterr().out
 
 
 def test_a_top_below_one_is_one_line(cifar_run, capsys):

@@ -194,23 +194,30 @@ def _run_export(args: argparse.Namespace) -> int:
     from .fold import fold_batchnorm
     from .inspection import input_line, trained_with_arch
 
-    source = Path(args.model)
-    if source.is_dir():
-        source = source / "compact.pt"
-        if not source.is_file():
-            raise FileNotFoundError(f"{args.model} has no compact.pt: its run has not finished (continue it with "
-                                    f"lrtrain train {args.model} --resume), or make one with lrtrain compress")
-    elif not source.exists():
-        raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {source}")
-    model, arch = trained_with_arch(source)
-    size = tuple(args.input_size or arch.get("input_size") or models.default_input_size(arch["model"]))
     if (args.fold_bn or args.deploy) and args.format == "state_dict":
         flag = "--deploy" if args.deploy else "--fold-bn"
         raise ValueError(f"{flag} changes the architecture, which a state_dict does not carry (it loads into the "
                          "model of compact.pt): use torchscript or onnx, or in Python lrtrain.fold_batchnorm / "
                          "lrtrain.deploy and lrtrain.save")
+    if args.normalize and args.format == "state_dict":
+        raise ValueError("a state_dict holds weights only: it cannot carry the input normalization (export "
+                         "torchscript or onnx, or wrap the model in lrtrain.export.Normalized after loading)")
     if args.layout and not args.deploy:
         raise ValueError("--layout chooses how --deploy lays out the model: add --deploy")
+    if args.data_dir and not args.normalize:
+        raise ValueError("--data-dir tells --normalize where an older file's run data are: add --normalize")
+    source = Path(args.model)
+    if source.is_dir():
+        source = source / "compact.pt"
+        if not source.is_file():
+            raise FileNotFoundError(f"{args.model} has no compact.pt: its run has not finished (continue it with "
+                                    f"lrtrain train {args.model} --resume, or export one of its checkpoints, "
+                                    f"{args.model}/checkpoints/step_*.pt: the model as trained so far), or make "
+                                    "one with lrtrain compress")
+    elif not source.exists():
+        raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {source}")
+    model, arch = trained_with_arch(source)
+    size = tuple(args.input_size or arch.get("input_size") or models.default_input_size(arch["model"]))
     written = model
     if args.deploy:
         written, choices = deploy(model, size, layout=args.layout or "auto")
@@ -232,14 +239,15 @@ def _run_export(args: argparse.Namespace) -> int:
                   **({"opset": args.opset} if args.opset else {}))
     diff = export.check_export(model, args.out, args.format, size, normalize)  # against the model as loaded
     check = ("not checked: onnxruntime is not installed" if diff is None
-             else f"max abs difference from the compact model on a random batch: {diff:.3g}")
+             else f"max abs difference from the model as loaded on a random batch: {diff:.3g}")
     folded = ", BatchNorm folded" if args.fold_bn or args.deploy else ""
     print(f"wrote {args.out} ({args.format}{folded}, example input {'x'.join(map(str, size))}; {check})")
     if args.normalize:
         print("the exported model normalizes its input itself: give it RGB images scaled to 0-1")
+    elif arch.get("normalize") and args.format != "state_dict":
+        print(f"{input_line(arch['normalize'])} (--normalize builds it into the exported model)")
     else:
-        print(f"{input_line(arch.get('normalize'))} (--normalize builds it into the exported model)"
-              if arch.get("normalize") else input_line(None))
+        print(input_line(arch.get("normalize")))
     return 0
 
 
@@ -260,14 +268,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from . import models
-    from .evaluation import evaluate, predicted_classes, resolve_source, test_data
+    from .evaluation import evaluate, predicted_classes, resolve_source, scoring_data
     from .metrics import count, latency_ratio
     from .train import distributed
     from .train.trainer import resolve_device
 
-    model, cfg, arch, what, _ = resolve_source(args.model, args.overrides)
+    model, cfg, arch, what, from_run = resolve_source(args.model, args.overrides)
     device = resolve_device(args.device, distributed.World())
-    data = test_data(cfg, arch, device, args.data_dir, args.overrides)
+    data = scoring_data(cfg, arch, device, args.data_dir, args.overrides)
+    if not arch.get("normalize") and not from_run:
+        print(f"note: {what} does not record its input normalization (written by an older lrtrain) and no "
+              f"config.yaml of its run is beside it: scored with the statistics of {data.description}")
     outputs = predicted_classes(model, data, what)
     result = evaluate(model.to(device), data.test.batches(), amp=False)
     top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""

@@ -32,7 +32,7 @@ from torch import nn
 from . import models
 from .files import atomic_write, load_torch_file
 from .layers import LowRankConv2d, LowRankLinear
-from .metrics import _forward, _inference
+from .metrics import _forward, _inference, model_device, model_dtype
 from .pretrained import mismatches
 from .surgery import replace_module
 
@@ -153,6 +153,10 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
     the model back in that dtype, on its `map_location`; a channels-last model is made so again with
     ``model.to(memory_format=torch.channels_last)``.
     """
+    if extra.get("normalize") is not None:
+        from .data import normalization_stats
+
+        normalization_stats(extra["normalize"])  # a malformed record fails now, not where it is used
     base = base_modules(model_name, num_classes)
     arch = _describe(model, base, model_name, num_classes, extra)
     state = _state(model)
@@ -219,16 +223,20 @@ class Normalized(nn.Module):
     """
 
     def __init__(self, model: nn.Module, normalize: dict[str, list[float]]):
-        from .data import _stats  # checks the record
+        from .data import normalization_stats  # checks the record
 
         super().__init__()
-        mean, std = (t / 255 for t in _stats(normalize))
+        mean, std = (t / 255 for t in normalization_stats(normalize))
         self.model = model
-        self.register_buffer("mean", mean.view(1, -1, 1, 1))
-        self.register_buffer("std", std.view(1, -1, 1, 1))
+        # in the model's place and dtype (a bf16 or CUDA model takes its input so); float32 arithmetic
+        device, dtype = model_device(model), model_dtype(model)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1).to(device))
+        self.register_buffer("std", std.view(1, -1, 1, 1).to(device))
+        self.register_buffer("input_dtype", torch.zeros((), dtype=dtype, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        x = (x.to(self.mean.device, torch.float32) - self.mean) / self.std
+        return self.model(x.to(self.input_dtype.dtype))
 
 
 def _deployable(model: nn.Module) -> nn.Module:

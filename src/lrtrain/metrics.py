@@ -95,8 +95,7 @@ def _inference(model: nn.Module, input_size, device=None) -> Iterator[torch.Tens
     """Eval mode (`eval_mode`) and no_grad for the block, yielding a zero input on the model's device and
     dtype."""
     size = _check_size(input_size)
-    ref = _reference(model)
-    x = torch.zeros(size, device=device or model_device(model), dtype=ref.dtype if ref is not None else torch.float32)
+    x = torch.zeros(size, device=device or model_device(model), dtype=model_dtype(model))
     with eval_mode(model), torch.no_grad():
         yield x
 

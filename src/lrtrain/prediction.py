@@ -56,20 +56,15 @@ def predict(model: nn.Module, images: Tensor, normalize: dict[str, list[float]] 
     """The `top` class probabilities (softmax) and labels of each of `images` (uint8 N×3×H×W, RGB),
     normalized per channel by ``normalize`` (a trained model's record; None: the pixels scaled to 0–1
     only), as two N×top CPU tensors, the likeliest first."""
-    from .data import _stats
+    from .export import Normalized
 
     if images.dtype != torch.uint8:  # 0-1 floats would be divided by 255 once more
         raise TypeError(f"predict takes uint8 images (0-255, as read_images gives), got {images.dtype}")
+    net = Normalized(model, normalize) if normalize else model
     device, dtype = model_device(model), model_dtype(model)
-    scale = [t.to(device).view(1, -1, 1, 1) / 255 for t in _stats(normalize)] if normalize else None
-    chunks = []
     with eval_mode(model):
-        for batch in images.split(batch_size):
-            x = batch.to(device).float() / 255
-            if scale is not None:
-                x = (x - scale[0]) / scale[1]
-            chunks.append(model(x.to(dtype)).float().softmax(1).cpu())
-    probs = torch.cat(chunks)
+        probs = torch.cat([net((batch.to(device).float() / 255).to(dtype)).float().softmax(1).cpu()
+                           for batch in images.split(batch_size)])
     best = probs.topk(min(top, probs.shape[1]), dim=1)
     return best.values, best.indices
 
@@ -86,28 +81,43 @@ def describe(paths: Sequence[str | Path], probs: Tensor, labels: Tensor, classes
 def prepared(path: str | Path, data_dir: str | None = None) -> tuple[nn.Module, dict[str, Any], int, str]:
     """The trained model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact
     model file; a checkpoint), what it records of its data (`data.MODEL_FACTS`), its input side and a phrase
-    naming it. A file that records no input normalization (written by an older lrtrain) takes its run's
-    data's (found in `data_dir`, else the run's data.dir, else the default places), with a note; where
-    there is no run's recipe to say what data, or the data cannot be found, it is a ValueError."""
-    from .data import MODEL_FACTS
-    from .evaluation import resolve_source, test_data
-    from .inspection import _facts
+    naming it. A file that records no input normalization (written by an older lrtrain) takes an image-folder
+    model's (ImageNet's), else its run's data's (found in `data_dir`, else the run's data.dir, else the
+    default places), with a note; where there is no run's recipe to say what data, or the data cannot be
+    found, it is a ValueError."""
+    from .inspection import _facts, scored_file, trained_with_arch
 
-    model, cfg, arch, what, from_run = resolve_source(path, [])
-    facts = _facts(arch)
+    file = scored_file(path)
+    model, arch = trained_with_arch(file)
+    facts, what = _facts(arch), str(file)
+    side = (arch.get("input_size") or models.default_input_size(arch["model"]))[-1]
     if not facts.get("normalize"):
-        missing = f"{what} does not record its input normalization (written by an older lrtrain)"
-        if not from_run:  # never the defaults' data set: a guess would give confident wrong answers
-            raise ValueError(f"{missing}, and no config.yaml of its run beside it says what it was trained on: "
-                             "use it from its run directory")
-        try:
-            data = test_data(cfg, arch, torch.device("cpu"), data_dir)
-        except (FileNotFoundError, ValueError) as err:
-            raise ValueError(f"{missing}, and its run's data cannot give it: {err}") from None
-        print(f"note: {missing}: taken from its run's data, {data.description}")
-        facts = {key: getattr(data, key) for key in MODEL_FACTS if getattr(data, key, None)} | facts
-    side = (arch.get("input_size") or models.default_input_size(arch.get("model") or cfg["model"]["name"]))[-1]
+        facts = {**_derived(path, side, data_dir, f"{file} does not record its input normalization (written by "
+                            "an older lrtrain)"), **facts}
     return model, facts, side, what
+
+
+def _derived(path: str | Path, side: int, data_dir: str | None, missing: str) -> dict[str, Any]:
+    """What a file that records none of it gets from its run's data (see `prepared`)."""
+    from .data import folder_facts, model_facts
+    from .evaluation import resolve_source, scoring_data
+
+    try:
+        _, cfg, arch, _, from_run = resolve_source(path, [])
+    except ValueError as err:  # its run's config.yaml cannot be read by this version
+        raise ValueError(f"{missing}, and its run's recipe cannot tell it: {err}") from None
+    if not from_run:  # never the defaults' data set: a guess would give confident wrong answers
+        raise ValueError(f"{missing}, and no config.yaml of its run beside it says what it was trained on: "
+                         "use it from its run directory")
+    if cfg["data"]["name"] == "folder":  # the same for every folder: no need of the images
+        print(f"note: {missing}: an image-folder model's, ImageNet's statistics")
+        return folder_facts(side)
+    try:
+        data = scoring_data(cfg, arch, torch.device("cpu"), data_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"{missing}, and its run's data cannot give it: {err}") from None
+    print(f"note: {missing}: taken from its run's data, {data.description}")
+    return model_facts(data)
 
 
 __all__ = ["describe", "predict", "prepared", "read_images"]

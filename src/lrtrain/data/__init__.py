@@ -44,12 +44,23 @@ class Data:
 MODEL_FACTS = ("classes", "normalize", "resize")
 
 
+def model_facts(data: Data) -> dict[str, Any]:
+    """What a trained model's files record of `data` (`MODEL_FACTS`), where the data say it."""
+    return {key: getattr(data, key) for key in MODEL_FACTS if getattr(data, key, None)}
+
+
+def folder_facts(image_size: int) -> dict[str, Any]:
+    """The normalization and evaluation resize of every image-folder model (ImageNet's statistics): for
+    files that do not record them, with no need of the folder itself."""
+    return {"normalize": normalization(IMAGENET_MEAN, IMAGENET_STD), "resize": eval_resize(image_size)}
+
+
 def normalization(mean: Tensor, std: Tensor) -> dict[str, list[float]]:
     """``{"mean", "std"}`` per channel, in the 0–1 pixel scale (torchvision's), of 0–255 scale statistics."""
     return {"mean": (mean.double() / 255).tolist(), "std": (std.double() / 255).tolist()}
 
 
-def _stats(normalize: dict[str, list[float]]) -> tuple[Tensor, Tensor]:
+def normalization_stats(normalize: dict[str, list[float]]) -> tuple[Tensor, Tensor]:
     """The 0–255 scale float32 (mean, std) tensors of a `normalization`; ValueError on a malformed one."""
     try:
         mean, std = (torch.tensor(normalize[key], dtype=torch.float64) * 255 for key in ("mean", "std"))
@@ -65,7 +76,7 @@ def _tensor_data(tensors: tuple[Tensor, Tensor, Tensor, Tensor], classes: int, s
                  normalize: dict[str, list[float]] | None = None, train: bool = True, **placement: Any) -> Data:
     """``train=False``: no training loader (scoring only; the images still give the statistics)."""
     images, labels, test_images, test_labels = tensors
-    mean, std = _stats(normalize) if normalize else channel_stats(images)
+    mean, std = normalization_stats(normalize) if normalize else channel_stats(images)
     common = dict(mean=mean, std=std, **placement)
     loader = DeviceLoader(images.to(device), labels, batch_size, shuffle=True, augment=cfg["augment"],
                           padding=cfg["padding"], drop_last=cfg["drop_last"], **common) if train else None
@@ -88,7 +99,7 @@ def _folder_root(cfg: dict[str, Any]) -> Path:
 def _folder_common(cfg: dict[str, Any], normalize: dict[str, list[float]] | None = None,
                    **placement: Any) -> dict[str, Any]:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    mean, std = _stats(normalize) if normalize else (IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = normalization_stats(normalize) if normalize else (IMAGENET_MEAN, IMAGENET_STD)
     # more decoding processes than cores only compete for them (torch warns of it at every epoch)
     return dict(image_size=cfg["image_size"] or 224, workers=min(cfg["workers"], cpus), drop_last=cfg["drop_last"],
                 mean=mean, std=std, **placement)
@@ -179,5 +190,5 @@ def _tensors(cfg: dict[str, Any], seed: int) -> tuple[tuple[Tensor, Tensor, Tens
     return tensors, classes, source, names
 
 
-__all__ = ["MODEL_FACTS", "Data", "DeviceLoader", "FolderLoader", "Loader", "build_data", "build_test_data", "find_cifar",
+__all__ = ["MODEL_FACTS", "Data", "folder_facts", "model_facts", "normalization_stats", "DeviceLoader", "FolderLoader", "Loader", "build_data", "build_test_data", "find_cifar",
            "make_sample", "normalization"]

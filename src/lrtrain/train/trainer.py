@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .. import config as config_mod
 from ..layers import LowRankConv2d, LowRankLinear
 from ..linalg import NonFiniteError
-from ..data import MODEL_FACTS, Data, build_data
+from ..data import Data, build_data, model_facts, normalization_stats
 from ..evaluation import score_sums, summarize
 from ..files import atomic_write, atomic_write_text
 from ..methods import create_method
@@ -697,6 +697,7 @@ class Trainer:
         self.history = state["history"]
         self._elapsed_before = state["elapsed"]
         self._trained_epoch = state.get("trained_epoch")  # absent from older checkpoints
+        self._keep_normalization(state.get("normalize"), path)
         earlier = [c for c in state.get("commits", []) if c != self._commits[-1]]  # absent from older checkpoints
         self._commits = [*dict.fromkeys(earlier), self._commits[-1]]
         per_rank = state.get("rng_ranks")  # absent from older checkpoints
@@ -707,6 +708,20 @@ class Trainer:
             self._truncate_ranks()
             print(f"resumed from {path} (step {self.step}, epoch {self.epoch + 1}, batch {self.batch})",
                   flush=True)
+
+    def _keep_normalization(self, saved: dict[str, list[float]] | None, path: str | Path) -> None:
+        """Go on normalizing the images as the checkpoint's model was trained to take them, where changed
+        data settings (e.g. CIFAR's data.train_size) give other statistics."""
+        if not saved or not self.data.normalize or saved == self.data.normalize:
+            return
+        mean, std = normalization_stats(saved)
+        for loader in (self.data.train, self.data.test):
+            if hasattr(loader, "mean"):
+                loader.mean, loader.std = mean.to(loader.mean.device), std.to(loader.std.device)
+        self.data.normalize = saved
+        if self.world.is_main:
+            print(f"note: the images are normalized as {path}'s model was trained to take them, not by this "
+                  "run's data settings' statistics", flush=True)
 
     def _write_metrics(self) -> None:
         buffer = io.StringIO()
@@ -795,11 +810,11 @@ class Trainer:
     def _layers(self) -> dict[str, Any]:
         """``{"layers": ...}``: how the trained model's layers differ from the registry model's (a method's
         factorized layers; `export.describe`), so that a checkpoint of any run rebuilds its model without
-        the method (lrtrain evaluate, info, compress); empty for a model given as a module."""
+        the method (lrtrain evaluate, info, compress); None for a model given as a module."""
         from .. import export
 
         if not self._registry_model:
-            return {}
+            return {"layers": None}  # no registry model to rebuild it from
         if self._base_modules is None:  # built once: a ResNet-50 takes a while to initialize
             self._base_modules = export.base_modules(self.model_name, self.num_classes)
         return {"layers": export.describe(self.model, self.model_name, self.num_classes,
@@ -809,7 +824,7 @@ class Trainer:
         """What a user of the trained model needs besides its weights, where the data say it: the class
         names by output index, the input normalization (CIFAR's comes from the training images used) and
         an evaluation image's shorter side before its centre crop (image folders)."""
-        return {key: getattr(self.data, key) for key in MODEL_FACTS if getattr(self.data, key, None)}
+        return model_facts(self.data)
 
     def _save_compact(self, compact: nn.Module) -> None:
         from .. import export, models
