@@ -215,3 +215,19 @@ def test_a_resumed_run_keeps_normalizing_as_its_checkpoints_model_was_trained(tm
     images = again.data.test.images[: len(x)].float()
     mean, std = (torch.tensor(trained_with[k]).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
     torch.testing.assert_close(x, (images - mean) / std)
+
+
+def test_a_half_precision_compact_model_is_scored_in_its_dtype(run, tmp_path, capsys):
+    import lrtrain as lr
+    from lrtrain.export import load_with_arch
+
+    model, arch = load_with_arch(run / "compact.pt")
+    extra = {k: v for k, v in arch.items() if k not in ("model", "num_classes", "layers")}
+    (tmp_path / "half").mkdir()
+    lr.save(model.to(torch.bfloat16), tmp_path / "half" / "compact.pt", arch["model"], arch["num_classes"], **extra)
+    (tmp_path / "half" / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    capsys.readouterr()
+    scored, _ = _lines(capsys, ["evaluate", str(tmp_path / "half")])
+    top1 = float(scored.split("top-1 ")[1].split("%")[0])
+    final = json.loads((run / "summary.json").read_text())["final_acc"]
+    assert abs(top1 - final) <= 100 * 3 / 48  # bf16 round-off moves at most a few of the 48 images

@@ -269,7 +269,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from . import models
     from .evaluation import evaluate, predicted_classes, resolve_source, scoring_data
-    from .metrics import count, latency_ratio
+    from .metrics import count, latency_ratio, model_dtype
     from .train import distributed
     from .train.trainer import resolve_device
 
@@ -285,7 +285,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(f"{what} on {data.description}: top-1 {result['test_acc']:.2f}%{top5}, loss {result['test_loss']:.4f} "
           f"({result['images']} images, {device})")
     name = arch.get("model") or cfg["model"]["name"]
-    dense = models.create(name, num_classes=outputs).eval()
+    dense = models.create(name, num_classes=outputs).eval().to(model_dtype(model))  # timed alike
     compact, full = count(model.cpu(), data.input_size), count(dense, data.input_size)
     if compact.flops == full.flops and compact.params == full.params:
         print(f"{compact.flops / 1e6:.2f} M FLOPs, {compact.params / 1e6:.3f} M params: a dense {name}'s")
