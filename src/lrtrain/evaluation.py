@@ -115,7 +115,7 @@ def resolve_source(path: str | Path, overrides: list[str]) -> Source:
 
 
 def scoring_data(cfg: dict[str, Any], arch: dict[str, Any], device: torch.device, data_dir: str | None = None,
-              overrides: list[str] = ()) -> Any:
+                 overrides: list[str] = ()) -> Any:
     """The test split `resolve_source`'s recipe and arch name (``data.build_test_data``): from `data_dir`
     where given; a data.dir recorded on another machine (moved, or a GPU machine's /tmp) falls back to the
     default places with a note; an image folder at the size the model was trained at, labelled by its class
@@ -150,4 +150,4 @@ def predicted_classes(model: nn.Module, data: Any, what: str) -> int:
     return outputs
 
 
-__all__ = ["Source", "evaluate", "predicted_classes", "resolve_source", "score_sums", "summarize", "scoring_data"]
+__all__ = ["Source", "evaluate", "predicted_classes", "resolve_source", "score_sums", "scoring_data", "summarize"]

@@ -162,10 +162,10 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
         raise ValueError(f"{path} is neither an lrtrain checkpoint nor a compact model")
     name = cfg["model"]["name"]
     weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state["model"].items()}
-    classes = state.get("num_classes") or _classes(name, cfg, weights)  # absent from older checkpoints
     if "layers" in state and state["layers"] is None:
         raise ValueError(f"{path} is a checkpoint of a model given to the trainer as a module, which lrtrain "
                          "cannot rebuild: load its weights (the checkpoint's 'model') into that module")
+    classes = state.get("num_classes") or _classes(name, cfg, weights)  # absent from older checkpoints
     layers = state.get("layers")  # absent from checkpoints written before lrtrain recorded them
     model = export.rebuild({"model": name, "num_classes": classes, "layers": layers or {}})
     try:
