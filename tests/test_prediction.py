@@ -212,6 +212,20 @@ def test_a_folder_models_images_are_resized_as_its_validation_images_were(tmp_pa
     assert "an image-folder model's, ImageNet's statistics" in capsys.readouterr().out
 
 
+def test_an_unreadable_image_costs_its_own_line_only(cifar_run, tmp_path, capsys):
+    run = cifar_run / "run"
+    good = _png(tmp_path / "good.png", torch.zeros(3, 32, 32, dtype=torch.uint8))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), str(tmp_path / "bad.png"), str(good), str(tmp_path / "gone.png")]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}: ") and out.count("\n") == 1
+    assert err.splitlines() == [f"lrtrain: error: cannot read image {tmp_path / 'bad.png'}: not an image format PIL "
+                                "can decode", f"lrtrain: error: no such image file: {tmp_path / 'gone.png'}"]
+    assert cli.main(["predict", str(run), str(tmp_path / "bad.png")]) == 2  # nothing to predict: the error alone
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_a_top_below_one_is_one_line(cifar_run, capsys):
     assert cli.main(["predict", str(cifar_run / "run"), "x.png", "--top", "0"]) == 2
     err = capsys.readouterr().err

@@ -303,7 +303,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a run directory (its compact.pt, else its newest checkpoint), a compact model "
                                  "file or a checkpoint step_*.pt")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (any format PIL reads); one that cannot be read gets an error line on stderr, "
+                        "the others their predictions, and the exit status is 1")
     p.add_argument("--top", type=int, default=5, help="how many classes to list per image (default: 5)")
     p.add_argument("--device", default="cpu", help="cpu (the default), cuda, cuda:N or auto")
     p.add_argument("--data-dir", help="where the run's data set is, for a model file that does not record its "
@@ -311,6 +313,8 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    import torch
+
     from .prediction import describe, predict, prepared, read_images
     from .train import distributed
     from .train.trainer import resolve_device
@@ -319,10 +323,19 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be at least 1, got {args.top}")
     device = resolve_device(args.device, distributed.World())  # before reading anything
     model, facts, side, _ = prepared(args.model, args.data_dir)
-    images = read_images(args.images, side, facts.get("resize"))
-    probs, labels = predict(model.to(device), images, facts.get("normalize"), args.top)
-    print("\n".join(describe(args.images, probs, labels, facts.get("classes"))))
-    return 0
+    read, failed = {}, []
+    for path in args.images:  # one unreadable file costs its own line, not the others' predictions
+        try:
+            read[path] = read_images([path], side, facts.get("resize"))
+        except (FileNotFoundError, ValueError) as err:
+            failed.append(err)
+    if not read:
+        raise failed[0]
+    probs, labels = predict(model.to(device), torch.cat(list(read.values())), facts.get("normalize"), args.top)
+    print("\n".join(describe(list(read), probs, labels, facts.get("classes"))))
+    for err in failed:
+        print(f"lrtrain: error: {err}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
