@@ -231,9 +231,9 @@ def _run_export(args: argparse.Namespace) -> int:
         written = fold_batchnorm(model, size)
     normalize = arch.get("normalize")
     if args.normalize and not normalize:  # a file of an older lrtrain: its run's data's, where they are found
-        from .prediction import prepared
+        from .prediction import derived_facts
 
-        normalize = prepared(source, args.data_dir)[1]["normalize"]
+        normalize = derived_facts(source, size[-1], args.data_dir)["normalize"]
     normalize = normalize if args.normalize else None
     export.export(written, args.out, args.format, size, normalize,
                   **({"opset": args.opset} if args.opset else {}))

@@ -64,7 +64,7 @@ class Source(NamedTuple):
 
     model: nn.Module
     recipe: dict[str, Any]  # resolved: the run's data settings (then any overrides), else the defaults
-    arch: dict[str, Any]    # a checkpoint's: its input size and what it records (`data.MODEL_FACTS`)
+    arch: dict[str, Any]    # model name, classes, input size, what it records of its data (`inspection.with_arch`)
     what: str               # a phrase naming what was loaded
     from_run: bool          # the recipe's data are the run's own (its config.yaml or its checkpoint's)
 
@@ -72,11 +72,10 @@ class Source(NamedTuple):
 def resolve_source(path: str | Path, overrides: list[str]) -> Source:
     """The model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact model
     file; a checkpoint), the resolved recipe its data come from (the run's config.yaml, else the
-    checkpoint's, else the defaults; then `overrides`, data.* keys only), its ``arch`` (for a checkpoint
-    its input size and what it records of its data: `data.MODEL_FACTS`) and a phrase naming what was loaded."""
-    from . import export
+    checkpoint's, else the defaults; then `overrides`, data.* keys only), its ``arch``
+    (`inspection.with_arch`) and a phrase naming what was loaded."""
     from .config import apply_override, load_recipe, resolve
-    from .inspection import from_state, load_trained_file, scored_file
+    from .inspection import load_trained_file, scored_file, with_arch
 
     bad = [key for key in overrides if not key.startswith("data.")]
     if bad:
@@ -87,13 +86,11 @@ def resolve_source(path: str | Path, overrides: list[str]) -> Source:
     run_dir = path if path.is_dir() else None
     file = scored_file(path)
     state = load_trained_file(file)
+    model, arch = with_arch(state, file)
     config = None
-    if isinstance(state, dict) and "arch" in state:
-        (model, arch), what = export.from_blob(state, file), f"{file} (compact model)"
-        run_dir = run_dir or file.parent  # a run's compact.pt sits beside its config.yaml
+    if "arch" in state:  # a compact model (`with_arch` has read it as a dict)
+        what, run_dir = f"{file} (compact model)", run_dir or file.parent  # it sits beside its run's config.yaml
     else:
-        model, _, _, size, arch = from_state(state, file)  # arch: what it records of its data, if anything
-        arch["input_size"] = list(size)
         what = f"{file} (checkpoint: the model as trained so far)"
         config = state["config"]
         if config["train"].get("bn_recalibrate"):

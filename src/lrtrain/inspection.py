@@ -120,7 +120,11 @@ def load_trained_file(path: str | Path) -> Any:
 def trained_with_arch(file: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """`export.load_with_arch` of a compact model file, or of a trainer checkpoint (the model as trained so
     far; its arch: model name, classes, input size and what it records of its data)."""
-    state = load_trained_file(file)
+    return with_arch(load_trained_file(file), file)
+
+
+def with_arch(state: Any, file: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """`trained_with_arch` of a file already read."""
     if isinstance(state, dict) and "arch" in state:
         return export.from_blob(state, file)
     model, name, classes, size, facts = from_state(state, Path(file))

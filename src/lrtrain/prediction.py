@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import models
-from .metrics import eval_mode, model_device, model_dtype
+from .metrics import eval_mode, model_device
 
 
 def read_images(paths: Sequence[str | Path], size: int, resize: int | None = None) -> Tensor:
@@ -60,10 +60,11 @@ def predict(model: nn.Module, images: Tensor, normalize: dict[str, list[float]] 
 
     if images.dtype != torch.uint8:  # 0-1 floats would be divided by 255 once more
         raise TypeError(f"predict takes uint8 images (0-255, as read_images gives), got {images.dtype}")
-    net = Normalized(model, normalize) if normalize else model
-    device, dtype = model_device(model), model_dtype(model)
+    # normalized in float32, then given to the model in its own dtype (one rounding, after normalizing)
+    net = Normalized(model, normalize or {"mean": [0.0] * 3, "std": [1.0] * 3})
+    device = model_device(model)
     with eval_mode(model):
-        probs = torch.cat([net((batch.to(device).float() / 255).to(dtype)).float().softmax(1).cpu()
+        probs = torch.cat([net(batch.to(device).float() / 255).float().softmax(1).cpu()
                            for batch in images.split(batch_size)])
     best = probs.topk(min(top, probs.shape[1]), dim=1)
     return best.values, best.indices
@@ -89,19 +90,21 @@ def prepared(path: str | Path, data_dir: str | None = None) -> tuple[nn.Module, 
 
     file = scored_file(path)
     model, arch = trained_with_arch(file)
-    facts, what = _facts(arch), str(file)
+    facts = _facts(arch)
     side = (arch.get("input_size") or models.default_input_size(arch["model"]))[-1]
     if not facts.get("normalize"):
-        facts = {**_derived(path, side, data_dir, f"{file} does not record its input normalization (written by "
-                            "an older lrtrain)"), **facts}
-    return model, facts, side, what
+        facts = {**derived_facts(path, side, data_dir), **facts}
+    return model, facts, side, str(file)
 
 
-def _derived(path: str | Path, side: int, data_dir: str | None, missing: str) -> dict[str, Any]:
-    """What a file that records none of it gets from its run's data (see `prepared`)."""
+def derived_facts(path: str | Path, side: int, data_dir: str | None = None) -> dict[str, Any]:
+    """What a model file that records no input normalization (written by an older lrtrain) gets instead, as
+    `prepared` says; `side`: its input size."""
     from .data import folder_facts, model_facts
     from .evaluation import resolve_source, scoring_data
+    from .inspection import scored_file
 
+    missing = f"{scored_file(path)} does not record its input normalization (written by an older lrtrain)"
     try:
         _, cfg, arch, _, from_run = resolve_source(path, [])
     except ValueError as err:  # its run's config.yaml cannot be read by this version
@@ -120,4 +123,4 @@ def _derived(path: str | Path, side: int, data_dir: str | None, missing: str) ->
     return model_facts(data)
 
 
-__all__ = ["describe", "predict", "prepared", "read_images"]
+__all__ = ["derived_facts", "describe", "predict", "prepared", "read_images"]

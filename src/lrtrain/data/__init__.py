@@ -190,5 +190,5 @@ def _tensors(cfg: dict[str, Any], seed: int) -> tuple[tuple[Tensor, Tensor, Tens
     return tensors, classes, source, names
 
 
-__all__ = ["MODEL_FACTS", "Data", "folder_facts", "model_facts", "normalization_stats", "DeviceLoader", "FolderLoader", "Loader", "build_data", "build_test_data", "find_cifar",
-           "make_sample", "normalization"]
+__all__ = ["MODEL_FACTS", "Data", "DeviceLoader", "FolderLoader", "Loader", "build_data", "build_test_data",
+           "find_cifar", "folder_facts", "make_sample", "model_facts", "normalization", "normalization_stats"]

@@ -197,7 +197,8 @@ class FolderLoader:
         try:
             for images, labels in self.loader:
                 images = images.to(self.device, non_blocking=True)
-                yield normalize(images, self.mean, self.std, self.channels_last), labels.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                yield normalize(images, self.mean, self.std, self.channels_last), labels
         except ValueError as err:  # a worker's error arrives wrapped in its traceback: keep its own line
             last = str(err).strip().splitlines()[-1]
             if "Original Traceback" not in str(err) or not last.startswith("ValueError: "):

@@ -645,7 +645,7 @@ class Trainer:
                 "rng_ranks": rng_ranks,
                 "trained_epoch": self._trained_epoch,
                 "num_classes": self.num_classes,  # the classifier's outputs, also when it is factorized
-                **self._model_facts(),  # for lrtrain evaluate / compress
+                **model_facts(self.data),  # for lrtrain evaluate / compress
                 **self._layers(),
             }
             path = save_checkpoint(self.run_dir / "checkpoints", self.step, state,
@@ -795,7 +795,7 @@ class Trainer:
             "world_size": self.world.world_size,
             "torch": str(torch.__version__),
             "num_classes": self.num_classes,
-            **self._model_facts(),
+            **model_facts(self.data),
             "commit": ", ".join(self._commits),
             "date": today(),
         }
@@ -820,17 +820,11 @@ class Trainer:
         return {"layers": export.describe(self.model, self.model_name, self.num_classes,
                                           base=self._base_modules)["layers"]}
 
-    def _model_facts(self) -> dict[str, Any]:
-        """What a user of the trained model needs besides its weights, where the data say it: the class
-        names by output index, the input normalization (CIFAR's comes from the training images used) and
-        an evaluation image's shorter side before its centre crop (image folders)."""
-        return model_facts(self.data)
-
     def _save_compact(self, compact: nn.Module) -> None:
         from .. import export, models
 
         extra = {"input_size": list(self.data.input_size), "method": self.method.name, "ranks": self.method.ranks(),
-                 **self._model_facts()}
+                 **model_facts(self.data)}
         path = self.run_dir / "compact.pt"
         if self.model_name in models.list_models():
             export.save(compact, path, self.model_name, self.num_classes, **extra)
