@@ -713,7 +713,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
         if not progress(args.root / run.name)[0]:
             pending.append(f"{run.name} ({where(args.root / run.name)})")
     notes = (f"CIFAR-10 (10,000 test images), one training per row, run by benchmarks/reproduce.py from the "
-             f"recipe and overrides of its `RUNS` entry (the csv's command column). top1_diff = top1_final − "
+             f"recipe and overrides of its `RUNS` entry (the csv's command column). top1_final: the compact "
+             f"model's test top-1 (after finalize); top1_best: the best epoch-end test top-1 of the model as "
+             f"trained (before finalize, so a final cut or BN recalibration can beat it). top1_diff = top1_final − "
              f"paper_top1; flops_reduction = 1 − compact/dense MACs; flops_speedup = dense/compact MACs. "
              f"cpu_speedup_b32: measured forward-pass speedup of the compact model over the dense one on "
              f"the CPU ({benchmark.cpu_name()}, {args.threads} threads, batch 32); {benchmark.DEPLOYED_NOTE} "

@@ -59,8 +59,23 @@ def test_untraceable_model_falls_back_to_the_forward_pass_and_sees_in_place_ops(
 def test_conv_with_another_consumer_or_called_into_two_bns_is_not_paired():
     model = Shared()
     assert conv_bn_pairs(model) == {"conv_c": "bn_c"}
-    # the hook fallback cannot see the residual use of conv_a's output, but sees conv_b's two BNs
-    assert _pairs_from_forward(model, (1, 4, 8, 8)) == {"conv_a": "bn_a", "conv_c": "bn_c"}
+    # the forward-pass fallback sees the residual use of conv_a's output in the autograd graph
+    assert _pairs_from_forward(model, (1, 4, 8, 8)) == {"conv_c": "bn_c"}
+
+
+def test_forward_pass_pairing_leaves_a_conv_whose_use_autograd_cannot_show():
+    class NoGradConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            with torch.no_grad():  # no graph node: its consumers cannot be counted
+                y = self.conv(x)
+            return self.bn(y) + self.bn2(self.conv2(x))
+
+    assert _pairs_from_forward(NoGradConv(), (1, 3, 8, 8)) == {"conv2": "bn2"}
 
 
 def test_low_rank_layers_trace_with_fx_and_their_last_factor_pairs_with_the_bn():

@@ -329,3 +329,16 @@ def test_loading_or_describing_a_model_draws_no_random_numbers(compact_file):
     lr.load(compact_file)
     export.base_modules("resnet20", 10)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_load_takes_any_spelling_of_the_cpu_and_names_a_device_the_machine_lacks(compact_file, monkeypatch):
+    x = _inputs()
+    with torch.no_grad():
+        expected = lr.load(compact_file)(x)
+        for device in ("cpu:0", torch.device("cpu", 0)):
+            assert torch.equal(lr.load(compact_file, map_location=device)(x), expected)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="map_location 'cuda': this machine has no CUDA device"):
+        lr.load(compact_file, map_location="cuda")
+    with pytest.raises(ValueError, match="map_location 'gpu' is not a device"):
+        lr.load(compact_file, map_location="gpu")

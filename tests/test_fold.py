@@ -56,7 +56,13 @@ def test_a_compact_model_folds_into_its_last_factors_and_saves_and_loads_folded(
         torch.testing.assert_close(export.load(tmp_path / "folded.pt")(x), folded(x))
 
 
-def test_a_batchnorm_that_is_not_the_convs_only_consumer_stays():
+@pytest.mark.parametrize("traceable", [True, False])
+def test_a_batchnorm_that_is_not_the_convs_only_consumer_stays(traceable, monkeypatch):
+    from lrtrain import bn_pairs
+
+    if not traceable:  # the forward-pass pairing, for models torch.fx cannot trace
+        monkeypatch.setattr(bn_pairs._ConvLeafTracer, "trace", lambda self, root: 1 / 0)
+
     class Branch(nn.Module):
         def __init__(self):
             super().__init__()

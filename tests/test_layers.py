@@ -179,3 +179,10 @@ def test_rank_errors_read_in_constructor_order_and_say_integer():
         LowRankLinear(16, 8, 2.5)
     with pytest.raises(ValueError, match="resnet20: num_classes must be a positive integer, got 0"):
         models.create("resnet20", num_classes=0)
+
+
+def test_from_dense_names_the_layer_type_it_expects():
+    with pytest.raises(ValueError, match="expected an nn.Linear, got Conv2d"):
+        LowRankLinear.from_dense(nn.Conv2d(4, 4, 3), 2)
+    with pytest.raises(ValueError, match="expected an nn.Conv2d, got Linear"):
+        LowRankConv2d.from_dense(nn.Linear(4, 4), 2)

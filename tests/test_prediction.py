@@ -246,3 +246,24 @@ def test_export_normalize_of_a_file_without_the_record_takes_its_runs_data(cifar
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "old.pt"))(pixels),
                                    torch.jit.load(str(tmp_path / "new.pt"))(pixels))
+
+
+def test_statistics_on_the_0_255_scale_or_an_empty_record_are_refused():
+    model = lr.models.create("resnet20").eval()
+    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    cifar_255 = {"mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7]}
+    with pytest.raises(ValueError, match="divide them by 255"):
+        predict(model, images, cifar_255)
+    with pytest.raises(ValueError, match="divide them by 255"):
+        lr.export.Normalized(model, cifar_255)
+    with pytest.raises(ValueError, match="is not {'mean'"):
+        predict(model, images, {})  # not "no normalization": a record that says nothing
+    assert predict(model, images, None)[0].shape == (1, 5)
+
+
+def test_read_images_takes_one_path_and_refuses_none(tmp_path):
+    path = _png(tmp_path / "a.png", torch.full((3, 8, 8), 9, dtype=torch.uint8))
+    assert torch.equal(read_images(str(path), 8), read_images([path], 8))
+    assert read_images(path, 8).shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="no image paths given"):
+        read_images([], 8)

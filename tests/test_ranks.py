@@ -158,3 +158,11 @@ def test_a_policy_mapping_in_any_order_and_numpy_multiples():
 
     assert parse_policy({"multiple": 8, "flops": 0.45}).multiple == 8
     assert FlopsBudget(0.5, multiple=np.int64(8)).multiple == 8 and FlopsBudget(0.5, multiple=8.0).multiple == 8
+
+
+@pytest.mark.parametrize("policy,value", [(Energy, "a"), (Threshold, float("nan")), (Ratio, None),
+                                          (FlopsBudget, float("nan")), (FixedRank, "3"), (FixedRank, 2.5)])
+def test_a_policy_value_that_is_not_a_number_names_the_policy(policy, value):
+    with pytest.raises(ValueError, match=rf"^{policy.__name__}: .*{value!r}"):
+        policy(value)
+    assert FixedRank(4.0).rank == 4  # a whole float is a rank, as everywhere else

@@ -164,3 +164,40 @@ def test_factorize_that_changes_nothing_warns_why():
     with pytest.warns(UserWarning, match=r"no layer of Sequential was factorized, the model is unchanged "
                                          r"\(1: rank 10 would cost 580 MACs, not less than dense 480\)"):
         lr.factorize(model, rank="energy:1.0", input_size=(1, 3, 4, 4))
+
+
+def _twice_used_conv_model():
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), conv, nn.ReLU(), conv,
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def test_a_layer_registered_under_two_names_is_replaced_under_both_and_stays_shared():
+    import copy
+
+    torch.manual_seed(0)
+    model = _twice_used_conv_model().double().eval()
+    original = copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    planned = sum(d.flops for d in lr.plan(model, rank=4, input_size=(1, 3, 8, 8)))
+    low = lr.factorize(model, rank=4, input_size=(1, 3, 8, 8))
+    assert low[2] is low[4] and isinstance(low[4], LowRankConv2d)  # one layer, both calls
+    assert not any(p.shape == (16, 16, 3, 3) for p in low.parameters())
+    assert metrics.count(low, (1, 3, 8, 8)).flops == planned  # what the plan priced is what it built
+    # both calls compute the truncated weight: the original with that weight in its one shared conv
+    with torch.no_grad():
+        original[2].weight.copy_(low[2].to_dense().weight)
+        original[0].weight.copy_(low[0].to_dense().weight)
+        original[7] = low[7]
+    torch.testing.assert_close(low(x), original(x))
+
+
+def test_elrt_on_a_layer_used_twice_leaves_no_dense_weight_and_meets_its_budget():
+    torch.manual_seed(0)
+    model = _twice_used_conv_model()
+    dense = metrics.count(model, (1, 3, 8, 8)).flops
+    method = lr.ELRT(model, rank="flops:0.5", skip=[], input_size=(1, 3, 8, 8))
+    trained = method.model
+    assert trained[2] is trained[4]
+    assert not any(p.shape == (16, 16, 3, 3) for p in trained.parameters())
+    assert metrics.count(trained, (1, 3, 8, 8)).flops <= 0.5 * dense

@@ -143,3 +143,10 @@ def test_the_logged_learning_rate_of_the_swap_epoch_is_the_schedules(tmp_path):
     expected = [cfg["optim"]["lr"] * trainer.schedule(4 * epoch - 1) for epoch in (1, 2, 3, 4)]
     assert logged == pytest.approx(expected)
     assert logged[1] < 0.9 * cfg["optim"]["lr"]  # not the rebuilt optimizer's base rate
+
+
+@pytest.mark.parametrize("rank,message", [("flops:0.03", "unreachable"),
+                                          ({"layer1.0.conv1": 99}, "out of range")])
+def test_an_impossible_rank_is_refused_at_construction_not_at_the_swap(rank, message):
+    with pytest.raises(ValueError, match=f"SVDFinetune: rank .*{message}"):
+        SVDFinetune(models.create("resnet20"), rank=rank)

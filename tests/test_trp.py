@@ -588,3 +588,28 @@ def test_the_official_preset_leaves_option_b_shortcut_convs_dense():
     b = TRP(models.create("resnet20b"), eligible="official")
     assert a.layers == b.layers and not any("shortcut" in n for n in b.layers)  # 1×1 convs stay dense
     assert "layer2.0.shortcut.0" in TRP(models.create("resnet20b")).layers  # cheaper factorized: trained
+
+
+def test_per_layer_ranks_given_as_the_global_policy_and_a_model_name_are_refused_clearly():
+    with pytest.raises(ValueError, match="not ranks per layer .*final="):
+        lr.TRP(models.create("resnet20"), rank={"layer1.0.conv1": 3})
+    assert lr.TRP(models.create("resnet20"), rank={"flops": 0.5}).rank_policy.fraction == 0.5
+    with pytest.raises(TypeError, match="takes a model .*lr.models.create"):
+        lr.TRP("resnet20")
+
+
+def test_a_final_cut_that_decomposes_nothing_says_so_in_trps_words():
+    method = lr.TRP(models.create("resnet20"), nuclear=0.0)
+    with pytest.warns(UserWarning, match="^TRP.finalize: no layer was decomposed") as caught:
+        compact = method.finalize("energy:1.0")
+    assert len(caught) == 1 and caught[0].filename == __file__  # pointed at the caller's line
+    assert not any(isinstance(m, lr.LowRankConv2d) for m in compact.modules())
+
+
+def test_methods_pickle_with_their_rank_requests():
+    import pickle
+
+    method = lr.TRP(models.create("resnet20"), rank="flops:0.5")
+    copy = pickle.loads(pickle.dumps(method))
+    request = next(iter(method._requests.values()))
+    assert copy._requests[request.name].cost(3) == request.cost(3) > 0

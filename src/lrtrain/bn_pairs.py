@@ -8,8 +8,10 @@ model may call modules in any order), so the pairing is read from the forward pa
    conv's output (a conv whose output also goes elsewhere is not paired: folding a BN's scale into it
    would be wrong for the other use);
 2. when the model cannot be traced symbolically (data-dependent control flow), one real forward pass
-   with hooks: a BN is paired with the conv whose output tensor it receives unchanged (same tensor, no
-   in-place op in between). This fallback cannot see other consumers of the conv's output.
+   with hooks and autograd on: a BN is paired with the conv whose output tensor it receives unchanged
+   (same tensor, no in-place op in between) when the autograd graph shows no other consumer of that
+   tensor (the graph records every differentiable use; a use it cannot show, such as a conv run under
+   no_grad, leaves the conv unpaired).
 
 Either way a BN called more than once in a forward pass (shared by two convs, or also applied to another
 tensor) is paired with nothing.
@@ -35,7 +37,7 @@ def conv_bn_pairs(model: nn.Module, input_size=(1, 3, 32, 32)) -> dict[str, str]
         {'0': '1'}
 
     `input_size` is used only when the model cannot be traced with torch.fx and a real forward pass
-    (in eval mode, under no_grad, on zeros) is needed instead.
+    (in eval mode, on zeros) is needed instead.
     """
     try:
         graph = _ConvLeafTracer().trace(model)
@@ -77,7 +79,7 @@ def _pairs_from_graph(model: nn.Module, graph: fx.Graph) -> dict[str, str]:
 
 def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
     outputs: dict[int, tuple[str, torch.Tensor, int]] = {}  # id(output) -> (conv, output, its version)
-    calls: dict[str, int] = {}
+    calls: dict[str, list[object]] = {}  # conv -> the autograd node of each of its outputs
     bn_calls: dict[str, int] = {}
     fed: dict[str, list[str]] = {}  # conv -> the BN each of its outputs went into
 
@@ -85,7 +87,7 @@ def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
         def hook(module, args, out):
             # Keeping `out` alive keeps its id from being reused by another tensor during the pass.
             outputs[id(out)] = (name, out, out._version)
-            calls[name] = calls.get(name, 0) + 1
+            calls.setdefault(name, []).append(out.grad_fn)
         return hook
 
     def on_bn(name):
@@ -104,11 +106,44 @@ def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
         elif isinstance(m, nn.BatchNorm2d):
             handles.append(m.register_forward_pre_hook(on_bn(name)))
     try:
-        with _inference(model, input_size) as x:
-            model(x)
+        # autograd on (the input requires grad): the graph then names every consumer of a conv's output
+        with _inference(model, input_size) as x, torch.enable_grad():
+            uses = _consumers(model(x.requires_grad_()))
     finally:
         for h in handles:
             h.remove()
-    # A conv called more than once is paired only when every call fed the same BN, a BN only if called once.
+    # A conv called more than once is paired only when every call fed the same BN and nothing else, a BN
+    # only if called once.
     return {conv: bns[0] for conv, bns in fed.items()
-            if len(bns) == calls[conv] and len(set(bns)) == 1 and bn_calls[bns[0]] == 1}
+            if len(bns) == len(calls[conv]) and len(set(bns)) == 1 and bn_calls[bns[0]] == 1
+            and all(node is not None and uses.get(node, 0) == 1 for node in calls[conv])}
+
+
+def _consumers(out) -> dict[object, int]:
+    """How many autograd nodes (and returned tensors) consume the output of each node of the graph
+    behind `out` (a tensor, or tensors nested in tuples, lists and dicts)."""
+    roots = []
+    pending = [out]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            roots.append(item.grad_fn)
+        elif isinstance(item, (tuple, list)):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    counts: dict[object, int] = {}
+    stack = [node for node in roots if node is not None]
+    for node in stack:
+        counts[node] = counts.get(node, 0) + 1
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                counts[child] = counts.get(child, 0) + 1
+                stack.append(child)
+    return counts

@@ -87,9 +87,26 @@ def load_torch_file(path: str | Path, what: str, map_location: str | torch.devic
     and `path` and saying why in one line (a missing file stays FileNotFoundError)."""
     if Path(path).is_dir():
         raise ValueError(f"{path} is a directory, not a {what} file")
+    map_location = _device(map_location)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:  # damaged files raise many kinds (KeyError, struct.error, UnpicklingError, ...)
         raise ValueError(f"cannot read {what} {path}: {load_error(err)}") from None
+
+
+def _device(map_location: Any) -> Any:
+    """A device `map_location` that torch.load takes (it refuses ``"cpu:0"``), checked before the file is
+    read, so that a device this machine lacks is not reported as a damaged file."""
+    if not isinstance(map_location, (str, torch.device)):
+        return map_location  # a function or a mapping: torch.load's own forms
+    try:
+        device = torch.device(map_location)
+    except RuntimeError as err:
+        raise ValueError(f"map_location {map_location!r} is not a device: {err}") from None
+    if device.type == "cpu":
+        return "cpu"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"map_location {map_location!r}: this machine has no CUDA device")
+    return device

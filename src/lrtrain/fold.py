@@ -34,8 +34,8 @@ def fold_batchnorm(model: nn.Module, input_size=(1, 3, 32, 32), inplace: bool = 
     A BN is folded when it is the only consumer of a conv's output and normalizes nothing else
     (`bn_pairs.conv_bn_pairs`: plain, 1×1 and factorized convs alike; in a `LowRankConv2d` its last factor
     takes the bias) and keeps running statistics. For a model torch.fx cannot trace, the pairing comes
-    from a forward pass, which cannot see other uses of a conv's output: compare such a model's outputs
-    before and after (``lrtrain export`` does). The result computes what ``model.eval()`` computes, up to
+    from a forward pass with autograd on, whose graph shows the other uses of a conv's output (``lrtrain
+    export`` compares the outputs before and after all the same). The result computes what ``model.eval()`` computes, up to
     float round-off, and is returned in eval mode: it is for inference and export (training it would lose
     batch statistics). `input_size` is used only when the model cannot be traced with torch.fx. With
     ``inplace=False`` (the default) `model` is left as it was.

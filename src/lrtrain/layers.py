@@ -198,6 +198,8 @@ class LowRankLinear(nn.Module):
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
         """The best rank-`rank` approximation of `linear` (truncated SVD, √σ on each side; bias kept)."""
+        if not isinstance(linear, (nn.Linear, LowRankLinear)):  # a low-rank one: truncated further
+            raise ValueError(f"LowRankLinear.from_dense: expected an nn.Linear, got {type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():

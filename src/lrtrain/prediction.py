@@ -24,14 +24,18 @@ from . import models
 from .metrics import eval_mode, model_device
 
 
-def read_images(paths: Sequence[str | Path], size: int, resize: int | None = None) -> Tensor:
-    """The images at `paths` as one uint8 N×3×size×size tensor: RGB (grey, palette and alpha images
-    converted), the shorter side resized to `resize` (default `size`), centre-cropped. A missing file raises
-    FileNotFoundError, a folder or a file that cannot be decoded ValueError, naming it."""
+def read_images(paths: str | Path | Sequence[str | Path], size: int, resize: int | None = None) -> Tensor:
+    """The images at `paths` (one path, or several) as one uint8 N×3×size×size tensor: RGB (grey, palette
+    and alpha images converted), the shorter side resized to `resize` (default `size`), centre-cropped. A
+    missing file raises FileNotFoundError, a folder or a file that cannot be decoded ValueError, naming it."""
     from PIL import Image, UnidentifiedImageError
 
     from .data.folder import eval_transform
 
+    if isinstance(paths, (str, Path)):  # one file, not the characters of its name
+        paths = [paths]
+    if not paths:
+        raise ValueError("read_images: no image paths given")
     transform = eval_transform(size, resize or size)
     images = []
     for path in map(Path, paths):
@@ -61,7 +65,7 @@ def predict(model: nn.Module, images: Tensor, normalize: dict[str, list[float]] 
     if images.dtype != torch.uint8:  # 0-1 floats would be divided by 255 once more
         raise TypeError(f"predict takes uint8 images (0-255, as read_images gives), got {images.dtype}")
     # normalized in float32, then given to the model in its own dtype (one rounding, after normalizing)
-    net = Normalized(model, normalize or {"mean": [0.0] * 3, "std": [1.0] * 3})
+    net = Normalized(model, {"mean": [0.0] * 3, "std": [1.0] * 3} if normalize is None else normalize)
     device = model_device(model)
     with eval_mode(model):
         probs = torch.cat([net(batch.to(device).float() / 255).float().softmax(1).cpu()

@@ -59,6 +59,17 @@ def _per_mode(max_rank: Rank, fn: Callable[[int, Tensor | None], int], spectrum=
     return fn(max_rank, spectrum)
 
 
+def _number(value, where: str) -> float:
+    """`value` as a float; a ValueError naming `where` for anything else (NaN included: no range holds it)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if number != number:
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    return number
+
+
 def _check_multiple(multiple) -> int:
     whole = _whole(multiple)
     if whole is None or whole < 1:
@@ -104,7 +115,7 @@ class Energy(RankPolicy):
     needs_spectrum = True
 
     def __init__(self, energy: float, multiple: int = 1):
-        if not 0.0 < float(energy) <= 1.0:
+        if not 0.0 < _number(energy, "Energy: the fraction") <= 1.0:
             raise ValueError(f"Energy: the fraction must be in (0, 1], got {energy}")
         self.energy = float(energy)
         self.multiple = _check_multiple(multiple)
@@ -122,7 +133,7 @@ class Threshold(RankPolicy):
     needs_spectrum = True
 
     def __init__(self, value: float, multiple: int = 1):
-        if float(value) < 0:
+        if _number(value, "Threshold: the value") < 0:
             raise ValueError(f"Threshold: the value must be ≥ 0, got {value}")
         self.value = float(value)
         self.multiple = _check_multiple(multiple)
@@ -138,7 +149,7 @@ class Ratio(RankPolicy):
     """``max(1, int(ratio · max_rank))`` in each layer."""
 
     def __init__(self, ratio: float, multiple: int = 1):
-        if not 0.0 < float(ratio) <= 1.0:
+        if not 0.0 < _number(ratio, "Ratio: the ratio") <= 1.0:
             raise ValueError(f"Ratio: the ratio must be in (0, 1], got {ratio}")
         self.ratio = float(ratio)
         self.multiple = _check_multiple(multiple)
@@ -154,9 +165,10 @@ class FixedRank(RankPolicy):
     """The same rank in every layer, clamped to each layer's maximum rank."""
 
     def __init__(self, rank: int, multiple: int = 1):
-        if isinstance(rank, bool) or int(rank) != rank or int(rank) < 1:
+        whole = _whole(rank)
+        if whole is None or whole < 1:
             raise ValueError(f"FixedRank: the rank must be a positive integer, got {rank!r}")
-        self.rank = int(rank)
+        self.rank = whole
         self.multiple = _check_multiple(multiple)
 
     def layer_rank(self, max_rank, spectrum):
@@ -177,7 +189,7 @@ class FlopsBudget(RankPolicy):
     """
 
     def __init__(self, fraction: float, multiple: int = 1):
-        if not 0.0 < float(fraction) <= 1.0:
+        if not 0.0 < _number(fraction, "FlopsBudget: the fraction of dense FLOPs") <= 1.0:
             raise ValueError(f"FlopsBudget: the fraction of dense FLOPs must be in (0, 1], got {fraction}")
         self.fraction = float(fraction)
         self.multiple = _check_multiple(multiple)

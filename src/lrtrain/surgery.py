@@ -13,6 +13,7 @@ carries the plan out. The rules, in order:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from . import linalg
 from .layers import LowRankConv2d, LowRankLinear, check_factorizable
 from .metrics import trace_calls
 from .ranks import POLICIES, Rank, RankPolicy, RankRequest, parse_policy
-from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs
+from .schemes import ConvGeometry, Scheme, _whole, get_scheme, spec_macs
 
 log = logging.getLogger("lrtrain")
 
@@ -60,7 +61,7 @@ class Candidate:
 def _linear_request(name: str, lin: nn.Linear, calls) -> RankRequest:
     rows = sum(max(1, int(_prod(in_shape[1:-1]))) for in_shape, _ in calls)
     return RankRequest(name, min(lin.in_features, lin.out_features),
-                       cost=lambda r: rows * r * (lin.in_features + lin.out_features),
+                       cost=functools.partial(_linear_cost, rows, lin.in_features + lin.out_features),
                        dense_cost=rows * lin.in_features * lin.out_features)
 
 
@@ -71,7 +72,16 @@ def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, calls) -> RankRequ
     dense = sum(_prod(out_shape[-3:]) for _, out_shape in calls) * (conv.in_channels // conv.groups) \
         * _prod(conv.kernel_size)
     return RankRequest(name, scheme.max_rank(g), dense_cost=dense,
-                       cost=lambda r: sum(spec_macs(scheme.specs(g, r), hw) for hw in sizes))
+                       cost=functools.partial(_conv_cost, scheme, g, sizes))
+
+
+# module-level costs (not lambdas), so that a method holding rank requests can be pickled
+def _linear_cost(rows: int, fan: int, r: int) -> int:
+    return rows * r * fan
+
+
+def _conv_cost(scheme: Scheme, g: ConvGeometry, sizes: list, r: Rank) -> int:
+    return sum(spec_macs(scheme.specs(g, r), hw) for hw in sizes)
 
 
 def _why_not(conv: nn.Conv2d, scheme: Scheme) -> str:
@@ -214,8 +224,13 @@ def plan(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", 
         r = chosen[c.name]
         if c.scheme is not None:
             r = c.scheme.check_rank(ConvGeometry.of(c.module), r, where=c.name)
-        elif isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= c.request.max_rank:
-            raise ValueError(f"{c.name}: rank {r!r} is out of range (valid ranks are 1..{c.request.max_rank})")
+        else:
+            whole = _whole(r)
+            if whole is None:
+                raise ValueError(f"{c.name}: a linear layer takes one integer rank, got {r!r}")
+            if not 1 <= whole <= c.request.max_rank:
+                raise ValueError(f"{c.name}: rank {r!r} is out of range (valid ranks are 1..{c.request.max_rank})")
+            r = whole
         cost = c.request.cost(r)
         if cost >= c.request.dense_cost:
             reason = f"rank {r} would cost {cost:,} MACs, not less than dense {c.request.dense_cost:,}"
@@ -244,9 +259,14 @@ def _kind(c: Candidate) -> str:
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put `new` where the submodule `name` is (``"layer1.0.conv1"``)."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+    """Put `new` where the submodule `name` is (``"layer1.0.conv1"``), and under every other name the same
+    module is registered under (a layer used twice, e.g. ``nn.Sequential(conv, relu, conv)``, stays one
+    shared layer: `named_modules` lists it once, and its cost counts both calls)."""
+    old = model.get_submodule(name)
+    paths = {name} | {path for path, m in model.named_modules(remove_duplicate=False) if m is old and path}
+    for path in paths:
+        parent, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 @linalg.full_precision()

@@ -5,14 +5,15 @@ A loop that uses a method looks like this::
     method = lr.TRP(model, ...)            # may replace layers of `model`: train `method.model`
     method.setup(steps_per_epoch=len(loader), total_steps=epochs * len(loader))
     optimizer = torch.optim.SGD(method.model.parameters(), lr=0.1)
-    for x, y in loader:
-        loss = criterion(method.model(x), y)
-        loss.backward()
-        method.before_step()               # regularizer gradients (nuclear sub-gradient, ELRT terms)
-        optimizer.step(); optimizer.zero_grad()
-        method.after_step()                # every `period` steps: projection / rank pruning
-        if method.rebuild_optimizer:       # the method changed the set of parameters
-            optimizer = ...; method.rebuild_optimizer = False
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = criterion(method.model(x), y)
+            loss.backward()
+            method.before_step()           # regularizer gradients (nuclear sub-gradient, ELRT terms)
+            optimizer.step(); optimizer.zero_grad()
+            method.after_step()            # every `period` steps: projection / rank pruning
+            if method.rebuild_optimizer:   # the method changed the set of parameters
+                optimizer = ...; method.rebuild_optimizer = False
     compact = method.finalize()
 
 The base class is a no-op for every hook; a method overrides only what it needs.
@@ -37,6 +38,9 @@ class Method:
     name = "base"
 
     def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Module):  # a model name, say: lr.models.create(name) builds one
+            raise TypeError(f"{type(self).__name__} takes a model (an nn.Module), got {type(model).__name__} "
+                            f"{model!r:.60}" + (" (build it with lr.models.create)" if isinstance(model, str) else ""))
         self.model = model
         self.step = 0
         self.steps_per_epoch: int | None = None

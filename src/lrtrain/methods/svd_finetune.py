@@ -83,6 +83,11 @@ class SVDFinetune(Method):
         if self.dense_fraction == 0.0:
             self.swap()
             self.rebuild_optimizer = False  # no optimizer exists yet: the loop builds it over the factorized model
+        else:  # an impossible rank (an unreachable budget, a rank out of range) found now, not at the swap
+            try:
+                surgery.plan(model, self.rank, self.scheme, self.skip, self.input_size, self.linear)
+            except ValueError as err:
+                raise ValueError(f"SVDFinetune: rank {rank!r}: {err}") from None
 
     def setup(self, steps_per_epoch: int, total_steps: int) -> None:
         super().setup(steps_per_epoch, total_steps)

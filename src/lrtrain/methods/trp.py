@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import warnings
 from typing import Any, Iterable
 
 import torch
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from .. import linalg, surgery
 from ..metrics import count
-from ..ranks import Energy, FlopsBudget, RankPolicy, RankRequest, Threshold, parse_policy
+from ..ranks import POLICIES, Energy, FlopsBudget, RankPolicy, RankRequest, Threshold, parse_policy
 from ..schemes import SCHEMES, ConvGeometry, Scheme, get_scheme
 from . import register_method
 from .base import Method
@@ -150,6 +151,10 @@ class TRP(Method):
         if not 0.0 < float(energy) <= 1.0:
             raise ValueError(f"TRP: energy must be in (0, 1], got {energy!r}")
         # A global policy (e.g. "flops:0.45") in place of the per-layer energy rule at each projection.
+        if isinstance(rank, dict) and not set(rank) <= {*POLICIES, "multiple"}:
+            raise ValueError(f"TRP: rank is one global policy applied at each projection (e.g. 'flops:0.45'), "
+                             f"not ranks per layer (got {rank!r}); give per-layer ranks to the final cut: "
+                             f"final={{layer: rank}}")
         self.rank_policy = None if rank is None else parse_policy(rank)
         if not 0.0 <= float(ramp) <= 1.0:
             raise ValueError(f"TRP: ramp is a fraction of training in [0, 1], got {ramp!r}")
@@ -371,6 +376,12 @@ class TRP(Method):
             ranks = self._explicit(policy)
         else:
             ranks = self._policy_ranks(compact, parse_policy(policy))
+        decisions = surgery.plan(compact, ranks, self.scheme, input_size=self.input_size, linear=False)
+        if not any(d.factorize for d in decisions):  # said here, in the terms of the call the user made
+            warnings.warn(f"TRP.finalize: no layer was decomposed at the final ranks ({policy!r}): each layer's "
+                          "factorized form would cost at least its dense one, so the compact model is the "
+                          "trained model", stacklevel=3)  # past full_precision's wrapper
+            return compact
         return surgery.factorize(compact, rank=ranks, scheme=self.scheme, input_size=self.input_size, linear=False)
 
     def _explicit(self, ranks: dict) -> dict[str, int]:
