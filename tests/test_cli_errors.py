@@ -299,3 +299,56 @@ def test_a_warning_is_one_line_without_the_source_location(tmp_path, capsys):
                      "learning rate is never lowered there (set schedule.milestones for the shorter run, or "
                      "schedule.name=cosine)"]
     assert "config.py" not in err and warnings.showwarning.__module__ == "warnings"  # put back after the run
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    read, write = os.pipe()
+    os.close(read)  # `lrtrain info ... | head -1` once head has exited: every write meets a closed pipe
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-m", "lrtrain", "info", "resnet20", "--rank", "ratio:0.5"],
+                          stdout=write, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": src})
+    os.close(write)
+    assert done.stderr == "" and done.returncode == 141  # 128 + SIGPIPE, as the shell's tools end
+
+
+def test_a_method_setting_set_to_null_takes_the_methods_default_even_for_another_method(tmp_path, capsys):
+    from lrtrain.methods import create_method
+
+    trp = create_method("trp", nn.Conv2d(3, 4, 3), ramp=None, rank=None, nuclear=None, period=None)
+    assert (trp.ramp, trp.rank_policy, trp.nuclear, trp.period) == (0.0, None, 3e-4, 5)  # TRP's defaults
+    recipe = _recipe(tmp_path, TINY + "method: {name: lrpet, goal: 0.5, period: 2}\n")
+    assert cli.main(["train", recipe, "--out-dir", str(tmp_path / "run"), "--set", "method.name=dense",
+                     "--set", "method.goal=null", "--set", "method.period=null"]) == 0  # switched, not refused
+    assert "method 'dense'" not in capsys.readouterr().err
+
+
+def test_relative_paths_of_a_run_are_kept_absolute_so_it_resumes_and_scores_from_anywhere(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from test_data import _two_class_folder
+
+    _two_class_folder(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, TINY.replace("name: sample", "name: folder, dir: images, workers: 0")
+                     .replace("train_size: 64, test_size: 32, ", "").replace(", num_classes: 4", "")
+                     .replace("batch_size: 16", "batch_size: 2, eval_batch_size: 4"))
+    assert cli.main(["train", recipe, "--out-dir", "run"]) == 0
+    assert cli.main(["train", recipe, "--out-dir", "weighted", "--set", "model.weights=run"]) == 0  # a run dir
+    from lrtrain.config import load_recipe
+
+    assert load_recipe(str(tmp_path / "run"), [])["data"]["dir"] == str(tmp_path / "images")
+    monkeypatch.chdir(tmp_path / "images")  # elsewhere
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "run")]) == 0
+    assert cli.main(["train", str(tmp_path / "run"), "--resume", "--set", "train.epochs=2"]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_an_output_file_that_is_a_folder_is_named(run_dir, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    err = _fails(capsys, ["export", str(run_dir), "--format", "state_dict", "-o", str(tmp_path / "out")])
+    assert err == f"lrtrain: error: cannot write {tmp_path / 'out'}: it is a folder (give a file name in it)"

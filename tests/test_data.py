@@ -281,8 +281,22 @@ def test_hidden_folders_and_files_are_no_data(tmp_path):
     _two_class_folder(tmp_path, [("train/.ipynb_checkpoints/0.png", b"x"), ("train/ant/._0.png", b"\0\5"),
                                  ("train/ant/.DS_Store", b"x"), ("train/bee/notes.txt", b"x")])
     cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
-    data = build_data(cfg, device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match=r"train: 1 file\(s\) left out, of no image format PIL reads \(e.g. bee/notes.txt\)"):
+        data = build_data(cfg, device=torch.device("cpu"))
     assert data.num_classes == 2 and data.train.classes == ["ant", "bee"] and len(data.train.dataset) == 6
+
+
+def test_every_format_pil_reads_is_an_image_gif_included(tmp_path):
+    from PIL import Image
+
+    _two_class_folder(tmp_path)
+    Image.new("P", (12, 10), 3).save(tmp_path / "train" / "bee" / "moving.gif")
+    Image.new("RGB", (12, 10)).save(tmp_path / "train" / "ant" / "old.BMP")
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
+    data = build_data(cfg, device=torch.device("cpu"))
+    assert len(data.train.dataset) == 8
+    images, labels = next(data.train.batches(0))
+    assert images.shape == (2, 3, 8, 8)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -363,3 +377,13 @@ def test_test_data_of_a_folder_needs_only_its_val_split(tmp_path):
     raw, _ = next(named.test.batches())
     imagenet = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(x, (raw * imagenet[1] + imagenet[0] - 0.5) / 0.25, atol=1e-5, rtol=0)
+
+
+def test_a_training_folder_of_one_class_is_refused(tmp_path):
+    import shutil
+
+    _two_class_folder(tmp_path)
+    shutil.rmtree(tmp_path / "train" / "bee")
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
+    with pytest.raises(ValueError, match=r"train has one class folder \(ant\): a classifier needs two or more"):
+        build_data(cfg, device=torch.device("cpu"))

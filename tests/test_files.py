@@ -65,3 +65,17 @@ def test_every_cut_of_a_torch_file_reads_as_damaged(tmp_path):
 def test_writing_into_a_missing_folder_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"cannot write .*g.onnx: there is no folder {tmp_path / 'nodir'}$"):
         atomic_write_text(tmp_path / "nodir" / "g.onnx", "x")
+
+
+def test_damaged_bytes_inside_a_whole_file_and_a_torchscript_file_are_named(tmp_path):
+    torch.save({"w": torch.randn(256, 256)}, tmp_path / "whole.pt")
+    data = bytearray((tmp_path / "whole.pt").read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):  # inside the tensor's bytes: torch.load takes them
+        data[i] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    assert torch.load(tmp_path / "flipped.pt", weights_only=True)["w"].shape == (256, 256)
+    with pytest.raises(ValueError, match=r"flipped.pt: damaged \(the checksum of its part '.*data/0' does not"):
+        load_torch_file(tmp_path / "flipped.pt", "checkpoint")
+    torch.jit.script(nn.Linear(2, 2)).save(str(tmp_path / "model.ts"))
+    with pytest.raises(ValueError, match=r"model.ts: a TorchScript file \(torch.jit.load reads it\), not a model"):
+        load_torch_file(tmp_path / "model.ts", "compact model")

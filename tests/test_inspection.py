@@ -41,6 +41,10 @@ def test_compress_a_run_writes_a_compact_model_that_loads_back(dense_run, tmp_pa
     compact = lr.load(out)
     assert any(isinstance(m, LowRankConv2d) for m in compact.modules())
     assert lr.count(compact).flops <= 0.5 * lr.count(lr.models.create("resnet20")).flops
+    capsys.readouterr()
+    assert cli.main(["compress", str(out), "--rank", "flops:0.3", "-o", str(tmp_path / "again.pt")]) == 2
+    assert "is already a compact model (20 factorized layers, e.g. conv1): compress the dense" in capsys.readouterr().err
+    assert not (tmp_path / "again.pt").exists()
 
 
 def test_compress_at_full_energy_keeps_the_function(dense_run, tmp_path):

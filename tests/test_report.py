@@ -161,3 +161,20 @@ def test_an_unfinished_run_shows_how_far_it_got_and_step_drops_are_found(tmp_pat
     assert "| 4/10 (unfinished) | 68.00 (latest) | 70.25 |" in row
     assert report._lr_drops(report._read_csv(run / "metrics.csv")) == [2]  # 0.1 after epoch 2, then 0.01
     assert_real_png(tmp_path / "report" / "accuracy.png")
+
+
+def test_a_one_epoch_run_is_drawn_as_points_and_a_run_given_twice_is_shown_once(runs, tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    one = [{"epoch": "1", "test_acc": "40.0", "train_acc": "35.0", "lr": "0.1"}]
+    report.plot_accuracy({"short": one}, tmp_path / "a.png")
+    line = figures[0].axes[0].lines[0]
+    assert line.get_marker() == "o" and list(line.get_xdata()) == [1]  # a line of one point would not show
+    monkeypatch.undo()
+    path = report.write_report([runs / "dense", runs / "trp", str(runs / "dense")], tmp_path / "report")
+    markdown = path.read_text()
+    assert markdown.count("## Run dense") == 1 and "dense-2" not in markdown
+    assert markdown.index("## Run dense") < markdown.index("## Run trp")  # in the order first given
+    (tmp_path / "taken.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="taken.png is a file: the report is a folder"):
+        report.write_report([runs / "dense"], tmp_path / "taken.png")

@@ -8,6 +8,7 @@ with one line ``lrtrain: error: ...`` and status 2; ``--debug`` shows the traceb
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import warnings
@@ -410,6 +411,9 @@ def _warning(message, category, filename, lineno, file=None, line=None) -> None:
 def _main(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command].run(args)
+    except BrokenPipeError:  # its reader stopped early (`lrtrain info ... | head`): not a mistake to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at the interpreter's last flush
+        return 128 + signal.SIGPIPE
     except (ConfigError, OSError, ValueError) as err:  # OSError: a path that is a folder, unwritable, ...
         if args.debug:
             raise

@@ -41,6 +41,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: there is no folder {path.parent}")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder (give a file name in it)")
     fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -88,6 +90,9 @@ def load_torch_file(path: str | Path, what: str, map_location: str | torch.devic
     if Path(path).is_dir():
         raise ValueError(f"{path} is a directory, not a {what} file")
     map_location = _device(map_location)
+    problem = _archive_problem(path)
+    if problem:
+        raise ValueError(f"cannot read {what} {path}: {problem}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -110,3 +115,18 @@ def _device(map_location: Any) -> Any:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"map_location {map_location!r}: this machine has no CUDA device")
     return device
+
+
+def _archive_problem(path: str | Path) -> str | None:
+    """What torch.load would not say of the zip archive `path` (torch.save's format): a member whose CRC
+    does not match (torch.load does not check them: damaged bytes would load as weights), or TorchScript
+    code (torch.load's message about it is a page long). None otherwise, or when zipfile cannot read it
+    (torch.load then says what is wrong)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("/constants.pkl") for name in archive.namelist()):
+                return "a TorchScript file (torch.jit.load reads it), not a model file lrtrain reads"
+            damaged = archive.testzip()
+    except Exception:  # not a zip, or cut short
+        return None
+    return damaged and f"damaged (the checksum of its part {damaged!r} does not match its content)"

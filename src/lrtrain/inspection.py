@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import export, models
+from .layers import LowRankConv2d, LowRankLinear
 from .metrics import Counts, count
 from .pretrained import classifier_name, mismatches
 from .surgery import Decision, factorize, plan, why_none
@@ -212,6 +213,11 @@ def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str 
     import copy
 
     model, name, classes, size, names = load_trained(path)
+    factorized = [n for n, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))]
+    if factorized:  # compressing again would cut only what the first time left dense, at other rules
+        raise ValueError(f"{path} is already a compact model ({len(factorized)} factorized layers, e.g. "
+                         f"{factorized[0]}): compress the dense model it came from (a dense run or checkpoint; "
+                         "a TRP or LRPET run's checkpoints hold their weights in dense form)")
     decisions = plan(model, rank, scheme, skip, size)
     note = ""
     if not any(d.factorize for d in decisions):

@@ -14,12 +14,20 @@ from .files import load_torch_file
 def load_pretrained(model: nn.Module, path: str | Path, owner: str = "weights") -> None:
     """Load the weights in ``path`` into ``model``, in place.
 
-    ``path`` holds a state_dict (e.g. torchvision's ``resnet50-*.pth``), or a dict holding one under
+    ``path`` (a file, or a run directory: its newest checkpoint, else its compact.pt) holds a state_dict
+    (e.g. torchvision's ``resnet50-*.pth``), or a dict holding one under
     ``"model"`` (a lrtrain training checkpoint) or ``"state_dict"`` (a ``compact.pt`` of a dense run).
     Errors name ``owner`` (the option that gave the path) and what is wrong: no such file, not a
     PyTorch file, no state_dict in it, or the keys and shapes that do not fit the model.
     """
     path = Path(path)
+    if path.is_dir():  # a run directory: its model as last trained (its newest checkpoint, else compact.pt)
+        from .inspection import trained_file
+
+        try:
+            path = trained_file(path)
+        except FileNotFoundError as err:
+            raise ValueError(f"{owner}: {err}") from None
     if not path.is_file():
         raise ValueError(f"{owner}: no file {str(path)!r}")
     try:

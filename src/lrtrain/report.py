@@ -136,9 +136,10 @@ def plot_accuracy(curves: dict[str, list[dict[str, str]]], path: Path, colours: 
         # Test accuracy is empty in epochs the run did not evaluate (train.eval_every > 1).
         tested = [r for r in rows if r["test_acc"]]
         test = [float(r["test_acc"]) for r in tested]
-        test_ax.plot([int(r["epoch"]) for r in tested], test, "-", color=colour, label=label)
+        style = "-o" if len(rows) <= 20 else "-"  # a short run's points shown (one epoch: no line to see)
+        test_ax.plot([int(r["epoch"]) for r in tested], test, style, color=colour, label=label, markersize=3)
         train = [float(r["train_acc"]) for r in rows]
-        train_ax.plot(epochs, train, "-", color=colour, label=label)
+        train_ax.plot(epochs, train, style, color=colour, label=label, markersize=3)
         if label != name and tested:
             test_ax.plot(int(tested[-1]["epoch"]), test[-1], "x", color=colour, markersize=8)
         for epoch in _lr_drops(rows):
@@ -376,9 +377,14 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
     directory.
     """
     taken: set[str] = set()
-    runs = [_open_run(Path(p), taken) for p in run_dirs]
+    unique: dict[Path, Path] = {}
+    for p in run_dirs:  # a run given twice is shown once, where it first came
+        unique.setdefault(Path(p).resolve(), Path(p))
+    runs = [_open_run(p, taken) for p in unique.values()]
     points = load_paper_points(paper_points) if paper_points is not None else None
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file: the report is a folder (README.md and its plots); give another -o")
     out.mkdir(parents=True, exist_ok=True)
     curves = {}
     for run in runs:

@@ -7,6 +7,8 @@ on the training device, which moves a quarter of the bytes over PCIe.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -61,10 +63,17 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _is_image(path: str) -> bool:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+@functools.cache
+def _image_extensions() -> tuple[str, ...]:
+    """The file extensions of every format PIL can open (torchvision's list leaves out GIF and others)."""
+    from PIL import Image
 
-    return _visible(Path(path).name) and has_file_allowed_extension(path, IMG_EXTENSIONS)
+    Image.init()
+    return tuple(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def _is_image(path: str) -> bool:
+    return _visible(Path(path).name) and path.lower().endswith(_image_extensions())
 
 
 def _read_image(path: str):
@@ -89,8 +98,8 @@ def class_folders(root: Path) -> list[str]:
 
 
 class _ImageFiles(Dataset):
-    """The images of ``root/<class>/``, as torchvision's ImageFolder finds them (its file extensions, sorted
-    class names) but without hidden folders and files, and labelled by ``classes`` when given (the training
+    """The images of ``root/<class>/``, as torchvision's ImageFolder finds them (sorted class names), in any
+    format PIL reads, without hidden folders and files, and labelled by ``classes`` when given (the training
     set's: a validation folder may lack some classes, never hold one the list has not). Module-level, so
     that worker processes started by spawn can unpickle it."""
 
@@ -102,17 +111,31 @@ class _ImageFiles(Dataset):
         if classes is None:
             if not found:
                 raise FileNotFoundError(f"no class folder in {root} (expected {root}/<class>/*.jpg)")
+            if len(found) == 1:  # every prediction would be right: nothing to learn
+                raise ValueError(f"{root} has one class folder ({found[0]}): a classifier needs two or more")
             classes = found
         extra = sorted(set(found) - set(classes))
         if extra:
             raise ValueError(f"{root} has class folders that are not among the {len(classes)} classes it is "
                              f"labelled by (the training set's, or the model's: {_few(classes)}): {_few(extra)}")
         self.classes, self.transform = list(classes), transform
+        others: list[str] = []  # visible files that are not images: said, not dropped in silence
+
+        def valid(path: str) -> bool:
+            if _is_image(path):
+                return True
+            if _visible(Path(path).name):
+                others.append(path)
+            return False
+
         try:
             self.samples = make_dataset(str(root), {name: i for i, name in enumerate(self.classes)},
-                                        is_valid_file=_is_image, allow_empty=labelled)
+                                        is_valid_file=valid, allow_empty=labelled)
         except FileNotFoundError as err:  # "Found no valid file for the classes ...": name the folder
-            raise FileNotFoundError(f"{root}: {err}") from None
+            raise FileNotFoundError(f"{root}: {err} (files of a format PIL reads, e.g. .jpg, .png)") from None
+        if others:
+            warnings.warn(f"{root}: {len(others)} file(s) left out, of no image format PIL reads (e.g. "
+                          f"{Path(others[0]).relative_to(root)})", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.samples)

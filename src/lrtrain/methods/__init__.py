@@ -57,8 +57,11 @@ def _method_class(name: str) -> type[Method]:
 def create_method(name: str, model: nn.Module, **params: Any) -> Method:
     """Build the method ``name`` on ``model`` with ``params`` (a recipe's ``method`` section minus ``name``).
 
-    Unknown or missing parameters raise ValueError naming them and the ones the method takes.
+    Unknown or missing parameters raise ValueError naming them and the ones the method takes. A parameter
+    given as None (null in a recipe, ``--set method.goal=null``) is left out: the method's default, so a
+    recipe's setting can be unset, even one another method does not take.
     """
+    params = {key: value for key, value in params.items() if value is not None}
     cls = _method_class(name)
     signature = inspect.signature(cls)
     accepted = [p for p in list(signature.parameters)[1:]

@@ -51,6 +51,22 @@ RANK_FIELDS = ["step", "layer", "rank", "max_rank"]
 RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "compact_module.pt"]
 
 
+def _absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with its data folder and weight files (data.dir, model.weights, method.init) made absolute
+    where they name something relative to the working directory: the run's config.yaml then finds them
+    when the run is resumed or evaluated from elsewhere."""
+    places = [("data", "dir"), ("model", "weights"), ("method", "init")]
+    found = [(section, key) for section, key in places
+             if isinstance(config[section].get(key), str) and not Path(config[section][key]).is_absolute()
+             and Path(config[section][key]).exists()]
+    if not found:
+        return config
+    config = copy.deepcopy(config)
+    for section, key in found:
+        config[section][key] = str(Path(config[section][key]).resolve())
+    return config
+
+
 class DivergenceError(RuntimeError):
     """The loss became NaN or Inf; the run stopped and kept its last good checkpoint."""
 
@@ -217,7 +233,7 @@ class Trainer:
     def __init__(self, config: dict[str, Any], *, model: nn.Module | None = None, data: Data | None = None):
         if not config_mod.is_resolved(config):  # a hand-written dict: checked, completed with the defaults
             config = config_mod.resolve(config, source="Trainer config")
-        self.cfg = config
+        self.cfg = config = _absolute_paths(config)
         train_cfg = config["train"]
         self.world = distributed.init_from_env(use_cuda=train_cfg["device"] != "cpu" and torch.cuda.is_available())
         self.device = resolve_device(train_cfg["device"], self.world)
