@@ -174,7 +174,9 @@ def test_finalize_equals_projected_model_keeps_stride_and_cuts_vanished_layers()
 def test_finalize_never_makes_a_layer_costlier_than_dense():
     model = _tiny_resnet()
     method = LRPET(model, goal=0.0, period=1, input_size=SMALL)  # full rank: nothing is cheaper factorized
-    compact = method.finalize()
+    with pytest.warns(UserWarning, match="^LRPET.finalize: no layer was decomposed at its final ranks") as said:
+        compact = method.finalize()
+    assert [w.filename for w in said] == [__file__]  # one warning, pointed at the caller's line
     assert not any(isinstance(m, LowRankConv2d) for m in compact.modules())
     assert lr.count(compact, SMALL).flops == lr.count(model, SMALL).flops
 

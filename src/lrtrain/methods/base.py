@@ -22,9 +22,12 @@ The base class is a no-op for every hook; a method overrides only what it needs.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any
 
 from torch import nn
+
+from .. import surgery
 
 
 class Method:
@@ -88,3 +91,15 @@ class Method:
         """Restore `state_dict`'s output. On resume the trainer calls this *before* loading the model's
         weights, so a method that changed layer shapes rebuilds those layers here."""
         self.step = int(state["step"])
+
+
+def decompose(method: Method, compact: nn.Module, ranks: dict[str, Any], scheme, input_size) -> nn.Module:
+    """`surgery.factorize` of a method's `finalize` at explicit `ranks`; where no layer is cheaper factorized,
+    the model as it is, with a warning in the terms of the call its user made (``TRP.finalize``), pointed at
+    their line (past `finalize` and its `linalg.full_precision` wrapper)."""
+    decisions = surgery.plan(compact, ranks, scheme, input_size=input_size, linear=False)
+    if not any(d.factorize for d in decisions):
+        warnings.warn(f"{type(method).__name__}.finalize: no layer was decomposed at its final ranks: each "
+                      "layer's factorized form would cost at least its dense one", stacklevel=4)
+        return compact
+    return surgery.factorize(compact, rank=ranks, scheme=scheme, input_size=input_size, linear=False)

@@ -30,7 +30,7 @@ from ..bn_pairs import conv_bn_pairs
 from ..ranks import RankPolicy, parse_policy
 from ..schemes import ConvGeometry, get_scheme
 from . import register_method
-from .base import Method
+from .base import Method, decompose
 from .matrices import WeightGroup, group_weights
 
 log = logging.getLogger("lrtrain")
@@ -274,7 +274,7 @@ class LRPET(Method):
             surgery.replace_module(compact, name, VanishedConv2d(compact.get_submodule(name)))
         ranks = {n: self._ranks[n] for n in names if n not in vanished}
         if ranks:
-            surgery.factorize(compact, rank=ranks, scheme=self._scheme, input_size=self.input_size, linear=False)
+            compact = decompose(self, compact, ranks, self._scheme, self.input_size)
         if vanished:
             saved = sum(self._cands[n].request.dense_cost for n in vanished)
             log.info("LRPET: %d conv(s) vanished and were cut out (%s), saving %s MACs",

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import numbers
-import warnings
 from typing import Any, Iterable
 
 import torch
@@ -41,7 +40,7 @@ from ..metrics import count
 from ..ranks import POLICIES, Energy, FlopsBudget, RankPolicy, RankRequest, Threshold, parse_policy
 from ..schemes import SCHEMES, ConvGeometry, Scheme, get_scheme
 from . import register_method
-from .base import Method
+from .base import Method, decompose
 from .matrices import WeightGroup, group_weights
 
 ELIGIBILITY = ("default", "official")
@@ -376,13 +375,7 @@ class TRP(Method):
             ranks = self._explicit(policy)
         else:
             ranks = self._policy_ranks(compact, parse_policy(policy))
-        decisions = surgery.plan(compact, ranks, self.scheme, input_size=self.input_size, linear=False)
-        if not any(d.factorize for d in decisions):  # said here, in the terms of the call the user made
-            warnings.warn(f"TRP.finalize: no layer was decomposed at the final ranks ({policy!r}): each layer's "
-                          "factorized form would cost at least its dense one, so the compact model is the "
-                          "trained model", stacklevel=3)  # past full_precision's wrapper
-            return compact
-        return surgery.factorize(compact, rank=ranks, scheme=self.scheme, input_size=self.input_size, linear=False)
+        return decompose(self, compact, ranks, self.scheme, self.input_size)
 
     def _explicit(self, ranks: dict) -> dict[str, int]:
         """The given ranks of the layers `finalize` decomposes; trained layers it keeps dense (the official
