@@ -352,3 +352,13 @@ def test_an_output_file_that_is_a_folder_is_named(run_dir, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     err = _fails(capsys, ["export", str(run_dir), "--format", "state_dict", "-o", str(tmp_path / "out")])
     assert err == f"lrtrain: error: cannot write {tmp_path / 'out'}: it is a folder (give a file name in it)"
+
+
+def test_train_takes_the_device_on_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = _fails(capsys, ["train", _recipe(tmp_path), "--out-dir", str(tmp_path / "run"), "--device", "cuda"])
+    assert err == "lrtrain: error: device 'cuda': this machine has no CUDA device (use cpu or auto)"
+    assert cli.main(["train", _recipe(tmp_path), "--out-dir", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    from lrtrain.config import load_recipe
+
+    assert load_recipe(str(tmp_path / "run"), [])["train"]["device"] == "cpu"

@@ -52,6 +52,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the recipe's train.device)")
     p.add_argument("--out-dir", help="run directory (default: the recipe's out_dir, runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in a run directory that holds a run")
@@ -63,6 +64,8 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     if args.data_dir:
         cfg["data"]["dir"] = args.data_dir
+    if args.device:
+        cfg["train"]["device"] = args.device
     if args.out_dir:
         cfg["out_dir"] = args.out_dir
     elif Path(args.recipe).is_dir():  # the run directory itself, wherever it was moved since
