@@ -316,11 +316,16 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
     assert done.stderr == "" and done.returncode == 141  # 128 + SIGPIPE, as the shell's tools end
 
 
-def test_a_method_setting_set_to_null_takes_the_methods_default_even_for_another_method(tmp_path, capsys):
+def test_a_null_method_setting_is_named_where_the_method_cannot_take_it_and_dropped_for_another_method(
+        tmp_path, capsys):
+    from lrtrain import models
     from lrtrain.methods import create_method
 
-    trp = create_method("trp", nn.Conv2d(3, 4, 3), ramp=None, rank=None, nuclear=None, period=None)
-    assert (trp.ramp, trp.rank_policy, trp.nuclear, trp.period) == (0.0, None, 3e-4, 5)  # TRP's defaults
+    model = models.create("resnet20")
+    assert create_method("trp", model, rank=None, period=None).period == 0  # None is TRP's "never project"
+    with pytest.raises(ValueError, match=r"method 'trp': ramp=null, nuclear=null is not a value it takes "
+                                         r"\(.*\); leave the key out for the default \(ramp: 0.0, nuclear: 0.0003\)"):
+        create_method("trp", model, ramp=None, nuclear=None)
     recipe = _recipe(tmp_path, TINY + "method: {name: lrpet, goal: 0.5, period: 2}\n")
     assert cli.main(["train", recipe, "--out-dir", str(tmp_path / "run"), "--set", "method.name=dense",
                      "--set", "method.goal=null", "--set", "method.period=null"]) == 0  # switched, not refused
@@ -341,6 +346,12 @@ def test_relative_paths_of_a_run_are_kept_absolute_so_it_resumes_and_scores_from
     from lrtrain.config import load_recipe
 
     assert load_recipe(str(tmp_path / "run"), [])["data"]["dir"] == str(tmp_path / "images")
+    from lrtrain.train.trainer import _absolute_paths
+
+    (tmp_path / "orthogonal").mkdir()  # a folder named as ELRT's init choice: the setting is no path
+    elrt = resolve({"method": {"name": "elrt", "init": "orthogonal"}, "model": {"weights": "images"}})
+    assert _absolute_paths(elrt)["method"]["init"] == "orthogonal"
+    assert _absolute_paths(elrt)["model"]["weights"] == str(tmp_path / "images")
     monkeypatch.chdir(tmp_path / "images")  # elsewhere
     capsys.readouterr()
     assert cli.main(["evaluate", str(tmp_path / "run")]) == 0
@@ -362,3 +373,16 @@ def test_train_takes_the_device_on_the_command_line(tmp_path, capsys, monkeypatc
     from lrtrain.config import load_recipe
 
     assert load_recipe(str(tmp_path / "run"), [])["train"]["device"] == "cpu"
+
+
+def test_a_broken_pipe_that_is_not_the_output_is_an_error(monkeypatch, capsys):
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    import dataclasses
+
+    monkeypatch.setitem(cli.COMMANDS, "info", dataclasses.replace(cli.COMMANDS["info"], run=broken))
+    assert cli.main(["info", "resnet20"]) == 2  # stdout here is pytest's capture, not a closed pipe
+    assert "Broken pipe" in capsys.readouterr().err
+    with pytest.raises(BrokenPipeError):
+        cli.main(["--debug", "info", "resnet20"])

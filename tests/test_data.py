@@ -281,19 +281,21 @@ def test_hidden_folders_and_files_are_no_data(tmp_path):
     _two_class_folder(tmp_path, [("train/.ipynb_checkpoints/0.png", b"x"), ("train/ant/._0.png", b"\0\5"),
                                  ("train/ant/.DS_Store", b"x"), ("train/bee/notes.txt", b"x")])
     cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
-    with pytest.warns(UserWarning, match=r"train: 1 file\(s\) left out, of no image format PIL reads \(e.g. bee/notes.txt\)"):
+    with pytest.warns(UserWarning, match=r"train: 1 file\(s\) left out, not of an image format \(e.g. bee/notes.txt\)"):
         data = build_data(cfg, device=torch.device("cpu"))
     assert data.num_classes == 2 and data.train.classes == ["ant", "bee"] and len(data.train.dataset) == 6
 
 
-def test_every_format_pil_reads_is_an_image_gif_included(tmp_path):
+def test_gif_and_upper_case_extensions_are_images_and_a_video_is_not(tmp_path):
     from PIL import Image
 
     _two_class_folder(tmp_path)
     Image.new("P", (12, 10), 3).save(tmp_path / "train" / "bee" / "moving.gif")
     Image.new("RGB", (12, 10)).save(tmp_path / "train" / "ant" / "old.BMP")
+    (tmp_path / "train" / "ant" / "clip.mpg").write_bytes(b"\0\0\1\xba" + bytes(60))  # PIL registers .mpg
     cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
-    data = build_data(cfg, device=torch.device("cpu"))
+    with pytest.warns(UserWarning, match=r"1 file\(s\) left out, not of an image format \(e.g. ant/clip.mpg\)"):
+        data = build_data(cfg, device=torch.device("cpu"))
     assert len(data.train.dataset) == 8
     images, labels = next(data.train.batches(0))
     assert images.shape == (2, 3, 8, 8)

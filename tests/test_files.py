@@ -79,3 +79,15 @@ def test_damaged_bytes_inside_a_whole_file_and_a_torchscript_file_are_named(tmp_
     torch.jit.script(nn.Linear(2, 2)).save(str(tmp_path / "model.ts"))
     with pytest.raises(ValueError, match=r"model.ts: a TorchScript file \(torch.jit.load reads it\), not a model"):
         load_torch_file(tmp_path / "model.ts", "compact model")
+
+
+def test_a_file_saved_without_checksums_loads(tmp_path):
+    from torch.utils.serialization import config
+
+    before = config.save.compute_crc32  # set and put back by hand: monkeypatch would delete the option
+    config.save.compute_crc32 = False
+    try:
+        torch.save({"w": torch.arange(5.0)}, tmp_path / "plain.pt")
+    finally:
+        config.save.compute_crc32 = before
+    assert torch.equal(load_torch_file(tmp_path / "plain.pt", "checkpoint")["w"], torch.arange(5.0))

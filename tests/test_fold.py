@@ -148,3 +148,52 @@ def test_convs_sharing_a_weight_each_fold_their_own_batchnorm():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=0)
+
+
+class _BranchOnConv(nn.Module):
+    """Untraceable (a branch on a value) and the conv's output used where no graph shows it."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.conv, self.bn = how, nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        with torch.no_grad():
+            self.conv.bias.fill_(5.0)  # its output is positive, its BN's output negative
+            self.bn.running_mean.fill_(10.0)
+
+    def forward(self, x):
+        if x.abs().sum() < 0:  # never, but torch.fx cannot trace a branch on a value
+            return x
+        y = self.conv(x)
+        if self.how == "branch":
+            return self.bn(y) if y.mean() > 0 else -self.bn(y)
+        return self.bn(y) * (y > 0)  # a use autograd records no edge for
+
+
+@pytest.mark.parametrize("how", ["branch", "mask"])
+def test_a_fold_a_forward_pass_cannot_see_is_checked_and_left_undone(how):
+    model = _BranchOnConv(how).eval()
+    with pytest.warns(UserWarning, match="cannot be traced by torch.fx, and folding its BatchNorms changed its "
+                                         "outputs .*: it is left unfolded"):
+        folded = lr.fold_batchnorm(model, input_size=(1, 3, 8, 8))
+    assert _bns(folded) == 1
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x))
+
+
+def test_a_model_autograd_cannot_follow_is_still_paired_and_folded():
+    class InPlaceInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            x = x.sub_(0.5)  # in place on the input: autograd refuses a leaf that requires grad
+            return self.bn(self.conv(x)) if x.shape[0] > 0 else x
+
+    model = _random_statistics(InPlaceInput())
+    folded = lr.fold_batchnorm(model, input_size=(1, 3, 8, 8))
+    assert _bns(folded) == 0
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x.clone()), model(x.clone()), rtol=1e-4, atol=1e-5)

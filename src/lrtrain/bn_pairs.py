@@ -8,10 +8,11 @@ model may call modules in any order), so the pairing is read from the forward pa
    conv's output (a conv whose output also goes elsewhere is not paired: folding a BN's scale into it
    would be wrong for the other use);
 2. when the model cannot be traced symbolically (data-dependent control flow), one real forward pass
-   with hooks and autograd on: a BN is paired with the conv whose output tensor it receives unchanged
-   (same tensor, no in-place op in between) when the autograd graph shows no other consumer of that
-   tensor (the graph records every differentiable use; a use it cannot show, such as a conv run under
-   no_grad, leaves the conv unpaired).
+   with hooks: a BN is paired with the conv whose output tensor it receives unchanged (same tensor, no
+   in-place op in between) and, where autograd can follow the pass, when no other node of the autograd
+   graph consumes that tensor. This fallback cannot see a use that leaves no trace in the graph (a branch
+   taken on the conv's output, a non-differentiable op): `find_pairs` says when it was used, and
+   `fold.fold_batchnorm` then checks the folded model's outputs.
 
 Either way a BN called more than once in a forward pass (shared by two convs, or also applied to another
 tensor) is paired with nothing.
@@ -39,13 +40,19 @@ def conv_bn_pairs(model: nn.Module, input_size=(1, 3, 32, 32)) -> dict[str, str]
     `input_size` is used only when the model cannot be traced with torch.fx and a real forward pass
     (in eval mode, on zeros) is needed instead.
     """
+    return find_pairs(model, input_size)[0]
+
+
+def find_pairs(model: nn.Module, input_size=(1, 3, 32, 32)) -> tuple[dict[str, str], bool]:
+    """`conv_bn_pairs`, and whether torch.fx traced the model (False: a forward pass paired it, which can
+    miss a use of a conv's output, see the module's docstring)."""
     try:
         graph = _ConvLeafTracer().trace(model)
     except Exception as err:  # fx raises many kinds of errors on untraceable Python control flow
         log.info("conv_bn_pairs: torch.fx cannot trace %s (%s); pairing from a forward pass",
                  type(model).__name__, err)
-        return _pairs_from_forward(model, input_size)
-    return _pairs_from_graph(model, graph)
+        return _pairs_from_forward(model, input_size), False
+    return _pairs_from_graph(model, graph), True
 
 
 class _ConvLeafTracer(fx.Tracer):
@@ -78,6 +85,13 @@ def _pairs_from_graph(model: nn.Module, graph: fx.Graph) -> dict[str, str]:
 
 
 def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
+    try:  # autograd on (the input requires grad): the graph then names the other consumers of a conv's output
+        return _forward_pass_pairs(model, input_size, autograd=True)
+    except Exception:  # a model autograd cannot follow (in-place ops on its input, .numpy(), inference tensors)
+        return _forward_pass_pairs(model, input_size, autograd=False)
+
+
+def _forward_pass_pairs(model: nn.Module, input_size, autograd: bool) -> dict[str, str]:
     outputs: dict[int, tuple[str, torch.Tensor, int]] = {}  # id(output) -> (conv, output, its version)
     calls: dict[str, list[object]] = {}  # conv -> the autograd node of each of its outputs
     bn_calls: dict[str, int] = {}
@@ -106,17 +120,21 @@ def _pairs_from_forward(model: nn.Module, input_size) -> dict[str, str]:
         elif isinstance(m, nn.BatchNorm2d):
             handles.append(m.register_forward_pre_hook(on_bn(name)))
     try:
-        # autograd on (the input requires grad): the graph then names every consumer of a conv's output
-        with _inference(model, input_size) as x, torch.enable_grad():
-            uses = _consumers(model(x.requires_grad_()))
+        with _inference(model, input_size) as x, torch.set_grad_enabled(autograd):
+            out = model(x.requires_grad_() if autograd else x)
+            uses = _consumers(out) if autograd else None
     finally:
         for h in handles:
             h.remove()
+
+    def alone(node) -> bool:  # the conv output's only consumer is its BN (unknown without autograd)
+        return uses is None or (node is not None and uses.get(node, 0) == 1)
+
     # A conv called more than once is paired only when every call fed the same BN and nothing else, a BN
     # only if called once.
     return {conv: bns[0] for conv, bns in fed.items()
             if len(bns) == len(calls[conv]) and len(set(bns)) == 1 and bn_calls[bns[0]] == 1
-            and all(node is not None and uses.get(node, 0) == 1 for node in calls[conv])}
+            and all(alone(node) for node in calls[conv])}
 
 
 def _consumers(out) -> dict[object, int]:

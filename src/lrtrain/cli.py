@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 import warnings
@@ -414,12 +415,13 @@ def _warning(message, category, filename, lineno, file=None, line=None) -> None:
 def _main(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command].run(args)
-    except BrokenPipeError:  # its reader stopped early (`lrtrain info ... | head`): not a mistake to report
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at the interpreter's last flush
-        return 128 + signal.SIGPIPE
     except (ConfigError, OSError, ValueError) as err:  # OSError: a path that is a folder, unwritable, ...
         if args.debug:
             raise
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            # its reader stopped early (`lrtrain info ... | head`): not a mistake to report, nor at exit's flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
         _error(err)
         return 2
     except KeyboardInterrupt:
@@ -440,6 +442,16 @@ def _main(args: argparse.Namespace) -> int:
             raise
         _error(f"out of memory: {str(err).splitlines()[0]} (lower data.batch_size or data.eval_batch_size)")
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll on this platform, or no real stdout
+        return False
 
 
 def _error(err: BaseException) -> None:

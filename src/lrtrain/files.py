@@ -126,6 +126,8 @@ def _archive_problem(path: str | Path) -> str | None:
         with zipfile.ZipFile(path) as archive:
             if any(name.endswith("/constants.pkl") for name in archive.namelist()):
                 return "a TorchScript file (torch.jit.load reads it), not a model file lrtrain reads"
+            if not any(info.CRC for info in archive.infolist()):  # saved without CRCs (torch's compute_crc32)
+                return None
             damaged = archive.testzip()
     except Exception:  # not a zip, or cut short
         return None

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
 
-from .bn_pairs import conv_bn_pairs
+from .bn_pairs import find_pairs
 from .layers import LowRankConv2d
+from .metrics import eval_mode, model_device, model_dtype
 from .surgery import replace_module
 
 
@@ -34,25 +36,61 @@ def fold_batchnorm(model: nn.Module, input_size=(1, 3, 32, 32), inplace: bool = 
     A BN is folded when it is the only consumer of a conv's output and normalizes nothing else
     (`bn_pairs.conv_bn_pairs`: plain, 1×1 and factorized convs alike; in a `LowRankConv2d` its last factor
     takes the bias) and keeps running statistics. For a model torch.fx cannot trace, the pairing comes
-    from a forward pass with autograd on, whose graph shows the other uses of a conv's output (``lrtrain
-    export`` compares the outputs before and after all the same). The result computes what ``model.eval()`` computes, up to
-    float round-off, and is returned in eval mode: it is for inference and export (training it would lose
-    batch statistics). `input_size` is used only when the model cannot be traced with torch.fx. With
+    from a forward pass, which can miss a use of a conv's output (a branch taken on it): such a model is
+    folded on a copy first and, where that copy's outputs on a random input of `input_size` differ from
+    the model's, returned unfolded, with a warning. The result computes what ``model.eval()`` computes, up
+    to float round-off, and is returned in eval mode: it is for inference and export (training it would
+    lose batch statistics). `input_size` is used only when the model cannot be traced with torch.fx. With
     ``inplace=False`` (the default) `model` is left as it was.
     """
+    pairs, traced = find_pairs(model, input_size)
+    if not traced and pairs:
+        pairs = _checked(model, pairs, input_size)
     folded = model if inplace else copy.deepcopy(model)
-    owners = {f"{name}.factors.{len(m.factors) - 1}": m for name, m in folded.named_modules()
+    _fold_pairs(folded, pairs)
+    return folded.eval()
+
+
+def _fold_pairs(model: nn.Module, pairs: dict[str, str]) -> None:
+    owners = {f"{name}.factors.{len(m.factors) - 1}": m for name, m in model.named_modules()
               if isinstance(m, LowRankConv2d)}
-    for conv_name, bn_name in conv_bn_pairs(folded, input_size).items():
-        bn = folded.get_submodule(bn_name)
+    for conv_name, bn_name in pairs.items():
+        bn = model.get_submodule(bn_name)
         if not bn.track_running_stats or bn.running_mean is None:
             continue  # normalized by batch statistics even in eval mode: no fixed affine map to fold
-        _fold_into(folded.get_submodule(conv_name), bn)
-        replace_module(folded, bn_name, nn.Identity())
+        _fold_into(model.get_submodule(conv_name), bn)
+        replace_module(model, bn_name, nn.Identity())
         owner = owners.get(conv_name)
         if owner is not None:  # its description (export.save) must say that its last factor has a bias now
             owner.geometry = dataclasses.replace(owner.geometry, bias=True)
-    return folded.eval()
+
+
+def _checked(model: nn.Module, pairs: dict[str, str], input_size) -> dict[str, str]:
+    """`pairs` where folding them on a copy keeps the model's outputs on a random input; else none, with a
+    warning (a forward pass's pairing, for a model torch.fx cannot trace, can miss a use of a conv's output)."""
+    trial = copy.deepcopy(model)
+    _fold_pairs(trial, pairs)
+    x = torch.randn(tuple(input_size), generator=torch.Generator().manual_seed(0)).to(
+        model_device(model), model_dtype(model))
+    with torch.no_grad(), eval_mode(model), eval_mode(trial):
+        expected, got = _leaves(model(x.clone())), _leaves(trial(x.clone()))  # a model may write its input
+    tol = 1e-2 if model_dtype(model) in (torch.float16, torch.bfloat16) else 1e-4
+    if len(expected) == len(got) and all(
+            torch.allclose(g.float(), e.float(), rtol=tol, atol=tol * float(e.float().abs().max().clamp_min(1)))
+            for e, g in zip(expected, got)):
+        return pairs
+    warnings.warn(f"fold_batchnorm: {type(model).__name__} cannot be traced by torch.fx, and folding its "
+                  "BatchNorms changed its outputs (a conv's output is used where a forward pass cannot see): "
+                  "it is left unfolded", stacklevel=3)
+    return {}
+
+
+def _leaves(out) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or tensors nested in tuples, lists and dicts)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else []
+    return [t for item in items for t in _leaves(item)]
 
 
 @torch.no_grad()

@@ -7,7 +7,6 @@ on the training device, which moves a quarter of the bytes over PCIe.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -63,17 +62,13 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-@functools.cache
-def _image_extensions() -> tuple[str, ...]:
-    """The file extensions of every format PIL can open (torchvision's list leaves out GIF and others)."""
-    from PIL import Image
-
-    Image.init()
-    return tuple(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
-
-
 def _is_image(path: str) -> bool:
-    return _visible(Path(path).name) and path.lower().endswith(_image_extensions())
+    """A visible file of an image format: torchvision's list (JPEG, PNG, BMP, TIFF, WebP, PPM/PGM) and GIF,
+    not every extension PIL registers (its HDF5, FITS or MPEG plugins cannot decode what lies beside
+    images in practice, and a stray file would then stop a run)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    return _visible(Path(path).name) and has_file_allowed_extension(path, (*IMG_EXTENSIONS, ".gif"))
 
 
 def _read_image(path: str):
@@ -98,8 +93,8 @@ def class_folders(root: Path) -> list[str]:
 
 
 class _ImageFiles(Dataset):
-    """The images of ``root/<class>/``, as torchvision's ImageFolder finds them (sorted class names), in any
-    format PIL reads, without hidden folders and files, and labelled by ``classes`` when given (the training
+    """The images of ``root/<class>/``, as torchvision's ImageFolder finds them (sorted class names; GIF
+    too), without hidden folders and files, and labelled by ``classes`` when given (the training
     set's: a validation folder may lack some classes, never hold one the list has not). Module-level, so
     that worker processes started by spawn can unpickle it."""
 
@@ -132,10 +127,10 @@ class _ImageFiles(Dataset):
             self.samples = make_dataset(str(root), {name: i for i, name in enumerate(self.classes)},
                                         is_valid_file=valid, allow_empty=labelled)
         except FileNotFoundError as err:  # "Found no valid file for the classes ...": name the folder
-            raise FileNotFoundError(f"{root}: {err} (files of a format PIL reads, e.g. .jpg, .png)") from None
+            raise FileNotFoundError(f"{root}: {err} (images: .jpg, .png, .gif, .bmp, .tif, .webp, .ppm)") from None
         if others:
-            warnings.warn(f"{root}: {len(others)} file(s) left out, of no image format PIL reads (e.g. "
-                          f"{Path(others[0]).relative_to(root)})", stacklevel=2)
+            warnings.warn(f"{root}: {len(others)} file(s) left out, not of an image format (e.g. "
+                          f"{Path(others[0]).relative_to(root)})")
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -45,7 +45,8 @@ def list_methods(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
-def _method_class(name: str) -> type[Method]:
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``; ValueError naming the valid names (and a close one) otherwise."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -58,15 +59,17 @@ def create_method(name: str, model: nn.Module, **params: Any) -> Method:
     """Build the method ``name`` on ``model`` with ``params`` (a recipe's ``method`` section minus ``name``).
 
     Unknown or missing parameters raise ValueError naming them and the ones the method takes. A parameter
-    given as None (null in a recipe, ``--set method.goal=null``) is left out: the method's default, so a
-    recipe's setting can be unset, even one another method does not take.
+    the method does not take, given as None (null in a recipe: ``--set method.name=dense --set
+    method.goal=null``), is left out, so that a recipe can be switched to another method; one it takes is
+    passed on (None means something to some: TRP's ``period=None`` never projects), and where the method
+    cannot take None the error names the setting.
     """
-    params = {key: value for key, value in params.items() if value is not None}
-    cls = _method_class(name)
+    cls = method_class(name)
     signature = inspect.signature(cls)
     accepted = [p for p in list(signature.parameters)[1:]
                 if signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    params = {key: value for key, value in params.items() if value is not None or key in accepted or takes_any}
     for key in params:
         if key not in accepted and not takes_any:
             close = difflib.get_close_matches(key, accepted, n=1)
@@ -77,8 +80,17 @@ def create_method(name: str, model: nn.Module, **params: Any) -> Method:
         signature.bind(model, **params)
     except TypeError as err:
         raise ValueError(f"method {name!r}: {err}") from None
+    nulls = [key for key, value in params.items() if value is None]
     try:
         return cls(model, **params)
+    except TypeError as err:  # None where a number or a sequence belongs: float(None), iter(None), ...
+        if not nulls:
+            raise
+        defaults = ", ".join(f"{k}: {signature.parameters[k].default!r}" for k in nulls
+                             if signature.parameters[k].default is not inspect.Parameter.empty)
+        raise ValueError(f"method {name!r}: {', '.join(f'{k}=null' for k in nulls)} is not a value it takes "
+                         f"({err}); leave the key out for the default" + (f" ({defaults})" if defaults else "")
+                         ) from None
     except ValueError as err:
         # A recipe's text where a number belongs fails inside Python's own conversions, whose messages name
         # neither the method nor the parameter: name both. Other errors pass as they are.
@@ -100,4 +112,4 @@ from .svd_finetune import SVDFinetune  # noqa: E402
 from .trp import TRP  # noqa: E402
 
 __all__ = ["Dense", "ELRT", "LRPET", "Method", "SVDFinetune", "TRP", "create_method", "list_methods",
-           "register_method"]
+           "method_class", "register_method"]

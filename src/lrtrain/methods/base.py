@@ -39,6 +39,7 @@ class Method:
     """
 
     name = "base"
+    path_params: tuple[str, ...] = ()  # settings that name files (a run's config.yaml keeps them absolute)
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):  # a model name, say: lr.models.create(name) builds one

@@ -17,7 +17,7 @@ from torch import nn
 from .. import linalg, surgery
 from ..layers import LowRankConv2d, LowRankLinear
 from ..pretrained import load_pretrained
-from ..ranks import parse_policy
+from ..ranks import FlopsBudget, parse_policy
 from ..schemes import get_scheme
 from . import register_method
 from .base import Method
@@ -55,6 +55,8 @@ class SVDFinetune(Method):
         input_size: input shape used to trace the model (layer FLOPs for the rank policy).
     """
 
+    path_params = ("init",)
+
     def __init__(self, model: nn.Module, rank: Any = "flops:0.45", scheme: str = "channel",
                  dense_fraction: float | None = None, init: str | None = None, skip: Iterable[str] = (),
                  linear: bool = False, input_size=(1, 3, 32, 32)):
@@ -83,9 +85,12 @@ class SVDFinetune(Method):
         if self.dense_fraction == 0.0:
             self.swap()
             self.rebuild_optimizer = False  # no optimizer exists yet: the loop builds it over the factorized model
-        else:  # an impossible rank (an unreachable budget, a rank out of range) found now, not at the swap
+        else:  # an impossible rank (a rank out of range, an unreachable budget) found now, not at the swap
             try:
-                surgery.plan(model, self.rank, self.scheme, self.skip, self.input_size, self.linear)
+                if isinstance(self.rank, dict):
+                    surgery.plan(model, self.rank, self.scheme, self.skip, self.input_size, self.linear)
+                elif isinstance(self.rank, FlopsBudget):  # its floor, without the spectra the swap will use
+                    self.rank([c.request for c in cands], fixed_cost=sum(d.dense_flops for d in skipped))
             except ValueError as err:
                 raise ValueError(f"SVDFinetune: rank {rank!r}: {err}") from None
 

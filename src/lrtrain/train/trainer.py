@@ -18,6 +18,7 @@ import copy
 import csv
 import io
 import json
+import os
 import random
 import signal
 import threading
@@ -52,18 +53,21 @@ RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact
 
 
 def _absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` with its data folder and weight files (data.dir, model.weights, method.init) made absolute
-    where they name something relative to the working directory: the run's config.yaml then finds them
-    when the run is resumed or evaluated from elsewhere."""
-    places = [("data", "dir"), ("model", "weights"), ("method", "init")]
+    """`config` with its data folder and weight files (data.dir, model.weights, a method's file settings
+    such as SVDFinetune's init) made absolute where they name something relative to the working
+    directory: the run's config.yaml then finds them when the run is resumed or evaluated from elsewhere."""
+    from ..methods import method_class
+
+    places = [("data", "dir"), ("model", "weights"),
+              *(("method", key) for key in method_class(config["method"]["name"]).path_params)]
     found = [(section, key) for section, key in places
-             if isinstance(config[section].get(key), str) and not Path(config[section][key]).is_absolute()
-             and Path(config[section][key]).exists()]
+             if isinstance(config[section].get(key), str) and not os.path.isabs(config[section][key])
+             and os.path.exists(config[section][key])]
     if not found:
         return config
     config = copy.deepcopy(config)
     for section, key in found:
-        config[section][key] = str(Path(config[section][key]).resolve())
+        config[section][key] = os.path.abspath(config[section][key])
     return config
 
 
