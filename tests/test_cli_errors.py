@@ -386,3 +386,46 @@ def test_a_broken_pipe_that_is_not_the_output_is_an_error(monkeypatch, capsys):
     assert "Broken pipe" in capsys.readouterr().err
     with pytest.raises(BrokenPipeError):
         cli.main(["--debug", "info", "resnet20"])
+
+
+@pytest.mark.parametrize("classes", [0, 3])
+def test_a_model_with_fewer_classes_than_the_data_is_one_line_before_training(tmp_path, capsys, classes):
+    err = _fails(capsys, ["train", _recipe(tmp_path), "--out-dir", str(tmp_path / "run"),
+                          "--set", f"model.num_classes={classes}"])
+    assert err == (f"lrtrain: error: model.num_classes is {classes}, but the data has 4 classes (labels 0..3): "
+                   "give at least 4, or leave it out for the data's")
+
+
+def test_contradictory_or_impossible_run_flags_and_a_demo_over_another_run_are_refused(run_dir, tmp_path, capsys):
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    err = _fails(capsys, ["demo", "--out-dir", str(run_dir)])
+    assert err == f"lrtrain: error: {run_dir} holds a run that is not a demo: the demo replaces its folder, so " \
+                  "give it another --out-dir"
+    assert sorted(p.name for p in run_dir.rglob("*")) == before  # nothing of the run lost
+    assert "give one" in _fails(capsys, ["train", str(run_dir), "--resume", "--overwrite"])
+    assert "give a number of seconds, 0 or more" in _fails(capsys, ["train", str(run_dir), "--time-limit", "-5"])
+
+
+@pytest.mark.parametrize("command", [["compress", "--rank", "ratio:0.5"], ["export", "--format", "state_dict"]])
+def test_an_output_onto_a_runs_own_file_is_refused(run_dir, capsys, command):
+    kept = (run_dir / "compact.pt").read_bytes()
+    err = _fails(capsys, [command[0], str(run_dir), *command[1:], "-o", str(run_dir / "compact.pt")])
+    assert err == f"lrtrain: error: {run_dir / 'compact.pt'} is a file of the run in {run_dir}: write the output " \
+                  "elsewhere"
+    assert (run_dir / "compact.pt").read_bytes() == kept
+
+
+def test_info_of_a_path_that_is_not_there_says_so_not_unknown_model(tmp_path, capsys):
+    err = _fails(capsys, ["info", str(tmp_path / "runs" / "gone")])
+    assert err == f"lrtrain: error: no such run directory, compact model or checkpoint: {tmp_path / 'runs' / 'gone'}"
+    assert "unknown model" in _fails(capsys, ["info", "resnet21"])
+
+
+def test_extending_a_cosine_run_warns_that_its_schedule_is_stretched(tmp_path, capsys):
+    recipe = _recipe(tmp_path, TINY + "schedule: {name: cosine}\n")
+    assert cli.main(["train", recipe, "--out-dir", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", str(tmp_path / "run"), "--resume", "--set", "train.epochs=2"]) == 0
+    err = capsys.readouterr().err
+    assert "lrtrain: warning: train.epochs changed from 1 to 2: the cosine schedule is spread over the new " \
+           "length from here on" in err

@@ -182,3 +182,26 @@ def test_ddp_metrics_of_a_run_resumed_mid_epoch_equal_the_uninterrupted_runs(tmp
     assert len(whole) == len(parts) == 2
     for a, b in zip(whole, parts):
         assert a == pytest.approx(b, rel=1e-6)  # not rank 0's partial sums counted twice
+
+
+def _bn_worker(rank, world_size, port, tmp_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    trainer = Trainer(make_cfg(tmp_path / "bn", {"name": "dense"}), model=NormNet())
+    trainer.fit()
+    if rank == 0:
+        torch.save({"history": trainer.history, "weights": trainer.model.state_dict()}, tmp_path / "bn0.pt")
+    distributed.shutdown()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_ddp_test_scores_are_those_of_the_model_its_checkpoints_hold(tmp_path):
+    mp.spawn(_bn_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    saved = torch.load(tmp_path / "bn0.pt", weights_only=True)
+    net = NormNet()
+    net.load_state_dict(saved["weights"])  # rank 0's model, BatchNorm statistics included
+    scored = Trainer(make_cfg(tmp_path / "one", {"name": "dense"}), model=net).evaluate()
+    # every rank scored its test shard with rank 0's statistics, not its own last batch's
+    assert saved["history"][-1]["test_loss"] == pytest.approx(scored["test_loss"], rel=1e-5)

@@ -178,3 +178,15 @@ def test_a_one_epoch_run_is_drawn_as_points_and_a_run_given_twice_is_shown_once(
     (tmp_path / "taken.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="taken.png is a file: the report is a folder"):
         report.write_report([runs / "dense"], tmp_path / "taken.png")
+
+
+@pytest.mark.parametrize("item", ["{label: x, speedup: -1, top1: 90}", "{label: x, speedup: 2, top1: .nan}",
+                                  "{label: x, speedup: 0, top1: 90}", "{label: x, speedup: 2, top1: 900}",
+                                  "{label: [a, b], speedup: 2, top1: 90}"])
+def test_paper_points_off_the_plot_and_a_missing_file_are_named(runs, tmp_path, item):
+    points = tmp_path / "points.yaml"
+    points.write_text(f"- {item}\n")
+    with pytest.raises(ValueError, match=r"item 1 must be \{label: text, speedup: a number above 0, top1: 0-100\}"):
+        report.load_paper_points(points)
+    with pytest.raises(ValueError, match=r"^paper points .*nowhere.yaml: No such file or directory$"):
+        report.write_report([runs / "dense"], tmp_path / "report", paper_points=tmp_path / "nowhere.yaml")

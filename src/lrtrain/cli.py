@@ -62,6 +62,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in its folder, --overwrite starts it again: give one")
+    if args.time_limit is not None and not args.time_limit >= 0:  # 0: stop after the first epoch
+        raise ValueError(f"--time-limit is {args.time_limit:g} s: give a number of seconds, 0 or more")
     cfg = load_recipe(args.recipe, args.overrides)
     if args.data_dir:
         cfg["data"]["dir"] = args.data_dir
@@ -111,8 +115,13 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     cfg = demo_recipe(args.data_dir, args.epochs)
     cfg["out_dir"] = args.out_dir
+    held = Path(args.out_dir) / "config.yaml"
+    if held.is_file() and (load_recipe(str(held.parent), []).get("name") != "demo"):  # another run's folder
+        raise ValueError(f"{args.out_dir} holds a run that is not a demo: the demo replaces its folder, so give "
+                         "it another --out-dir")
+    epochs = f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
     print(f"demo: {cfg['model']['name']} with method {cfg['method']['name']!r} on {cfg['data']['name']}, "
-          f"{args.epochs} epochs (under a minute an epoch on a 2-core CPU)")
+          f"{epochs} (under a minute an epoch on a 2-core CPU)")
     return _fit(cfg, resume=False, overwrite=True, time_limit=None)
 
 
@@ -137,6 +146,9 @@ def _info_arguments(p: argparse.ArgumentParser) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     from .inspection import info, trained_info
 
+    looks_like_path = "/" in args.model or args.model.endswith((".pt", ".pth"))
+    if looks_like_path and not Path(args.model).exists():  # not a model name mistyped: a path that is not there
+        raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {args.model}")
     if not Path(args.model).exists():
         print(info(args.model, args.rank or "ratio:0.5", args.scheme, args.skip, args.input_size, args.num_classes))
     elif args.rank is None:
@@ -152,9 +164,20 @@ def _compress_arguments(p: argparse.ArgumentParser) -> None:
     _policy_arguments(p, "energy:0.95")
 
 
+def _not_a_run_file(out: str) -> None:
+    """Refuse an output path that is one of a run directory's own files (its compact.pt, say): writing
+    there would replace the trained model while summary.json still describes it."""
+    from .train.trainer import RUN_FILES
+
+    path = Path(out)
+    if path.name in RUN_FILES and (path.parent / "config.yaml").is_file():
+        raise ValueError(f"{out} is a file of the run in {path.parent or '.'}: write the output elsewhere")
+
+
 def _run_compress(args: argparse.Namespace) -> int:
     from .inspection import compress
 
+    _not_a_run_file(args.out)
     result = compress(args.checkpoint, args.out, args.rank, args.scheme, args.skip)
     print(result["table"])
     print(result["totals"])
@@ -199,6 +222,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from .fold import fold_batchnorm
     from .inspection import input_line, trained_with_arch
 
+    _not_a_run_file(args.out)
     if (args.fold_bn or args.deploy) and args.format == "state_dict":
         flag = "--deploy" if args.deploy else "--fold-bn"
         raise ValueError(f"{flag} changes the architecture, which a state_dict does not carry (it loads into the "

@@ -328,18 +328,23 @@ def _spectra(run: _Run, compact: nn.Module | None, layers: list[str] | None) -> 
 
 
 def load_paper_points(path: str | Path) -> list[dict[str, Any]]:
-    """Published results from a YAML list of ``{label, speedup, top1}``, checked."""
+    """Published results from a YAML list of ``{label, speedup, top1}``, checked: a text label, a FLOPs
+    speedup above 0, a top-1 in 0-100."""
     try:
         points = yaml.safe_load(Path(path).read_text())
+    except OSError as err:  # missing, a folder, unreadable: named as the paper points it should be
+        raise ValueError(f"paper points {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(points, list):
         raise ValueError(f"{path}: expected a list of {{label, speedup, top1}}, got {type(points).__name__}")
     for i, p in enumerate(points):
-        ok = (isinstance(p, dict) and {"label", "speedup", "top1"} <= p.keys()
-              and all(isinstance(p[k], (int, float)) and not isinstance(p[k], bool) for k in ("speedup", "top1")))
+        ok = (isinstance(p, dict) and {"label", "speedup", "top1"} <= p.keys() and isinstance(p["label"], str)
+              and all(isinstance(p[k], (int, float)) and not isinstance(p[k], bool) for k in ("speedup", "top1"))
+              and 0 < p["speedup"] < float("inf") and 0 <= p["top1"] <= 100)
         if not ok:
-            raise ValueError(f"{path}: item {i + 1} must be {{label, speedup, top1}} with numbers, got {p!r}")
+            raise ValueError(f"{path}: item {i + 1} must be {{label: text, speedup: a number above 0, top1: "
+                             f"0-100}}, got {p!r}")
     return points
 
 

@@ -23,6 +23,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -262,7 +263,11 @@ class Trainer:
         self._registry_model = model is None
         # the classes the model is built for (model.num_classes may exceed the data's, e.g. 1000 for a
         # CIFAR fine-tune): compact.pt must rebuild this model, not one sized by the data
-        self.num_classes = config["model"]["num_classes"] or self.data.num_classes
+        given, found = config["model"]["num_classes"], self.data.num_classes
+        if given is not None and given < found:  # a label past the classifier: found now, not at the first step
+            raise ValueError(f"model.num_classes is {given}, but the data has {found} classes (labels 0..{found - 1}):"
+                             f" give at least {found}, or leave it out for the data's")
+        self.num_classes = found if given is None else given
         if model is None:
             from .. import models
 
@@ -411,8 +416,12 @@ class Trainer:
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
         """Test loss and top-1 accuracy (%) of ``model`` (default: the model being trained), all ranks."""
+        model = self.model if model is None else model
+        if self.world.distributed:  # each rank's BatchNorm statistics moved with its own last batch: all
+            # score rank 0's, which checkpoints hold (DDP broadcasts them at the next training step anyway)
+            distributed.broadcast_tensors_([b.data for b in model.buffers()])
         self._evaluating = True
-        sums = score_sums(self.model if model is None else model, self.data.test.batches(), self.amp)
+        sums = score_sums(model, self.data.test.batches(), self.amp)
         self._evaluating = False  # left set by an error: `_translate_errors` reads it, then clears it
         result = summarize(distributed.all_reduce_sum_(sums))
         return {"test_loss": result["test_loss"], "test_acc": result["test_acc"]}  # metrics.csv's columns
@@ -695,6 +704,10 @@ class Trainer:
                          and not (k == "out_dir" and Path(saved[k]).resolve() == Path(now[k]).resolve()))
         if changed and self.world.is_main:
             print(f"note: resuming {path} with changed settings: {', '.join(changed)}", flush=True)
+        if "train.epochs" in changed and now["schedule.name"] == "cosine" and self.world.is_main:
+            warnings.warn(f"train.epochs changed from {saved.get('train.epochs')} to {now['train.epochs']}: the "
+                          "cosine schedule is spread over the new length from here on (its learning rate jumps), "
+                          "so the run equals neither length's own run")
         before = [id(p) for p in self.model.parameters()]
         try:
             self.method.load_state_dict(state["method"])
