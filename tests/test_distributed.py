@@ -49,10 +49,15 @@ def make_cfg(out_dir, method=None):
     })
 
 
-def _worker(rank, world_size, port, tmp_path):
+def _join(rank, world_size, port):
+    """This spawned process as rank `rank` of `world_size` (the environment torchrun would set), one thread."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def _worker(rank, world_size, port, tmp_path):
+    _join(rank, world_size, port)
     torch.manual_seed(0)
     trainer = Trainer(make_cfg(tmp_path / "ddp"), model=PlainNet())
     summary = trainer.fit()
@@ -107,9 +112,7 @@ class NormNet(nn.Sequential):
 
 
 def _lrpet_worker(rank, world_size, port, tmp_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    _join(rank, world_size, port)
     torch.manual_seed(0)
     method = {"name": "lrpet", "rank": "flops:0.5", "period": 2, "input_size": [1, 3, 8, 8]}
     trainer = Trainer(make_cfg(tmp_path / "lrpet", method), model=NormNet())
@@ -133,9 +136,7 @@ def test_lrpet_under_ddp_rectifies_with_rank_0_statistics_so_every_process_picks
 
 
 def _rng_worker(rank, world_size, port, tmp_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    _join(rank, world_size, port)
     torch.manual_seed(0)
     trainer = Trainer(make_cfg(tmp_path / "rng", {"name": "dense"}), model=PlainNet())
     torch.rand(1 + 5 * rank)  # each process's generator where its own draws left it
@@ -157,9 +158,7 @@ def test_a_ddp_resume_gives_each_process_back_its_own_random_state(tmp_path):
 
 
 def _resume_worker(rank, world_size, port, tmp_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    _join(rank, world_size, port)
     for name, stops in (("whole", [None]), ("parts", [2, None])):  # step 2 of 4: mid-epoch
         for until in stops:
             torch.manual_seed(0)
@@ -185,9 +184,7 @@ def test_ddp_metrics_of_a_run_resumed_mid_epoch_equal_the_uninterrupted_runs(tmp
 
 
 def _bn_worker(rank, world_size, port, tmp_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    _join(rank, world_size, port)
     torch.manual_seed(0)
     trainer = Trainer(make_cfg(tmp_path / "bn", {"name": "dense"}), model=NormNet())
     trainer.fit()
