@@ -137,21 +137,19 @@ def _forward_pass_pairs(model: nn.Module, input_size, autograd: bool) -> dict[st
             and all(alone(node) for node in calls[conv])}
 
 
+def output_tensors(out) -> list[torch.Tensor]:
+    """The tensors of a model's output: a tensor, or tensors nested in tuples, lists and dicts."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else []
+    return [t for item in items for t in output_tensors(item)]
+
+
 def _consumers(out) -> dict[object, int]:
     """How many autograd nodes (and returned tensors) consume the output of each node of the graph
-    behind `out` (a tensor, or tensors nested in tuples, lists and dicts)."""
-    roots = []
-    pending = [out]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, torch.Tensor):
-            roots.append(item.grad_fn)
-        elif isinstance(item, (tuple, list)):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.extend(item.values())
+    behind `out` (`output_tensors`)."""
     counts: dict[object, int] = {}
-    stack = [node for node in roots if node is not None]
+    stack = [t.grad_fn for t in output_tensors(out) if t.grad_fn is not None]
     for node in stack:
         counts[node] = counts.get(node, 0) + 1
     seen = set()

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from .bn_pairs import find_pairs
+from .bn_pairs import find_pairs, output_tensors
 from .layers import LowRankConv2d
 from .metrics import eval_mode, model_device, model_dtype
 from .surgery import replace_module
@@ -73,7 +73,8 @@ def _checked(model: nn.Module, pairs: dict[str, str], input_size) -> dict[str, s
     x = torch.randn(tuple(input_size), generator=torch.Generator().manual_seed(0)).to(
         model_device(model), model_dtype(model))
     with torch.no_grad(), eval_mode(model), eval_mode(trial):
-        expected, got = _leaves(model(x.clone())), _leaves(trial(x.clone()))  # a model may write its input
+        # each its own copy of the input: a model may write it
+        expected, got = output_tensors(model(x.clone())), output_tensors(trial(x.clone()))
     tol = 1e-2 if model_dtype(model) in (torch.float16, torch.bfloat16) else 1e-4
     if len(expected) == len(got) and all(
             torch.allclose(g.float(), e.float(), rtol=tol, atol=tol * float(e.float().abs().max().clamp_min(1)))
@@ -83,14 +84,6 @@ def _checked(model: nn.Module, pairs: dict[str, str], input_size) -> dict[str, s
                   "BatchNorms changed its outputs (a conv's output is used where a forward pass cannot see): "
                   "it is left unfolded", stacklevel=3)
     return {}
-
-
-def _leaves(out) -> list[torch.Tensor]:
-    """The tensors of a model's output (a tensor, or tensors nested in tuples, lists and dicts)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else []
-    return [t for item in items for t in _leaves(item)]
 
 
 @torch.no_grad()
