@@ -174,6 +174,7 @@ def test_a_one_epoch_run_is_drawn_as_points_and_a_run_given_twice_is_shown_once(
     path = report.write_report([runs / "dense", runs / "trp", str(runs / "dense")], tmp_path / "report")
     markdown = path.read_text()
     assert markdown.count("## Run dense") == 1 and "dense-2" not in markdown
+    assert "best top-1: the best epoch-end evaluation of the model as it trained, before that cut" in markdown
     assert markdown.index("## Run dense") < markdown.index("## Run trp")  # in the order first given
     (tmp_path / "taken.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="taken.png is a file: the report is a folder"):

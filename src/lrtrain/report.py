@@ -369,6 +369,9 @@ def _runs_table(runs: list[_Run], curves: dict[str, list[dict[str, str]]]) -> li
         speedup = f"{s['speedup']:.2f}×" if s.get("speedup") is not None else "—"
         lines.append(f"| {run.name} | {run.method} | {s.get('model', '—')} | {epochs} | {final} | {best} "
                      f"| {speedup} | {_fmt(mmacs)} | {_fmt(mparams, '.3f')} | `{run.path}` |")
+    lines += ["", "Final top-1: the compact model's, after the method's final cut; best top-1: the best epoch-end "
+                  "evaluation of the model as it trained, before that cut (a cut or a BatchNorm re-estimate can "
+                  "make the final one higher)."]
     return lines
 
 
