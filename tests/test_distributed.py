@@ -194,7 +194,7 @@ def _bn_worker(rank, world_size, port, tmp_path):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
-def test_ddp_test_scores_are_those_of_the_model_its_checkpoints_hold(tmp_path):
+def test_ddp_test_scores_are_those_of_the_model_its_checkpoints_hold(tmp_path, capsys):
     mp.spawn(_bn_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
     saved = torch.load(tmp_path / "bn0.pt", weights_only=True)
     net = NormNet()
@@ -202,3 +202,8 @@ def test_ddp_test_scores_are_those_of_the_model_its_checkpoints_hold(tmp_path):
     scored = Trainer(make_cfg(tmp_path / "one", {"name": "dense"}), model=net).evaluate()
     # every rank scored its test shard with rank 0's statistics, not its own last batch's
     assert saved["history"][-1]["test_loss"] == pytest.approx(scored["test_loss"], rel=1e-5)
+    longer = make_cfg(tmp_path / "bn", {"name": "dense"})
+    longer["train"]["epochs"] = 3
+    capsys.readouterr()
+    Trainer(longer, model=NormNet()).fit(resume=True)  # one process goes on with the two processes' run
+    assert "was written by 2 process(es), this run has 1: each process's share of the batch" in capsys.readouterr().out

@@ -735,6 +735,11 @@ class Trainer:
         self._commits = [*dict.fromkeys(earlier), self._commits[-1]]
         per_rank = state.get("rng_ranks")  # absent from older checkpoints
         same_world = per_rank is not None and len(per_rank) == self.world.world_size
+        written_by = len(per_rank) if per_rank else 1  # a single process writes None
+        if "rng_ranks" in state and written_by != self.world.world_size and self.world.is_main:
+            print(f"note: {path} was written by {written_by} process(es), this run has {self.world.world_size}: "
+                  "each process's share of the batch and its BatchNorm statistics change from here on, so the "
+                  "run equals neither setting's own run", flush=True)
         set_rng_state(per_rank[self.world.rank] if same_world else state["rng"])
         self.method.rank_log.clear()  # rows up to this step (a constructor's too) are in ranks.csv already
         if self.world.is_main:
