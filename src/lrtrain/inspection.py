@@ -73,13 +73,11 @@ def trained_info(path: str | Path) -> str:
     """The per-layer table of a trained model (a run directory: its compact.pt, else its newest checkpoint;
     a compact model file; a checkpoint): each conv/linear layer of the dense model, its MACs, what it is now
     (dense, a factorized scheme at its rank, or cut out) and its MACs now, then the totals."""
-    from .layers import LowRankConv2d, LowRankLinear
-
     file = scored_file(path)
     model, name, classes, size, facts = from_state(load_trained_file(file), file)
     dense = models.create(name, num_classes=classes)
     before, after = count(dense, size), count(model, size)
-    factorized = {n: m for n, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
+    factorized = _factorized(model)
     rows = [("layer", "MACs", "now", "MACs now")]
     for layer, dense_count in before.layers.items():
         if layer in factorized:
@@ -208,12 +206,17 @@ def _classes(name: str, cfg: dict[str, Any], weights: dict[str, Any]) -> int:
         or _DATASET_CLASSES.get(data["name"], 10)
 
 
+def _factorized(model: nn.Module) -> dict[str, nn.Module]:
+    """The factorized layers of `model` by name, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
+
+
 def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str = "channel", skip=()) -> dict[str, Any]:
     """Decompose a trained model and write the compact model to `out`; returns the tables to print."""
     import copy
 
     model, name, classes, size, names = load_trained(path)
-    factorized = [n for n, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))]
+    factorized = list(_factorized(model))
     if factorized:  # compressing again would cut only what the first time left dense, at other rules
         raise ValueError(f"{path} is already a compact model ({len(factorized)} factorized layers, e.g. "
                          f"{factorized[0]}): compress the dense model it came from (a dense run or checkpoint; "

@@ -286,6 +286,12 @@ def factorize(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.
     if not any(d.factorize for d in decisions):
         warnings.warn(f"factorize: no layer of {type(model).__name__} was factorized, the model is unchanged "
                       f"({why_none(decisions, model)})", stacklevel=3)  # past full_precision's wrapper
+    return carry_out(model, decisions, scheme)
+
+
+def carry_out(model: nn.Module, decisions: list[Decision], scheme: Scheme) -> nn.Module:
+    """Replace, in place, each layer `plan` decided to factorize (`decisions`, for `scheme`); return the model."""
+    scheme = get_scheme(scheme)
     for d in decisions:
         if not d.factorize:
             log.info("factorize: %s kept dense: %s", d.name, d.reason)

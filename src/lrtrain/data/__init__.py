@@ -68,7 +68,7 @@ def normalization_stats(normalize: dict[str, list[float]]) -> tuple[Tensor, Tens
         raise ValueError(f"input normalization {normalize!r} is not {{'mean': [...], 'std': [...]}}: {err}") from None
     if mean.shape != (3,) or std.shape != (3,) or not bool((std > 0).all()):
         raise ValueError(f"input normalization {normalize!r}: needs 3 means and 3 positive stds")
-    # pixels scaled to 0-1 have their mean in [0, 1] and std at most 0.5: larger figures are on the 0-255 scale
+    # pixels scaled to 0-1 have their mean in [0, 1] and std at most 0.5 (1 allowed): larger is the 0-255 scale
     if not bool(((mean >= 0) & (mean <= 255)).all() & (std <= 255).all()):
         raise ValueError(f"input normalization {normalize!r}: means and stds are of pixels scaled to 0-1 (a mean "
                          f"in [0, 1], a std at most 1); for 0-255 figures divide them by 255")

@@ -95,12 +95,11 @@ class Method:
 
 
 def decompose(method: Method, compact: nn.Module, ranks: dict[str, Any], scheme, input_size) -> nn.Module:
-    """`surgery.factorize` of a method's `finalize` at explicit `ranks`; where no layer is cheaper factorized,
-    the model as it is, with a warning in the terms of the call its user made (``TRP.finalize``), pointed at
-    their line (past `finalize` and its `linalg.full_precision` wrapper)."""
+    """`surgery.factorize` of a method's `finalize` at explicit `ranks`, with its own warning where no layer
+    is cheaper factorized: in the terms of the call its user made (``TRP.finalize``), pointed at their line
+    (past `finalize` and its `linalg.full_precision` wrapper)."""
     decisions = surgery.plan(compact, ranks, scheme, input_size=input_size, linear=False)
     if not any(d.factorize for d in decisions):
         warnings.warn(f"{type(method).__name__}.finalize: no layer was decomposed at its final ranks: each "
                       "layer's factorized form would cost at least its dense one", stacklevel=4)
-        return compact
-    return surgery.factorize(compact, rank=ranks, scheme=scheme, input_size=input_size, linear=False)
+    return surgery.carry_out(compact, decisions, scheme)
