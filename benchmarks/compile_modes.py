@@ -38,8 +38,8 @@ from lrtrain.config import load_recipe
 from lrtrain.data import make_sample
 from lrtrain.provenance import commit, today
 from lrtrain.train import Trainer
-from lrtrain.train.distributed import World
-from lrtrain.train.trainer import _auto, device_name, resolve_device
+from lrtrain.devices import device_name, resolve_device
+from lrtrain.train.trainer import _auto
 
 import reproduce
 from bench_common import device_slug, raise_recompile_limit, write_result
@@ -65,7 +65,7 @@ def config(run: reproduce.Run, args, mode: str, out_dir: Path) -> dict:
 
 def train(run: reproduce.Run, args, mode: str, out_dir: Path) -> dict:
     """Train the shortened run once; its trained tensors, final test loss and median step time."""
-    device = resolve_device(args.device, World())
+    device = resolve_device(args.device)
     tensors = make_sample(BATCH * args.steps_per_epoch, 256, image_size=32, num_classes=10, seed=0)
     cfg = config(run, args, mode, out_dir)
     data = make_data(tensors, BATCH, 256, _auto(cfg["train"]["channels_last"], device), device)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         args.json.write_text(json.dumps(worker(args.worker, args)))
         return 0
-    device = resolve_device(args.device, World())
+    device = resolve_device(args.device)
     names = [r.name for r in reproduce.select(args.runs)]
     with tempfile.TemporaryDirectory() as tmp:
         results = launch(names, argv, Path(tmp), args.budget)

@@ -309,7 +309,7 @@ def _run_blob(root: Path, name: str, summary_only: bool) -> bytes:
         finished = (run_dir / "summary.json").exists()
         files += [run_dir / "compact.pt"] if finished else list_checkpoints(run_dir / "checkpoints")[-1:]
     buffer = io.BytesIO()
-    # gzip: ranks.csv (a row per layer per TRP projection: megabytes for a ResNet-56 run) shrinks tenfold
+    # gzip: an older run's ranks.csv (a row per layer per TRP projection: megabytes) shrinks tenfold
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
         for f in files:
             try:

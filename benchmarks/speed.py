@@ -64,8 +64,8 @@ from lrtrain.methods import create_method
 from lrtrain.metrics import count, latency
 from lrtrain.provenance import commit, cpu_name, today
 from lrtrain.train import Trainer
-from lrtrain.train.distributed import World
-from lrtrain.train.trainer import _auto, device_name, resolve_device
+from lrtrain.devices import device_name, resolve_device
+from lrtrain.train.trainer import _auto
 
 import reproduce
 from bench_common import device_slug, raise_recompile_limit, sync, write_result
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.index_only:
         write_index()
         return
-    device = resolve_device(args.device, World())
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     if args.workers is None:
         args.workers = 8 if device.type == "cuda" else 0

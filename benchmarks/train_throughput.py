@@ -33,8 +33,7 @@ from lrtrain.provenance import commit
 from lrtrain.data import Data, DeviceLoader, make_sample
 from lrtrain.data.cifar import channel_stats
 from lrtrain.train import Trainer
-from lrtrain.train.trainer import device_name, resolve_device
-from lrtrain.train.distributed import World
+from lrtrain.devices import device_name, resolve_device
 
 from bench_common import device_slug, raise_recompile_limit, sync, write_result
 
@@ -108,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     deadline = None if args.budget is None else time.monotonic() + args.budget
 
-    device = resolve_device(args.device, World())
+    device = resolve_device(args.device)
     raise_recompile_limit()
     per_round = args.batch_size * (args.warmup + args.steps)
     test_count = max(args.eval_batch_sizes) * 4

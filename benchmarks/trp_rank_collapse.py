@@ -3,7 +3,7 @@
 Each projection keeps the fewest singular values that hold ``energy`` (0.9) of Σσ². A projected weight has
 no energy beyond its rank, and the few SGD steps until the next projection add little, so a rank survives
 only while its smallest kept σ² holds about 10 % of the layer's energy: the ranks ratchet down. This script
-reads the runs' ranks.csv (every projection's rank of every layer), tabulates the mean rank of each stage
+reads the runs' ranks.csv (every layer's rank wherever a projection changed it), tabulates the mean rank of each stage
 at chosen steps, computes the compact model's FLOPs speedup at the last projection's ranks (the layers the
 run's `final` decomposes), and plots the mean ranks against the step; with ``--official-log`` it adds the
 official code's ranks at the same steps, from a log of lines ``STEP [r1, r2, ...]`` (its eligible convs in
@@ -32,6 +32,7 @@ from lrtrain.config import load_recipe  # noqa: E402
 from lrtrain import count, models  # noqa: E402
 from lrtrain.methods import create_method  # noqa: E402
 from lrtrain.provenance import commit, today  # noqa: E402
+from lrtrain.train import rank_log  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RUNS = [HERE / "checkpoints" / "reproduce" / f"resnet20_trp_{s}" for s in
@@ -40,14 +41,22 @@ STEPS = [5, 10, 20, 50, 100, 200, 300, 1950, 7800, 31200, 63960]  # 63960: the e
 
 
 def rank_history(run_dir: Path) -> tuple[list[str], dict[int, list[int]]]:
-    """The layers in projection order and, per projection step, their ranks."""
-    layers, by_step = [], defaultdict(dict)
-    with open(run_dir / "ranks.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            by_step[int(row["step"])][row["layer"]] = int(row["rank"])
-            if row["layer"] not in layers:
-                layers.append(row["layer"])
-    return layers, {s: [r[name] for name in layers] for s, r in sorted(by_step.items()) if len(r) == len(layers)}
+    """The layers in the order of their first rows and, at each step where a rank changed and at the run's
+    last step (metrics.csv's), every layer's rank (a layer's rank holds until its next row:
+    `lrtrain.train.rank_log`)."""
+    layers, current, by_step = [], {}, {}
+    for row in rank_log.read(run_dir / "ranks.csv") or []:
+        if row["layer"] not in current:
+            layers.append(row["layer"])
+        current[row["layer"]] = int(row["rank"])
+        by_step[int(row["step"])] = dict(current)
+    metrics = run_dir / "metrics.csv"
+    if by_step and metrics.exists():
+        with open(metrics, newline="") as f:
+            last = max((int(r["step"]) for r in csv.DictReader(f)), default=0)
+        if last > max(by_step):
+            by_step[last] = dict(current)
+    return layers, {s: [r[name] for name in layers] for s, r in by_step.items() if len(r) == len(layers)}
 
 
 def official_history(path: Path) -> dict[int, list[int]]:
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                          " / ".join(f"{m:.1f}" for m in stage_means(layers, ranks).values()))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "FLOPs speedup of the compact model at the last projection's ranks (stride-2 convs dense, as the "
-              "official decomposition leaves them):", "", "| run | last projection step | speedup |", "|---|---:|---:|"]
+              "official decomposition leaves them):", "", "| run | last step | speedup |", "|---|---:|---:|"]
     for run, (label, layers, history) in zip(args.runs, series):
         last = max(history)
         lines.append(f"| {label} | {last} | {speedup_at(run, dict(zip(layers, history[last]))):.2f}x |")
@@ -135,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         for label, layers, history in series:
             steps = sorted(history)
             ax.plot(steps, [stage_means(layers, history[s])[stage] for s in steps], label=label,
-                    linestyle="--" if label == args.official_label else "-")
+                    linestyle="--" if label == args.official_label else "-", drawstyle="steps-post")
         ax.set_xscale("log")
         ax.set_title(stage)
         ax.set_xlabel("step")

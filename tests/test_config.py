@@ -70,6 +70,14 @@ def test_mistakes_give_one_line_messages(recipe, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("key, hint", [("train.epoch", "train.epochs"), ("train.lr", "optim.lr"),
+                                       ("train.foo", None)])
+def test_an_unknown_key_is_matched_within_its_section(key, hint):
+    with pytest.raises(ConfigError) as err:
+        resolve({key.split(".")[0]: {key.split(".")[1]: 1}})
+    assert str(err.value) == f"recipe: unknown key {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+
+
 @pytest.mark.parametrize("assignment, message", [
     ("optim.lrr=0.1", "--set optim.lrr=0.1: unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
     ("optim.lr", "--set optim.lr: expected KEY=VALUE"),

@@ -1,5 +1,7 @@
 """Two gloo processes on the CPU: DDP training equals one process, and ranks stay identical."""
 
+import contextlib
+import io
 import os
 import socket
 
@@ -159,11 +161,16 @@ def test_a_ddp_resume_gives_each_process_back_its_own_random_state(tmp_path):
 
 def _resume_worker(rank, world_size, port, tmp_path):
     _join(rank, world_size, port)
+    os.environ["LOCAL_WORLD_SIZE"] = str(world_size)  # torchrun's too
     for name, stops in (("whole", [None]), ("parts", [2, None])):  # step 2 of 4: mid-epoch
         for until in stops:
             torch.manual_seed(0)
-            Trainer(make_cfg(tmp_path / name, {"name": "dense"}), model=PlainNet()).fit(
-                resume=until is None and name == "parts", until_step=until)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                Trainer(make_cfg(tmp_path / name, {"name": "dense"}), model=PlainNet()).fit(
+                    resume=until is None and name == "parts", until_step=until)
+            if until is not None:
+                (tmp_path / f"stopped{rank}.txt").write_text(printed.getvalue())
     distributed.shutdown()
 
 
@@ -181,6 +188,10 @@ def test_ddp_metrics_of_a_run_resumed_mid_epoch_equal_the_uninterrupted_runs(tmp
     assert len(whole) == len(parts) == 2
     for a, b in zip(whole, parts):
         assert a == pytest.approx(b, rel=1e-6)  # not rank 0's partial sums counted twice
+    # rank 0 says how to continue: with torchrun and as many processes
+    assert (f"with: torchrun --nproc-per-node 2 -m lrtrain train {tmp_path / 'parts'} --resume"
+            in (tmp_path / "stopped0.txt").read_text())
+    assert (tmp_path / "stopped1.txt").read_text() == ""
 
 
 def _bn_worker(rank, world_size, port, tmp_path):

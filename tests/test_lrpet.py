@@ -326,13 +326,19 @@ def test_recipes_build_and_match_the_official_flops_reduction(recipe, reduction)
     assert 1 - kept == pytest.approx(reduction, abs=0.005)
 
 
-def test_a_run_ending_between_projections_logs_finalizes_projection_in_ranks_csv(tmp_path):
+def test_a_run_ending_between_projections_logs_finalizes_projection_in_ranks_csv(tmp_path, monkeypatch):
     from lrtrain.train import Trainer
+    from lrtrain.train.rank_log import RankLog
 
+    handed = []  # the rows the trainer hands to ranks.csv, which keeps those that change a rank
+    append = RankLog.append
+    monkeypatch.setattr(RankLog, "append", lambda self, rows: (handed.extend(rows), append(self, rows)))
     cfg = load_recipe(Path(__file__).parents[1] / "recipes" / "cifar10_resnet56_lrpet.yaml", [
         "model.name=resnet20", "data.name=sample", "data.train_size=64", "data.test_size=32", "data.image_size=8",
         "data.batch_size=16", "train.epochs=2", "train.progress=false", "train.device=cpu", f"out_dir={tmp_path}",
         "method.period=5"])  # projections after step 5, and by finalize after step 8
     summary = Trainer(cfg).fit()
-    steps = [line.split(",")[0] for line in (tmp_path / "ranks.csv").read_text().splitlines()[1:]]
-    assert summary["steps"] == 8 and sorted(set(steps)) == ["5", "8"] and steps.count("5") == steps.count("8")
+    steps = [row["step"] for row in handed]
+    assert summary["steps"] == 8 and sorted(set(steps)) == [5, 8] and steps.count(5) == steps.count(8)
+    written = [line.split(",")[0] for line in (tmp_path / "ranks.csv").read_text().splitlines()[1:]]
+    assert set(written) == {"5"} and len(written) == steps.count(5)  # LRPET's ranks are fixed: step 8 repeats them

@@ -7,14 +7,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import trp_rank_collapse as trc  # noqa: E402
 
 
-def test_rank_history_keeps_whole_projections_in_layer_order(tmp_path):
+def test_rank_history_holds_each_rank_until_its_layers_next_row(tmp_path):
     (tmp_path / "ranks.csv").write_text("step,layer,rank,max_rank\n5,a.0,7,16\n5,b.0,9,32\n10,a.0,6,16\n10,b.0,8,32\n"
-                                        "15,a.0,5,16\n")  # step 15 cut off mid-write
+                                        "15,a.0,5,16\n20,b.0,7")  # step 15 changed a.0 only; step 20's row cut off
     layers, history = trc.rank_history(tmp_path)
     assert layers == ["a.0", "b.0"]
-    assert history == {5: [7, 9], 10: [6, 8]}
-    assert trc.at(history, 4) is None and trc.at(history, 9) == [7, 9] and trc.at(history, 99) == [6, 8]
+    assert history == {5: [7, 9], 10: [6, 8], 15: [5, 8]}
+    assert trc.at(history, 4) is None and trc.at(history, 9) == [7, 9] and trc.at(history, 12) == [6, 8] and trc.at(history, 99) == [5, 8]
     assert trc.stage_means(layers, history[10]) == {"a": 6.0, "b": 8.0}
+    (tmp_path / "metrics.csv").write_text("epoch,step,test_acc\n1,20,50.0\n2,40,60.0\n")  # ranks held to step 40
+    assert trc.rank_history(tmp_path)[1] == {5: [7, 9], 10: [6, 8], 15: [5, 8], 40: [5, 8]}
 
 
 def test_official_log_skips_comments_and_reads_steps(tmp_path):

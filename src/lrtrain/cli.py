@@ -297,13 +297,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from . import models
+    from .devices import resolve_device
     from .evaluation import evaluate, predicted_classes, resolve_source, scoring_data
     from .metrics import count, latency_ratio, model_dtype
     from .train import distributed
-    from .train.trainer import resolve_device
 
     model, cfg, arch, what, from_run = resolve_source(args.model, args.overrides)
-    device = resolve_device(args.device, distributed.World())
+    device = resolve_device(args.device, distributed.World().local_rank)
     data = scoring_data(cfg, arch, device, args.data_dir, args.overrides)
     if not arch.get("normalize") and not from_run:
         print(f"note: {what} does not record its input normalization (written by an older lrtrain) and no "
@@ -344,13 +344,13 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     import torch
 
+    from .devices import resolve_device
     from .prediction import describe, predict, prepared, read_images
     from .train import distributed
-    from .train.trainer import resolve_device
 
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
-    device = resolve_device(args.device, distributed.World())  # before reading anything
+    device = resolve_device(args.device, distributed.World().local_rank)  # before reading anything
     model, facts, side, _ = prepared(args.model, args.data_dir)
     read, failed = {}, []
     for path in args.images:  # one unreadable file costs its own line, not the others' predictions

@@ -140,9 +140,15 @@ def _keys(node: dict, prefix: str = "") -> list[str]:
 
 def _unknown(path: str, source: str) -> ConfigError:
     known = _keys(SCHEMA)
-    leaf = path.rsplit(".", 1)[-1]
-    # A right key in the wrong section ("lr" at the top) is matched by its last part.
-    close = [k for k in known if k.endswith("." + leaf)] or difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    parent, _, leaf = path.rpartition(".")
+    # A right key in the wrong section ("lr" at the top) is matched by its last part; a key of a known
+    # section only by the keys of that section (the shared "train." made "train.foo" look like "train.epochs").
+    close = [k for k in known if k.endswith("." + leaf)]
+    if not close and parent in known:
+        siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+        close = [f"{parent}.{k}" for k in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
+    elif not close:
+        close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"{source}: unknown key {path!r}{hint}")
 

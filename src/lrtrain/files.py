@@ -19,6 +19,8 @@ from typing import Any, Callable, IO
 
 import torch
 
+from .devices import cuda_problem
+
 
 def _temporary(path: Path) -> tuple[int, Path]:
     """A new file beside `path`, created with mode 0o666 so that the kernel applies the process's umask as
@@ -112,8 +114,9 @@ def _device(map_location: Any) -> Any:
         raise ValueError(f"map_location {map_location!r} is not a device: {err}") from None
     if device.type == "cpu":
         return "cpu"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"map_location {map_location!r}: this machine has no CUDA device")
+    problem = cuda_problem(device)
+    if problem:
+        raise ValueError(f"map_location {map_location!r}: {problem}")
     return device
 
 

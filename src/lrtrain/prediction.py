@@ -28,9 +28,7 @@ def read_images(paths: str | Path | Sequence[str | Path], size: int, resize: int
     """The images at `paths` (one path, or several) as one uint8 N×3×size×size tensor: RGB (grey, palette
     and alpha images converted), the shorter side resized to `resize` (default `size`), centre-cropped. A
     missing file raises FileNotFoundError, a folder or a file that cannot be decoded ValueError, naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .data.folder import eval_transform
+    from .data.folder import eval_transform, read_rgb
 
     if isinstance(paths, (str, Path)):  # one file, not the characters of its name
         paths = [paths]
@@ -43,14 +41,7 @@ def read_images(paths: str | Path | Sequence[str | Path], size: int, resize: int
             raise ValueError(f"{path} is a folder: give image files (e.g. {path / '*.jpg'})")
         if not path.is_file():
             raise FileNotFoundError(f"no such image file: {path}")
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except UnidentifiedImageError:
-            raise ValueError(f"cannot read image {path}: not an image format PIL can decode") from None
-        except Exception as err:  # a truncated or damaged image: PIL's own words
-            raise ValueError(f"cannot read image {path}: {' '.join(str(err).split())}") from None
-        images.append(transform(rgb))
+        images.append(transform(read_rgb(path)))
     return torch.stack(images)
 
 

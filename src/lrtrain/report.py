@@ -6,8 +6,8 @@ summary.json, checkpoints/, compact.pt) and writes PNG figures and a README.md l
 - ``accuracy.png``: train and test top-1 per epoch, one colour per run;
 - ``accuracy_vs_flops.png``: final top-1 against FLOPs speedup, one point per finished run, with
   published points when given (`lrtrain.benchmark.plot`);
-- per run, ``<run>_ranks.png``: the rank of every layer at every projection, as a fraction of its
-  maximum rank (layers × projection steps);
+- per run, ``<run>_ranks.png``: the rank of every layer during training, as a fraction of its maximum
+  rank (layers × time);
 - per run, ``<run>_spectra.png``: singular values (channel matrix form, out × in·k²) of a few layers in
   the oldest checkpoint kept and in the compact model;
 - per run, a Markdown table of the compact model's layers: rank, MACs and parameters.
@@ -31,13 +31,14 @@ import yaml
 from matplotlib import rcParams
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
-from torch import nn
+from torch import Tensor, nn
 
 from . import export, models
 from .benchmark import plot as plot_accuracy_vs_flops
 from .inspection import _fmt_rank
 from .layers import LowRankConv2d, LowRankLinear
 from .metrics import count
+from .train import rank_log
 from .train.checkpoint import list_checkpoints, load_checkpoint
 
 # A directory holding none of these is not a run directory.
@@ -82,18 +83,18 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _complete_rank_rows(path: Path) -> list[dict[str, str]] | None:
-    """The whole rows of a ranks.csv (a killed process may leave its last one cut short); None without it."""
-    if not path.exists():
+    """The whole, readable rows of a ranks.csv; None without it."""
+    rows = rank_log.read(path)
+    if rows is None:
         return None
-    rows = []
-    for row in _read_csv(path):
+    readable = []
+    for row in rows:
         try:
-            if None not in row.values() and None not in row:
-                int(row["step"]), _rank_fraction(row["rank"], row["max_rank"])
-                rows.append(row)
-        except (KeyError, ValueError, TypeError, ZeroDivisionError):
+            _rank_fraction(row["rank"], row["max_rank"])
+            readable.append(row)
+        except (ValueError, TypeError, ZeroDivisionError):
             continue
-    return rows
+    return readable
 
 
 def _colours() -> list[str]:
@@ -166,28 +167,38 @@ def _rank_fraction(rank: str, max_rank: str) -> float:
     return r / top
 
 
-def plot_rank_heatmap(rows: list[dict[str, str]], path: Path, title: str, steps_per_epoch: int | None = None
-                      ) -> None:
-    """A heat map of ranks.csv rows: one line per layer, one column per projection step, colour = rank / max
-    (a tucker2 layer's: the mean over its two modes); with ``steps_per_epoch`` the columns are labelled in
-    epochs."""
+def rank_grid(rows: list[dict[str, str]]) -> tuple[list[str], list[int], Tensor]:
+    """ranks.csv rows as a layers × steps grid of rank / max rank, one column per step where a rank changed,
+    each value holding until the layer's next row, NaN before its first."""
+    rows = rank_log.changes(sorted(rows, key=lambda r: int(r["step"])))  # every projection's rows: the same
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     steps = sorted({int(r["step"]) for r in rows})
     row_of, col_of = {n: i for i, n in enumerate(layers)}, {s: j for j, s in enumerate(steps)}
-    grid = torch.full((len(layers), len(steps)), math.nan)  # blank where a layer was not projected
+    grid = torch.full((len(layers), len(steps)), math.nan)
     for r in rows:
-        grid[row_of[r["layer"]], col_of[int(r["step"])]] = _rank_fraction(r["rank"], r["max_rank"])
+        grid[row_of[r["layer"]], col_of[int(r["step"])]:] = _rank_fraction(r["rank"], r["max_rank"])
+    return layers, steps, grid
+
+
+def plot_rank_heatmap(rows: list[dict[str, str]], path: Path, title: str, steps_per_epoch: int | None = None,
+                      last_step: int | None = None) -> None:
+    """A heat map of ranks.csv rows: one line per layer, time across (in epochs with ``steps_per_epoch``,
+    else steps), colour = rank / max rank (a tucker2 layer's: the mean over its two modes). A layer's rank
+    holds from its row's step to its next row (`lrtrain.train.rank_log`), the last ones to ``last_step``;
+    blank before a layer's first row."""
+    layers, steps, grid = rank_grid(rows)
+    end = last_step if last_step is not None and last_step > steps[-1] else steps[-1] + max(1, steps[-1] // 50)
+    scale = steps_per_epoch or 1
+    edges = torch.tensor([*steps, end], dtype=torch.float64) / scale
     fig = Figure(figsize=(7.5, max(3.0, 1.6 + 0.2 * len(layers))))
     ax = fig.subplots()
-    image = ax.imshow(grid.numpy(), aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    image = ax.pcolormesh(edges.numpy(), torch.arange(len(layers) + 1).numpy() - 0.5, grid.numpy(),
+                          cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="rank / max rank")
+    ax.invert_yaxis()  # the first layer on top
     every = math.ceil(len(layers) / 60)  # at most 60 readable layer names
     ax.set_yticks(range(0, len(layers), every), layers[::every], fontsize=7)
-    every = math.ceil(len(steps) / 12)
-    ticks = [f"{s / steps_per_epoch:.1f}" if steps_per_epoch else str(s) for s in steps[::every]]
-    ax.set_xticks(range(0, len(steps), every), ticks, fontsize=8)
-    ax.set_xlabel("epoch of the projection (columns: projections in order)" if steps_per_epoch
-                  else "step of the projection")
+    ax.set_xlabel("epoch" if steps_per_epoch else "step")
     ax.set_title(title)
     _save(fig, path)
 
@@ -421,9 +432,11 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
         rank_rows = _complete_rank_rows(run.path / "ranks.csv")
         if rank_rows:
             image = f"{run.name}_ranks.png"
-            first = next(iter(curves.get(run.name, [])), None)
+            epochs = curves.get(run.name, [])
+            first = epochs[0] if epochs else None
             per_epoch = int(first["step"]) // int(first["epoch"]) if first and int(first["epoch"]) else None
-            plot_rank_heatmap(rank_rows, out / image, f"{run.name}: rank during training", per_epoch)
+            plot_rank_heatmap(rank_rows, out / image, f"{run.name}: rank during training", per_epoch,
+                              int(epochs[-1]["step"]) if epochs else None)
             md += ["### Rank during training", "", f"![{run.name} rank during training]({image})", ""]
         elif rank_rows is None:
             run.notes.append("no ranks.csv (its method logs no ranks): no rank heat map")

@@ -71,16 +71,20 @@ def _is_image(path: str) -> bool:
     return _visible(Path(path).name) and has_file_allowed_extension(path, (*IMG_EXTENSIONS, ".gif"))
 
 
-def _read_image(path: str):
-    """The image at `path` in RGB; one that cannot be decoded raises ValueError naming the file (PIL's own
-    errors, e.g. "image file is truncated", do not), in a worker process as in the training one."""
-    from torchvision.datasets.folder import default_loader
+def read_rgb(path: str | Path, advice: str = ""):
+    """The image at `path` as a PIL image in RGB (grey, palette and alpha images converted). One that cannot
+    be decoded raises ValueError naming the file and why (PIL's own errors, e.g. "image file is truncated",
+    do not name it), then `advice`, in a worker process as in the main one."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        return default_loader(path)
-    except Exception as err:
-        raise ValueError(f"cannot read image {path}: {' '.join(str(err).split())} (remove or replace the "
-                         "file)") from None
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except UnidentifiedImageError:
+        reason = "not an image format PIL can decode"
+    except Exception as err:  # truncated, damaged, unreadable: PIL's or the OS's own words
+        reason = " ".join(str(err).split())
+    raise ValueError(f"cannot read image {path}: {reason}{advice}") from None
 
 
 def _few(names: list[str], most: int = 5) -> str:
@@ -137,7 +141,7 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        return self.transform(_read_image(path)), label
+        return self.transform(read_rgb(path, " (remove or replace the file)")), label
 
 
 class _SeededItems(Dataset):

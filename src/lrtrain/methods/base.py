@@ -51,7 +51,7 @@ class Method:
         self.total_steps: int | None = None
         self.rebuild_optimizer = False
         # Rows {"step", "layer", "rank", "max_rank"} appended at each projection; the trainer drains
-        # this list into ranks.csv.
+        # this list into ranks.csv (the rows that change a rank: lrtrain.train.rank_log).
         self.rank_log: list[dict[str, Any]] = []
 
     def setup(self, steps_per_epoch: int, total_steps: int) -> None:

@@ -8,7 +8,8 @@ everything a resumed run needs to continue exactly where it stopped: weights, op
 RNG states, the step and the position inside the epoch.
 
 The run directory (``out_dir``) receives config.yaml, metrics.csv (one row per epoch), ranks.csv (the
-method's rank log), checkpoints/, and at the end compact.pt, compact_module.pt and summary.json.
+method's ranks, a row where one changes: `rank_log`), checkpoints/, and at the end compact.pt,
+compact_module.pt and summary.json.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .. import config as config_mod
 from ..layers import LowRankConv2d, LowRankLinear
 from ..linalg import NonFiniteError
 from ..data import Data, build_data, model_facts, normalization_stats
+from ..devices import device_name, resolve_device
 from ..evaluation import score_sums, summarize
 from ..files import atomic_write, atomic_write_text
 from ..methods import create_method
@@ -45,11 +47,11 @@ from ..provenance import commit, today
 from . import distributed
 from .bn import recalibrate_bn
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .rank_log import RankLog
 from .schedule import from_config as schedule_from_config
 
 METRICS_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
                   "img_per_s"]
-RANK_FIELDS = ["step", "layer", "rank", "max_rank"]
 RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "compact_module.pt"]
 
 
@@ -94,33 +96,6 @@ def is_out_of_memory(err: BaseException) -> bool:
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def resolve_device(name: str, world: distributed.World) -> torch.device:
-    """``auto`` is the local rank's GPU when CUDA is available, else the CPU. A device name torch does not
-    know, another kind than cpu and cuda, or a CUDA device this machine lacks, is a ValueError saying so."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):  # mps, xpu...: lrtrain is not tested there
-        raise ValueError(f"device {name!r}: lrtrain runs on cpu or cuda (auto, cpu, cuda, cuda:N)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this machine has no CUDA device (use cpu or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", world.local_rank)
-    return device
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable name of ``device``, e.g. "NVIDIA H100 80GB HBM3" or "cpu (2 threads)"."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
 class _DeviceSums:
@@ -241,7 +216,7 @@ class Trainer:
         self.cfg = config = _absolute_paths(config)
         train_cfg = config["train"]
         self.world = distributed.init_from_env(use_cuda=train_cfg["device"] != "cpu" and torch.cuda.is_available())
-        self.device = resolve_device(train_cfg["device"], self.world)
+        self.device = resolve_device(train_cfg["device"], self.world.local_rank)
         self.amp = _auto(train_cfg["amp"], self.device)
         self.channels_last = _auto(train_cfg["channels_last"], self.device)
         self.compile = _auto(train_cfg["compile"], self.device)
@@ -250,6 +225,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")
         self.run_dir = Path(config["out_dir"])
+        self.ranks_file = RankLog(self.run_dir / "ranks.csv")
         self.epochs = train_cfg["epochs"]
 
         self.data = data or build_data(config["data"], device=self.device, seed=config["seed"],
@@ -350,7 +326,7 @@ class Trainer:
         projected = bool(self.method.rank_log)
         if projected:
             if self.world.is_main:
-                self._append_ranks(self.method.rank_log)
+                self.ranks_file.append(self.method.rank_log)
             self.method.rank_log.clear()
         replaced = self.method.rebuild_optimizer or self.method.model is not self.model
         if replaced:
@@ -596,8 +572,13 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name if self.stop_signal is not None else None
         if self.world.is_main:
             why = f"{name} received: " if name else ""
+            launch = "lrtrain"
+            if self.world.distributed:  # a resume with as many processes equals the uninterrupted run
+                per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.world.world_size))
+                nodes = self.world.world_size // per_node
+                launch = f"torchrun {f'--nnodes {nodes} ' if nodes > 1 else ''}--nproc-per-node {per_node} -m lrtrain"
             print(f"{why}stopped at step {self.step}, checkpoint {checkpoint}; continue (epoch {self.epoch + 1}, "
-                  f"batch {self.batch}) with: lrtrain train {self.run_dir} --resume", flush=True)
+                  f"batch {self.batch}) with: {launch} train {self.run_dir} --resume", flush=True)
         result: dict[str, Any] = {"finished": False, "step": self.step, "checkpoint": str(checkpoint)}
         if name:
             result["signal"] = name
@@ -638,7 +619,7 @@ class Trainer:
             if resume:
                 print(f"no checkpoint in {ckpt_dir}: starting from scratch", flush=True)
             # rows a killed first session logged before any checkpoint: the method logs its own again
-            (self.run_dir / "ranks.csv").unlink(missing_ok=True)
+            self.ranks_file.restart()
         if self.world.is_main:
             config_mod.dump(self.cfg, self.run_dir / "config.yaml")
 
@@ -743,7 +724,7 @@ class Trainer:
         set_rng_state(per_rank[self.world.rank] if same_world else state["rng"])
         self.method.rank_log.clear()  # rows up to this step (a constructor's too) are in ranks.csv already
         if self.world.is_main:
-            self._truncate_ranks()
+            self.ranks_file.resume(self.step)
             print(f"resumed from {path} (step {self.step}, epoch {self.epoch + 1}, batch {self.batch})",
                   flush=True)
 
@@ -768,38 +749,13 @@ class Trainer:
         writer.writerows(self.history)
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
 
-    def _append_ranks(self, rows: list[dict[str, Any]]) -> None:
-        path = self.run_dir / "ranks.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, RANK_FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
-
-    def _truncate_ranks(self) -> None:
-        """Drop rank rows logged after the checkpoint being resumed: they will be logged again."""
-        path = self.run_dir / "ranks.csv"
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            # A row is kept when whole (a killed process may have left half of one) and not newer.
-            rows = [r for r in csv.DictReader(f)
-                    if all(r.get(k) is not None for k in RANK_FIELDS) and r["step"].isdigit()
-                    and int(r["step"]) <= self.step]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, RANK_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buffer.getvalue())
-
     def _finish(self) -> dict[str, Any]:
         """Finalize the method, evaluate and count the compact model, save it, write summary.json."""
         pre_finalize = self.history[-1]["test_acc"]
         compact = self.method.finalize().to(self.device, memory_format=self._memory_format())
         if self.method.rank_log:  # a last projection or cut made by finalize (LRPET, TRP's in flight)
             if self.world.is_main:
-                self._append_ranks(self.method.rank_log)
+                self.ranks_file.append(self.method.rank_log)
             self.method.rank_log.clear()
         recalibrated = self._recalibrate(compact)
         final = self.evaluate(compact)
