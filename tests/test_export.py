@@ -58,6 +58,17 @@ def test_torchscript_matches_the_model_on_another_batch_size(compact_file, tmp_p
         assert _max_diff(scripted(x), model(x)) < 1e-4
 
 
+def test_exported_program_runs_any_batch_size_without_lrtrain_classes(compact_file, tmp_path):
+    model = lr.load(compact_file)
+    export.export_program(model, tmp_path / "m.pt2", SIZE)  # an example batch of 1
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    module = program.module()
+    assert not any(type(m).__module__.startswith("lrtrain") for m in module.modules())  # plain aten graph
+    with torch.no_grad():
+        for x in (_inputs()[:1], _inputs()):
+            assert _max_diff(module(x), model(x)) < 1e-4
+
+
 def test_onnx_matches_in_onnxruntime(compact_file, tmp_path):
     pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime): "
@@ -159,7 +170,14 @@ def test_a_compact_model_loads_in_a_fresh_process_without_the_training_code(comp
     assert done.stdout.strip() == "[]"  # neither the trainer nor the data pipeline was imported
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def _batch_norms(path, fmt) -> int:
+    """The BatchNorm operations left in an exported file."""
+    if fmt == "torchscript":
+        return str(torch.jit.load(str(path)).inlined_graph).count("aten::batch_norm")
+    return sum("batch_norm" in str(node.target) for node in torch.export.load(str(path)).graph.nodes)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported", "onnx"])
 def test_cli_exports_with_batchnorm_folded_and_checks_against_the_unfolded_model(compact_file, tmp_path, capsys, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
@@ -169,10 +187,10 @@ def test_cli_exports_with_batchnorm_folded_and_checks_against_the_unfolded_model
     assert printed.startswith(f"wrote {out} ({fmt}, BatchNorm folded, example input 1x3x32x32;")
     if "not checked" not in printed:
         assert float(printed.rsplit(": ", 1)[1].rstrip(")")) < 1e-4
-    if fmt == "torchscript":
-        folded = str(torch.jit.load(str(out)).inlined_graph).count("aten::batch_norm")
-        unfolded = str(torch.jit.script(lr.load(compact_file)).inlined_graph).count("aten::batch_norm")
-        assert unfolded == 19 and folded == 1  # only the BN after the vanished conv (no conv to fold into) stays
+    if fmt != "onnx":
+        assert cli.main(["export", str(compact_file), "--format", fmt, "-o", str(tmp_path / "plain")]) == 0
+        # only the BN after the vanished conv (no conv to fold into) stays
+        assert _batch_norms(tmp_path / "plain", fmt) == 19 and _batch_norms(out, fmt) == 1
 
 
 def test_cli_refuses_to_fold_into_a_state_dict(compact_file, tmp_path, capsys):
@@ -257,7 +275,7 @@ def test_save_refuses_classes_that_a_factorized_classifier_does_not_have(tmp_pat
 NORMALIZE = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["torchscript", "exported", "onnx"])
 def test_normalize_builds_the_recorded_input_normalization_into_the_export(compact_file, tmp_path, capsys, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
@@ -275,6 +293,8 @@ def test_normalize_builds_the_recorded_input_normalization_into_the_export(compa
         expected = lr.load(source)((pixels - mean) / std)
     if fmt == "torchscript":
         got = torch.jit.load(str(out))(pixels)
+    elif fmt == "exported":
+        got = torch.export.load(str(out)).module()(pixels)
     else:
         onnxruntime = pytest.importorskip("onnxruntime")
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -67,7 +67,7 @@ def test_writing_into_a_missing_folder_names_the_folder(tmp_path):
         atomic_write_text(tmp_path / "nodir" / "g.onnx", "x")
 
 
-def test_damaged_bytes_inside_a_whole_file_and_a_torchscript_file_are_named(tmp_path):
+def test_damaged_bytes_inside_a_whole_file_and_torchscript_and_exported_files_are_named(tmp_path):
     torch.save({"w": torch.randn(256, 256)}, tmp_path / "whole.pt")
     data = bytearray((tmp_path / "whole.pt").read_bytes())
     for i in range(len(data) // 2, len(data) // 2 + 64):  # inside the tensor's bytes: torch.load takes them
@@ -79,6 +79,9 @@ def test_damaged_bytes_inside_a_whole_file_and_a_torchscript_file_are_named(tmp_
     torch.jit.script(nn.Linear(2, 2)).save(str(tmp_path / "model.ts"))
     with pytest.raises(ValueError, match=r"model.ts: a TorchScript file \(torch.jit.load reads it\), not a model"):
         load_torch_file(tmp_path / "model.ts", "compact model")
+    torch.export.save(torch.export.export(nn.Linear(2, 2), (torch.ones(3, 2),)), tmp_path / "model.pt2")
+    with pytest.raises(ValueError, match=r"model.pt2: an ExportedProgram file \(torch.export.load\(path\)"):
+        load_torch_file(tmp_path / "model.pt2", "compact model")
 
 
 def test_a_file_saved_without_checksums_loads(tmp_path):

@@ -193,7 +193,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     # export command names the valid formats when given another).
     p.add_argument("model", help="a run directory (its compact.pt), a compact model file or a checkpoint step_*.pt "
                                  "(the model as trained so far)")
-    p.add_argument("--format", required=True, help="what to write: torchscript, onnx or state_dict")
+    p.add_argument("--format", required=True,
+                   help="what to write: torchscript, exported (torch.export's ExportedProgram, .pt2: "
+                        "torch.export.load(path).module() runs it), onnx or state_dict")
     p.add_argument("-o", "--out", required=True, help="the file to write")
     p.add_argument("--input-size", type=int, nargs=4, metavar=("N", "C", "H", "W"),
                    help="example input shape (default: the one the model was trained on); the batch "
@@ -206,7 +208,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                         "on this machine's CPU at the example input size (measured; same outputs)")
     p.add_argument("--normalize", action="store_true",
                    help="build the input normalization the model was trained with into the exported model: it "
-                        "then takes RGB images scaled to 0-1 (torchscript and onnx)")
+                        "then takes RGB images scaled to 0-1 (torchscript, exported and onnx)")
     p.add_argument("--data-dir", help="with --normalize, for a model file that does not record its normalization "
                                       "(written by an older lrtrain): where its run's data set is")
     p.add_argument("--layout", choices=["auto", "contiguous", "channels_last", "as_is"],
@@ -226,11 +228,10 @@ def _run_export(args: argparse.Namespace) -> int:
     if (args.fold_bn or args.deploy) and args.format == "state_dict":
         flag = "--deploy" if args.deploy else "--fold-bn"
         raise ValueError(f"{flag} changes the architecture, which a state_dict does not carry (it loads into the "
-                         "model of compact.pt): use torchscript or onnx, or in Python lrtrain.fold_batchnorm / "
+                         "model of compact.pt): use torchscript, exported or onnx, or in Python lrtrain.fold_batchnorm / "
                          "lrtrain.deploy and lrtrain.save")
     if args.normalize and args.format == "state_dict":
-        raise ValueError("a state_dict holds weights only: it cannot carry the input normalization (export "
-                         "torchscript or onnx, or wrap the model in lrtrain.export.Normalized after loading)")
+        raise ValueError(export.STATE_DICT_HAS_NO_NORMALIZATION)
     if args.layout and not args.deploy:
         raise ValueError("--layout chooses how --deploy lays out the model: add --deploy")
     if args.data_dir and not args.normalize:

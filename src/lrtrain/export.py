@@ -5,8 +5,8 @@ started from and describes every layer that differs from it (a low-rank conv and
 layer...). Loading rebuilds the model from the registry, replaces those layers, and loads the weights:
 no pickled code, so files load with ``torch.load(weights_only=True)`` and need no training code.
 
-For deployment, `export_torchscript`, `export_onnx` (needs the ``onnx`` package) and `export_state_dict`
-write a model in those formats, and `check_export` measures how far the written file's outputs are from
+For deployment, `export_torchscript`, `export_program` (torch.export), `export_onnx` (needs the ``onnx``
+package) and `export_state_dict` write a model in those formats, and `check_export` measures how far the written file's outputs are from
 the model's (``lrtrain export`` runs both). A compact model written by the trainer records the input
 normalization it was trained with (``arch["normalize"]``); `Normalized` builds it into the model.
 
@@ -209,7 +209,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
 
 # ---------------------------------------------------------------------------------------------- export
 
-EXPORT_FORMATS = ("torchscript", "onnx", "state_dict")
+EXPORT_FORMATS = ("torchscript", "exported", "onnx", "state_dict")
 
 
 class Normalized(nn.Module):
@@ -265,6 +265,21 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size=(1, 3, 32,
         atomic_write(path, lambda f: torch.jit.save(module, f))
 
 
+def export_program(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32)) -> None:
+    """Write `model` as a torch.export ExportedProgram (``.pt2``; ``torch.export.load(path).module()`` runs
+    it without lrtrain; AOTInductor and ExecuTorch start from it): TorchScript's successor in PyTorch.
+
+    The graph is captured at `input_size` with the batch dimension dynamic (any batch from 1); the
+    other dimensions are fixed.
+    """
+    net = _deployable(model)
+    # An example batch of 1 would fix the batch at 1: torch.export specializes dimensions of size 0 and 1.
+    example = _example((max(2, input_size[0]), *input_size[1:]))
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+    atomic_write(path, lambda f: torch.export.save(program, f))
+
+
 def export_onnx(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32), opset: int | None = None) -> None:
     """Write `model` as ONNX (input ``images``, output ``logits``, the batch dimension dynamic).
 
@@ -294,8 +309,13 @@ def export_state_dict(model: nn.Module, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+STATE_DICT_HAS_NO_NORMALIZATION = (
+    "a state_dict holds weights only: it cannot carry the input normalization (export torchscript, exported or "
+    "onnx, or wrap the model in lrtrain.export.Normalized after loading)")
+
 EXPORTERS: dict[str, Callable[..., None]] = {
     "torchscript": lambda model, path, input_size, **kw: export_torchscript(model, path, input_size),
+    "exported": lambda model, path, input_size, **kw: export_program(model, path, input_size),
     "onnx": lambda model, path, input_size, opset=None: export_onnx(model, path, input_size, opset),
     "state_dict": lambda model, path, input_size, **kw: export_state_dict(model, path),
 }
@@ -318,8 +338,7 @@ def export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32
     if format not in EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     if normalize and format == "state_dict":
-        raise ValueError("a state_dict holds weights only: it cannot carry the input normalization (export "
-                         "torchscript or onnx, or wrap the model in lrtrain.export.Normalized after loading)")
+        raise ValueError(STATE_DICT_HAS_NO_NORMALIZATION)
     _check_input_size(model, input_size)
     EXPORTERS[format](_with(model, normalize), path, tuple(input_size), **options)
 
@@ -342,6 +361,8 @@ def check_export(model: nn.Module, path: str | Path, format: str, input_size=(1,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 got = torch.jit.load(str(path), map_location="cpu")(x)
+        elif format == "exported":
+            got = torch.export.load(str(path)).module()(x)
         elif format == "state_dict":
             other = copy.deepcopy(net)
             other.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -122,13 +122,17 @@ def _device(map_location: Any) -> Any:
 
 def _archive_problem(path: str | Path) -> str | None:
     """What torch.load would not say of the zip archive `path` (torch.save's format): a member whose CRC
-    does not match (torch.load does not check them: damaged bytes would load as weights), or TorchScript
-    code (torch.load's message about it is a page long). None otherwise, or when zipfile cannot read it
+    does not match (torch.load does not check them: damaged bytes would load as weights), or a TorchScript
+    or torch.export file (torch.load's message about either is a page long). None otherwise, or when zipfile cannot read it
     (torch.load then says what is wrong)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            if any(name.endswith("/constants.pkl") for name in archive.namelist()):
+            names = archive.namelist()
+            if any(name.endswith("/constants.pkl") for name in names):
                 return "a TorchScript file (torch.jit.load reads it), not a model file lrtrain reads"
+            if any(name.endswith("/archive_format") for name in names):  # torch.export.save's package
+                return ("an ExportedProgram file (torch.export.load(path).module() runs it), not a model file "
+                        "lrtrain reads")
             if not any(info.CRC for info in archive.infolist()):  # saved without CRCs (torch's compute_crc32)
                 return None
             damaged = archive.testzip()
