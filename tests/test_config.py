@@ -71,7 +71,7 @@ def test_mistakes_give_one_line_messages(recipe, message):
 
 
 @pytest.mark.parametrize("key, hint", [("train.epoch", "train.epochs"), ("train.lr", "optim.lr"),
-                                       ("train.foo", None)])
+                                       ("train.foo", None), ("train.name", None)])
 def test_an_unknown_key_is_matched_within_its_section(key, hint):
     with pytest.raises(ConfigError) as err:
         resolve({key.split(".")[0]: {key.split(".")[1]: 1}})

@@ -1,6 +1,7 @@
 """ranks.csv: a row where a layer's rank changes, read back as every projection's ranks."""
 
 import pytest
+import torch
 
 from lrtrain import report
 from lrtrain.train.rank_log import RankLog, changes, read
@@ -49,6 +50,36 @@ def test_cut_short_and_half_written_rows_are_not_read(tmp_path):
     path = tmp_path / "ranks.csv"
     path.write_text('step,layer,rank,max_rank\n5,a,4,16\n5,b,"[3, 3]","[8, 8]"\n10,a,3,\n1')
     assert [r["layer"] for r in read(path)] == ["a", "b"]
+    path.write_text("step,layer,rank,max_rank\n5,a,6,16\n8,a,4,1")  # "8,a,4,16" cut inside its last field
+    assert [r["step"] for r in read(path)] == ["5"]
+
+
+def test_a_rank_pair_is_written_as_a_list_whatever_its_type(tmp_path):
+    log = RankLog(tmp_path / "ranks.csv")
+    log.append([{"step": 0, "layer": "a", "rank": (2, 9), "max_rank": (3, 16)}])
+    log.append([{"step": 5, "layer": "a", "rank": [2, 9], "max_rank": [3, 16]}])  # the same ranks
+    assert read(tmp_path / "ranks.csv") == [{"step": "0", "layer": "a", "rank": "[2, 9]", "max_rank": "[3, 16]"}]
+
+
+def test_a_trp_run_resumed_mid_training_writes_the_uninterrupted_runs_ranks_csv(tmp_path):
+    from lrtrain.config import resolve
+    from lrtrain.train import Trainer
+
+    def run(name, **fit):
+        torch.manual_seed(0)
+        cfg = resolve({"out_dir": str(tmp_path / name), "model": {"name": "resnet20"},
+                       "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8,
+                                "num_classes": 4, "batch_size": 16},
+                       "optim": {"lr": 0.05}, "schedule": {"name": "constant"},
+                       "train": {"epochs": 3, "progress": False, "device": "cpu"},
+                       "method": {"name": "trp", "period": 1, "energy": 0.9}})
+        Trainer(cfg).fit(**fit)
+        return (tmp_path / name / "ranks.csv").read_text()
+
+    whole = run("whole")
+    assert len({line.split(",")[0] for line in whole.splitlines()[1:]}) > 2  # ranks changed at several steps
+    run("parts", until_step=6)  # mid-epoch 2: the checkpoint's step; rows past it are logged again
+    assert run("parts", resume=True) == whole
 
 
 def test_the_grid_holds_each_rank_until_the_layers_next_row():
@@ -61,8 +92,12 @@ def test_the_grid_holds_each_rank_until_the_layers_next_row():
     assert layers == ["a", "b", "late"] and grid[2].isnan().tolist() == [True, False, False, False, False]
 
 
-@pytest.mark.parametrize("last_step", [None, 40])
-def test_a_heat_map_is_drawn_to_the_last_step(tmp_path, last_step):
+@pytest.mark.parametrize("last_step, end", [(None, 31 / 5), (40, 8), (20, 31 / 5)])
+def test_a_heat_map_is_drawn_to_the_last_step(tmp_path, monkeypatch, last_step, end):
+    saved = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: saved.append(fig))
     report.plot_rank_heatmap([{k: str(v) for k, v in r.items()} for r in projections()], tmp_path / "ranks.png",
                              "ranks", steps_per_epoch=5, last_step=last_step)
-    assert (tmp_path / "ranks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = saved[0].axes[0]
+    assert ax.get_xlim() == pytest.approx((1, end))  # from the first projection, step 5, in epochs of 5 steps
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]

@@ -141,9 +141,11 @@ def _keys(node: dict, prefix: str = "") -> list[str]:
 def _unknown(path: str, source: str) -> ConfigError:
     known = _keys(SCHEMA)
     parent, _, leaf = path.rpartition(".")
-    # A right key in the wrong section ("lr" at the top) is matched by its last part; a key of a known
-    # section only by the keys of that section (the shared "train." made "train.foo" look like "train.epochs").
+    # A right key in the wrong section ("lr" at the top) is matched by its last part where one key ends so
+    # ("train.name" could be model.name, data.name...); a key of a known section only by the keys of that
+    # section (the shared "train." made "train.foo" look like "train.epochs").
     close = [k for k in known if k.endswith("." + leaf)]
+    close = close if len(close) == 1 else []
     if not close and parent in known:
         siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
         close = [f"{parent}.{k}" for k in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]

@@ -18,6 +18,7 @@ A file missing from a run directory drops what needs it, with a note in the READ
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import math
@@ -92,7 +93,7 @@ def _complete_rank_rows(path: Path) -> list[dict[str, str]] | None:
         try:
             _rank_fraction(row["rank"], row["max_rank"])
             readable.append(row)
-        except (ValueError, TypeError, ZeroDivisionError):
+        except (ValueError, TypeError, SyntaxError, ZeroDivisionError):
             continue
     return readable
 
@@ -160,9 +161,10 @@ def plot_accuracy(curves: dict[str, list[dict[str, str]]], path: Path, colours: 
 
 
 def _rank_fraction(rank: str, max_rank: str) -> float:
-    """rank / max_rank of a ranks.csv row; a tucker2 pair such as "[9, 9]" gives the mean over its modes."""
-    r, top = json.loads(rank), json.loads(max_rank)
-    if isinstance(r, list):
+    """rank / max_rank of a ranks.csv row; a tucker2 pair such as "[9, 9]" (or "(9, 9)", as older SVD +
+    fine-tune runs wrote it) gives the mean over its modes."""
+    r, top = ast.literal_eval(rank), ast.literal_eval(max_rank)
+    if isinstance(r, (list, tuple)):
         return sum(a / b for a, b in zip(r, top)) / len(r)
     return r / top
 

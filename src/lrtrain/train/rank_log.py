@@ -20,14 +20,22 @@ FIELDS = ["step", "layer", "rank", "max_rank"]
 
 
 def read(path: str | Path) -> list[dict[str, str]] | None:
-    """The whole rows of ``path`` (a killed process may have left its last one cut short, or half of
-    one) in file order; None where there is no such file."""
+    """The whole rows of ``path`` in file order; None where there is no such file. A killed process may
+    have left its last row cut short: a row counts once its line ending is written (csv ends every row
+    with one), so "8,a,4,1" cut from "8,a,4,16" is not read as max_rank 1."""
     path = Path(path)
     if not path.exists():
         return None
     with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f)
-                if None not in row and all(row.get(k) not in (None, "") for k in FIELDS) and row["step"].isdigit()]
+        text = f.read()
+    whole = text[: text.rfind("\n") + 1]
+    return [row for row in csv.DictReader(io.StringIO(whole))
+            if None not in row and all(row.get(k) not in (None, "") for k in FIELDS) and row["step"].isdigit()]
+
+
+def _plain(value: Any) -> Any:
+    """A tucker2 rank pair as a list, written "[9, 9]" as JSON would (a tuple would read "(9, 9)")."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def changes(rows: Iterable[dict[str, Any]], last: dict[str, tuple[str, str]] | None = None
@@ -37,7 +45,7 @@ def changes(rows: Iterable[dict[str, Any]], last: dict[str, tuple[str, str]] | N
     last = {} if last is None else last
     kept = []
     for row in rows:
-        value = (str(row["rank"]), str(row["max_rank"]))
+        value = (str(_plain(row["rank"])), str(_plain(row["max_rank"])))
         if last.get(row["layer"]) != value:
             last[row["layer"]] = value
             kept.append(row)
@@ -49,7 +57,7 @@ def _write(rows: list[dict[str, Any]], header: bool) -> str:
     writer = csv.DictWriter(buffer, FIELDS, extrasaction="ignore")
     if header:
         writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _plain(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue()
 
 

@@ -572,13 +572,13 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name if self.stop_signal is not None else None
         if self.world.is_main:
             why = f"{name} received: " if name else ""
-            launch = "lrtrain"
+            command = f"lrtrain train {self.run_dir} --resume"
             if self.world.distributed:  # a resume with as many processes equals the uninterrupted run
-                per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.world.world_size))
-                nodes = self.world.world_size // per_node
-                launch = f"torchrun {f'--nnodes {nodes} ' if nodes > 1 else ''}--nproc-per-node {per_node} -m lrtrain"
+                one_node = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) in (0, self.world.world_size)
+                command = (f"torchrun --nproc-per-node {self.world.world_size} -m {command}" if one_node else
+                           f"your torchrun command on every node, running {command}")
             print(f"{why}stopped at step {self.step}, checkpoint {checkpoint}; continue (epoch {self.epoch + 1}, "
-                  f"batch {self.batch}) with: {launch} train {self.run_dir} --resume", flush=True)
+                  f"batch {self.batch}) with: {command}", flush=True)
         result: dict[str, Any] = {"finished": False, "step": self.step, "checkpoint": str(checkpoint)}
         if name:
             result["signal"] = name
