@@ -613,3 +613,43 @@ def test_methods_pickle_with_their_rank_requests():
     copy = pickle.loads(pickle.dumps(method))
     request = next(iter(method._requests.values()))
     assert copy._requests[request.name].cost(3) == request.cost(3) > 0
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled"])
+def test_the_pending_sub_gradient_is_kept_as_thin_factors_and_older_whole_ones_load(scheme):
+    def after_projection():
+        method = TRP(_net(), scheme=scheme, period=1, energy=0.6, nuclear=0.5, subgradient="projection",
+                     input_size=SIZE)
+        method.after_step()  # projects: a sub-gradient waits for the next step
+        return method
+
+    def next_gradients(method):
+        for p in method.model.parameters():
+            p.grad = torch.zeros_like(p)
+        method.before_step()
+        return {n: method.model.get_submodule(n).weight.grad for n in method.layers}
+
+    method = after_projection()
+    state, ranks = method.state_dict(), method.ranks()
+    assert set(state["pending"]) == set(method.layers)
+    thin = 0
+    for name, pending in state["pending"].items():
+        group = next(g for g in method._groups if name in g.names)
+        width = max(ranks[n] for n in group.names)  # the largest rank of the layer's group
+        m, n = _matrix(method, name).shape[-2:]
+        if width * (m + n) < m * n:  # two factors smaller than their product
+            assert pending["left"].shape[-1] == pending["right"].shape[-2] == width
+            thin += 1
+        else:
+            assert pending.shape == _matrix(method, name).shape
+    assert thin >= (3 if scheme != "decoupled" else 0)  # decoupled: 8×9 matrices per filter, ranks up to 8
+    expected = next_gradients(method)
+    assert all(g.abs().max() > 0 for g in expected.values())
+    whole = {n: p["left"] @ p["right"] if isinstance(p, dict) else p  # as older checkpoints held it
+             for n, p in state["pending"].items()}
+    mixed = {n: whole[n] if i % 2 else p for i, (n, p) in enumerate(state["pending"].items())}
+    for given in (state, {**state, "pending": whole}, {**state, "pending": mixed}):
+        resumed = after_projection()
+        resumed.load_state_dict(given)
+        for name, grad in next_gradients(resumed).items():
+            torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=0)

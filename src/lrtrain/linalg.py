@@ -204,6 +204,15 @@ class GramEigh(NamedTuple):
             return (self.basis * s.unsqueeze(-2)) @ (self.basis.mT @ a)
         return ((a @ self.basis) * s.unsqueeze(-2)) @ self.basis.mT
 
+    def factors(self, a: Tensor, scale: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """``apply(a, scale)`` as two thin factors ``(L, R)``, ``L @ R``, of inner size `width`, for a
+        `scale` that is zero past its first `width` entries (a rank-`width` result kept small)."""
+        s = _to(scale[..., :width].to(a.dtype), a.device)
+        basis = self.basis[..., :width]
+        if self.left:
+            return basis * s.unsqueeze(-2), basis.mT @ a
+        return (a @ basis) * s.unsqueeze(-2), basis.mT
+
 
 def _lapack_threads(gram: Tensor) -> contextlib.AbstractContextManager:
     """One thread for a CPU eigendecomposition of k ≤ 256 (`_one_thread`); ImageNet widths keep torch's."""

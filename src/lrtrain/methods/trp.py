@@ -196,8 +196,11 @@ class TRP(Method):
         self._groups: list[WeightGroup] = group_weights(layers, self.scheme)
         self._max_rank = {name: self.scheme.max_rank(ConvGeometry.of(module)) for name, module in layers}
         self._ranks = dict(self._max_rank)
-        # U_r V_rᵀ of the last projection, per group, waiting for the next `before_step`.
-        self._pending: list[Tensor] | None = None
+        # U_r V_rᵀ of the last projection, per group, waiting for the next `before_step`: as thin factors
+        # (L, R), L @ R, of the width of the group's largest rank where they are smaller than the product,
+        # so that a checkpoint taken after a projection (every epoch end when the period divides the
+        # epoch) does not hold another copy of the weights once the ranks are low; else (U_r V_rᵀ, None).
+        self._pending: list[tuple[Tensor, Tensor | None]] | None = None
         self.overlap = bool(overlap)
         # With `overlap`: the projection sent after the last step, truncated after the next one.
         self._inflight: linalg.GramTransfer | None = None
@@ -252,7 +255,11 @@ class TRP(Method):
         if not self.nuclear or (pending is None and self.subgradient == "projection"):
             return
         for i, group in enumerate(self._groups):
-            sub = pending[i] if pending is not None else self._subgradient(group.matrices(), group.names)
+            if pending is None:
+                sub = self._subgradient(group.matrices(), group.names)
+            else:
+                left, right = pending[i]
+                sub = left if right is None else left @ right
             group.add_to_grad(self.nuclear * sub)
 
     def _subgradient(self, mats: Tensor, names: list[str] | None = None) -> Tensor:
@@ -322,8 +329,11 @@ class TRP(Method):
             keep = linalg.rank_mask(S, rank)
             group.write(dec.apply(group.matrices() if late else mats, keep))
             if self.nuclear:  # U_r V_rᵀ = U_r Σ_r⁻¹ U_rᵀ W over the numerically non-zero kept directions
-                live = keep & (S > self.tol * S[..., :1])
-                pending.append(dec.apply(mats, torch.where(live, 1 / S, 0.0)))
+                live = keep & (S > self.tol * S[..., :1])  # a prefix: S decreases
+                width = int(live.sum(-1).max()) if live.numel() else 0  # on the host: no device sync
+                left, right = dec.factors(mats, torch.where(live, 1 / S, 0.0), width)
+                m, n = mats.shape[-2:]
+                pending.append((left, right) if width * (m + n) < m * n else (left @ right, None))
             layer_rank = rank if rank.dim() == 1 else rank.amax(-1)
             for name, r in zip(group.names, layer_rank.tolist()):
                 self._ranks[name] = r
@@ -401,8 +411,9 @@ class TRP(Method):
     def state_dict(self) -> dict[str, Any]:
         pending = {}
         if self._pending is not None:
-            for group, subs in zip(self._groups, self._pending):
-                pending.update({name: sub for name, sub in zip(group.names, subs)})
+            for group, (left, right) in zip(self._groups, self._pending):
+                for i, name in enumerate(group.names):
+                    pending[name] = left[i] if right is None else {"left": left[i], "right": right[i]}
         inflight = {}
         if self._inflight is not None:  # the weights it was sent from: a resumed run decomposes them again
             for group, mats in zip(self._groups, self._inflight.mats):
@@ -417,11 +428,21 @@ class TRP(Method):
                              f"not train: {unknown}")
         self._ranks.update({name: int(r) for name, r in state["ranks"].items()})
         pending = state.get("pending") or {}
-        self._pending = None
-        if pending:
-            self._pending = self._stacked(pending)
+        self._pending = [self._pending_of(g, pending) for g in self._groups] if pending else None
         inflight = state.get("inflight") or {}
         self._inflight = self._send(self._stacked(inflight)) if inflight else None
+
+    @staticmethod
+    def _pending_of(group: WeightGroup, pending: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """A group's pending sub-gradient from a checkpoint's per-layer entries: factors {"left", "right"},
+        or U_r V_rᵀ whole (older checkpoints; a group whose layers differ is made whole)."""
+        device = group.modules[0].weight.device
+        values = [pending[name] for name in group.names]
+        if all(isinstance(v, dict) for v in values):
+            return (torch.stack([v["left"] for v in values]).to(device),
+                    torch.stack([v["right"] for v in values]).to(device))
+        whole = [v["left"] @ v["right"] if isinstance(v, dict) else v for v in values]
+        return torch.stack(whole).to(device), None
 
     def _stacked(self, per_layer: dict[str, Tensor]) -> list[Tensor]:
         """Per-layer matrices of a checkpoint, stacked by group on the weights' device."""
