@@ -389,3 +389,31 @@ def test_a_training_folder_of_one_class_is_refused(tmp_path):
     cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
     with pytest.raises(ValueError, match=r"train has one class folder \(ant\): a classifier needs two or more"):
         build_data(cfg, device=torch.device("cpu"))
+
+
+def test_cifar100_reads_its_fine_labels_and_names_and_trains_a_100_class_model(tmp_path):
+    from lrtrain.config import resolve
+    from lrtrain.train import Trainer
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 40), ("test", 10)):
+        fine = [99, 0, *rng.integers(0, 100, n - 2)]
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": fine,
+                 b"coarse_labels": [f // 5 for f in fine]}  # the 20 superclasses: not the labels
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    names = [f"class_{i:02d}".encode() for i in range(100)]
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": names, b"coarse_label_names": names[:20]}, f)
+
+    _, labels, _, test_labels = read_cifar("cifar100", find_cifar("cifar100", tmp_path))
+    assert labels[:2].tolist() == [99, 0] and len(test_labels) == 10
+    cfg = resolve({"out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"},
+                   "data": {"name": "cifar100", "dir": str(tmp_path), "batch_size": 8, "eval_batch_size": 10},
+                   "train": {"epochs": 1, "progress": False, "device": "cpu"}})
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    assert trainer.model(torch.zeros(1, 3, 32, 32)).shape == (1, 100)
+    assert summary["num_classes"] == 100 and summary["classes"][99] == "class_99"
