@@ -325,3 +325,27 @@ def test_plot_of_runs_at_one_budget_does_not_magnify_their_tiny_speedup_differen
     benchmark.plot([{**rows[0], "flops_speedup": 1.5}, rows[1]], tmp_path / "q.png", "t")
     left, right = figures[1].axes[0].get_xlim()  # spread points: matplotlib's own margins
     assert 1.4 < left < 1.5 and 2.231 < right < 2.3
+
+
+def test_labels_of_nearby_paper_points_do_not_cover_each_other(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = [{"method": "ours", "flops_speedup": 2.0, "top1_final": 90.0}]
+    paper = [{"label": "TRP channel (paper)", "speedup": 2.17, "top1": 90.5},
+             {"label": "LRPET (paper)", "speedup": 2.19, "top1": 90.52},
+             {"label": "TRP spatial (paper)", "speedup": 2.16, "top1": 90.48},
+             {"label": "far (paper)", "speedup": 4.0, "top1": 85.0}]
+    benchmark.plot(rows, tmp_path / "p.png", "t", paper_points=paper)
+    fig = figures[0]
+    fig.canvas.draw()
+    boxes = {t.get_text(): t.get_window_extent() for t in fig.axes[0].texts}
+    assert len(boxes) == 4
+    near = [boxes[k] for k in ("TRP channel (paper)", "LRPET (paper)", "TRP spatial (paper)")]
+    for i, a in enumerate(near):
+        for b in near[i + 1:]:
+            assert not a.overlaps(b)
+    far = fig.axes[0].texts[-1]  # alone, and at the right edge: left of its point, inside the panel
+    assert far.get_text() == "far (paper)" and far.xyann == (-4, 2) and far.get_ha() == "right"
+    assert boxes["far (paper)"].x1 <= fig.axes[0].get_window_extent().x1

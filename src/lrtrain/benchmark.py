@@ -191,6 +191,29 @@ def _over_seeds(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _label_points(ax, points: list[tuple[float, float, str]], fontsize: float = 7) -> list:
+    """Label each (x, y, text) of `ax` beside its point: right of it and a little above, or left of it
+    where the panel's right edge would cut the text; a label that would cover one placed before it goes
+    down a line, then another, until it is clear. Returns the annotations."""
+    ax.autoscale_view()  # the limits the labels are placed against
+    to_points = 72 / ax.figure.dpi
+    edge = ax.get_window_extent().x1 * to_points
+    line = 1.3 * fontsize
+    placed: list[tuple[float, float, float]] = []  # each label's left, bottom, right, in points
+    texts = []
+    for x, y, text in sorted(points, key=lambda p: (p[0], -p[1])):
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        width = 0.62 * fontsize * len(text)  # about a character's width
+        dx = 4 if px + 4 + width <= edge else -4 - width
+        left, level = px + dx, 0
+        while any(left < r and left + width > l and abs((py + 2 - level * line) - b) < line for l, b, r in placed):
+            level += 1
+        placed.append((left, py + 2 - level * line, left + width))
+        texts.append(ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx if dx > 0 else -4, 2 - level * line),
+                                 textcoords="offset points", ha="left" if dx > 0 else "right"))
+    return texts
+
+
 def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | None = "dense",
          paper_points: list[dict[str, Any]] | None = None, panels: str | None = None,
          colours: dict[str, str] | None = None) -> None:
@@ -219,6 +242,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
             style[method] = (next(markers), colour)
         return style[method]
 
+    crosses: dict[Any, list[tuple[float, float, str]]] = {}  # the paper points labelled beside them, per panel
     for ax, group in zip(axes[0], groups):
         for r in (r for r in rows if panels is None or r[panels] == group):
             if r["method"] == dense_label:
@@ -227,6 +251,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
             else:
                 marker, colour = style_of(r["method"])
                 ax.scatter(r["flops_speedup"], r["top1_final"], marker=marker, color=colour, s=60, label=r["method"])
+        crosses[ax] = []
         for p in (p for p in points if panels is None or p[panels] == group):
             if "method" in p:
                 marker, colour = style_of(p["method"])
@@ -234,8 +259,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
                            linewidths=1.5, label=p["label"])
             else:
                 ax.scatter(p["speedup"], p["top1"], marker="x", color="black", s=50)
-                ax.annotate(p["label"], (p["speedup"], p["top1"]), fontsize=7, xytext=(4, 2),
-                            textcoords="offset points")
+                crosses[ax].append((p["speedup"], p["top1"], p["label"]))
         speedups = [x for c in ax.collections for x in c.get_offsets()[:, 0]]
         if speedups and max(speedups) < 1.2 * min(speedups):  # a narrow axis would magnify a 0.1 % difference
             middle = (max(speedups) + min(speedups)) / 2
@@ -247,6 +271,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
         entries = dict(zip(*ax.get_legend_handles_labels()[::-1]))  # one entry per method, not per seed
         ax.legend(entries.values(), entries.keys(), fontsize=7, loc="best")
     fig.tight_layout()
+    for ax, labelled in crosses.items():  # placed once the panels have their final size
+        _label_points(ax, labelled)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
