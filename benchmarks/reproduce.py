@@ -701,8 +701,13 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
     """`args.out`.csv/.md and the accuracy-vs-FLOPs plot from the finished runs under ``args.root``."""
     sets = {r.name: overrides(r, args.set, args.epochs_scale) for r in runs}
     specs = {r.name: spec(r, sets[r.name]) for r in runs}
+    earlier = args.out.with_suffix(".csv")
+    measured = {}
+    if earlier.exists() and not args.remeasure:
+        with open(earlier, newline="") as f:
+            measured = {row["run"]: row for row in csv.DictReader(f)}
     rows = benchmark.collect(list(specs.values()), args.root, "", threads=args.threads,
-                             latency_iters=args.latency_iters)
+                             latency_iters=args.latency_iters, measured=measured)
     by_name = {r.name: r for r in runs}
     for row in rows:
         run = by_name[row["run"]]
@@ -718,7 +723,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
              f"trained (before finalize, so a final cut or BN recalibration can beat it). top1_diff = top1_final − "
              f"paper_top1; flops_reduction = 1 − compact/dense MACs; flops_speedup = dense/compact MACs. "
              f"cpu_speedup_b32: measured forward-pass speedup of the compact model over the dense one on "
-             f"the CPU ({benchmark.cpu_name()}, {args.threads} threads, batch 32); {benchmark.DEPLOYED_NOTE} "
+             f"the CPU ({benchmark.cpu_name()}, {args.threads} threads, batch 32; timed when the row first came, "
+             f"again with --remeasure); {benchmark.DEPLOYED_NOTE} "
              f"Paper figures: "
              f"{', '.join(sorted({r.paper['source'] for r in runs if r.paper}))}; none was found for the other "
              f"rows (no CIFAR figure of TRP without the nuclear term, LRPET on ResNet-20, ELRT, SVD + fine-tune). "
@@ -829,6 +835,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "cifar10", help="results stem")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of the report's latency measurement")
     p.add_argument("--latency-iters", type=int, default=20, help="forward passes of each latency measurement")
+    p.add_argument("--remeasure", action="store_true",
+                   help="time every finished run's compact model again (default: a row already in the table "
+                        "keeps its CPU speedups while its run is unchanged)")
     args = p.parse_args(argv)
     runs = select(args.runs)
     if args.list:
@@ -842,7 +851,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--pack-only needs --pack DIR (or $OUT)")
         record = args.root / TRAINED
         trained = json.loads(record.read_text()) if record.exists() else []
-        pack(args.root, [r.name for r in runs if r.name in trained], args.pack)
+        names = [r.name for r in runs if r.name in trained]
+        if not names:  # an empty pack would replace the pieces already in --pack
+            raise SystemExit(f"--pack-only: none of {', '.join(r.name for r in runs)} was trained under "
+                             f"{args.root} (its {TRAINED} lists {', '.join(trained) or 'none'}): nothing packed")
+        pack(args.root, names, args.pack)
         return
     if args.make_seed:
         make_seed(args.root, runs, args.make_seed, int(args.seed_limit * 2**20))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lrtrain import benchmark
 from lrtrain.config import load_recipe
 from lrtrain.train import Trainer
 
@@ -87,11 +88,21 @@ def test_second_call_resumes_both_in_parallel_and_matches_an_uninterrupted_run(c
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_report_writes_the_table_with_paper_columns_and_the_plot(calls):
+def test_report_writes_the_table_with_paper_columns_and_the_plot(calls, monkeypatch):
     d, _ = calls
     stem = d / "results" / "cifar10"
-    reproduce.main([*TINY, "--runs", *RUNS, "--root", str(d / "second"), "--out", str(stem), "--report-only",
-                    "--threads", "1", "--latency-iters", "2"])
+    report = [*TINY, "--runs", *RUNS, "--root", str(d / "second"), "--out", str(stem), "--report-only",
+              "--threads", "1", "--latency-iters", "2"]
+    reproduce.main(report)
+    first = stem.with_suffix(".csv").read_text()
+    timed = []
+    monkeypatch.setattr(benchmark, "_compact_speedups", lambda *a, **k: timed.append(a[0].name) or (9.0, 9.0))
+    reproduce.main(report)  # the runs are as they were: their CPU speedups are kept, not timed again
+    assert timed == [] and stem.with_suffix(".csv").read_text() == first
+    reproduce.main([*report, "--remeasure"])
+    assert sorted(timed) == sorted(RUNS) and stem.with_suffix(".csv").read_text() != first
+    monkeypatch.undo()
+    reproduce.main([*report, "--remeasure"])
     with open(stem.with_suffix(".csv")) as f:
         rows = {r["run"]: r for r in csv.DictReader(f)}
     assert rows.keys() == set(RUNS)
@@ -222,6 +233,11 @@ def test_a_call_packs_after_each_worker_and_pack_only_packs_just_its_runs(tmp_pa
     assert not any(n.startswith("resnet56_dense") for n in names)
 
     reproduce.main(["--root", str(root), "--pack", str(tmp_path / "again"), "--pack-only"])
+    assert _tar_names(tmp_path / "again") == names
+    # runs this machine did not train: said, and the pack already there is kept
+    with pytest.raises(SystemExit, match=r"none of resnet56_dense was trained under .*: nothing packed"):
+        reproduce.main(["--root", str(root), "--pack", str(tmp_path / "again"), "--pack-only",
+                        "--runs", "resnet56_dense"])
     assert _tar_names(tmp_path / "again") == names
     merged = tmp_path / "merged"
     reproduce.main(["--root", str(merged), "--unpack", str(tmp_path / "again")])

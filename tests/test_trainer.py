@@ -3,6 +3,7 @@
 import copy
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -416,3 +417,18 @@ def test_a_folder_run_keeps_its_class_names_beside_the_model(tmp_path):
     assert summary["classes"] == ["Ant", "bee", "zebra"] and summary["num_classes"] == 3  # label order
     _, arch = export.load_with_arch(tmp_path / "run" / "compact.pt")
     assert arch["classes"] == summary["classes"]
+
+
+def test_an_epoch_resumed_mid_way_counts_the_time_and_images_of_both_parts(tmp_path, monkeypatch):
+    clock = iter(range(0, 10**6, 3))  # every reading of the clock 3 s after the last
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(clock)))
+    cfg = make_cfg(tmp_path, epochs=1)  # 4 steps of 32 images
+    fit(cfg, until_step=3)
+    saved = torch.load(list_checkpoints(tmp_path / "run" / "checkpoints")[-1], weights_only=True)
+    assert saved["batch"] == 3 and saved["epoch_so_far"][1] == 96 and saved["epoch_so_far"][0] > 0
+    fit(cfg, resume=True)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    seconds = float(row["epoch_time_s"])
+    assert seconds > saved["epoch_so_far"][0]  # the first part's seconds, and the resumed part's
+    assert float(row["img_per_s"]) * seconds == pytest.approx(128)  # all four batches, not the last one only

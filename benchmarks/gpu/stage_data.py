@@ -5,7 +5,7 @@ A call to the GPU machine takes at most 64 MiB (working tree included), and CIFA
 alike, so the pickles shrink to about 70 %) and groups them into parts of about 41 MiB under
 ``.data/`` (ignored by git, so a part travels only when a call names it in ``carry``):
 
-    python benchmarks/gpu/stage_data.py split          # .data/cifar10-part1 .. part3, ~3 min of CPU once
+    python benchmarks/gpu/stage_data.py split          # .data/cifar10-part1 .. part3, ~5 min of CPU once
 
 On the GPU machine, each call that carries a part unpacks it into one folder outside the repository,
 which stays there as long as the machine is warm (30 s after a call):
@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import lzma
+import os
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -48,6 +49,16 @@ def _compress(src: Path, dest: Path) -> tuple[str, int]:
     with open(src, "rb") as fin, lzma.open(dest, "wb", format=lzma.FORMAT_XZ, filters=FILTERS) as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
     return _sha256(src), dest.stat().st_size
+
+
+def default_src() -> Path:
+    """Where lrtrain looks for CIFAR-10 (its ``cifar-10-batches-py`` folder, or the folder itself): under
+    $LRTRAIN_DATA, else ../shared/data from the working directory, else beside this checkout; the first
+    that holds the pickles (else the first, which `split` then says lacks them)."""
+    roots = [Path(os.environ["LRTRAIN_DATA"])] if os.environ.get("LRTRAIN_DATA") else [
+        Path.cwd() / ".." / "shared" / "data", ROOT.parent / "shared" / "data"]
+    found = [d for r in roots for d in (r / "cifar-10-batches-py", r) if (d / FILES[0]).is_file()]
+    return (found or [roots[0] / "cifar-10-batches-py"])[0].resolve()
 
 
 def split(src: Path, out: Path, parts: int, jobs: int) -> list[Path]:
@@ -108,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("split", help="here: compress CIFAR-10 into parts under .data/")
-    s.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+    s.add_argument("--src", type=Path, help="the CIFAR-10 pickles (default: where lrtrain finds them: "
+                                            "$LRTRAIN_DATA, else ../shared/data)")
     s.add_argument("--out", type=Path, default=ROOT / ".data")
     s.add_argument("--parts", type=int, default=3)
     s.add_argument("--jobs", type=int, default=2, help="files compressed at once")
@@ -117,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("dest", type=Path, nargs="?", default=Path("/tmp/cifar-10-batches-py"))
     args = p.parse_args(argv)
     if args.command == "split":
-        split(args.src, args.out, args.parts, args.jobs)
+        split(args.src or default_src(), args.out, args.parts, args.jobs)
         return 0
     return unpack(args.part, args.dest)
 

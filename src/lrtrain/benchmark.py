@@ -102,8 +102,12 @@ def _compact_speedups(run_dir: Path, model_name: str, num_classes: int, batch: i
 
 
 def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
-            latency_iters: int = 20) -> list[dict[str, Any]]:
-    """One row per finished run (its summary.json), with measured CPU inference speedups at batch 32."""
+            latency_iters: int = 20, measured: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per finished run (its summary.json), with measured CPU inference speedups at batch 32.
+
+    ``measured``: rows of an earlier table by run name; a run whose summary still has that row's commit,
+    date and top-1 keeps its speedups rather than being timed again (on a shared CPU a second timing moves
+    them by ±15 %, which would change the table at every refresh)."""
     rows, dense_cache = [], {}
     for spec in specs:
         path = root / spec.name / "summary.json"
@@ -112,8 +116,13 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
         s = json.loads(path.read_text())
         dense, compact = s["dense"], s["compact"]
         model = spec.recipe["model"]["name"]
-        as_trained, deployed = _compact_speedups(root / spec.name, model, s.get("num_classes", 10), 32, threads,
-                                                 latency_iters, dense_cache)
+        old = (measured or {}).get(spec.name)
+        if old and (str(old.get("commit")), str(old.get("date")), _number(old.get("top1_final"))) == (
+                str(s.get("commit", "unknown")), str(s.get("date", "unknown")), s["final_acc"]):
+            as_trained, deployed = _number(old.get("cpu_speedup_b32")), _number(old.get("cpu_deployed_speedup_b32"))
+        else:
+            as_trained, deployed = _compact_speedups(root / spec.name, model, s.get("num_classes", 10), 32, threads,
+                                                     latency_iters, dense_cache)
         rows.append({
             "run": spec.name, "method": spec.label, "model": model,
             "top1_final": s["final_acc"], "top1_best": s["best_acc"], "top1_before_finalize": s.get("pre_finalize_acc"),
@@ -127,6 +136,14 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
             **_paper_columns(spec.paper, s["final_acc"]),
         })
     return rows
+
+
+def _number(value: Any) -> float | None:
+    """A csv cell as a number; None for an empty or unreadable one."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _paper_columns(paper: dict[str, Any] | None, top1: float) -> dict[str, Any]:

@@ -273,6 +273,10 @@ class Trainer:
         # the code of each session that trained the run (read now: the tree may change while it trains)
         self._commits = [commit()]
         self._trained_epoch: tuple[float, int] | None = None  # (seconds, images) of an epoch whose end failed
+        # (seconds, images) of the current epoch before this process took it over from a mid-epoch
+        # checkpoint, and when and at how many images this process started it: an epoch's row counts them all
+        self._epoch_before: tuple[float, int] = (0.0, 0)
+        self._epoch_clock: tuple[float, int] | None = None
         self._session_start = time.perf_counter()
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during `fit`
         self._evaluating = False
@@ -486,10 +490,11 @@ class Trainer:
         """The epochs left; the stopped result when it stops before the end, else None."""
         session = time.perf_counter()
         for epoch in range(self.epoch, self.epochs):
-            started, images_before = time.perf_counter(), self.sums.samples
+            self._epoch_clock = (time.perf_counter(), self.sums.samples)
             if not self._train_epoch(epoch, until_step):
                 return self._stopped()
-            seconds, images = time.perf_counter() - started, (self.sums.samples - images_before) * self.world.world_size
+            seconds, images = self._epoch_so_far()
+            self._epoch_clock, self._epoch_before = None, (0.0, 0)
             if self._trained_epoch is not None:  # resumed to redo the end of an epoch trained before the failure
                 (seconds, images), self._trained_epoch = self._trained_epoch, None
             self._end_epoch_or_keep_it(epoch, seconds, images)
@@ -500,6 +505,15 @@ class Trainer:
             if stop and self.epoch < self.epochs:
                 return self._stopped()
         return None
+
+    def _epoch_so_far(self) -> tuple[float, int]:
+        """Seconds and images of the current epoch's training so far, by every process that trained it
+        (a run resumed mid-epoch, even on another device, included: its row would read a part as the whole)."""
+        if self._epoch_clock is None:
+            return self._epoch_before
+        started, images_before = self._epoch_clock
+        return (self._epoch_before[0] + time.perf_counter() - started,
+                self._epoch_before[1] + (self.sums.samples - images_before) * self.world.world_size)
 
     def _end_epoch_or_keep_it(self, epoch: int, seconds: float, images: int) -> None:
         """`_end_epoch`; where it fails (an unreadable test image, out of memory in the evaluation) a
@@ -654,6 +668,7 @@ class Trainer:
                 "rng": rng,
                 "rng_ranks": rng_ranks,
                 "trained_epoch": self._trained_epoch,
+                "epoch_so_far": list(self._epoch_so_far()) if self.batch else None,
                 "num_classes": self.num_classes,  # the classifier's outputs, also when it is factorized
                 **model_facts(self.data),  # for lrtrain evaluate / compress
                 **self._layers(),
@@ -711,6 +726,8 @@ class Trainer:
         self.history = state["history"]
         self._elapsed_before = state["elapsed"]
         self._trained_epoch = state.get("trained_epoch")  # absent from older checkpoints
+        so_far = state.get("epoch_so_far")  # absent from older checkpoints
+        self._epoch_before = (float(so_far[0]), int(so_far[1])) if so_far else (0.0, 0)
         self._keep_normalization(state.get("normalize"), path)
         earlier = [c for c in state.get("commits", []) if c != self._commits[-1]]  # absent from older checkpoints
         self._commits = [*dict.fromkeys(earlier), self._commits[-1]]
