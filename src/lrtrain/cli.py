@@ -228,8 +228,8 @@ def _run_export(args: argparse.Namespace) -> int:
     if (args.fold_bn or args.deploy) and args.format == "state_dict":
         flag = "--deploy" if args.deploy else "--fold-bn"
         raise ValueError(f"{flag} changes the architecture, which a state_dict does not carry (it loads into the "
-                         "model of compact.pt): use torchscript, exported or onnx, or in Python lrtrain.fold_batchnorm / "
-                         "lrtrain.deploy and lrtrain.save")
+                         "model of compact.pt): use torchscript, exported or onnx, or in Python "
+                         "lrtrain.fold_batchnorm / lrtrain.deploy and lrtrain.save")
     if args.normalize and args.format == "state_dict":
         raise ValueError(export.STATE_DICT_HAS_NO_NORMALIZATION)
     if args.layout and not args.deploy:

@@ -6,8 +6,8 @@ layer...). Loading rebuilds the model from the registry, replaces those layers, 
 no pickled code, so files load with ``torch.load(weights_only=True)`` and need no training code.
 
 For deployment, `export_torchscript`, `export_program` (torch.export), `export_onnx` (needs the ``onnx``
-package) and `export_state_dict` write a model in those formats, and `check_export` measures how far the written file's outputs are from
-the model's (``lrtrain export`` runs both). A compact model written by the trainer records the input
+package) and `export_state_dict` write a model in those formats, and `check_export` measures how far the
+written file's outputs are from the model's (``lrtrain export`` runs both). A compact model written by the trainer records the input
 normalization it was trained with (``arch["normalize"]``); `Normalized` builds it into the model.
 
     >>> import lrtrain as lr, tempfile, os

@@ -123,8 +123,8 @@ def _device(map_location: Any) -> Any:
 def _archive_problem(path: str | Path) -> str | None:
     """What torch.load would not say of the zip archive `path` (torch.save's format): a member whose CRC
     does not match (torch.load does not check them: damaged bytes would load as weights), or a TorchScript
-    or torch.export file (torch.load's message about either is a page long). None otherwise, or when zipfile cannot read it
-    (torch.load then says what is wrong)."""
+    or torch.export file (torch.load's message about either is a page long). None otherwise, or when
+    zipfile cannot read it (torch.load then says what is wrong)."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
