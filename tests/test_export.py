@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import lrtrain as lr
 from lrtrain import cli, export
@@ -67,6 +68,21 @@ def test_exported_program_runs_any_batch_size_without_lrtrain_classes(compact_fi
     with torch.no_grad():
         for x in (_inputs()[:1], _inputs()):
             assert _max_diff(module(x), model(x)) < 1e-4
+
+
+def test_a_model_that_runs_at_one_batch_size_only_is_refused_in_one_line(tmp_path):
+    class FixedBatch(nn.Module):  # flattens the whole batch into one row
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 4 * 4, 2)
+
+        def forward(self, x):
+            return self.fc(x.reshape(1, -1))
+
+    with pytest.raises(ValueError, match=r"^torch.export could not capture the model with a batch dimension "
+                                         r"that varies \(.+\): export torchscript or onnx instead$"):
+        export.export_program(FixedBatch(), tmp_path / "m.pt2", (1, 3, 4, 4))
+    assert not (tmp_path / "m.pt2").exists()
 
 
 def test_onnx_matches_in_onnxruntime(compact_file, tmp_path):

@@ -101,6 +101,9 @@ def test_report_writes_the_table_with_paper_columns_and_the_plot(calls, monkeypa
     assert timed == [] and stem.with_suffix(".csv").read_text() == first
     reproduce.main([*report, "--remeasure"])
     assert sorted(timed) == sorted(RUNS) and stem.with_suffix(".csv").read_text() != first
+    timed.clear()
+    reproduce.main([*report, "--threads", "2"])  # kept values were timed on one thread: timed again
+    assert sorted(timed) == sorted(RUNS)
     monkeypatch.undo()
     reproduce.main([*report, "--remeasure"])
     with open(stem.with_suffix(".csv")) as f:

@@ -54,3 +54,8 @@ def test_the_default_source_is_where_lrtrain_finds_cifar10(tmp_path, monkeypatch
     monkeypatch.chdir(work)  # ../shared/data from the working directory, as in a fresh clone beside it
     _fake_cifar(tmp_path / "shared" / "data" / "cifar-10-batches-py")
     assert stage_data.default_src() == (tmp_path / "shared" / "data" / "cifar-10-batches-py").resolve()
+
+
+def test_a_missing_source_folder_says_how_to_give_one(tmp_path):
+    with pytest.raises(SystemExit, match=r"no CIFAR-10 folder .*nowhere: give --src, or set \$LRTRAIN_DATA"):
+        stage_data.split(tmp_path / "nowhere", tmp_path / "out", parts=3, jobs=1)

@@ -653,3 +653,39 @@ def test_the_pending_sub_gradient_is_kept_as_thin_factors_and_older_whole_ones_l
         resumed.load_state_dict(given)
         for name, grad in next_gradients(resumed).items():
             torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=0)
+
+
+def test_a_tall_weights_factors_are_saved_alone_and_resume_bit_for_bit():
+    """A widening 1×1 conv is tall in the channel form (32 × 8): its right factor is Vᵀ, which must be
+    saved as its own small tensor (not the buffer of every group's bases) and multiply as after a resume."""
+    x, y = _data(128)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 32, 1), nn.ReLU(),
+                              nn.Conv2d(32, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(8, 4))
+        return model, TRP(model, period=3, energy=0.5, nuclear=1e-2, subgradient="projection", input_size=SIZE)
+
+    model, method = fresh()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(method, opt, x, y, 6)  # step 6 projects: a sub-gradient waits for step 7
+    state = method.state_dict()
+    tall = state["pending"]["2"]
+    assert isinstance(tall, dict) and tall["right"].shape == (method.ranks()["2"], 8)
+    for pending in state["pending"].values():
+        for t in (pending.values() if isinstance(pending, dict) else [pending]):
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()  # nothing more is saved
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "method": state}, buf)
+    _train(method, opt, x, y, 4, start=6)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model2, method2 = fresh()
+    model2.load_state_dict(ckpt["model"])
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
+    opt2.load_state_dict(ckpt["opt"])
+    method2.load_state_dict(ckpt["method"])
+    _train(method2, opt2, x, y, 4, start=6)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)

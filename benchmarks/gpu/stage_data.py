@@ -63,6 +63,9 @@ def default_src() -> Path:
 
 def split(src: Path, out: Path, parts: int, jobs: int) -> list[Path]:
     """Compress the pickles of `src` into `parts` folders ``out/cifar10-partN`` of about equal size."""
+    if not src.is_dir():
+        raise SystemExit(f"no CIFAR-10 folder {src}: give --src, or set $LRTRAIN_DATA to the folder holding "
+                         "cifar-10-batches-py")
     missing = [f for f in FILES if not (src / f).is_file()]
     if missing:
         raise SystemExit(f"{src} lacks {', '.join(missing)}")

@@ -32,7 +32,7 @@ DEPLOYED_NOTE = ("cpu_deployed_speedup_b32: the same, the compact model deployed
 
 ROW_FIELDS = ["run", "method", "model", "top1_final", "top1_best", "top1_before_finalize", "dense_mflops",
               "compact_mflops", "flops_speedup", "dense_params_m", "compact_params_m", "cpu_speedup_b32",
-              "cpu_deployed_speedup_b32", "epochs", "wall_s", "device", "command", "commit", "date",
+              "cpu_deployed_speedup_b32", "cpu_timing", "epochs", "wall_s", "device", "command", "commit", "date",
               "flops_reduction", "paper_top1", "top1_diff", "paper_speedup", "paper_source"]
 
 
@@ -106,8 +106,10 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
     """One row per finished run (its summary.json), with measured CPU inference speedups at batch 32.
 
     ``measured``: rows of an earlier table by run name; a run whose summary still has that row's commit,
-    date and top-1 keeps its speedups rather than being timed again (on a shared CPU a second timing moves
-    them by ±15 %, which would change the table at every refresh)."""
+    date and top-1, timed as this call would time it (``cpu_timing``: the CPU, threads and passes), keeps
+    its speedups rather than being timed again (on a shared CPU a second timing moves them by ±15 %, which
+    would change the table at every refresh)."""
+    timing = f"{cpu_name()}, {threads} threads, {latency_iters} passes"
     rows, dense_cache = [], {}
     for spec in specs:
         path = root / spec.name / "summary.json"
@@ -116,10 +118,12 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
         s = json.loads(path.read_text())
         dense, compact = s["dense"], s["compact"]
         model = spec.recipe["model"]["name"]
-        old = (measured or {}).get(spec.name)
-        if old and (str(old.get("commit")), str(old.get("date")), _number(old.get("top1_final"))) == (
-                str(s.get("commit", "unknown")), str(s.get("date", "unknown")), s["final_acc"]):
-            as_trained, deployed = _number(old.get("cpu_speedup_b32")), _number(old.get("cpu_deployed_speedup_b32"))
+        old = (measured or {}).get(spec.name) or {}
+        kept = _number(old.get("cpu_speedup_b32")), _number(old.get("cpu_deployed_speedup_b32"))
+        if None not in kept and (old.get("commit"), old.get("date"), old.get("cpu_timing"),
+                                 _number(old.get("top1_final"))) == (
+                str(s.get("commit", "unknown")), str(s.get("date", "unknown")), timing, s["final_acc"]):
+            as_trained, deployed = kept
         else:
             as_trained, deployed = _compact_speedups(root / spec.name, model, s.get("num_classes", 10), 32, threads,
                                                      latency_iters, dense_cache)
@@ -129,7 +133,7 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
             "dense_mflops": dense["flops"] / 1e6, "compact_mflops": compact["flops"] / 1e6,
             "flops_speedup": dense["flops"] / compact["flops"],
             "dense_params_m": dense["params"] / 1e6, "compact_params_m": compact["params"] / 1e6,
-            "cpu_speedup_b32": as_trained, "cpu_deployed_speedup_b32": deployed,
+            "cpu_speedup_b32": as_trained, "cpu_deployed_speedup_b32": deployed, "cpu_timing": timing,
             "epochs": s["epochs"], "wall_s": s["wall_time_s"], "device": s["device"],
             "command": command, "commit": s.get("commit", "unknown"), "date": s.get("date", "unknown"),
             "flops_reduction": 1 - compact["flops"] / dense["flops"],
@@ -210,21 +214,29 @@ def _over_seeds(rows: list[dict[str, Any]]) -> list[str]:
 
 def _label_points(ax, points: list[tuple[float, float, str]], fontsize: float = 7) -> list:
     """Label each (x, y, text) of `ax` beside its point: right of it and a little above, or left of it
-    where the panel's right edge would cut the text; a label that would cover one placed before it goes
-    down a line, then another, until it is clear. Returns the annotations."""
+    where the panel's right edge would cut the text; a label that would cover one placed before it moves
+    a line down, else up, then two..., as far as the panel reaches. Returns the annotations."""
     ax.autoscale_view()  # the limits the labels are placed against
     to_points = 72 / ax.figure.dpi
-    edge = ax.get_window_extent().x1 * to_points
+    panel = ax.get_window_extent()
+    right, low, high = panel.x1 * to_points, panel.y0 * to_points, panel.y1 * to_points
     line = 1.3 * fontsize
     placed: list[tuple[float, float, float]] = []  # each label's left, bottom, right, in points
     texts = []
     for x, y, text in sorted(points, key=lambda p: (p[0], -p[1])):
         px, py = (v * to_points for v in ax.transData.transform((x, y)))
         width = 0.62 * fontsize * len(text)  # about a character's width
-        dx = 4 if px + 4 + width <= edge else -4 - width
-        left, level = px + dx, 0
-        while any(left < r and left + width > l and abs((py + 2 - level * line) - b) < line for l, b, r in placed):
-            level += 1
+        dx = 4 if px + 4 + width <= right else -4 - width
+        left = px + dx
+
+        def clear(level: int) -> bool:
+            bottom = py + 2 - level * line
+            inside = low <= bottom and bottom + line <= high
+            return inside and not any(left < r and left + width > l and abs(bottom - b) < line
+                                      for l, b, r in placed)
+
+        levels = [0, *(k * sign for k in range(1, 40) for sign in (1, -1))]  # 1: a line down
+        level = next((k for k in levels if clear(k)), 0)
         placed.append((left, py + 2 - level * line, left + width))
         texts.append(ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx if dx > 0 else -4, 2 - level * line),
                                  textcoords="offset points", ha="left" if dx > 0 else "right"))

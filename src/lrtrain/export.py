@@ -276,7 +276,12 @@ def export_program(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32)
     # An example batch of 1 would fix the batch at 1: torch.export specializes dimensions of size 0 and 1.
     example = _example((max(2, input_size[0]), *input_size[1:]))
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+    try:
+        program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+    except Exception as err:  # torch's own words run to pages of traced shapes: their first line
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ValueError(f"torch.export could not capture the model with a batch dimension that varies "
+                         f"({first.strip()[:200]}): export torchscript or onnx instead") from None
     atomic_write(path, lambda f: torch.export.save(program, f))
 
 

@@ -211,7 +211,9 @@ class GramEigh(NamedTuple):
         basis = self.basis[..., :width]
         if self.left:
             return basis * s.unsqueeze(-2), basis.mT @ a
-        return (a @ basis) * s.unsqueeze(-2), basis.mT
+        # a copy, not a view of the basis (of the buffer of every group's bases, which a checkpoint would
+        # save whole), laid out as a resumed run's stacked copy is, so that both multiply alike
+        return (a @ basis) * s.unsqueeze(-2), basis.mT.contiguous()
 
 
 def _lapack_threads(gram: Tensor) -> contextlib.AbstractContextManager:
