@@ -85,11 +85,11 @@ def test_a_trp_run_resumed_mid_training_writes_the_uninterrupted_runs_ranks_csv(
 def test_the_grid_holds_each_rank_until_the_layers_next_row():
     for given in (projections(), changes(projections())):
         layers, steps, grid = report.rank_grid([{k: str(v) for k, v in r.items()} for r in given])
-        assert layers == ["a", "b"] and steps == [5, 10, 20, 30]
-        assert grid.mul(16).tolist() == [[14, 12, 11, 11], [12, 12, 12, 9]]
+        assert layers == ["a", "b"] and steps == [0, 5, 10, 20, 30]  # from step 0: dense until projected
+        assert grid.mul(16).tolist() == [[16, 14, 12, 11, 11], [16, 12, 12, 12, 9]]
     layers, steps, grid = report.rank_grid([{"step": "8", "layer": "late", "rank": "2", "max_rank": "4"},
                                             *[{k: str(v) for k, v in r.items()} for r in projections()]])
-    assert layers == ["a", "b", "late"] and grid[2].isnan().tolist() == [True, False, False, False, False]
+    assert layers == ["a", "b", "late"] and grid[2].tolist() == [1, 1, 0.5, 0.5, 0.5, 0.5]
 
 
 @pytest.mark.parametrize("last_step, end", [(None, 31 / 5), (40, 8), (20, 31 / 5)])
@@ -99,5 +99,5 @@ def test_a_heat_map_is_drawn_to_the_last_step(tmp_path, monkeypatch, last_step, 
     report.plot_rank_heatmap([{k: str(v) for k, v in r.items()} for r in projections()], tmp_path / "ranks.png",
                              "ranks", steps_per_epoch=5, last_step=last_step)
     ax = saved[0].axes[0]
-    assert ax.get_xlim() == pytest.approx((1, end))  # from the first projection, step 5, in epochs of 5 steps
+    assert ax.get_xlim() == pytest.approx((0, end))  # from step 0 (dense until step 5), in epochs of 5 steps
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]

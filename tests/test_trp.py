@@ -604,6 +604,12 @@ def test_a_final_cut_that_decomposes_nothing_says_so_in_trps_words():
         compact = method.finalize("energy:1.0")
     assert len(caught) == 1 and caught[0].filename == __file__  # pointed at the caller's line
     assert not any(isinstance(m, lr.LowRankConv2d) for m in compact.modules())
+    assert "(TRP never projected: 0 training steps, fewer than its period 5;" in str(caught[0].message)
+    for _ in range(5):
+        method.after_step()  # the fifth projects
+    with pytest.warns(UserWarning, match="^TRP.finalize: no layer was decomposed") as caught:
+        method.finalize({name: method._max_rank[name] for name in method._final_names})  # full ranks
+    assert "never projected" not in str(caught[0].message)
 
 
 def test_methods_pickle_with_their_rank_requests():

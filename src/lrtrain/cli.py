@@ -395,8 +395,8 @@ COMMANDS: dict[str, Command] = {  # in the order of a model's life: `lrtrain --h
                     _run_info),
     "compress": Command("decompose a trained model into a compact low-rank one (no fine-tuning)",
                         _compress_arguments, _run_compress),
-    "export": Command("write a compact model as TorchScript, ONNX or a plain state_dict", _export_arguments,
-                      _run_export),
+    "export": Command("write a compact model as TorchScript, an ExportedProgram, ONNX or a plain state_dict",
+                      _export_arguments, _run_export),
     "report": Command("plots and a Markdown summary from run directories", _report_arguments, _run_report),
 }
 

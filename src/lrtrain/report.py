@@ -170,13 +170,13 @@ def _rank_fraction(rank: str, max_rank: str) -> float:
 
 
 def rank_grid(rows: list[dict[str, str]]) -> tuple[list[str], list[int], Tensor]:
-    """ranks.csv rows as a layers × steps grid of rank / max rank, one column per step where a rank changed,
-    each value holding until the layer's next row, NaN before its first."""
+    """ranks.csv rows as a layers × steps grid of rank / max rank, one column from step 0 and one per step
+    where a rank changed, each value holding until the layer's next row; 1 (dense) before its first."""
     rows = rank_log.changes(sorted(rows, key=lambda r: int(r["step"])))  # every projection's rows: the same
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    steps = sorted({int(r["step"]) for r in rows})
+    steps = sorted({0} | {int(r["step"]) for r in rows})
     row_of, col_of = {n: i for i, n in enumerate(layers)}, {s: j for j, s in enumerate(steps)}
-    grid = torch.full((len(layers), len(steps)), math.nan)
+    grid = torch.ones(len(layers), len(steps))
     for r in rows:
         grid[row_of[r["layer"]], col_of[int(r["step"])]:] = _rank_fraction(r["rank"], r["max_rank"])
     return layers, steps, grid
@@ -185,9 +185,9 @@ def rank_grid(rows: list[dict[str, str]]) -> tuple[list[str], list[int], Tensor]
 def plot_rank_heatmap(rows: list[dict[str, str]], path: Path, title: str, steps_per_epoch: int | None = None,
                       last_step: int | None = None) -> None:
     """A heat map of ranks.csv rows: one line per layer, time across (in epochs with ``steps_per_epoch``,
-    else steps), colour = rank / max rank (a tucker2 layer's: the mean over its two modes). A layer's rank
-    holds from its row's step to its next row (`lrtrain.train.rank_log`), the last ones to ``last_step``;
-    blank before a layer's first row."""
+    else steps), colour = rank / max rank (a tucker2 layer's: the mean over its two modes), from step 0. A
+    layer's rank holds from its row's step to its next row (`lrtrain.train.rank_log`), the last ones to
+    ``last_step``; a layer is dense (1) before its first row."""
     layers, steps, grid = rank_grid(rows)
     end = last_step if last_step is not None and last_step > steps[-1] else steps[-1] + max(1, steps[-1] // 50)
     scale = steps_per_epoch or 1
@@ -441,7 +441,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
                               int(epochs[-1]["step"]) if epochs else None)
             md += ["### Rank during training", "", f"![{run.name} rank during training]({image})", ""]
         elif rank_rows is None:
-            run.notes.append("no ranks.csv (its method logs no ranks): no rank heat map")
+            run.notes.append("no ranks.csv (its method logs no ranks, or the run never projected): no rank heat map")
         else:
             run.notes.append("ranks.csv holds no complete row yet: no rank heat map")
         loaded = _load_compact(run)

@@ -75,9 +75,9 @@ def find_cifar(name: str, data_dir: str | Path | None = None) -> Path:
             if len(missing) < len(files):  # the right folder, with files lost: say which
                 raise FileNotFoundError(f"{layout.title} in {folder} is incomplete: no {', '.join(missing)}")
     raise FileNotFoundError(
-        f"{layout.title} not found: looked for {layout.folder}/{{{','.join(layout.train_files)},"
-        f"{layout.test_file}}} in {', '.join(dict.fromkeys(looked))} "
-        f"(set data.dir, --data-dir or ${DATA_ENV})"
+        f"{layout.title} not found: looked for {{{','.join(layout.train_files)},{layout.test_file}}} in "
+        f"{', '.join(dict.fromkeys(looked))} (set data.dir, --data-dir or ${DATA_ENV} to the folder holding "
+        f"{layout.folder})"
     )
 
 

@@ -94,12 +94,13 @@ class Method:
         self.step = int(state["step"])
 
 
-def decompose(method: Method, compact: nn.Module, ranks: dict[str, Any], scheme, input_size) -> nn.Module:
+def decompose(method: Method, compact: nn.Module, ranks: dict[str, Any], scheme, input_size,
+              why: str = "") -> nn.Module:
     """`surgery.factorize` of a method's `finalize` at explicit `ranks`, with its own warning where no layer
     is cheaper factorized: in the terms of the call its user made (``TRP.finalize``), pointed at their line
-    (past `finalize` and its `linalg.full_precision` wrapper)."""
+    (past `finalize` and its `linalg.full_precision` wrapper); `why` ends it where the method knows more."""
     decisions = surgery.plan(compact, ranks, scheme, input_size=input_size, linear=False)
     if not any(d.factorize for d in decisions):
         warnings.warn(f"{type(method).__name__}.finalize: no layer was decomposed at its final ranks: each "
-                      "layer's factorized form would cost at least its dense one", stacklevel=4)
+                      f"layer's factorized form would cost at least its dense one{why}", stacklevel=4)
     return surgery.carry_out(compact, decisions, scheme)

@@ -385,7 +385,10 @@ class TRP(Method):
             ranks = self._explicit(policy)
         else:
             ranks = self._policy_ranks(compact, parse_policy(policy))
-        return decompose(self, compact, ranks, self.scheme, self.input_size)
+        never = self.period and self.step < self.period
+        why = (f" (TRP never projected: {self.step} training steps, fewer than its period {self.period}; a "
+               "smaller batch gives more steps)") if never else ""
+        return decompose(self, compact, ranks, self.scheme, self.input_size, why)
 
     def _explicit(self, ranks: dict) -> dict[str, int]:
         """The given ranks of the layers `finalize` decomposes; trained layers it keeps dense (the official
