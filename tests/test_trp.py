@@ -285,6 +285,18 @@ def test_steps_without_projection_never_read_values_back(subgradient, overlap, m
     assert method.step == 7 + overlap and (method._inflight is not None) == overlap
 
 
+def _resumed(fresh, buf: io.BytesIO):
+    """A model, SGD optimizer and method built by `fresh()` and loaded from a checkpoint in `buf`."""
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model, method = fresh()
+    model.load_state_dict(ckpt["model"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt.load_state_dict(ckpt["opt"])
+    method.load_state_dict(ckpt["method"])
+    return model, opt, method
+
+
 @pytest.mark.parametrize("overlap", [False, True])
 def test_state_dict_round_trip_resumes_identically(overlap):
     x, y = _data(128)
@@ -303,13 +315,7 @@ def test_state_dict_round_trip_resumes_identically(overlap):
     rows = len(method.rank_log)
     _train(method, opt, x, y, 5, start=6)
 
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    model2, method2 = fresh()
-    model2.load_state_dict(ckpt["model"])
-    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
-    opt2.load_state_dict(ckpt["opt"])
-    method2.load_state_dict(ckpt["method"])
+    model2, opt2, method2 = _resumed(fresh, buf)
     assert method2.step == 6 and method2.ranks() == {r["layer"]: r["rank"] for r in method.rank_log[rows - 5:rows]}
     assert (method2._inflight is not None) == overlap
     _train(method2, opt2, x, y, 5, start=6)
@@ -685,13 +691,7 @@ def test_a_tall_weights_factors_are_saved_alone_and_resume_bit_for_bit():
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "method": state}, buf)
     _train(method, opt, x, y, 4, start=6)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    model2, method2 = fresh()
-    model2.load_state_dict(ckpt["model"])
-    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
-    opt2.load_state_dict(ckpt["opt"])
-    method2.load_state_dict(ckpt["method"])
+    model2, opt2, method2 = _resumed(fresh, buf)
     _train(method2, opt2, x, y, 4, start=6)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
