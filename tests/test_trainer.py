@@ -419,14 +419,16 @@ def test_a_folder_run_keeps_its_class_names_beside_the_model(tmp_path):
     assert arch["classes"] == summary["classes"]
 
 
-def test_an_epoch_resumed_mid_way_counts_the_time_and_images_of_both_parts(tmp_path, monkeypatch):
+def test_an_epoch_resumed_mid_way_counts_the_time_and_images_of_both_parts(tmp_path, monkeypatch, capsys):
     clock = iter(range(0, 10**6, 3))  # every reading of the clock 3 s after the last
     monkeypatch.setattr(time, "perf_counter", lambda: float(next(clock)))
     cfg = make_cfg(tmp_path, epochs=1)  # 4 steps of 32 images
     fit(cfg, until_step=3)
+    assert "; continue (epoch 1, 3 of its 4 batches done) with: lrtrain train" in capsys.readouterr().out
     saved = torch.load(list_checkpoints(tmp_path / "run" / "checkpoints")[-1], weights_only=True)
     assert saved["batch"] == 3 and saved["epoch_so_far"][1] == 96 and saved["epoch_so_far"][0] > 0
     fit(cfg, resume=True)
+    assert "(step 3, epoch 1, 3 of its 4 batches done)" in capsys.readouterr().out
     with open(tmp_path / "run" / "metrics.csv") as f:
         (row,) = list(csv.DictReader(f))
     seconds = float(row["epoch_time_s"])

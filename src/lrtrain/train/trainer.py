@@ -592,7 +592,7 @@ class Trainer:
                 command = (f"torchrun --nproc-per-node {self.world.world_size} -m {command}" if one_node else
                            f"your torchrun command on every node, running {command}")
             print(f"{why}stopped at step {self.step}, checkpoint {checkpoint}; continue (epoch {self.epoch + 1}, "
-                  f"batch {self.batch}) with: {command}", flush=True)
+                  f"{self.batch} of its {self.steps_per_epoch} batches done) with: {command}", flush=True)
         result: dict[str, Any] = {"finished": False, "step": self.step, "checkpoint": str(checkpoint)}
         if name:
             result["signal"] = name
@@ -742,8 +742,8 @@ class Trainer:
         self.method.rank_log.clear()  # rows up to this step (a constructor's too) are in ranks.csv already
         if self.world.is_main:
             self.ranks_file.resume(self.step)
-            print(f"resumed from {path} (step {self.step}, epoch {self.epoch + 1}, batch {self.batch})",
-                  flush=True)
+            print(f"resumed from {path} (step {self.step}, epoch {self.epoch + 1}, {self.batch} of its "
+                  f"{self.steps_per_epoch} batches done)", flush=True)
 
     def _keep_normalization(self, saved: dict[str, list[float]] | None, path: str | Path) -> None:
         """Go on normalizing the images as the checkpoint's model was trained to take them, where changed
