@@ -47,9 +47,9 @@ carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
    (again the further-along copy wins); at the end of the session ``mv .data/reproduce
    benchmarks/checkpoints/reproduce``, ``--report-only``, commit.
 
-The copy on the device carries .git (so the trainer reads the commit itself); where it reads "unknown"
-(a copy without it), ``--commit SHA`` puts the commit that the session sent into the summaries of the runs
-it finishes.
+``--commit SHA`` is what the workers record ($LRTRAIN_COMMIT): the copy on the device carries a .git, but
+of an older state than its working tree (2026-11-28: the session's first commit, so runs read
+"4c78189+dirty" for 2e16211); summaries that still read "unknown" get SHA too.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ import yaml
 from lrtrain import benchmark
 from lrtrain.config import load_recipe
 from lrtrain.files import atomic_write_text
+from lrtrain.provenance import COMMIT_ENV
 from lrtrain.train.checkpoint import list_checkpoints
 
 HERE = Path(__file__).resolve().parent
@@ -592,6 +593,8 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
     todo = sorted((r for r in runs if not progress(root / r.name)[0]), key=lambda r: progress(root / r.name)[1] < 0)
     env = worker_env(args.parallel)
     env["PYTHONUNBUFFERED"] = "1"
+    if args.commit:  # what the workers record: the device's .git is an older state's (2026-11-28)
+        env[COMMIT_ENV] = args.commit
     active: list[_Worker] = []
     trained: list[str] = []
     skipped: list[str] = []
@@ -829,7 +832,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", help="where CIFAR-10 is (passed to every worker)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="scale every schedule (tiny tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run's recipe")
-    p.add_argument("--commit", help="commit to record in summaries that lack one (the GPU machine has no .git)")
+    p.add_argument("--commit", help="the commit the workers record (the GPU machine's .git is not its tree's); "
+                                    "also put into summaries that lack one")
     p.add_argument("--report-only", action="store_true", help="only write the table and the plot")
     p.add_argument("--list", action="store_true", help="only print the runs and their state")
     p.add_argument("--out", type=Path, default=HERE / "results" / "cifar10", help="results stem")

@@ -60,3 +60,10 @@ def test_by_default_it_is_the_commit_of_lrtrains_own_code_wherever_it_runs(tmp_p
     here = commit(Path(lrtrain.__file__).parent)
     monkeypatch.chdir(tmp_path)  # not a git tree
     assert commit() == here
+
+
+def test_a_commit_given_in_the_environment_is_the_packages_own(repo, monkeypatch):
+    """The GPU machine's copy holds an older state's .git: the runner says which commit its workers run."""
+    monkeypatch.setenv("LRTRAIN_COMMIT", "2e16211")
+    assert commit() == "2e16211"
+    assert commit(repo / "src") != "2e16211"  # a tree given explicitly is read from its own git

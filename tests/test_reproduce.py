@@ -197,8 +197,9 @@ def test_worker_limit_takes_off_the_startup_and_starts_no_fresh_run_without_time
 
 # Stand-ins for `lrtrain train`, by run: finish, fail, or train until terminated.
 FAKE_WORKERS = {
-    "resnet20_dense": "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); "
+    "resnet20_dense": "import json, os, pathlib, sys; d = pathlib.Path(sys.argv[1]); "
                       "(d / 'compact.pt').write_bytes(b'c'); "
+                      "(d / 'recorded_commit').write_text(os.environ.get('LRTRAIN_COMMIT', '')); "
                       "(d / 'summary.json').write_text(json.dumps({'final_acc': 90.0, 'speedup': 1.0}))",
     "resnet20_svd_finetune": "import sys; print('boom'); sys.exit(1)",
     "resnet20_trp_channel_nuclear": "import pathlib, sys, time; d = pathlib.Path(sys.argv[1]) / 'checkpoints'; "
@@ -223,8 +224,9 @@ def test_a_call_packs_after_each_worker_and_pack_only_packs_just_its_runs(tmp_pa
     _fake_run(root, "resnet56_dense", step=8)  # merged from a seed, not trained by this call
     with pytest.raises(SystemExit, match=r"failed: resnet20_svd_finetune \(exit 1\)"):  # the call's status says so
         reproduce.main(["--runs", *FAKE_WORKERS, "--root", str(root), "--pack", str(out), "--time-limit", "4",
-                        "--margin", "0", "--startup", "0"])
+                        "--margin", "0", "--startup", "0", "--commit", "abc1234"])
     printed = capsys.readouterr().out
+    assert (root / "resnet20_dense" / "recorded_commit").read_text() == "abc1234"  # what the workers record
     # One pack as each worker exits, each holding every run started so far.
     assert packs == [["resnet20_dense"], ["resnet20_dense", "resnet20_svd_finetune"], list(FAKE_WORKERS)]
     assert "resnet20_dense: finished" in printed

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import subprocess
 from pathlib import Path
 
 
+COMMIT_ENV = "LRTRAIN_COMMIT"
+
+
 def commit(where: str | Path | None = None) -> str:
     """The git commit of the tree holding `where` (default: this package's code, whatever the working
     directory), ``+dirty`` when tracked files have uncommitted changes, or ``unknown`` outside a git tree.
+    For this package's code, $LRTRAIN_COMMIT when set: a copy whose .git is not its own tree's (the GPU
+    machine's copy carries the .git of an older state) says which commit it runs.
 
     Run folders under ``benchmarks/checkpoints`` are data, not code: a GPU session moves them out of the
     tree before its calls, which must not mark the code it measures as modified.
     """
+    if where is None and os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     cwd = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
