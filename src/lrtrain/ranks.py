@@ -34,7 +34,7 @@ from typing import Callable
 from torch import Tensor
 
 from . import linalg
-from .schemes import _whole
+from .schemes import whole_number
 
 Rank = int | tuple[int, int]
 
@@ -71,7 +71,7 @@ def _number(value, where: str) -> float:
 
 
 def _check_multiple(multiple) -> int:
-    whole = _whole(multiple)
+    whole = whole_number(multiple)
     if whole is None or whole < 1:
         raise ValueError(f"rank policy: multiple must be a positive integer, got {multiple!r}")
     return whole
@@ -165,7 +165,7 @@ class FixedRank(RankPolicy):
     """The same rank in every layer, clamped to each layer's maximum rank."""
 
     def __init__(self, rank: int, multiple: int = 1):
-        whole = _whole(rank)
+        whole = whole_number(rank)
         if whole is None or whole < 1:
             raise ValueError(f"FixedRank: the rank must be a positive integer, got {rank!r}")
         self.rank = whole

@@ -122,7 +122,7 @@ class Scheme:
     def check_rank(self, g: ConvGeometry, rank, where: str = "layer"):
         """Validate a rank for this geometry and return it normalized (int, or (r_in, r_out) for tucker2)."""
         hi = self.max_rank(g)
-        r = _whole(rank)
+        r = whole_number(rank)
         if r is None:
             raise ValueError(f"{where}: scheme {self.name!r} takes one integer rank, got {rank!r}")
         if not 1 <= r <= hi:
@@ -131,7 +131,7 @@ class Scheme:
         return r
 
 
-def _whole(value) -> int | None:
+def whole_number(value) -> int | None:
     """`value` as an int when it is a whole number (int, numpy or 0-d tensor integer, or integral float);
     None for anything else (2.9, True, "3", a list): a rank is never rounded silently."""
     if isinstance(value, (bool, str)):
@@ -272,7 +272,7 @@ class Tucker2(Scheme):
 
     def check_rank(self, g, rank, where="layer"):
         pair = (rank, rank) if not isinstance(rank, (tuple, list)) else tuple(rank)
-        r_in, r_out = (_whole(r) for r in pair) if len(pair) == 2 else (None, None)
+        r_in, r_out = (whole_number(r) for r in pair) if len(pair) == 2 else (None, None)
         if r_in is None or r_out is None:
             raise ValueError(f"{where}: scheme 'tucker2' takes an integer rank or a pair (r_in, r_out) of them, "
                              f"got {rank!r}")

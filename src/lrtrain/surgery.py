@@ -25,7 +25,7 @@ from . import linalg
 from .layers import LowRankConv2d, LowRankLinear, check_factorizable
 from .metrics import trace_calls
 from .ranks import POLICIES, Rank, RankPolicy, RankRequest, parse_policy
-from .schemes import ConvGeometry, Scheme, _whole, get_scheme, spec_macs
+from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs, whole_number
 
 log = logging.getLogger("lrtrain")
 
@@ -225,7 +225,7 @@ def plan(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", 
         if c.scheme is not None:
             r = c.scheme.check_rank(ConvGeometry.of(c.module), r, where=c.name)
         else:
-            whole = _whole(r)
+            whole = whole_number(r)
             if whole is None:
                 raise ValueError(f"{c.name}: a linear layer takes one integer rank, got {r!r}")
             if not 1 <= whole <= c.request.max_rank:
