@@ -47,6 +47,14 @@ carries at most 64 MiB, and the GPU machine keeps nothing once given back, so:
    (again the further-along copy wins); at the end of the session ``mv .data/reproduce
    benchmarks/checkpoints/reproduce``, ``--report-only``, commit.
 
+The workers' torch.compile cache goes round the same way: each training call points them at an Inductor
+cache beside its root and packs it as ``$OUT/compile_cache.tar.gz`` where $OUT has room (else
+``--pack-cache`` alone packs it); ``--unpack`` keeps it in ``compile-cache/`` beside the root (committed
+with the run folders), and the next session's training call unpacks it for its workers with
+``--compile-cache DIR``: their graphs load instead of compiling (a cold ResNet-56 start cost 47-61 s of
+each worker's first epoch on the H200 under 18 workers; on this CPU a ResNet-20 worker's first epoch went
+from 28 s to 2 s).
+
 ``--commit SHA`` is what the workers record ($LRTRAIN_COMMIT): the copy on the device carries a .git, but
 of an older state than its working tree (2026-11-28: the session's first commit, so runs read
 "4c78189+dirty" for 2e16211); summaries that still read "unknown" get SHA too.
@@ -87,8 +95,10 @@ RECIPES = ROOT / "recipes"
 PACK_NAME = "reproduce_runs.tar"
 PIECE = 15 * 2**20
 PACK_LIMIT = 58 * 2**20  # what $OUT returns (64 MiB) or a call carries, less the working tree (~7 MiB)
+OUT_LIMIT = 64 * 2**20   # what $OUT returns in all
 MAX_PIECES = 7           # of the 8 files $OUT returns: one left for another result of the call
 TRAINED = ".trained.json"  # in the root: the runs its latest training call started, for --pack-only
+COMPILE_CACHE = "compile_cache.tar.gz"  # the workers' Inductor cache, in --pack and in --compile-cache
 # Files a run folder needs to be resumed or reported; compact_module.pt (a pickled copy of compact.pt)
 # stays behind.
 SMALL_FILES = ("config.yaml", "metrics.csv", "ranks.csv", "summary.json", "train.log")
@@ -189,7 +199,8 @@ def overrides(run: Run, extra: list[str], epochs_scale: float) -> list[str]:
             return max(1, round(e * epochs_scale))
 
         sets += [f"train.epochs={scaled(cfg['train']['epochs'])}",
-                 f"schedule.milestones={[scaled(m) for m in cfg['schedule']['milestones']]}",
+                 # milestones that scale onto one epoch become one (they must increase)
+                 f"schedule.milestones={list(dict.fromkeys(scaled(m) for m in cfg['schedule']['milestones']))}",
                  f"schedule.warmup_epochs={cfg['schedule']['warmup_epochs'] * epochs_scale}"]
     # One checkpoint is all a resume needs, and it is what travels back from the GPU machine.
     return [*sets, "train.keep_checkpoints=1"]
@@ -279,14 +290,21 @@ def _run_folders(source: Path) -> Path:
     return tmp
 
 
-def merge(sources: list[Path], root: Path) -> list[str]:
-    """Copy into `root` every run folder of `sources` that is further along than root's; returns their names."""
+def merge(sources: list[Path], root: Path, cache: Path | None = None) -> list[str]:
+    """Copy into `root` every run folder of `sources` that is further along than root's; returns their names.
+
+    A source folder's compile cache (a training call's, see `save_compile_cache`) goes into the folder
+    `cache`, replacing the one there: a later call's cache holds an earlier one's (it started from it)."""
     taken = []
     root.mkdir(parents=True, exist_ok=True)
     for source in sources:
         if not source.exists():
             print(f"note: {source} does not exist: nothing merged from it")
             continue
+        if cache is not None and (source / COMPILE_CACHE).is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / COMPILE_CACHE, cache / COMPILE_CACHE)
+            print(f"compile cache from {source} -> {cache / COMPILE_CACHE}")
         folders = _run_folders(source)
         for src in sorted(p for p in folders.iterdir() if p.is_dir()):
             dst = root / src.name
@@ -485,6 +503,69 @@ def worker_env(workers: int) -> dict[str, str]:
     return env
 
 
+def inductor_dir(root: Path) -> Path:
+    """The workers' Inductor cache (compiled graphs, Triton kernels): beside the root, outside every run."""
+    return root.with_name(root.name + "-inductor")
+
+
+def load_compile_cache(folder: Path, inductor: Path) -> None:
+    """Unpack ``folder/compile_cache.tar.gz`` into the empty or missing Inductor cache `inductor`.
+
+    Warm, a worker's torch.compile loads its graphs instead of compiling them: a ResNet-56 worker's first
+    epoch took 47-61 s longer than the next ones on the H200 with 18 workers compiling at once (session
+    4), and a warm one none (that session's second call). A cache there already (a warm machine's second
+    call) is kept; one that cannot be read is said and left out: the workers compile, as without it."""
+    archive = folder / COMPILE_CACHE
+    if not archive.is_file():
+        print(f"note: no {COMPILE_CACHE} in {folder}: the workers compile from scratch", flush=True)
+        return
+    if inductor.is_dir() and any(inductor.iterdir()):
+        print(f"compile cache: {inductor} is already warm; {archive} not unpacked", flush=True)
+        return
+    inductor.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=inductor.name + "-", dir=inductor.parent))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(staging, filter="data")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        print(f"note: {archive} cannot be unpacked ({type(err).__name__}: {err}): the workers compile from "
+              "scratch", flush=True)
+        shutil.rmtree(staging)
+        return
+    shutil.rmtree(inductor, ignore_errors=True)
+    staging.replace(inductor)
+    print(f"compile cache: {archive} ({archive.stat().st_size / 2**20:.1f} MiB) unpacked into {inductor}",
+          flush=True)
+
+
+def save_compile_cache(inductor: Path, dest: Path) -> Path | None:
+    """``dest/compile_cache.tar.gz`` of the Inductor cache `inductor`, if it holds anything and fits: one
+    piece, within what $OUT returns beside the files already in `dest`; the file, or None (said why).
+
+    Triton's own folder stays out: each compiled graph in the cache carries its kernels (Inductor's
+    bundling, on by default) and writes them back there when it is loaded."""
+    if not inductor.is_dir() or not any(inductor.iterdir()):
+        print(f"compile cache: {inductor} is empty or missing: nothing to pack", flush=True)
+        return None
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+        tar.add(inductor, arcname=".", filter=lambda info: None if info.name in ("./locks", "./triton") else info)
+    size = buffer.tell()
+    target = dest / COMPILE_CACHE
+    beside = sum(f.stat().st_size for f in dest.glob("*") if f.is_file() and f != target) if dest.is_dir() else 0
+    room = min(PIECE, OUT_LIMIT - beside)
+    if size > room:
+        print(f"compile cache: {size / 2**20:.1f} MiB compressed, over the {room / 2**20:.1f} MiB left in "
+              f"{dest}: not packed (a call of --pack-cache packs it alone)", flush=True)
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    part = dest / f".{COMPILE_CACHE}.part"
+    part.write_bytes(buffer.getvalue())
+    part.replace(target)
+    print(f"compile cache packed: {target}, {size / 2**20:.1f} MiB", flush=True)
+    return target
+
+
 class GpuMonitor:
     """Samples the GPU's utilization and memory every `every` seconds through ``nvidia-smi`` (nothing where
     there is none), so that a call says how much of the GPU its parallel runs used."""
@@ -593,6 +674,9 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
     todo = sorted((r for r in runs if not progress(root / r.name)[0]), key=lambda r: progress(root / r.name)[1] < 0)
     env = worker_env(args.parallel)
     env["PYTHONUNBUFFERED"] = "1"
+    inductor = Path(env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_dir(root))))
+    if args.compile_cache is not None:
+        load_compile_cache(args.compile_cache, inductor)
     if args.commit:  # what the workers record: the device's .git is an older state's (2026-11-28)
         env[COMMIT_ENV] = args.commit
     active: list[_Worker] = []
@@ -666,6 +750,8 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
         wait_all([w.proc for w in active], 10)
         if active and args.pack is not None:
             pack(root, trained, args.pack)
+        if args.pack is not None and trained:
+            save_compile_cache(inductor, args.pack)
         if monitor is not None:
             monitor.stop()
         if mps is not None:
@@ -822,6 +908,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pack-only", action="store_true",
                    help="only pack the runs that the root's latest training call started into --pack (to "
                         "recover a call cut off with workers still running)")
+    p.add_argument("--pack-cache", action="store_true",
+                   help=f"only pack the workers' Inductor cache (beside --root) into --pack as {COMPILE_CACHE}, "
+                        "for a call whose training pack left it no room")
     p.add_argument("--make-seed", type=Path, metavar="DIR",
                    help="only pack into DIR the root's started unfinished runs of --runs and the summary.json "
                         "of its finished ones: a --seed that carries no more than a call needs (what passes "
@@ -829,6 +918,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed-limit", type=float, default=PACK_LIMIT / 2**20, metavar="MIB",
                    help="MiB of one --make-seed folder, e.g. what a call carrying a CIFAR-10 part leaves "
                         "(default: %(default).0f)")
+    p.add_argument("--compile-cache", type=Path, metavar="DIR",
+                   help=f"the folder of {COMPILE_CACHE}, the Inductor cache that a training call packs "
+                        "into --pack: training unpacks it for its workers (their torch.compile loads what it "
+                        "would compile); --unpack and --seed put a source's there (default: compile-cache "
+                        "beside --root)")
     p.add_argument("--data-dir", help="where CIFAR-10 is (passed to every worker)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="scale every schedule (tiny tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run's recipe")
@@ -847,8 +941,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print_status(runs, args.root)
         return
+    args.compile_cache = args.compile_cache or args.root.with_name("compile-cache")
     if args.unpack:
-        merge(args.unpack, args.root)
+        merge(args.unpack, args.root, args.compile_cache)
         return
     if args.pack_only:
         if args.pack is None:
@@ -861,6 +956,13 @@ def main(argv: list[str] | None = None) -> None:
                              f"{args.root} (its {TRAINED} lists {', '.join(trained) or 'none'}): nothing packed")
         pack(args.root, names, args.pack)
         return
+    if args.pack_cache:
+        if args.pack is None:
+            raise SystemExit("--pack-cache needs --pack DIR (or $OUT)")
+        inductor = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or inductor_dir(args.root))
+        if save_compile_cache(inductor, args.pack) is None:
+            raise SystemExit(f"--pack-cache: nothing packed from {inductor}")
+        return
     if args.make_seed:
         make_seed(args.root, runs, args.make_seed, int(args.seed_limit * 2**20))
         return
@@ -869,7 +971,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{row['run']:{NAME_WIDTH}s} top-1 {row['top1_final']:6.2f}  speedup {row['flops_speedup']:.2f}x")
         return
     if args.seed:
-        merge(args.seed, args.root)
+        merge(args.seed, args.root, args.compile_cache)
     train(runs, args)
     print_status(runs, args.root)
 

@@ -505,3 +505,102 @@ def test_list_totals_the_epochs_left_per_model(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == ("epochs left: resnet20 398 in 1 run(s), 0 not started; "
                     "resnet56 564 in 2 run(s), 2 not started")  # 164 (dense) + 400 (LRPET) from the recipes
+
+
+# A worker that, as torch.compile does, reads the cache folder it is given and adds its own entry to it.
+CACHING_WORKER = ("import json, os, pathlib, sys; d = pathlib.Path(sys.argv[1]); "
+                  "c = pathlib.Path(os.environ['TORCHINDUCTOR_CACHE_DIR']); "
+                  "found = sorted(str(p.relative_to(c)) for p in c.rglob('*') if p.is_file()) if c.is_dir() else []; "
+                  "(d / 'cache_seen.json').write_text(json.dumps(found)); "
+                  "(c / 'fxgraph' / d.name).mkdir(parents=True, exist_ok=True); "
+                  "(c / 'fxgraph' / d.name / 'entry').write_text('compiled ' + d.name); "
+                  "(d / 'compact.pt').write_bytes(b'c'); "
+                  "(d / 'summary.json').write_text(json.dumps({'final_acc': 90.0, 'speedup': 1.0}))")
+
+
+def _caching_call(root: Path, out: Path, run: str, *extra: str) -> list[str]:
+    reproduce.main(["--runs", run, "--root", str(root), "--pack", str(out), *extra])
+    return json.loads((root / run / "cache_seen.json").read_text())
+
+
+def test_the_compile_cache_goes_round_trip_from_one_call_to_the_next_machines_workers(tmp_path, monkeypatch,
+                                                                                        capsys):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(reproduce, "worker_command",
+                        lambda run, sets, run_dir, data_dir, limit: [sys.executable, "-c", CACHING_WORKER,
+                                                                     str(run_dir)])
+    # Session 1's GPU call: nothing to start from; its workers' cache comes back beside the pack.
+    assert _caching_call(tmp_path / "gpu1", tmp_path / "out1", "resnet20_dense") == []
+    assert "no compile_cache.tar.gz" in capsys.readouterr().out
+    assert (tmp_path / "gpu1-inductor" / "fxgraph" / "resnet20_dense" / "entry").is_file()  # beside the root
+    with tarfile.open(tmp_path / "out1" / reproduce.COMPILE_CACHE) as tar:
+        assert "./fxgraph/resnet20_dense/entry" in tar.getnames()
+    # Here: unpacking the call's files keeps the cache beside the run folders (what is committed).
+    reproduce.main(["--root", str(tmp_path / "here" / "reproduce"), "--unpack", str(tmp_path / "out1")])
+    kept = tmp_path / "here" / "compile-cache"
+    assert (kept / reproduce.COMPILE_CACHE).read_bytes() == (tmp_path / "out1" / reproduce.COMPILE_CACHE).read_bytes()
+    # Session 2, a fresh machine: the carried cache is what its workers find, and it grows.
+    seen = _caching_call(tmp_path / "gpu2", tmp_path / "out2", "resnet20_svd_finetune", "--compile-cache", str(kept))
+    assert seen == ["fxgraph/resnet20_dense/entry"]
+    assert "unpacked into" in capsys.readouterr().out
+    with tarfile.open(tmp_path / "out2" / reproduce.COMPILE_CACHE) as tar:
+        assert {"./fxgraph/resnet20_dense/entry", "./fxgraph/resnet20_svd_finetune/entry"} <= set(tar.getnames())
+    # A second call on the warm machine keeps the cache it has.
+    _caching_call(tmp_path / "gpu2", tmp_path / "out3", "resnet20_elrt_channel", "--compile-cache", str(kept))
+    assert "already warm" in capsys.readouterr().out
+    assert (tmp_path / "gpu2-inductor" / "fxgraph" / "resnet20_svd_finetune" / "entry").is_file()
+
+
+def test_a_damaged_compile_cache_is_said_and_the_workers_compile_anyway(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(reproduce, "worker_command",
+                        lambda run, sets, run_dir, data_dir, limit: [sys.executable, "-c", CACHING_WORKER,
+                                                                     str(run_dir)])
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    (carried / reproduce.COMPILE_CACHE).write_bytes(b"\x1f\x8b not really gzip")
+    assert _caching_call(tmp_path / "gpu", tmp_path / "out", "resnet20_dense", "--compile-cache", str(carried)) == []
+    assert "cannot be unpacked" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("gpu-inductor-")] == []  # no staging left
+
+
+def test_the_compile_cache_leaves_out_tritons_folder_and_packs_only_into_the_room_left(tmp_path, monkeypatch,
+                                                                                       capsys):
+    cache, out = tmp_path / "inductor", tmp_path / "out"
+    for sub in ("fxgraph", "triton/0", "locks"):
+        (cache / sub).mkdir(parents=True)
+        (cache / sub / "entry").write_bytes(os.urandom(4096))  # incompressible
+    with tarfile.open(reproduce.save_compile_cache(cache, out)) as tar:
+        assert sorted(tar.getnames()) == [".", "./fxgraph", "./fxgraph/entry"]  # the graphs carry their kernels
+    monkeypatch.setattr(reproduce, "OUT_LIMIT", 12 * 1024)
+    (out / f"{reproduce.PACK_NAME}.000").write_bytes(b"x" * 10 * 1024)  # the runs' pack: 2 KiB left
+    assert reproduce.save_compile_cache(cache, out) is None
+    assert "not packed (a call of --pack-cache packs it alone)" in capsys.readouterr().out
+    assert (out / reproduce.COMPILE_CACHE).exists()  # the earlier one is kept, not cut
+    alone = tmp_path / "alone"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    reproduce.main(["--root", str(tmp_path / "root"), "--pack", str(alone), "--pack-cache"])
+    assert [f.name for f in alone.iterdir()] == [reproduce.COMPILE_CACHE]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit, match="--pack-cache: nothing packed from .*empty"):
+        reproduce.main(["--root", str(tmp_path / "root"), "--pack", str(alone), "--pack-cache"])
+
+
+@pytest.mark.slow
+def test_a_carried_compile_cache_spares_the_next_machines_workers_compiling(tmp_path, monkeypatch):
+    """Real torch.compile (CPU Inductor): the second machine's worker writes no new compiled graph."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    tiny = ["--epochs-scale", "0.01", *(a for s in SETS + ["train.compile=true"] for a in ("--set", s))]
+    reproduce.main([*tiny, "--runs", "resnet20_dense", "--root", str(tmp_path / "a"), "--pack", str(tmp_path / "o")])
+
+    def graphs(inductor: Path) -> set[str]:
+        return {p.name for p in (inductor / "fxgraph").rglob("*") if p.is_file()}
+
+    first = graphs(tmp_path / "a-inductor")
+    assert first  # the training and the evaluation graphs were compiled and cached
+    reproduce.main(["--root", str(tmp_path / "b"), "--unpack", str(tmp_path / "o")])
+    reproduce.main([*tiny, "--runs", "resnet20_dense", "--root", str(tmp_path / "c"),
+                    "--compile-cache", str(tmp_path / "compile-cache")])
+    assert reproduce.progress(tmp_path / "c" / "resnet20_dense")[0]
+    assert graphs(tmp_path / "c-inductor") == first  # every graph loaded, none compiled again
