@@ -410,15 +410,16 @@ def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = (),
     return pieces
 
 
-def make_seed(root: Path, runs: list[Run], dest: Path, limit: int | None = None) -> list[Path]:
+def make_seed(root: Path, runs: list[Run], dest: Path, limit: int | list[int] | None = None) -> list[Path]:
     """Pack what a call training `runs` needs of `root`: the started unfinished ones (lean), and the
     summary.json of every finished run, which keeps such a call from training it again.
 
     Each folder holds at most `limit` bytes (`PACK_LIMIT`), so that it fits one call beside what else
     that call carries (a CIFAR-10 part); what does not fit goes on into ``dest-2``, ``dest-3``, ... (the
-    finished runs' marks into `dest`). Returns the folders written; stale ``dest-N`` from an earlier
-    seed are removed."""
-    limit = PACK_LIMIT if limit is None else limit
+    finished runs' marks into `dest`). A list of limits gives the N-th folder the N-th (the last one for
+    the rest): the folders riding on the data calls small, the training call's large. Returns the folders
+    written; stale ``dest-N`` from an earlier seed are removed."""
+    limits = [PACK_LIMIT] if limit is None else limit if isinstance(limit, list) else [limit]
     if not dest.name or dest.name in (".", ".."):
         raise SystemExit(f"make-seed: {dest} names no folder of its own")
     states = {r.name: progress(root / r.name) for r in RUNS}
@@ -426,6 +427,7 @@ def make_seed(root: Path, runs: list[Run], dest: Path, limit: int | None = None)
     marks = tuple(name for name, (done, _) in states.items() if done)
     blobs, folders = _blobs(root, _order(root, started, marks)), []
     while blobs:  # all planned before anything is written: a seed that cannot be made leaves the old one
+        limit = limits[min(len(folders), len(limits) - 1)]
         contents, left_out = _fill(blobs, limit)
         if not contents:
             names = ", ".join(name for name, _, _ in left_out)
@@ -915,9 +917,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="only pack into DIR the root's started unfinished runs of --runs and the summary.json "
                         "of its finished ones: a --seed that carries no more than a call needs (what passes "
                         "--seed-limit goes on into DIR-2, DIR-3, ...)")
-    p.add_argument("--seed-limit", type=float, default=PACK_LIMIT / 2**20, metavar="MIB",
-                   help="MiB of one --make-seed folder, e.g. what a call carrying a CIFAR-10 part leaves "
-                        "(default: %(default).0f)")
+    p.add_argument("--seed-limit", type=float, nargs="+", default=[PACK_LIMIT / 2**20], metavar="MIB",
+                   help="MiB of one --make-seed folder, e.g. what a call carrying a CIFAR-10 part leaves; "
+                        "several: the N-th folder's, the last for the rest (default: %(default)s)")
     p.add_argument("--compile-cache", type=Path, metavar="DIR",
                    help=f"the folder of {COMPILE_CACHE}, the Inductor cache that a training call packs "
                         "into --pack: training unpacks it for its workers (their torch.compile loads what it "
@@ -964,7 +966,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--pack-cache: nothing packed from {inductor}")
         return
     if args.make_seed:
-        make_seed(args.root, runs, args.make_seed, int(args.seed_limit * 2**20))
+        make_seed(args.root, runs, args.make_seed, [int(m * 2**20) for m in args.seed_limit])
         return
     if args.report_only:
         for row in report(runs, args):

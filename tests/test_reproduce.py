@@ -472,6 +472,19 @@ def test_a_seed_past_its_limit_goes_on_into_further_folders_that_merge_to_the_sa
         "seed", "seed-02", "seed-1", "seed-9", "seed-x"]
 
 
+def test_seed_limits_per_folder_keep_the_first_ones_small_and_put_the_rest_in_the_last(tmp_path):
+    root, seed = tmp_path / "root", tmp_path / "seed"
+    names = ["resnet20_lrpet", "resnet20_trp_channel", "resnet20_elrt_tucker2", "resnet20_trp_spatial",
+             "resnet20_elrt_channel"]
+    for step, name in enumerate(names, 1):
+        (_fake_run(root, name, step=step) / "checkpoints" / f"step_{step:09d}.pt").write_bytes(os.urandom(20000))
+    reproduce.main(["--root", str(root), "--make-seed", str(seed), "--runs", "resnet20_*",
+                    "--seed-limit", str(30000 / 2**20), str(30000 / 2**20), str(100000 / 2**20)])
+    dirs = [seed, tmp_path / "seed-2", tmp_path / "seed-3"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("seed")) == [d.name for d in dirs]
+    assert [len({n.split("/")[0] for n in _tar_names(d)}) for d in dirs] == [1, 1, 3]  # one, one, the rest
+
+
 def test_every_resnet56_row_has_a_second_seed_after_all_the_first_seeds():
     names = [r.name for r in reproduce.RUNS]
     first = [r for r in reproduce.RUNS if r.name.startswith("resnet56_") and not r.name.endswith("_seed1")]
