@@ -21,13 +21,17 @@ def test_unknown_names_and_dunder_probes_raise_attribute_error():
 
 
 def test_the_version_is_the_packages_own(capsys):
+    import importlib.metadata
     import tomllib
     from pathlib import Path
 
     from lrtrain import cli
 
-    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
-    assert lrtrain.__version__ == project["version"]
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    # one home: the installed metadata reads lrtrain.__version__
+    assert pyproject["project"]["dynamic"] == ["version"] and "version" not in pyproject["project"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lrtrain.__version__"}
+    assert importlib.metadata.version("lrtrain") == lrtrain.__version__
     with pytest.raises(SystemExit) as stop:
         cli.main(["--version"])
-    assert stop.value.code == 0 and capsys.readouterr().out == f"lrtrain {project['version']}\n"
+    assert stop.value.code == 0 and capsys.readouterr().out == f"lrtrain {lrtrain.__version__}\n"
