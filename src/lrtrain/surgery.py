@@ -17,7 +17,7 @@ import functools
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from torch import nn
 
@@ -61,7 +61,7 @@ class Candidate:
 def _linear_request(name: str, lin: nn.Linear, calls) -> RankRequest:
     rows = sum(max(1, int(_prod(in_shape[1:-1]))) for in_shape, _ in calls)
     return RankRequest(name, min(lin.in_features, lin.out_features),
-                       cost=functools.partial(_linear_cost, rows, lin.in_features + lin.out_features),
+                       cost=_Remembered(functools.partial(_linear_cost, rows, lin.in_features + lin.out_features)),
                        dense_cost=rows * lin.in_features * lin.out_features)
 
 
@@ -72,7 +72,24 @@ def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, calls) -> RankRequ
     dense = sum(_prod(out_shape[-3:]) for _, out_shape in calls) * (conv.in_channels // conv.groups) \
         * _prod(conv.kernel_size)
     return RankRequest(name, scheme.max_rank(g), dense_cost=dense,
-                       cost=functools.partial(_conv_cost, scheme, g, sizes))
+                       cost=_Remembered(functools.partial(_conv_cost, scheme, g, sizes)))
+
+
+class _Remembered:
+    """A layer's cost at a rank, each rank computed once: a global policy applied at every projection
+    (TRP's or LRPET's FLOPs budget, every 5 steps) asks the same ranks each time, and a conv's cost walks
+    its factors' shapes (ResNet-56: ~5,700 evaluations, 45 ms of a 55 ms projection before). A class, not
+    a closure, so that a method holding rank requests can be pickled."""
+
+    def __init__(self, cost: Callable[[Rank], int]):
+        self.cost = cost
+        self.known: dict[Any, int] = {}
+
+    def __call__(self, r: Rank) -> int:
+        key = tuple(r) if isinstance(r, list) else r
+        if key not in self.known:
+            self.known[key] = self.cost(r)
+        return self.known[key]
 
 
 # module-level costs (not lambdas), so that a method holding rank requests can be pickled
