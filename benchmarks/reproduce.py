@@ -540,25 +540,40 @@ def load_compile_cache(folder: Path, inductor: Path) -> None:
           flush=True)
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+LEFT_OUT = ("./locks", "./triton")
+
+
 def save_compile_cache(inductor: Path, dest: Path) -> Path | None:
     """``dest/compile_cache.tar.gz`` of the Inductor cache `inductor`, if it holds anything and fits: one
     piece, within what $OUT returns beside the files already in `dest`; the file, or None (said why).
 
     Triton's own folder stays out: each compiled graph in the cache carries its kernels (Inductor's
-    bundling, on by default) and writes them back there when it is loaded."""
+    bundling, on by default) and writes them back there when it is loaded. A cache more than 8 times the
+    room is not compressed at all (its text and kernels do not shrink that much; the call's end is short)."""
     if not inductor.is_dir() or not any(inductor.iterdir()):
         print(f"compile cache: {inductor} is empty or missing: nothing to pack", flush=True)
         return None
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
-        tar.add(inductor, arcname=".", filter=lambda info: None if info.name in ("./locks", "./triton") else info)
-    size = buffer.tell()
     target = dest / COMPILE_CACHE
     beside = sum(f.stat().st_size for f in dest.glob("*") if f.is_file() and f != target) if dest.is_dir() else 0
     room = min(PIECE, OUT_LIMIT - beside)
+    folders = {f.name: _folder_bytes(f) for f in sorted(inductor.iterdir()) if f.is_dir()}
+    raw = sum(b for name, b in folders.items() if f"./{name}" not in LEFT_OUT)
+    print("compile cache: " + ", ".join(f"{name} {b / 2**20:.1f} MiB" for name, b in folders.items()) +
+          f" ({', '.join(n[2:] for n in LEFT_OUT)} left out)", flush=True)
+    size = raw
+    if raw <= 8 * room:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+            tar.add(inductor, arcname=".", filter=lambda info: None if info.name in LEFT_OUT else info)
+        size = buffer.tell()
     if size > room:
-        print(f"compile cache: {size / 2**20:.1f} MiB compressed, over the {room / 2**20:.1f} MiB left in "
-              f"{dest}: not packed (a call of --pack-cache packs it alone)", flush=True)
+        print(f"compile cache: {size / 2**20:.1f} MiB{' compressed' if raw <= 8 * room else ''}, over the "
+              f"{room / 2**20:.1f} MiB left in {dest}: not packed"
+              f"{' (a call of --pack-cache packs it alone)' if size <= PIECE else ''}", flush=True)
         return None
     dest.mkdir(parents=True, exist_ok=True)
     part = dest / f".{COMPILE_CACHE}.part"

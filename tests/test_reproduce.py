@@ -597,6 +597,13 @@ def test_the_compile_cache_leaves_out_tritons_folder_and_packs_only_into_the_roo
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "empty"))
     with pytest.raises(SystemExit, match="--pack-cache: nothing packed from .*empty"):
         reproduce.main(["--root", str(tmp_path / "root"), "--pack", str(alone), "--pack-cache"])
+    # far over even a piece: not compressed at all, and said so with its size as it is
+    monkeypatch.setattr(reproduce, "PIECE", 256)
+    monkeypatch.setattr(reproduce.tarfile, "open", None)  # would fail if called
+    assert reproduce.save_compile_cache(cache, tmp_path / "far") is None
+    printed = capsys.readouterr().out
+    assert "fxgraph 0.0 MiB, locks 0.0 MiB, triton 0.0 MiB" in printed
+    assert "MiB, over the 0.0 MiB left" in printed and "compressed" not in printed and "--pack-cache" not in printed
 
 
 @pytest.mark.slow
