@@ -10,6 +10,7 @@ and sums the times by kind (k×k vs 1×1), which says where the time goes that t
 
     PYTHONPATH=src python benchmarks/elrt_step.py                         # ResNet-56, CPU, batch 32
     PYTHONPATH=src python benchmarks/elrt_step.py --device cuda --batch 128 --bf16 --channels-last
+    PYTHONPATH=src python benchmarks/elrt_step.py --model resnet50 --image-size 224 --batch 8 --threads 2
 
 Results go to benchmarks/results/elrt_step_<cpu or the GPU's name>[_bf16][_channels_last].md and, with $OUT set, to $OUT
 too (the GPU machine keeps nothing else; pass ``--commit SHA`` there, it has no .git).
@@ -67,9 +68,10 @@ class Config:
 def build(args, label: str, method_kw: dict | None, device: torch.device) -> Config:
     torch.manual_seed(0)
     model = lr.models.create(args.model)
-    method = ELRT(model, **method_kw) if method_kw is not None else Method(model)
-    counts = lr.count(model)
-    shapes = {n: s for n, s in trace_shapes(model).items() if isinstance(model.get_submodule(n), nn.Conv2d)}
+    size = (1, 3, args.image_size, args.image_size)
+    method = ELRT(model, **method_kw, input_size=size) if method_kw is not None else Method(model)
+    counts = lr.count(model, size)
+    shapes = {n: s for n, s in trace_shapes(model, size).items() if isinstance(model.get_submodule(n), nn.Conv2d)}
     activations = sum(_numel(out[1:]) for _, out in shapes.values())
     pointwise = sum(counts.layers[n].flops for n in shapes if model.get_submodule(n).kernel_size == (1, 1))
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet56")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=32, help="input side (224 for the ImageNet ResNets)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--reductions", type=float, nargs="+", default=[0.5, 0.7],
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                 configs.append(build(args, f"ELRT {scheme} −{red:.0%} FLOPs{aligned}", {
                     "rank": f"flops:{1 - red:g},multiple:{multiple}", "scheme": scheme}, device))
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(device)
     if args.channels_last:
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     options = ", ".join(o for o, on in (("bf16 autocast", args.bf16), ("channels_last", args.channels_last),
                                         ("torch.compile", args.compile)) if on) or "fp32"
     lines = [
-        f"# ELRT training step time vs dense ({args.model}, batch {args.batch}, {options})", "",
+        f"# ELRT training step time vs dense ({args.model}, {args.image_size}², batch {args.batch}, {options})", "",
         f"- device: {device_label(device, args.threads)}",
         f"- command: `PYTHONPATH=src python benchmarks/elrt_step.py {' '.join(sys.argv[1:])}`",
         f"- commit: {args.commit or commit()}",
@@ -230,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        suffix = device_slug(device) + ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
+        suffix = device_slug(device) + ("" if args.model == "resnet56" else f"_{args.model}") + \
+            ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
         write_result(RESULTS / f"elrt_step_{suffix}.md", text)
 
 
