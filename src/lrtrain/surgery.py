@@ -77,9 +77,10 @@ def _conv_request(name: str, conv: nn.Conv2d, scheme: Scheme, calls) -> RankRequ
 
 class _Remembered:
     """A layer's cost at a rank, each rank computed once: a global policy applied at every projection
-    (TRP's or LRPET's FLOPs budget, every 5 steps) asks the same ranks each time, and a conv's cost walks
-    its factors' shapes (ResNet-56: ~5,700 evaluations, 45 ms of a 55 ms projection before). A class, not
-    a closure, so that a method holding rank requests can be pickled."""
+    (TRP's FLOPs budget every 5 steps, LRPET's every epoch) asks the same ranks each time, and a conv's cost
+    walks its factors' shapes (ResNet-56, channel: ~5,700 evaluations, 40 ms of a 57 ms projection before;
+    benchmarks/results/trp_projection_cpu.md). A class, not a closure, so that a method holding rank
+    requests can be pickled."""
 
     def __init__(self, cost: Callable[[Rank], int]):
         self.cost = cost
