@@ -559,7 +559,7 @@ def save_compile_cache(inductor: Path, dest: Path) -> Path | None:
         return None
     target = dest / COMPILE_CACHE
     beside = sum(f.stat().st_size for f in dest.glob("*") if f.is_file() and f != target) if dest.is_dir() else 0
-    room = min(PIECE, OUT_LIMIT - beside)
+    room = max(0, min(PIECE, OUT_LIMIT - beside))
     folders = {f.name: _folder_bytes(f) for f in sorted(inductor.iterdir()) if f.is_dir()}
     raw = sum(b for name, b in folders.items() if f"./{name}" not in LEFT_OUT)
     print("compile cache: " + ", ".join(f"{name} {b / 2**20:.1f} MiB" for name, b in folders.items()) +
