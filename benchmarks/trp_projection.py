@@ -61,6 +61,18 @@ def device_svd_projection(method: TRP) -> None:
         keep.sum(-1).tolist()  # the ranks go to the rank log, on the host
 
 
+def timed_from(start: list[torch.Tensor], convs: list, path, device: torch.device) -> tuple[float, object]:
+    """Seconds of ``path()`` (and what it returns) on the weights `start`, restored first, untimed."""
+    with torch.no_grad():
+        for c, w in zip(convs, start):
+            c.weight.copy_(w)
+    sync(device)
+    t0 = time.perf_counter()
+    result = path()
+    sync(device)
+    return time.perf_counter() - t0, result
+
+
 def run(model_name: str, scheme: str, repeats: int, device: torch.device) -> tuple[list[dict], int, str]:
     torch.manual_seed(0)
     model = lr.models.create(model_name).to(device)
@@ -85,15 +97,9 @@ def run(model_name: str, scheme: str, repeats: int, device: torch.device) -> tup
     errs: dict[str, tuple[float, int]] = {}
     for i in range(repeats + 1):  # the first round warms up (cuSOLVER handles, LAPACK) and is not timed
         for label, path in paths.items():
-            with torch.no_grad():
-                for c, w in zip(convs, start):
-                    c.weight.copy_(w)
-            sync(device)
-            t0 = time.perf_counter()
-            path()
-            sync(device)
+            seconds, _ = timed_from(start, convs, path, device)
             if i:
-                times[label].append(time.perf_counter() - t0)
+                times[label].append(seconds)
             else:
                 errs[label] = projection_error(convs, probe, references)
         for m in methods.values():
@@ -124,15 +130,9 @@ def rule_rows(model_name: str, scheme: str, repeats: int, device: torch.device) 
     ranks: dict[str, dict[str, int]] = {}
     for i in range(repeats + 1):  # the first round fills the remembered costs and is not timed
         for label, method in methods.items():
-            with torch.no_grad():
-                for c, w in zip(convs, start):
-                    c.weight.copy_(w)
-            sync(device)
-            t0 = time.perf_counter()
-            ranks[label] = method.project()
-            sync(device)
+            seconds, ranks[label] = timed_from(start, convs, method.project, device)
             if i:
-                times[label].append(time.perf_counter() - t0)
+                times[label].append(seconds)
             method.rank_log.clear()
     if ranks[f"budget {BUDGET}, costs recomputed"] != ranks[f"budget {BUDGET}, costs remembered"]:
         raise SystemExit("remembered costs chose other ranks than recomputed ones")

@@ -15,12 +15,12 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from . import export, models
-from .config import resolve
+from .config import load_recipe, resolve
 from .deployment import deploy
 from .metrics import latency_ratio
 from .provenance import cpu_name
@@ -46,24 +46,31 @@ class RunSpec:
     paper: dict[str, Any] | None = None  # the published figure beside it: {"top1", "speedup", "source"}
 
 
-def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None) -> list[str]:
+def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None,
+            on_run: Callable[[RunSpec, dict[str, Any]], None] | None = None) -> list[str]:
     """Train every unfinished run of `specs` under `root`, in order; returns the names finished now.
 
-    Stops (each run with a checkpoint to resume from) once `time_limit` seconds have passed.
+    Stops (each run with a checkpoint to resume from) after the epoch that passes `time_limit` seconds (the
+    first run it trains gets at least that epoch, so a call always moves on), or when a run stops
+    unfinished (a signal). ``on_run(spec, summary)`` follows each training the call made.
     """
     from .train import Trainer
 
     started = time.perf_counter()
     done = []
+    trained = False
     for spec in specs:
         run_dir = root / spec.name
         if (run_dir / "summary.json").exists():
             continue
         left = None if time_limit is None else time_limit - (time.perf_counter() - started)
-        if left is not None and left <= 0:
+        if left is not None and left <= 0 and trained:
             break
         cfg = resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)}, source=f"benchmark {spec.name}")
-        summary = Trainer(cfg).fit(resume=True, time_limit=left)
+        summary = Trainer(cfg).fit(resume=True, time_limit=None if left is None else max(0.0, left))
+        trained = True
+        if on_run is not None:
+            on_run(spec, summary)
         if not summary.get("finished", True):
             break
         done.append(spec.name)
@@ -102,14 +109,16 @@ def _compact_speedups(run_dir: Path, model_name: str, num_classes: int, batch: i
 
 
 def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
-            latency_iters: int = 20, measured: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per finished run (its summary.json), with measured CPU inference speedups at batch 32.
+            latency_iters: int = 20, measured: dict[str, dict[str, Any]] | None = None,
+            speed: bool = True) -> list[dict[str, Any]]:
+    """One row per finished run (its summary.json), with measured CPU inference speedups at batch 32
+    (``speed=False``: not measured, those cells empty).
 
     ``measured``: rows of an earlier table by run name; a run whose summary still has that row's commit,
     date and top-1, timed as this call would time it (``cpu_timing``: the CPU, threads and passes), keeps
     its speedups rather than being timed again (on a shared CPU a second timing moves them by ±15 %, which
     would change the table at every refresh)."""
-    timing = f"{cpu_name()}, {threads} threads, {latency_iters} passes"
+    timing = f"{cpu_name()}, {threads} threads, {latency_iters} passes" if speed else None
     rows, dense_cache = [], {}
     for spec in specs:
         path = root / spec.name / "summary.json"
@@ -124,6 +133,8 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
                                  _number(old.get("top1_final"))) == (
                 str(s.get("commit", "unknown")), str(s.get("date", "unknown")), timing, s["final_acc"]):
             as_trained, deployed = kept
+        elif not speed:
+            as_trained = deployed = None
         else:
             as_trained, deployed = _compact_speedups(root / spec.name, model, s.get("num_classes", 10), 32, threads,
                                                      latency_iters, dense_cache)
@@ -307,4 +318,77 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
     plt.close(fig)
 
 
-__all__ = ["RunSpec", "collect", "cpu_name", "plot", "run_all", "write_table"]
+def recipe_specs(recipes: list[str | Path], overrides: list[str] = (), data_dir: str | None = None,
+                 device: str | None = None) -> list[RunSpec]:
+    """One run per recipe file (or run directory), named by the file's stem: the runs of ``lrtrain bench``.
+
+    Every recipe gets the same ``overrides`` (``KEY=VALUE``), data folder and device. Two recipes of one
+    name would share a run folder: refused, naming both."""
+    specs: dict[str, tuple[Path, RunSpec]] = {}
+    for recipe in map(Path, recipes):
+        cfg = load_recipe(recipe, overrides)
+        if data_dir:
+            cfg["data"]["dir"] = data_dir
+        if device:
+            cfg["train"]["device"] = device
+        name = recipe.name if recipe.is_dir() else recipe.stem
+        if name in specs:
+            raise ValueError(f"{specs[name][0]} and {recipe} would share the run folder {name!r}: give the "
+                             "recipes different file names")
+        method = cfg["method"]
+        label = " ".join(str(v) for v in (method["name"], method.get("scheme")) if v)
+        specs[name] = recipe, RunSpec(name, label, cfg)
+    return [spec for _, spec in specs.values()]
+
+
+def _say_run(spec: RunSpec, summary: dict[str, Any]) -> None:
+    if summary.get("finished", True):
+        print(f"bench: {spec.name} finished: top-1 {summary['final_acc']:.2f}% at "
+              f"{summary.get('speedup') or 1:.2f}x fewer FLOPs", flush=True)
+    else:
+        print(f"bench: {spec.name} stopped with a checkpoint; the same command resumes it", flush=True)
+
+
+def run(args) -> int:
+    """``lrtrain bench``: train the recipes' unfinished runs one after another, then tabulate and report."""
+    import signal
+
+    from . import report
+
+    if args.time_limit is not None and not args.time_limit >= 0:
+        raise ValueError(f"--time-limit is {args.time_limit:g} s: give a number of seconds, 0 or more")
+    specs = recipe_specs(args.recipes, args.overrides, args.data_dir, args.device)
+    root = Path(args.out)
+    stopped: dict[str, Any] = {}
+    if not args.report_only:
+        def on_run(spec: RunSpec, summary: dict[str, Any]) -> None:
+            _say_run(spec, summary)
+            if summary.get("signal"):
+                stopped.update(summary)
+
+        run_all(specs, root, args.time_limit, on_run)
+    rows = collect(specs, root, f"lrtrain bench {' '.join(map(str, args.recipes))}", threads=args.threads,
+                   speed=args.speed)
+    pending = [s.name for s in specs if not (root / s.name / "summary.json").exists()]
+    notes = ("top1_final: the compact model's test top-1; top1_best: the best epoch-end top-1 of the model as "
+             "trained; flops_speedup = dense / compact multiply-accumulates. " +
+             (f"cpu_speedup_b32: measured forward-pass speedup over the dense model on this CPU ({cpu_name()}, "
+              f"{args.threads} threads, batch 32); {DEPLOYED_NOTE}" if args.speed else
+              "CPU speedups not measured (lrtrain bench --speed measures them).") +
+             (f"\n\nNot finished yet: {', '.join(pending)} (the same command resumes them)." if pending else ""))
+    write_table(rows, root / "bench", f"lrtrain bench: {len(specs)} recipe(s)", notes,
+                columns=["run", "method", "top1_final", "top1_best", "compact_mflops", "flops_speedup",
+                         "compact_params_m", "cpu_speedup_b32", "cpu_deployed_speedup_b32", "epochs", "wall_s"])
+    done = [root / s.name for s in specs if (root / s.name).is_dir()]
+    if done:
+        report.write_report(done, root / "report", args.paper_points)
+    for row in rows:
+        print(f"{row['run']:24s} top-1 {row['top1_final']:6.2f}%  {row['flops_speedup']:.2f}x fewer FLOPs")
+    print(f"table: {root / 'bench.md'} (and .csv)" + (f"; plots: {root / 'report' / 'README.md'}" if done else "") +
+          (f"; not finished: {', '.join(pending)}" if pending else ""))
+    if stopped.get("signal"):
+        return 128 + int(getattr(signal, stopped["signal"]))
+    return 0
+
+
+__all__ = ["RunSpec", "collect", "cpu_name", "plot", "recipe_specs", "run_all", "write_table"]

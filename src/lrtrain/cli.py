@@ -384,6 +384,32 @@ def _run_report(args: argparse.Namespace) -> int:
     return report.run(args)
 
 
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML files (or run directories)")
+    p.add_argument("-o", "--out", default="bench",
+                   help="folder of the runs (one per recipe, named by its file), bench.md/.csv and report/ "
+                        "(default: bench)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every recipe, e.g. --set train.epochs=30 (repeatable)")
+    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: each recipe's train.device)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop (resumably: the same command goes on) after the first epoch that ends past this "
+                        "many seconds of the whole call")
+    p.add_argument("--report-only", action="store_true", help="only tabulate and plot the runs finished so far")
+    p.add_argument("--speed", action="store_true",
+                   help="also time each compact model against the dense one on this CPU (batch 32)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of the --speed timing (default: 2)")
+    p.add_argument("--paper-points", metavar="YAML",
+                   help="published results to plot beside the runs: a list of {label, speedup, top1}")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from . import benchmark
+
+    return benchmark.run(args)
+
+
 COMMANDS: dict[str, Command] = {  # in the order of a model's life: `lrtrain --help` lists them so
     "train": Command("train a model with a method, as a recipe says", _train_arguments, _run_train),
     "demo": Command("a short training run showing the whole pipeline", _demo_arguments, _run_demo),
@@ -398,7 +424,11 @@ COMMANDS: dict[str, Command] = {  # in the order of a model's life: `lrtrain --h
     "export": Command("write a compact model as TorchScript, an ExportedProgram, ONNX or a plain state_dict",
                       _export_arguments, _run_export),
     "report": Command("plots and a Markdown summary from run directories", _report_arguments, _run_report),
+    "bench": Command("train several recipes one after another (resumably), then one table and plots of them all",
+                     _bench_arguments, _run_bench),
 }
+ALIASES = {"evaluate": ["eval"]}  # the name shared/DESIGN.md gives it
+_CANONICAL = {alias: name for name, aliases in ALIASES.items() for alias in aliases}
 
 
 def _version() -> str:
@@ -417,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help, parents=[common]))
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help, parents=[common],
+                                             aliases=ALIASES.get(name, [])))
     return parser
 
 
@@ -439,7 +470,7 @@ def _warning(message, category, filename, lineno, file=None, line=None) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        return COMMANDS[args.command].run(args)
+        return COMMANDS[_CANONICAL.get(args.command, args.command)].run(args)
     except (ConfigError, OSError, ValueError) as err:  # OSError: a path that is a folder, unwritable, ...
         if args.debug:
             raise

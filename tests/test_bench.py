@@ -1,0 +1,104 @@
+"""``lrtrain bench``: several recipes trained one after another, resumably, into one table and report."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lrtrain import cli
+
+TINY = {
+    "model": {"name": "resnet20"},
+    "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8, "batch_size": 32,
+             "eval_batch_size": 32},
+    "schedule": {"name": "cosine"},
+    "train": {"epochs": 2, "device": "cpu", "progress": False},
+}
+
+
+def _recipes(folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, method in (("dense", {"name": "dense"}), ("half", {"name": "lrpet", "goal": 0.5})):
+        path = folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**TINY, "method": method}))
+        paths.append(str(path))
+    return paths
+
+
+def _summary(root: Path, name: str) -> dict:
+    return json.loads((root / name / "summary.json").read_text())
+
+
+def _table(root: Path) -> list[dict]:
+    with open(root / "bench.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_trains_each_recipe_resumably_into_one_table_and_report(tmp_path, capsys):
+    recipes = _recipes(tmp_path / "recipes")
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert cli.main(["bench", *recipes, "-o", str(straight)]) == 0
+    # 0 s: the first run trains one epoch and stops with a checkpoint; the second does not start
+    assert cli.main(["bench", *recipes, "-o", str(cut), "--time-limit", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "bench: dense stopped with a checkpoint; the same command resumes it" in out
+    assert not (cut / "half").exists() and _table(cut) == []
+    assert "Not finished yet: dense, half (the same command resumes them)." in (cut / "bench.md").read_text()
+    assert cli.main(["bench", *recipes, "-o", str(cut)]) == 0
+    assert "bench: half finished: top-1" in capsys.readouterr().out
+    for name in ("dense", "half"):  # the resumed runs are the uninterrupted ones
+        a, b = _summary(straight, name), _summary(cut, name)
+        assert (a["final_acc"], a["final_loss"], a["compact"]) == (b["final_acc"], b["final_loss"], b["compact"])
+    rows = {r["run"]: r for r in _table(cut)}
+    assert list(rows) == ["dense", "half"] and rows["half"]["method"] == "lrpet"
+    half = _summary(cut, "half")
+    assert float(rows["half"]["flops_speedup"]) == pytest.approx(half["dense"]["flops"] / half["compact"]["flops"])
+    assert float(rows["half"]["top1_final"]) == half["final_acc"] and rows["half"]["cpu_speedup_b32"] == ""
+    assert "| run | method |" in (cut / "bench.md").read_text()
+    report = (cut / "report" / "README.md").read_text()
+    assert "accuracy_vs_flops.png" in report and (cut / "report" / "half_ranks.png").is_file()
+    # a finished bench trains nothing again; --speed times the compact models on this CPU
+    mtime = (cut / "half" / "summary.json").stat().st_mtime_ns
+    assert cli.main(["bench", *recipes, "-o", str(cut), "--report-only", "--speed", "--threads", "1"]) == 0
+    assert (cut / "half" / "summary.json").stat().st_mtime_ns == mtime
+    timed = {r["run"]: r for r in _table(cut)}
+    assert float(timed["dense"]["cpu_speedup_b32"]) == 1.0 and float(timed["half"]["cpu_speedup_b32"]) > 0
+
+
+def test_bench_sets_every_recipe_and_refuses_two_recipes_of_one_name(tmp_path, capsys):
+    recipes = _recipes(tmp_path / "a")
+    assert cli.main(["bench", *recipes, "-o", str(tmp_path / "out"), "--set", "train.epochs=1"]) == 0
+    assert [_summary(tmp_path / "out", n)["epochs"] for n in ("dense", "half")] == [1, 1]
+    again = _recipes(tmp_path / "b")[0]
+    assert cli.main(["bench", recipes[0], again, "-o", str(tmp_path / "twice")]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipes[0]} and {again} would share the run folder 'dense'" in err
+    assert not (tmp_path / "twice").exists()  # refused before anything is written
+
+
+def test_eval_is_evaluate(tmp_path, capsys):
+    missing = tmp_path / "nowhere.pt"
+    assert cli.main(["eval", str(missing)]) == cli.main(["evaluate", str(missing)]) == 2
+    first, second = capsys.readouterr().err.splitlines()
+    assert first == second and "nowhere.pt" in first
+
+
+def test_a_signal_stops_the_bench_with_the_shells_status_and_bad_limits_are_refused(tmp_path, monkeypatch, capsys):
+    from lrtrain.train import Trainer
+
+    recipes = _recipes(tmp_path / "r")
+    calls = []
+
+    def interrupted(self, **kw):  # the trainer stopped by Ctrl-C, with its checkpoint
+        calls.append(self.cfg["name"])
+        return {"finished": False, "signal": "SIGINT"}
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    assert cli.main(["bench", *recipes, "-o", str(tmp_path / "out")]) == 130
+    assert calls == ["dense"]  # the next recipe is not started
+    assert "bench: dense stopped with a checkpoint" in capsys.readouterr().out
+    assert cli.main(["bench", *recipes, "--time-limit", "-5"]) == 2
+    assert "--time-limit is -5 s" in capsys.readouterr().err
