@@ -70,6 +70,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -172,8 +173,8 @@ RUNS = [
     Run("resnet56_elrt_tucker2", "ELRT tucker2", "cifar10_resnet56_elrt_tucker2.yaml"),
     Run("resnet56_elrt_channel", "ELRT channel", "cifar10_resnet56_elrt_channel.yaml"),
 ]
-# Issue 8: two seeds of every ResNet-56 row. The second seed's runs come after all the first's in RUNS order,
-# the order a call starts unstarted runs in; the table groups them with the first ("Over seeds").
+# Issue 8: two seeds of every ResNet-56 row, after all the first seeds in RUNS order (a call starts runs by
+# `training_order`, RUNS order breaking its ties); the table groups them with the first ("Over seeds").
 RUNS += [Run(f"{r.name}_seed1", r.label, r.recipe, r.overrides + ("seed=1",), r.paper)
          for r in RUNS if r.name.startswith("resnet56_")]
 NAME_WIDTH = max(len(r.name) for r in RUNS)
@@ -687,8 +688,7 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
     root: Path = args.root
     started = time.monotonic()
     deadline = None if args.time_limit is None else started + args.time_limit
-    # Started runs first: finishing them bounds how many unfinished ones there are to carry.
-    todo = sorted((r for r in runs if not progress(root / r.name)[0]), key=lambda r: progress(root / r.name)[1] < 0)
+    todo = training_order(runs, root, args.set, args.epochs_scale)
     env = worker_env(args.parallel)
     env["PYTHONUNBUFFERED"] = "1"
     inductor = Path(env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_dir(root))))
@@ -865,6 +865,42 @@ def time_left(run_dir: Path, read: tuple[list[dict[str, str]], int] | None = Non
         return None
     left = max(0, epochs - int(rows[-1]["epoch"]))
     return left, left * times[len(times) // 2]
+
+
+def _sibling(name: str) -> str:
+    """The same row's other seed: ``x_seed1`` <-> ``x``."""
+    return name.removesuffix("_seed1") if name.endswith("_seed1") else f"{name}_seed1"
+
+
+def training_order(runs: list[Run], root: Path, sets: list[str], epochs_scale: float) -> list[Run]:
+    """The unfinished `runs` in the order a call starts them: those past half their epochs first (a row
+    near its end is finished rather than left waiting for a slot), then the longest still to train.
+
+    The table is complete when its slowest run is, and a run trains at most one call's time a call however
+    many share the GPU: started late, a long run sets the end (ResNet-56, 2026-11-28: 16 started runs of
+    35-113 min at their pace, six second seeds not started, two of them among the longest; simulated with
+    18 slots and 8 min a session: 20 sessions starting the started runs first, 15 this way, and the two
+    ResNet-20 runs near their end still finish in the next two). A started run is timed at its recent pace;
+    one not started at its other seed's, else at the median pace of its model's started runs (of every
+    started run, where none), else by its epochs alone; ties keep `RUNS` order."""
+    todo = [r for r in runs if not progress(root / r.name)[0]]
+    read = {r.name: _epochs(root / r.name) for r in todo if progress(root / r.name)[1] >= 0}
+    left = {name: time_left(root / name, got) for name, got in read.items() if got}
+    paces = {name: t[1] / t[0] for name, t in left.items() if t and t[0]}
+    by_model: dict[str, list[float]] = {}
+    for name, pace in paces.items():
+        by_model.setdefault(name.split("_")[0], []).append(pace)
+
+    def key(r: Run) -> tuple[bool, float]:
+        rows, epochs = read.get(r.name) or ([], 0)
+        half = bool(rows) and epochs > 0 and 2 * int(rows[-1]["epoch"]) >= epochs
+        if r.name in paces:
+            return not half, -left[r.name][1]
+        epochs = spec(r, overrides(r, sets, epochs_scale)).recipe["train"]["epochs"]
+        pool = by_model.get(r.name.split("_")[0]) or list(paces.values())
+        return True, -epochs * (paces.get(_sibling(r.name)) or (statistics.median(pool) if pool else 1.0))
+
+    return sorted(todo, key=key)
 
 
 def print_status(runs: list[Run], root: Path) -> None:

@@ -520,6 +520,31 @@ def test_list_totals_the_epochs_left_per_model(tmp_path, capsys):
                     "resnet56 564 in 2 run(s), 2 not started")  # 164 (dense) + 400 (LRPET) from the recipes
 
 
+def _started(root: Path, name: str, done: int, epochs: int, pace: float) -> None:
+    run_dir = _fake_run(root, name, step=done * 10)
+    (run_dir / "config.yaml").write_text(f"train:\n  epochs: {epochs}\n")
+    (run_dir / "metrics.csv").write_text("epoch,test_acc,epoch_time_s\n" +
+                                         "".join(f"{e},50.0,{pace}\n" for e in range(1, done + 1)))
+
+
+def test_a_call_starts_runs_past_half_first_then_the_longest_still_to_train(tmp_path):
+    root = tmp_path / "root"
+    _started(root, "resnet20_lrpet", done=300, epochs=400, pace=2.0)     # past half: 200 s left
+    _started(root, "resnet56_dense", done=10, epochs=164, pace=10.0)     # 1,540 s
+    _started(root, "resnet56_lrpet", done=10, epochs=400, pace=10.0)     # 3,900 s
+    _started(root, "resnet56_elrt_tucker2", done=10, epochs=164, pace=40.0)  # 6,160 s
+    _fake_run(root, "resnet56_svd_finetune", finished=True)
+    names = ["resnet20_lrpet", "resnet56_dense", "resnet56_svd_finetune", "resnet56_lrpet", "resnet56_elrt_tucker2",
+             "resnet56_dense_seed1", "resnet56_elrt_channel", "resnet20_dense"]
+    order = reproduce.training_order(reproduce.select(names), root, [], 1.0)
+    # not started: the dense second seed at its first seed's pace (164 x 10 s = 1,640 s); ELRT channel at the
+    # median ResNet-56 pace (10 s: 1,640 s too, before it in RUNS order); ResNet-20 dense at the only
+    # ResNet-20 pace (164 x 2 s)
+    assert [r.name for r in order] == ["resnet20_lrpet", "resnet56_elrt_tucker2", "resnet56_lrpet",
+                                       "resnet56_elrt_channel", "resnet56_dense_seed1", "resnet56_dense",
+                                       "resnet20_dense"]
+
+
 # A worker that, as torch.compile does, reads the cache folder it is given and adds its own entry to it.
 CACHING_WORKER = ("import json, os, pathlib, sys; d = pathlib.Path(sys.argv[1]); "
                   "c = pathlib.Path(os.environ['TORCHINDUCTOR_CACHE_DIR']); "
