@@ -11,11 +11,11 @@ resumes from its newest checkpoint, so the table is built over many calls of at 
     python benchmarks/reproduce.py --report-only   # benchmarks/results/cifar10.{md,csv}, cifar10_acc_vs_flops.png
 
 ``--time-limit`` bounds the whole call: each worker is told to stop (checkpointed, after the epoch that
-passes its limit) ``--margin`` seconds before the call's end (or twice its last epoch time if longer), less
-``--startup`` seconds for its start (process, imports, data, compilation: its limit counts from its first
-epoch), no worker starts with less than that left (a run never trained: with less than the margin again,
-too little to reach its first checkpoint), and any worker still running at the end is terminated (it then
-resumes from its last checkpoint). ``--epochs-scale`` shrinks every schedule (tests, CPU tries);
+passes its limit) ``--margin`` seconds before the call's end, less ``--startup`` seconds for its start
+(process, imports, data, compilation: its limit counts from its first epoch); no worker starts with less
+than that left (a run never trained: with less than the margin again), and a worker still running at the
+end is terminated: SIGTERM, after which the trainer stops after its current step with a checkpoint that
+resumes mid-epoch (a worker that does not stop within 10 s is killed and resumes from its last checkpoint). ``--epochs-scale`` shrinks every schedule (tests, CPU tries);
 ``--set KEY=VALUE`` overrides every run's recipe.
 
 Round trip with the GPU machine (the exact calls are in benchmarks/gpu/README.md). The run folders live in
@@ -256,15 +256,6 @@ def where(run_dir: Path, read: tuple[list[dict[str, str]], int] | None = None) -
     return f"epoch {rows[-1]['epoch']}/{epochs}, test {float(rows[-1]['test_acc']):.2f} % (best {best:.2f} %)"
 
 
-def _last_epoch_seconds(run_dir: Path) -> float:
-    try:
-        lines = (run_dir / "metrics.csv").read_text().splitlines()
-        header, last = lines[0].split(","), lines[-1].split(",")
-        return float(last[header.index("epoch_time_s")])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def _run_folders(source: Path) -> Path:
     """A folder of run folders from `source`: itself, or the pack pieces it holds (or is one of) unpacked.
 
@@ -486,13 +477,15 @@ def worker_limit(left: float, run_dir: Path, margin: float, startup: float) -> f
     do not start it.
 
     The trainer counts its limit from its first epoch, so the worker's start (process, imports, data,
-    compilation: `startup`) comes off it, as does the reserve for the epoch that passes the limit. A run
-    never trained must get at least that reserve again to train in: stopped before its first checkpoint,
-    it would have spent its start for nothing."""
-    reserve = max(margin, 2 * _last_epoch_seconds(run_dir))
-    limit = left - startup - reserve
+    compilation: `startup`) comes off it, as does the `margin`. The epoch that passes the limit may run
+    into the call's end: the deadline then stops the worker by SIGTERM after the step it is in, with a
+    checkpoint that resumes mid-epoch exactly (tests/test_interruption.py), so no reserve of a whole epoch
+    is kept idle (before 2026-11-28 twice the last epoch was: 86 s of a ResNet-56 ELRT worker's 365). A
+    run never trained must get at least the margin again to train in: stopped at once, it would have spent
+    its start for nothing."""
+    limit = left - startup - margin
     fresh = progress(run_dir) == (0, -1)
-    return limit if limit > (reserve if fresh else 0) else None
+    return limit if limit > (margin if fresh else 0) else None
 
 
 def worker_env(workers: int) -> dict[str, str]:
@@ -946,8 +939,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mps", action="store_true",
                    help="run the workers through NVIDIA MPS (their kernels overlap on the GPU); without it, or "
                         "when MPS cannot start, they take turns")
-    p.add_argument("--margin", type=float, default=90.0,
-                   help="seconds kept at the end for each worker's last epoch, finalization and the pack")
+    p.add_argument("--margin", type=float, default=30.0,
+                   help="seconds before the call's end at which each worker's own limit falls (an epoch that "
+                        "passes it is stopped at the end by SIGTERM, resumably mid-epoch)")
     p.add_argument("--startup", type=float, default=45.0,
                    help="seconds a worker takes before its first epoch (imports, data, compilation), which its "
                         "own time limit does not count")

@@ -186,13 +186,14 @@ def _tar_names(folder: Path) -> set[str]:
 def test_worker_limit_takes_off_the_startup_and_starts_no_fresh_run_without_time_to_train(tmp_path):
     fresh = tmp_path / "fresh"
     started = _fake_run(tmp_path, "started", step=10)
-    (started / "metrics.csv").write_text("epoch,epoch_time_s\n0,30\n")  # its reserve: 2 epochs, 60 s
+    # a long epoch keeps no reserve of its own: the deadline stops it mid-epoch, resumably
+    (started / "metrics.csv").write_text("epoch,epoch_time_s\n0,45\n")
     assert reproduce.worker_limit(300, fresh, margin=90, startup=45) == pytest.approx(165)
     assert reproduce.worker_limit(2 * 90 + 45 + 1, fresh, margin=90, startup=45) == pytest.approx(91)
     assert reproduce.worker_limit(2 * 90 + 45 - 1, fresh, margin=90, startup=45) is None
-    # A started run resumes from its checkpoint: any time past its start and reserve is worth it.
-    assert reproduce.worker_limit(100, started, margin=30, startup=30) == pytest.approx(10)
-    assert reproduce.worker_limit(89, started, margin=30, startup=30) is None
+    # A started run resumes from its checkpoint: any time past its start and margin is worth it.
+    assert reproduce.worker_limit(100, started, margin=30, startup=30) == pytest.approx(40)
+    assert reproduce.worker_limit(59, started, margin=30, startup=30) is None
 
 
 # Stand-ins for `lrtrain train`, by run: finish, fail, or train until terminated.
