@@ -382,8 +382,9 @@ def run(args) -> int:
     done = [root / s.name for s in specs if (root / s.name).is_dir()]
     if done:
         report.write_report(done, root / "report", args.paper_points)
+    width = max((len(row["run"]) for row in rows), default=0)
     for row in rows:
-        print(f"{row['run']:24s} top-1 {row['top1_final']:6.2f}%  {row['flops_speedup']:.2f}x fewer FLOPs")
+        print(f"{row['run']:{width}s}  top-1 {row['top1_final']:6.2f}%  {row['flops_speedup']:.2f}x fewer FLOPs")
     print(f"table: {root / 'bench.md'} (and .csv)" + (f"; plots: {root / 'report' / 'README.md'}" if done else "") +
           (f"; not finished: {', '.join(pending)}" if pending else ""))
     if stopped.get("signal"):
