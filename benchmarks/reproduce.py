@@ -565,9 +565,10 @@ def save_compile_cache(inductor: Path, dest: Path) -> Path | None:
             tar.add(inductor, arcname=".", filter=lambda info: None if info.name in LEFT_OUT else info)
         size = buffer.tell()
     if size > room:
+        alone = size <= PIECE if raw <= 8 * room else raw <= 8 * PIECE  # what an empty $OUT may still take
         print(f"compile cache: {size / 2**20:.1f} MiB{' compressed' if raw <= 8 * room else ''}, over the "
               f"{room / 2**20:.1f} MiB left in {dest}: not packed"
-              f"{' (a call of --pack-cache packs it alone)' if size <= PIECE else ''}", flush=True)
+              f"{' (a call of --pack-cache packs it alone)' if alone and room < PIECE else ''}", flush=True)
         return None
     dest.mkdir(parents=True, exist_ok=True)
     part = dest / f".{COMPILE_CACHE}.part"
@@ -685,7 +686,7 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
     env = worker_env(args.parallel)
     env["PYTHONUNBUFFERED"] = "1"
     inductor = Path(env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_dir(root))))
-    if args.compile_cache is not None:
+    if args.compile_cache is not None:  # only when asked: a CPU call has no use for a GPU session's cache
         load_compile_cache(args.compile_cache, inductor)
     if args.commit:  # what the workers record: the device's .git is an older state's (2026-11-28)
         env[COMMIT_ENV] = args.commit
@@ -889,6 +890,8 @@ def training_order(runs: list[Run], root: Path, sets: list[str], epochs_scale: f
         half = bool(rows) and epochs > 0 and 2 * int(rows[-1]["epoch"]) >= epochs
         if r.name in paces:
             return not half, -left[r.name][1]
+        if half:  # its epochs done (its end cut off) or their times unreadable
+            return False, 0.0
         epochs = spec(r, overrides(r, sets, epochs_scale)).recipe["train"]["epochs"]
         pool = by_model.get(r.name.split("_")[0]) or list(paces.values())
         return True, -epochs * (paces.get(_sibling(r.name)) or (statistics.median(pool) if pool else 1.0))
@@ -967,9 +970,9 @@ def main(argv: list[str] | None = None) -> None:
                         "several: the N-th folder's, the last for the rest (default: %(default)s)")
     p.add_argument("--compile-cache", type=Path, metavar="DIR",
                    help=f"the folder of {COMPILE_CACHE}, the Inductor cache that a training call packs "
-                        "into --pack: training unpacks it for its workers (their torch.compile loads what it "
-                        "would compile); --unpack and --seed put a source's there (default: compile-cache "
-                        "beside --root)")
+                        "into --pack: a training call given it unpacks it for its workers (their torch.compile "
+                        "loads what it would compile); --unpack and --seed put a source's there (default for "
+                        "them: compile-cache beside --root)")
     p.add_argument("--data-dir", help="where CIFAR-10 is (passed to every worker)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="scale every schedule (tiny tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run's recipe")
@@ -988,9 +991,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print_status(runs, args.root)
         return
-    args.compile_cache = args.compile_cache or args.root.with_name("compile-cache")
+    kept_cache = args.compile_cache or args.root.with_name("compile-cache")  # where --unpack/--seed put one
     if args.unpack:
-        merge(args.unpack, args.root, args.compile_cache)
+        merge(args.unpack, args.root, kept_cache)
         return
     if args.pack_only:
         if args.pack is None:
@@ -1018,7 +1021,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{row['run']:{NAME_WIDTH}s} top-1 {row['top1_final']:6.2f}  speedup {row['flops_speedup']:.2f}x")
         return
     if args.seed:
-        merge(args.seed, args.root, args.compile_cache)
+        merge(args.seed, args.root, kept_cache)
     train(runs, args)
     print_status(runs, args.root)
 

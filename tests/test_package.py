@@ -21,17 +21,23 @@ def test_unknown_names_and_dunder_probes_raise_attribute_error():
 
 
 def test_the_version_is_the_packages_own(capsys):
-    import importlib.metadata
+    import ast
     import tomllib
     from pathlib import Path
 
     from lrtrain import cli
 
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    # one home: the installed metadata reads lrtrain.__version__
+    root = Path(__file__).resolve().parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    # one home: the package metadata reads lrtrain.__version__
     assert pyproject["project"]["dynamic"] == ["version"] and "version" not in pyproject["project"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lrtrain.__version__"}
-    assert importlib.metadata.version("lrtrain") == lrtrain.__version__
+    # as a literal, which setuptools reads from the file without importing lrtrain (and torch)
+    module = ast.parse((root / "src" / "lrtrain" / "__init__.py").read_text())
+    literals = [node.value.value for node in module.body if isinstance(node, ast.Assign)
+                and [getattr(t, "id", None) for t in node.targets] == ["__version__"]
+                and isinstance(node.value, ast.Constant)]
+    assert literals == [lrtrain.__version__]
     with pytest.raises(SystemExit) as stop:
         cli.main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out == f"lrtrain {lrtrain.__version__}\n"

@@ -535,13 +535,15 @@ def test_a_call_starts_runs_past_half_first_then_the_longest_still_to_train(tmp_
     _started(root, "resnet56_lrpet", done=10, epochs=400, pace=10.0)     # 3,900 s
     _started(root, "resnet56_elrt_tucker2", done=10, epochs=164, pace=40.0)  # 6,160 s
     _fake_run(root, "resnet56_svd_finetune", finished=True)
+    _started(root, "resnet56_trp_channel_nuclear", done=164, epochs=164, pace=20.0)  # its end cut off: 0 s left
     names = ["resnet20_lrpet", "resnet56_dense", "resnet56_svd_finetune", "resnet56_lrpet", "resnet56_elrt_tucker2",
-             "resnet56_dense_seed1", "resnet56_elrt_channel", "resnet20_dense"]
+             "resnet56_dense_seed1", "resnet56_elrt_channel", "resnet20_dense", "resnet56_trp_channel_nuclear"]
     order = reproduce.training_order(reproduce.select(names), root, [], 1.0)
     # not started: the dense second seed at its first seed's pace (164 x 10 s = 1,640 s); ELRT channel at the
     # median ResNet-56 pace (10 s: 1,640 s too, before it in RUNS order); ResNet-20 dense at the only
     # ResNet-20 pace (164 x 2 s)
-    assert [r.name for r in order] == ["resnet20_lrpet", "resnet56_elrt_tucker2", "resnet56_lrpet",
+    assert [r.name for r in order] == ["resnet20_lrpet", "resnet56_trp_channel_nuclear", "resnet56_elrt_tucker2",
+                                       "resnet56_lrpet",
                                        "resnet56_elrt_channel", "resnet56_dense_seed1", "resnet56_dense",
                                        "resnet20_dense"]
 
@@ -569,7 +571,8 @@ def test_the_compile_cache_goes_round_trip_from_one_call_to_the_next_machines_wo
                         lambda run, sets, run_dir, data_dir, limit: [sys.executable, "-c", CACHING_WORKER,
                                                                      str(run_dir)])
     # Session 1's GPU call: nothing to start from; its workers' cache comes back beside the pack.
-    assert _caching_call(tmp_path / "gpu1", tmp_path / "out1", "resnet20_dense") == []
+    assert _caching_call(tmp_path / "gpu1", tmp_path / "out1", "resnet20_dense", "--compile-cache",
+                         str(tmp_path / "none")) == []
     assert "no compile_cache.tar.gz" in capsys.readouterr().out
     assert (tmp_path / "gpu1-inductor" / "fxgraph" / "resnet20_dense" / "entry").is_file()  # beside the root
     with tarfile.open(tmp_path / "out1" / reproduce.COMPILE_CACHE) as tar:
@@ -588,6 +591,8 @@ def test_the_compile_cache_goes_round_trip_from_one_call_to_the_next_machines_wo
     _caching_call(tmp_path / "gpu2", tmp_path / "out3", "resnet20_elrt_channel", "--compile-cache", str(kept))
     assert "already warm" in capsys.readouterr().out
     assert (tmp_path / "gpu2-inductor" / "fxgraph" / "resnet20_svd_finetune" / "entry").is_file()
+    # A call not given one (here, on the CPU) leaves the kept cache alone, however near it lies.
+    assert _caching_call(tmp_path / "here" / "reproduce", tmp_path / "out4", "resnet20_lrpet") == []
 
 
 def test_a_damaged_compile_cache_is_said_and_the_workers_compile_anyway(tmp_path, monkeypatch, capsys):

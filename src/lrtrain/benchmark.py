@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 
 from . import export, models
-from .config import load_recipe, resolve
+from .config import flatten, load_recipe, resolve
 from .deployment import deploy
 from .metrics import latency_ratio
 from .provenance import cpu_name
@@ -335,10 +336,34 @@ def recipe_specs(recipes: list[str | Path], overrides: list[str] = (), data_dir:
         if name in specs:
             raise ValueError(f"{specs[name][0]} and {recipe} would share the run folder {name!r}: give the "
                              "recipes different file names")
-        method = cfg["method"]
-        label = " ".join(str(v) for v in (method["name"], method.get("scheme")) if v)
-        specs[name] = recipe, RunSpec(name, label, cfg)
+        # labelled by the recipe: two recipes of one method (LRPET at two goals) are two rows, not two seeds
+        specs[name] = recipe, RunSpec(name, name, cfg)
     return [spec for _, spec in specs.values()]
+
+
+# Where and how a run executes, not what it trains: a finished run differing only here is still the run asked for.
+_EXECUTION_KEYS = {"name", "out_dir", "data.dir", "data.workers", "data.eval_batch_size", "train.device",
+                   "train.progress", "train.compile", "train.compile_mode", "train.checkpoint_every",
+                   "train.keep_checkpoints", "train.channels_last"}
+
+
+def check_finished(specs: list[RunSpec], root: Path) -> None:
+    """Refuse a finished run under `root` that was trained with other settings than its spec asks: the
+    table would show it as the asked run (a quick ``--set train.epochs=2`` try, then the real call)."""
+    for spec in specs:
+        run_dir = root / spec.name
+        if not (run_dir / "summary.json").exists() or not (run_dir / "config.yaml").exists():
+            continue
+        saved = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+        asked = flatten(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
+                                source=f"benchmark {spec.name}"))
+        changed = sorted(k for k in saved.keys() | asked.keys()
+                         if k not in _EXECUTION_KEYS and saved.get(k) != asked.get(k))
+        if changed:
+            shown = ", ".join(f"{k}={saved.get(k)!r} (asked {asked.get(k)!r})" for k in changed[:4])
+            raise ValueError(f"{run_dir} holds a finished run trained with {shown}"
+                             f"{' and more' if len(changed) > 4 else ''}: give another -o, or delete {run_dir} "
+                             "to train it again")
 
 
 def _say_run(spec: RunSpec, summary: dict[str, Any]) -> None:
@@ -359,6 +384,7 @@ def run(args) -> int:
         raise ValueError(f"--time-limit is {args.time_limit:g} s: give a number of seconds, 0 or more")
     specs = recipe_specs(args.recipes, args.overrides, args.data_dir, args.device)
     root = Path(args.out)
+    check_finished(specs, root)
     stopped: dict[str, Any] = {}
     if not args.report_only:
         def on_run(spec: RunSpec, summary: dict[str, Any]) -> None:
@@ -367,8 +393,10 @@ def run(args) -> int:
                 stopped.update(summary)
 
         run_all(specs, root, args.time_limit, on_run)
-    rows = collect(specs, root, f"lrtrain bench {' '.join(map(str, args.recipes))}", threads=args.threads,
-                   speed=args.speed)
+    command = " ".join(["lrtrain bench", *map(str, args.recipes), "-o", str(args.out),
+                        *(f"--set {o}" for o in args.overrides),
+                        *(f"--{k.replace('_', '-')} {v}" for k in ("data_dir", "device") if (v := getattr(args, k)))])
+    rows = collect(specs, root, command, threads=args.threads, speed=args.speed)
     pending = [s.name for s in specs if not (root / s.name / "summary.json").exists()]
     notes = ("top1_final: the compact model's test top-1; top1_best: the best epoch-end top-1 of the model as "
              "trained; flops_speedup = dense / compact multiply-accumulates. " +
@@ -377,7 +405,7 @@ def run(args) -> int:
               "CPU speedups not measured (lrtrain bench --speed measures them).") +
              (f"\n\nNot finished yet: {', '.join(pending)} (the same command resumes them)." if pending else ""))
     write_table(rows, root / "bench", f"lrtrain bench: {len(specs)} recipe(s)", notes,
-                columns=["run", "method", "top1_final", "top1_best", "compact_mflops", "flops_speedup",
+                columns=["run", "model", "top1_final", "top1_best", "compact_mflops", "flops_speedup",
                          "compact_params_m", "cpu_speedup_b32", "cpu_deployed_speedup_b32", "epochs", "wall_s"])
     done = [root / s.name for s in specs if (root / s.name).is_dir()]
     if done:

@@ -129,6 +129,17 @@ def defaults() -> dict[str, Any]:
     return walk(SCHEMA)
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"section.key": value}``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def _keys(node: dict, prefix: str = "") -> list[str]:
     out = []
     for k, v in node.items():

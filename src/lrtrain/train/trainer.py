@@ -689,7 +689,7 @@ class Trainer:
         state = load_checkpoint(path) if state is None else state
         if not isinstance(state, dict) or not {"config", "model", "method", "optimizer"} <= state.keys():
             raise ValueError(f"{path} is not a training checkpoint of lrtrain")
-        saved, now = _flat(state["config"]), _flat(self.cfg)
+        saved, now = config_mod.flatten(state["config"]), config_mod.flatten(self.cfg)
         was = (saved.get("model.name"), saved.get("method.name"))
         this = (now["model.name"] if self._registry_model else was[0], now["method.name"])
         if was != this:
@@ -854,16 +854,6 @@ def _factor_ranks(model: nn.Module) -> dict[str, Any]:
     """``{name: rank}`` of every factorized layer of `model` (tucker2 ranks as ``[r_in, r_out]``)."""
     return {name: list(m.rank) if isinstance(m.rank, tuple) else int(m.rank)
             for name, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def train(config: dict[str, Any], *, model: nn.Module | None = None, **fit_options: Any) -> dict[str, Any]:
