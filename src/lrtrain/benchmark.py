@@ -1,9 +1,10 @@
 """Run a list of trainings resumably, one after another, and tabulate and plot what they give.
 
 Used by ``lrtrain bench`` (`run`: one run per recipe file) and the accuracy benchmarks
-(``benchmarks/cpu_budget.py``, ``benchmarks/reproduce.py``): each run is a resolved config with a run directory; a run whose ``summary.json`` exists is done, any other one is
-resumed from its newest checkpoint, so a table can be built across many sessions. Rows carry what a
-reader needs to trust a figure: device, command, commit and date.
+(``benchmarks/cpu_budget.py``, ``benchmarks/reproduce.py``): each run is a resolved config with a run
+directory; a run whose ``summary.json`` exists is done, any other one is resumed from its newest
+checkpoint, so a table can be built across many sessions. Rows carry what a reader needs to trust a
+figure: device, command, commit and date.
 """
 
 from __future__ import annotations
