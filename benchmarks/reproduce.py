@@ -554,9 +554,13 @@ def save_compile_cache(inductor: Path, dest: Path) -> Path | None:
     target = dest / COMPILE_CACHE
     beside = sum(f.stat().st_size for f in dest.glob("*") if f.is_file() and f != target) if dest.is_dir() else 0
     room = max(0, min(PIECE, OUT_LIMIT - beside))
-    folders = {f.name: _folder_bytes(f) for f in sorted(inductor.iterdir()) if f.is_dir()}
+    folders = {f.name: _folder_bytes(f) for f in inductor.iterdir() if f.is_dir()}
     raw = sum(b for name, b in folders.items() if f"./{name}" not in LEFT_OUT)
-    print("compile cache: " + ", ".join(f"{name} {b / 2**20:.1f} MiB" for name, b in folders.items()) +
+    biggest = sorted(folders, key=lambda n: -folders[n])[:4]  # (Inductor's code cache: many 2-letter folders)
+    rest = sum(b for n, b in folders.items() if n not in biggest)
+    print(f"compile cache: {raw / 2**20:.1f} MiB to pack; " +
+          ", ".join(f"{n} {folders[n] / 2**20:.1f} MiB" for n in biggest) +
+          (f", {len(folders) - len(biggest)} more folders {rest / 2**20:.1f} MiB" if rest else "") +
           f" ({', '.join(n[2:] for n in LEFT_OUT)} left out)", flush=True)
     size = raw
     if raw <= 8 * room:
@@ -987,6 +991,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="time every finished run's compact model again (default: a row already in the table "
                         "keeps its CPU speedups while its run is unchanged)")
     args = p.parse_args(argv)
+    # The workers run from the repository root: a relative path would name another folder there.
+    args.root = args.root.resolve()
+    args.data_dir = args.data_dir and os.path.abspath(args.data_dir)
     runs = select(args.runs)
     if args.list:
         print_status(runs, args.root)

@@ -251,6 +251,23 @@ def test_a_call_packs_after_each_worker_and_pack_only_packs_just_its_runs(tmp_pa
     assert reproduce.progress(merged / "resnet20_trp_channel_nuclear") == (0, 4)
 
 
+def test_relative_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """The workers start in the repository root, not in the caller's folder."""
+    seen = []
+
+    def command(run, sets, run_dir, data_dir, limit):
+        seen.append((run_dir, data_dir))
+        return [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write(os.environ['TORCHINDUCTOR_CACHE_DIR'])",
+                str(tmp_path / "cache_dir.txt")]
+
+    monkeypatch.setattr(reproduce, "worker_command", command)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    reproduce.main(["--runs", "resnet20_dense", "--root", "runs", "--data-dir", "cifar", "--pack", "out"])
+    assert seen == [(tmp_path / "runs" / "resnet20_dense", str(tmp_path / "cifar"))]
+    assert (tmp_path / "cache_dir.txt").read_text() == str(tmp_path / "runs-inductor")
+
+
 def test_make_seed_holds_the_selected_unfinished_runs_and_marks_the_finished_ones(tmp_path):
     root, seed, gpu = tmp_path / "root", tmp_path / "seed", tmp_path / "gpu"
     done = _fake_run(root, "resnet56_dense", finished=True)
@@ -633,7 +650,7 @@ def test_the_compile_cache_leaves_out_tritons_folder_and_packs_only_into_the_roo
     monkeypatch.setattr(reproduce.tarfile, "open", None)  # would fail if called
     assert reproduce.save_compile_cache(cache, tmp_path / "far") is None
     printed = capsys.readouterr().out
-    assert "fxgraph 0.0 MiB, locks 0.0 MiB, triton 0.0 MiB" in printed
+    assert "compile cache: 0.0 MiB to pack; " in printed and "triton 0.0 MiB" in printed
     assert "MiB, over the 0.0 MiB left" in printed and "compressed" not in printed and "--pack-cache" not in printed
 
 
