@@ -279,13 +279,28 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, e
     assert (len(metrics.read_text().splitlines()) - 1 if metrics.exists() else 0) == rows
 
 
-def test_a_run_directory_is_not_overwritten_by_accident(tmp_path):
+def test_a_run_directory_is_not_overwritten_by_accident(tmp_path, capsys):
     cfg = make_cfg(tmp_path, epochs=1)
     fit(cfg)
     with pytest.raises(ValueError, match="already holds a run .* --resume .* --overwrite"):
         fit(cfg)
     _, summary = fit(cfg, overwrite=True)
     assert summary["finished"] and len(list_checkpoints(tmp_path / "run" / "checkpoints")) == 1
+    # a finished run kept lean (its checkpoints deleted, as the committed reproduction runs are)
+    run = tmp_path / "run"
+    for path in list_checkpoints(run / "checkpoints"):
+        path.unlink()
+    kept = {f: (run / f).read_bytes() for f in ("summary.json", "compact.pt", "metrics.csv")}
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.csv, summary.json, compact.pt\)"):
+        fit(cfg)
+    with pytest.raises(ValueError, match=r"holds a finished run \(summary.json\) and no checkpoint to resume from"):
+        fit(cfg, resume=True)
+    assert {f: (run / f).read_bytes() for f in kept} == kept  # nothing lost
+    (run / "summary.json").unlink()  # a run cut before its first checkpoint: --resume starts it again, and says so
+    capsys.readouterr()
+    _, summary = fit(cfg, resume=True)
+    assert summary["finished"]
+    assert "starting from scratch (its metrics.csv, compact.pt replaced)" in capsys.readouterr().out
 
 
 def _recipe(tmp_path, text):

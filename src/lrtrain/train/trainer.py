@@ -53,6 +53,7 @@ from .schedule import from_config as schedule_from_config
 METRICS_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
                   "img_per_s"]
 RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "compact_module.pt"]
+RESULT_FILES = ["metrics.csv", "summary.json", "compact.pt"]  # what a new run in the folder would replace
 
 
 def _absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
@@ -607,9 +608,15 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
         existing = list_checkpoints(ckpt_dir)
-        if existing and not (resume or overwrite):
-            raise ValueError(f"{self.run_dir} already holds a run ({len(existing)} checkpoint(s)); "
-                             f"pass --resume to continue it or --overwrite to start again")
+        # A run's results, also where its checkpoints are gone (a finished run kept lean, as reproduce.py's)
+        results = [f for f in RESULT_FILES if (self.run_dir / f).is_file()]
+        if (existing or results) and not (resume or overwrite):
+            held = ", ".join([f"{len(existing)} checkpoint(s)"] * bool(existing) + results)
+            raise ValueError(f"{self.run_dir} already holds a run ({held}); pass --resume to continue it or "
+                             "--overwrite to start again")
+        if resume and not existing and "summary.json" in results and not overwrite:
+            raise ValueError(f"{self.run_dir} holds a finished run (summary.json) and no checkpoint to resume "
+                             "from: nothing to continue; --overwrite trains it again (its results are replaced)")
         if self._weights_absent and not (resume and existing):
             load_pretrained(self.model, self._weights_absent, owner="model.weights")  # raises: no such file
         if self.world.is_main:
@@ -631,7 +638,8 @@ class Trainer:
             self.load_checkpoint(existing[-1], state)
         elif self.world.is_main:
             if resume:
-                print(f"no checkpoint in {ckpt_dir}: starting from scratch", flush=True)
+                replaced = f" (its {', '.join(results)} replaced)" if results else ""
+                print(f"no checkpoint in {ckpt_dir}: starting from scratch{replaced}", flush=True)
             # rows a killed first session logged before any checkpoint: the method logs its own again
             self.ranks_file.restart()
         if self.world.is_main:
