@@ -538,15 +538,23 @@ def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-LEFT_OUT = ("./locks", "./triton")
+def _left_out() -> tuple[str, ...]:
+    """What the cache's archive leaves out: its locks, and Triton's folder where Inductor bundles each
+    graph's kernels into the graph's own entry (on by default in recent torch; not assumed)."""
+    unset = "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    from torch._inductor import config
+
+    if unset:  # importing Inductor sets it (its default), which a later call's workers would then inherit
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    return ("./locks", "./triton") if config.bundle_triton_into_fx_graph_cache else ("./locks",)
 
 
 def save_compile_cache(inductor: Path, dest: Path) -> Path | None:
     """``dest/compile_cache.tar.gz`` of the Inductor cache `inductor`, if it holds anything and fits: one
     piece, within what $OUT returns beside the files already in `dest`; the file, or None (said why).
 
-    Triton's own folder stays out: each compiled graph in the cache carries its kernels (Inductor's
-    bundling, on by default) and writes them back there when it is loaded. A cache more than 8 times the
+    Triton's own folder stays out where each compiled graph in the cache carries its kernels (Inductor's
+    bundling, `_left_out`) and writes them back there when it is loaded. A cache more than 8 times the
     room is not compressed at all (its text and kernels do not shrink that much; the call's end is short)."""
     if not inductor.is_dir() or not any(inductor.iterdir()):
         print(f"compile cache: {inductor} is empty or missing: nothing to pack", flush=True)
@@ -555,18 +563,19 @@ def save_compile_cache(inductor: Path, dest: Path) -> Path | None:
     beside = sum(f.stat().st_size for f in dest.glob("*") if f.is_file() and f != target) if dest.is_dir() else 0
     room = max(0, min(PIECE, OUT_LIMIT - beside))
     folders = {f.name: _folder_bytes(f) for f in inductor.iterdir() if f.is_dir()}
-    raw = sum(b for name, b in folders.items() if f"./{name}" not in LEFT_OUT)
+    left_out = _left_out()
+    raw = sum(b for name, b in folders.items() if f"./{name}" not in left_out)
     biggest = sorted(folders, key=lambda n: -folders[n])[:4]  # (Inductor's code cache: many 2-letter folders)
     rest = sum(b for n, b in folders.items() if n not in biggest)
     print(f"compile cache: {raw / 2**20:.1f} MiB to pack; " +
           ", ".join(f"{n} {folders[n] / 2**20:.1f} MiB" for n in biggest) +
           (f", {len(folders) - len(biggest)} more folders {rest / 2**20:.1f} MiB" if rest else "") +
-          f" ({', '.join(n[2:] for n in LEFT_OUT)} left out)", flush=True)
+          f" ({', '.join(n[2:] for n in left_out)} left out)", flush=True)
     size = raw
     if raw <= 8 * room:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
-            tar.add(inductor, arcname=".", filter=lambda info: None if info.name in LEFT_OUT else info)
+            tar.add(inductor, arcname=".", filter=lambda info: None if info.name in left_out else info)
         size = buffer.tell()
     if size > room:
         alone = size <= PIECE if raw <= 8 * room else raw <= 8 * PIECE  # what an empty $OUT may still take

@@ -633,6 +633,10 @@ def test_the_compile_cache_leaves_out_tritons_folder_and_packs_only_into_the_roo
         (cache / sub / "entry").write_bytes(os.urandom(4096))  # incompressible
     with tarfile.open(reproduce.save_compile_cache(cache, out)) as tar:
         assert sorted(tar.getnames()) == [".", "./fxgraph", "./fxgraph/entry"]  # the graphs carry their kernels
+    from torch._inductor import config
+    with config.patch(bundle_triton_into_fx_graph_cache=False):  # they would not: Triton's folder is kept
+        with tarfile.open(reproduce.save_compile_cache(cache, tmp_path / "unbundled")) as tar:
+            assert "./triton/0/entry" in tar.getnames() and "./locks" not in tar.getnames()
     monkeypatch.setattr(reproduce, "OUT_LIMIT", 12 * 1024)
     (out / f"{reproduce.PACK_NAME}.000").write_bytes(b"x" * 10 * 1024)  # the runs' pack: 2 KiB left
     assert reproduce.save_compile_cache(cache, out) is None
