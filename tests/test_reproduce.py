@@ -676,3 +676,23 @@ def test_a_carried_compile_cache_spares_the_next_machines_workers_compiling(tmp_
                     "--compile-cache", str(tmp_path / "compile-cache")])
     assert reproduce.progress(tmp_path / "c" / "resnet20_dense")[0]
     assert graphs(tmp_path / "c-inductor") == first  # every graph loaded, none compiled again
+
+
+@pytest.mark.slow
+def test_a_call_cut_by_its_deadline_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    """No reserve before the call's end: the deadline's SIGTERM stops a real worker after its step, and the
+    next call ends where an uninterrupted call does."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sets = ["data.name=sample", "data.train_size=2048", "data.test_size=64", "data.batch_size=64",
+            "data.eval_batch_size=64", "train.device=cpu"]
+    tiny = ["--epochs-scale", "0.02", *(a for s in sets for a in ("--set", s))]  # 164 -> 3 epochs of 32 steps
+    reproduce.main([*tiny, "--runs", "resnet20_dense", "--root", str(tmp_path / "straight")])
+    # an epoch takes ~7 s on a 2-core CPU, the worker's start ~3 s: the deadline falls inside the first epoch
+    reproduce.main([*tiny, "--runs", "resnet20_dense", "--root", str(tmp_path / "cut"), "--time-limit", "7",
+                    "--margin", "0", "--startup", "0"])
+    assert "resnet20_dense: stopped by the deadline, resumable" in capsys.readouterr().out
+    done, step = reproduce.progress(tmp_path / "cut" / "resnet20_dense")
+    assert not done and step > 0  # stopped with a checkpoint where it was
+    reproduce.main([*tiny, "--runs", "resnet20_dense", "--root", str(tmp_path / "cut")])
+    a, b = (json.loads((tmp_path / d / "resnet20_dense" / "summary.json").read_text()) for d in ("straight", "cut"))
+    assert (a["final_acc"], a["final_loss"], a["epochs"]) == (b["final_acc"], b["final_loss"], b["epochs"])
