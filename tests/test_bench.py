@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from lrtrain import cli
+from lrtrain import cli, models
 
 TINY = {
     "model": {"name": "resnet20"},
@@ -69,7 +70,7 @@ def test_bench_trains_each_recipe_resumably_into_one_table_and_report(tmp_path, 
     assert float(timed["dense"]["cpu_speedup_b32"]) == 1.0 and float(timed["half"]["cpu_speedup_b32"]) > 0
 
 
-def test_bench_sets_every_recipe_and_refuses_two_recipes_of_one_name(tmp_path, capsys):
+def test_bench_sets_every_recipe_and_refuses_two_recipes_of_one_name(tmp_path, capsys, monkeypatch):
     recipes = _recipes(tmp_path / "a")
     assert cli.main(["bench", *recipes, "-o", str(tmp_path / "out"), "--set", "train.epochs=1"]) == 0
     assert [_summary(tmp_path / "out", n)["epochs"] for n in ("dense", "half")] == [1, 1]
@@ -79,9 +80,14 @@ def test_bench_sets_every_recipe_and_refuses_two_recipes_of_one_name(tmp_path, c
     assert cli.main(["bench", *recipes, "-o", str(tmp_path / "out"), "--set", "train.epochs=2"]) == 2
     assert (f"{tmp_path / 'out' / 'dense'} holds a finished run trained with train.epochs=1 (asked 2): give "
             "another -o, or delete") in capsys.readouterr().err
-    # where and how it ran does not matter
+    # where and how it ran does not matter, nor a file named relative to here (the run keeps it absolute)
     assert cli.main(["bench", *recipes, "-o", str(tmp_path / "out"), "--set", "train.epochs=1", "--device", "cpu",
                      "--set", "train.keep_checkpoints=3", "--report-only"]) == 0
+    torch.save(models.create("resnet20").state_dict(), tmp_path / "w.pt")
+    sets = ["--set", "train.epochs=1", "--set", "model.weights=w.pt"]
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", recipes[0], "-o", "rel", *sets]) == 0
+    assert cli.main(["bench", recipes[0], "-o", "rel", *sets, "--report-only"]) == 0
     again = _recipes(tmp_path / "b")[0]
     assert cli.main(["bench", recipes[0], again, "-o", str(tmp_path / "twice")]) == 2
     err = capsys.readouterr().err

@@ -346,12 +346,12 @@ def test_relative_paths_of_a_run_are_kept_absolute_so_it_resumes_and_scores_from
     from lrtrain.config import load_recipe
 
     assert load_recipe(str(tmp_path / "run"), [])["data"]["dir"] == str(tmp_path / "images")
-    from lrtrain.train.trainer import _absolute_paths
+    from lrtrain.train.trainer import absolute_paths
 
     (tmp_path / "orthogonal").mkdir()  # a folder named as ELRT's init choice: the setting is no path
     elrt = resolve({"method": {"name": "elrt", "init": "orthogonal"}, "model": {"weights": "images"}})
-    assert _absolute_paths(elrt)["method"]["init"] == "orthogonal"
-    assert _absolute_paths(elrt)["model"]["weights"] == str(tmp_path / "images")
+    assert absolute_paths(elrt)["method"]["init"] == "orthogonal"
+    assert absolute_paths(elrt)["model"]["weights"] == str(tmp_path / "images")
     monkeypatch.chdir(tmp_path / "images")  # elsewhere
     capsys.readouterr()
     assert cli.main(["evaluate", str(tmp_path / "run")]) == 0

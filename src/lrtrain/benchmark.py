@@ -351,13 +351,16 @@ _EXECUTION_KEYS = {"name", "out_dir", "data.dir", "data.workers", "data.eval_bat
 def check_finished(specs: list[RunSpec], root: Path) -> None:
     """Refuse a finished run under `root` that was trained with other settings than its spec asks: the
     table would show it as the asked run (a quick ``--set train.epochs=2`` try, then the real call)."""
+    from .train.trainer import absolute_paths
+
     for spec in specs:
         run_dir = root / spec.name
         if not (run_dir / "summary.json").exists() or not (run_dir / "config.yaml").exists():
             continue
         saved = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-        asked = flatten(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
-                                source=f"benchmark {spec.name}"))
+        # as the trainer wrote it: files named relative to here (model.weights, ...) made absolute
+        asked = flatten(absolute_paths(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
+                                               source=f"benchmark {spec.name}")))
         changed = sorted(k for k in saved.keys() | asked.keys()
                          if k not in _EXECUTION_KEYS and saved.get(k) != asked.get(k))
         if changed:

@@ -56,7 +56,7 @@ RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact
 RESULT_FILES = ["metrics.csv", "summary.json", "compact.pt"]  # what a new run in the folder would replace
 
 
-def _absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     """`config` with its data folder and weight files (data.dir, model.weights, a method's file settings
     such as SVDFinetune's init) made absolute where they name something relative to the working
     directory: the run's config.yaml then finds them when the run is resumed or evaluated from elsewhere."""
@@ -214,7 +214,7 @@ class Trainer:
     def __init__(self, config: dict[str, Any], *, model: nn.Module | None = None, data: Data | None = None):
         if not config_mod.is_resolved(config):  # a hand-written dict: checked, completed with the defaults
             config = config_mod.resolve(config, source="Trainer config")
-        self.cfg = config = _absolute_paths(config)
+        self.cfg = config = absolute_paths(config)
         train_cfg = config["train"]
         self.world = distributed.init_from_env(use_cuda=train_cfg["device"] != "cpu" and torch.cuda.is_available())
         self.device = resolve_device(train_cfg["device"], self.world.local_rank)
