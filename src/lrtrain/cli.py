@@ -37,8 +37,10 @@ def _fit(cfg: dict[str, Any], *, resume: bool, overwrite: bool, time_limit: floa
     try:
         trainer = Trainer(cfg)
         summary = trainer.fit(resume=resume, overwrite=overwrite, time_limit=time_limit)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown()
     if summary["finished"] and trainer.world.is_main:
         written = [f for f in RUN_FILES if (Path(summary["run_dir"]) / f).is_file()]
         print(f"results in {summary['run_dir']}/: {', '.join(written)} "

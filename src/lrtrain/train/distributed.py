@@ -54,9 +54,15 @@ def init_from_env(use_cuda: bool) -> World:
     return world
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group, if this process joined one.
+
+    ``wait``: once every process is there, so none tears its connections down while another still talks
+    through them (gloo then aborts a process now and then: "terminate called without an active
+    exception"). A process leaving on an error must not wait: the others may never get there."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
