@@ -86,7 +86,7 @@ import yaml
 
 from lrtrain import benchmark
 from lrtrain.config import load_recipe
-from lrtrain.files import atomic_write_text
+from lrtrain.files import atomic_write, atomic_write_text
 from lrtrain.provenance import COMMIT_ENV
 from lrtrain.train.checkpoint import list_checkpoints
 
@@ -499,9 +499,10 @@ def worker_env(workers: int) -> dict[str, str]:
     return env
 
 
-def inductor_dir(root: Path) -> Path:
-    """The workers' Inductor cache (compiled graphs, Triton kernels): beside the root, outside every run."""
-    return root.with_name(root.name + "-inductor")
+def inductor_dir(root: Path, env: dict[str, str] | os._Environ = os.environ) -> Path:
+    """The workers' Inductor cache (compiled graphs, Triton kernels): $TORCHINDUCTOR_CACHE_DIR where `env`
+    sets it, else beside the root, outside every run."""
+    return Path(env.get("TORCHINDUCTOR_CACHE_DIR") or root.with_name(root.name + "-inductor"))
 
 
 def load_compile_cache(folder: Path, inductor: Path) -> None:
@@ -584,9 +585,7 @@ def save_compile_cache(inductor: Path, dest: Path) -> Path | None:
               f"{' (a call of --pack-cache packs it alone)' if alone and room < PIECE else ''}", flush=True)
         return None
     dest.mkdir(parents=True, exist_ok=True)
-    part = dest / f".{COMPILE_CACHE}.part"
-    part.write_bytes(buffer.getvalue())
-    part.replace(target)
+    atomic_write(target, lambda f: f.write(buffer.getvalue()))
     print(f"compile cache packed: {target}, {size / 2**20:.1f} MiB", flush=True)
     return target
 
@@ -698,7 +697,8 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
     todo = training_order(runs, root, args.set, args.epochs_scale)
     env = worker_env(args.parallel)
     env["PYTHONUNBUFFERED"] = "1"
-    inductor = Path(env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_dir(root))))
+    inductor = inductor_dir(root, env)
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor)
     if args.compile_cache is not None:  # only when asked: a CPU call has no use for a GPU session's cache
         load_compile_cache(args.compile_cache, inductor)
     if args.commit:  # what the workers record: the device's .git is an older state's (2026-11-28)
@@ -1025,7 +1025,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.pack_cache:
         if args.pack is None:
             raise SystemExit("--pack-cache needs --pack DIR (or $OUT)")
-        inductor = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or inductor_dir(args.root))
+        inductor = inductor_dir(args.root)
         if save_compile_cache(inductor, args.pack) is None:
             raise SystemExit(f"--pack-cache: nothing packed from {inductor}")
         return

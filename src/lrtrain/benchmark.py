@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from . import export, models
-from .config import flatten, load_recipe, resolve
+from .config import differences, flatten, load_recipe, resolve
 from .deployment import deploy
 from .metrics import latency_ratio
 from .provenance import cpu_name
@@ -357,13 +357,13 @@ def check_finished(specs: list[RunSpec], root: Path) -> None:
         run_dir = root / spec.name
         if not (run_dir / "summary.json").exists() or not (run_dir / "config.yaml").exists():
             continue
-        saved = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
         # as the trainer wrote it: files named relative to here (model.weights, ...) made absolute
-        asked = flatten(absolute_paths(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
-                                               source=f"benchmark {spec.name}")))
-        changed = sorted(k for k in saved.keys() | asked.keys()
-                         if k not in _EXECUTION_KEYS and saved.get(k) != asked.get(k))
+        asked = absolute_paths(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
+                                       source=f"benchmark {spec.name}"))
+        changed = [k for k in differences(saved, asked) if k not in _EXECUTION_KEYS]
         if changed:
+            saved, asked = flatten(saved), flatten(asked)
             shown = ", ".join(f"{k}={saved.get(k)!r} (asked {asked.get(k)!r})" for k in changed[:4])
             raise ValueError(f"{run_dir} holds a finished run trained with {shown}"
                              f"{' and more' if len(changed) > 4 else ''}: give another -o, or delete {run_dir} "

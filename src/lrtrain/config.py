@@ -140,6 +140,12 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The ``section.key`` names whose values differ between two configs (one missing from either too)."""
+    a, b = flatten(a), flatten(b)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 def _keys(node: dict, prefix: str = "") -> list[str]:
     out = []
     for k, v in node.items():

@@ -704,8 +704,8 @@ class Trainer:
             raise ValueError(f"checkpoint {path} holds a {was[0]} trained with method {was[1]!r}, but this run "
                              f"builds a {this[0]} with method {this[1]!r}: resume with the recipe it was saved "
                              "with, or start again with --overwrite")
-        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
-                         and not (k == "out_dir" and Path(saved[k]).resolve() == Path(now[k]).resolve()))
+        changed = [k for k in config_mod.differences(saved, now)
+                   if not (k == "out_dir" and Path(saved[k]).resolve() == Path(now[k]).resolve())]
         if changed and self.world.is_main:
             print(f"note: resuming {path} with changed settings: {', '.join(changed)}", flush=True)
         if "train.epochs" in changed and now["schedule.name"] == "cosine" and self.world.is_main:
