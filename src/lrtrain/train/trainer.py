@@ -273,9 +273,9 @@ class Trainer:
         self._elapsed_before = 0.0  # seconds spent by the sessions this run resumed from
         # the code of each session that trained the run (read now: the tree may change while it trains)
         self._commits = [commit()]
-        self._trained_epoch: tuple[float, int] | None = None  # (seconds, images) of an epoch whose end failed
         # (seconds, images) of the current epoch before this process took it over from a mid-epoch
-        # checkpoint, and when and at how many images this process started it: an epoch's row counts them all
+        # checkpoint (or from one kept when the epoch's end failed), and when and at how many images this
+        # process started it: an epoch's row counts them all
         self._epoch_before: tuple[float, int] = (0.0, 0)
         self._epoch_clock: tuple[float, int] | None = None
         self._session_start = time.perf_counter()
@@ -495,10 +495,9 @@ class Trainer:
             if not self._train_epoch(epoch, until_step):
                 return self._stopped()
             seconds, images = self._epoch_so_far()
-            self._epoch_clock, self._epoch_before = None, (0.0, 0)
-            if self._trained_epoch is not None:  # resumed to redo the end of an epoch trained before the failure
-                (seconds, images), self._trained_epoch = self._trained_epoch, None
+            self._epoch_clock, self._epoch_before = None, (seconds, images)  # kept where the end fails
             self._end_epoch_or_keep_it(epoch, seconds, images)
+            self._epoch_before = (0.0, 0)
             out_of_time = time_limit is not None and time.perf_counter() - session > time_limit
             stop = (until_step is not None and self.step >= until_step) \
                 or self._agree(out_of_time or self.stop_signal is not None)
@@ -530,7 +529,6 @@ class Trainer:
             if self.world.distributed or self.batch != self.steps_per_epoch:
                 raise
             set_rng_state(rng)  # as after the epoch's last step: what the resumed run starts from
-            self._trained_epoch = (seconds, images)  # its metrics row's time and rate, once resumed
             path = self.save_checkpoint()
             print(f"the trained epoch {epoch + 1} is kept in {path}: --resume redoes only its end", flush=True)
             raise
@@ -675,7 +673,6 @@ class Trainer:
                 "commits": self._commits,
                 "rng": rng,
                 "rng_ranks": rng_ranks,
-                "trained_epoch": self._trained_epoch,
                 "epoch_so_far": list(self._epoch_so_far()) if self.batch else None,
                 "num_classes": self.num_classes,  # the classifier's outputs, also when it is factorized
                 **model_facts(self.data),  # for lrtrain evaluate / compress
@@ -733,8 +730,8 @@ class Trainer:
         self.sums.load(state["sums"], self.world.is_main)
         self.history = state["history"]
         self._elapsed_before = state["elapsed"]
-        self._trained_epoch = state.get("trained_epoch")  # absent from older checkpoints
-        so_far = state.get("epoch_so_far")  # absent from older checkpoints
+        # absent from older checkpoints; "trained_epoch": an epoch whose end failed, in checkpoints before 2026-11-28
+        so_far = state.get("trained_epoch") or state.get("epoch_so_far")
         self._epoch_before = (float(so_far[0]), int(so_far[1])) if so_far else (0.0, 0)
         self._keep_normalization(state.get("normalize"), path)
         earlier = [c for c in state.get("commits", []) if c != self._commits[-1]]  # absent from older checkpoints
