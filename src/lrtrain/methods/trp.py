@@ -186,6 +186,8 @@ class TRP(Method):
 
         layers, self._final_names, self._requests = self._eligible_layers(eligible)
         dense = count(self.model, self.input_size).flops
+        # what a global policy weighs: the layers `finalize` decomposes (the official preset's stride-2
+        # convs, trained but kept dense, count at their dense cost, as they will in the compact model)
         self._fixed_cost = dense - sum(r.dense_cost for r in self._requests.values())
         if isinstance(self.rank_policy, FlopsBudget):  # found now, not when a ramp gets there hours later
             floor = self._fixed_cost + self.rank_policy.floor(list(self._requests.values()))
@@ -216,8 +218,8 @@ class TRP(Method):
         return s
 
     def _eligible_layers(self, preset: str) -> tuple[list[tuple[str, nn.Module]], list[str], dict[str, RankRequest]]:
-        """(name, conv) pairs TRP trains, the names `finalize` decomposes by default, and each trained
-        layer's rank request (its costs, for a global projection policy)."""
+        """(name, conv) pairs TRP trains, the names `finalize` decomposes by default, and the rank request
+        (its costs, for a global projection policy) of each of those."""
         cands, skipped = surgery.candidates(self.model, self.scheme, self.skip, self.input_size, linear=False)
         convs = [c for c in cands if c.scheme is not None]
         if preset == "default":
@@ -239,7 +241,7 @@ class TRP(Method):
                 why = surgery.why_none(skipped, self.model)
             raise ValueError(f"TRP: no conv of the model is eligible under scheme {self.scheme.name!r} "
                              f"and preset {preset!r} ({why})")
-        return [(c.name, c.module) for c in train], final, {c.name: c.request for c in train}
+        return [(c.name, c.module) for c in train], final, {c.name: c.request for c in train if c.name in final}
 
     @property
     def layers(self) -> list[str]:
@@ -323,8 +325,11 @@ class TRP(Method):
             S = dec.S  # on the host: the ranks below need no device sync
             if chosen is None:
                 rank = linalg.energy_rank(S, self.energy)  # (layers,) or, decoupled, (layers, filters)
-            else:  # one rank per layer, shared by a decoupled layer's filters
-                rank = torch.tensor([chosen[n] for n in group.names])
+            else:  # one rank per layer, shared by a decoupled layer's filters; the energy rule where
+                # the policy has none (a layer trained but kept dense at the end: no FLOPs to budget)
+                rank = torch.tensor([chosen.get(n, -1) for n in group.names])
+                if (rank < 0).any():
+                    rank = torch.where(rank < 0, linalg.energy_rank(S, self.energy), rank)
                 rank = rank.view(-1, *[1] * (S.dim() - 2)).expand(S.shape[:-1])
             keep = linalg.rank_mask(S, rank)
             group.write(dec.apply(group.matrices() if late else mats, keep))
@@ -347,6 +352,8 @@ class TRP(Method):
         requests = []
         for group, _, dec in decs:
             for name, S in zip(group.names, dec.S):
+                if name not in self._requests:
+                    continue
                 req = self._requests[name]
                 # decoupled: the (filters, k) spectra; per-layer rules take the rank the most demanding
                 # filter needs, FlopsBudget pools them
@@ -433,21 +440,19 @@ class TRP(Method):
         pending = state.get("pending") or {}
         self._pending = [self._pending_of(g, pending) for g in self._groups] if pending else None
         inflight = state.get("inflight") or {}
-        self._inflight = self._send(self._stacked(inflight)) if inflight else None
+        stacked = [_on_group(g, [inflight[name] for name in g.names]) for g in self._groups] if inflight else None
+        self._inflight = self._send(stacked) if stacked else None
 
     @staticmethod
     def _pending_of(group: WeightGroup, pending: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         """A group's pending sub-gradient from a checkpoint's per-layer entries: factors {"left", "right"},
         or U_r V_rᵀ whole (older checkpoints; a group whose layers differ is made whole)."""
-        device = group.modules[0].weight.device
         values = [pending[name] for name in group.names]
         if all(isinstance(v, dict) for v in values):
-            return (torch.stack([v["left"] for v in values]).to(device),
-                    torch.stack([v["right"] for v in values]).to(device))
-        whole = [v["left"] @ v["right"] if isinstance(v, dict) else v for v in values]
-        return torch.stack(whole).to(device), None
+            return _on_group(group, [v["left"] for v in values]), _on_group(group, [v["right"] for v in values])
+        return _on_group(group, [v["left"] @ v["right"] if isinstance(v, dict) else v for v in values]), None
 
-    def _stacked(self, per_layer: dict[str, Tensor]) -> list[Tensor]:
-        """Per-layer matrices of a checkpoint, stacked by group on the weights' device."""
-        return [torch.stack([per_layer[name] for name in g.names]).to(g.modules[0].weight.device)
-                for g in self._groups]
+
+def _on_group(group: WeightGroup, per_layer: list[Tensor]) -> Tensor:
+    """A checkpoint's per-layer matrices of a group, stacked on its weights' device."""
+    return torch.stack(per_layer).to(group.modules[0].weight.device)
