@@ -137,6 +137,63 @@ def test_the_summary_names_the_code_of_every_session_that_trained_the_run(tmp_pa
     assert result["finished"] and result["commit"] == "bbb2222, aaa1111"  # in the order last used
 
 
+@pytest.mark.filterwarnings("ignore:train.epochs changed")
+def test_a_run_shortened_on_resume_to_an_epoch_it_did_not_evaluate_evaluates_it_and_finishes(tmp_path):
+    cfg = make_cfg(tmp_path, checkpoint_every=0, eval_every=2, epochs=4)
+    _, stopped = run(cfg, until_step=12)  # the end of epoch 3, which eval_every=2 skipped
+    assert stopped["finished"] is False
+    shorter = make_cfg(tmp_path, checkpoint_every=0, eval_every=2, epochs=3)
+    trainer, summary = run(shorter, resume=True)
+    assert summary["finished"] and summary["steps"] == 12 and summary["epochs"] == 3
+    assert summary["pre_finalize_acc"] == trainer.evaluate()["test_acc"]  # Dense: the compact model is it
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["test_acc"] != "" for r in rows] == [False, True, True]
+    assert float(rows[-1]["test_acc"]) == summary["pre_finalize_acc"]
+
+
+@pytest.mark.filterwarnings("ignore:train.epochs changed")
+def test_a_resume_with_fewer_epochs_than_the_checkpoint_trained_is_refused(tmp_path):
+    run(make_cfg(tmp_path, checkpoint_every=0, epochs=3), until_step=8)
+    with pytest.raises(ValueError, match=r"has trained 2 epochs, more than this run's train.epochs=1: resume "
+                                         r"with train.epochs >= 2"):
+        run(make_cfg(tmp_path, checkpoint_every=0, epochs=1), resume=True)
+
+
+@pytest.mark.filterwarnings("ignore:train.epochs changed")
+def test_a_finished_run_trained_on_no_longer_shows_its_earlier_end_as_its_result(tmp_path, capsys):
+    _, first = run(make_cfg(tmp_path, checkpoint_every=0, epochs=2))
+    assert first["finished"] and (tmp_path / "summary.json").is_file() and (tmp_path / "compact.pt").is_file()
+    _, stopped = run(make_cfg(tmp_path, checkpoint_every=0, epochs=4), resume=True, until_step=10)
+    assert stopped["finished"] is False
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "compact.pt").exists()
+    assert "its summary.json, compact.pt" in capsys.readouterr().out
+    _, summary = run(make_cfg(tmp_path, checkpoint_every=0, epochs=4), resume=True)
+    assert summary["finished"] and summary["steps"] == 16 and (tmp_path / "summary.json").is_file()
+
+
+def test_until_a_step_already_reached_stops_without_training(tmp_path):
+    run(make_cfg(tmp_path, checkpoint_every=0), until_step=6)
+    trainer, result = run(make_cfg(tmp_path, checkpoint_every=0), resume=True, until_step=3)
+    assert result["finished"] is False and result["step"] == trainer.step == 6  # it once took a step more
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_000000004.pt", "step_000000006.pt"]
+
+
+def test_file_settings_given_as_paths_are_kept_as_text(tmp_path):
+    from pathlib import Path
+
+    weights = tmp_path / "dense.pt"
+    torch.manual_seed(0)
+    torch.save(DropNet().state_dict(), weights)
+    cfg = make_cfg(tmp_path / "run", epochs=1)
+    cfg["model"]["weights"] = Path(weights)
+    trainer, summary = run(cfg)
+    assert summary["finished"] and trainer.cfg["model"]["weights"] == str(weights)
+    assert "dense.pt" in (tmp_path / "run" / "config.yaml").read_text()
+    assert load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])["config"]["model"]["weights"] \
+        == str(weights)  # weights_only loading reads it back
+
+
 def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path, capsys):
     _, summary = run(make_cfg(tmp_path, epochs=1), resume=True)
     assert summary["finished"] and "starting from scratch" in capsys.readouterr().out

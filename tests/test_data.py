@@ -154,6 +154,9 @@ def test_sample_set_is_deterministic_balanced_and_seeded():
     assert not torch.equal(a[0], c[0])
     assert torch.bincount(a[1]).tolist() == [10] * 4 and torch.bincount(a[3]).tolist() == [5] * 4
     assert a[0].dtype == torch.uint8 and a[0].float().std() > 20  # not a flat image
+    # the test set does not depend on the training set's size (runs of other sizes are scored alike)
+    d = make_sample(num_train=100, num_test=20, image_size=8, num_classes=4, seed=1)
+    assert torch.equal(a[2], d[2]) and torch.equal(a[3], d[3])
 
 
 def test_build_data_for_the_sample_set():

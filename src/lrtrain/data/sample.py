@@ -36,7 +36,15 @@ def make_sample(num_train: int = 5000, num_test: int = 1000, image_size: int = 3
     """
     g = torch.Generator().manual_seed(seed)
     proto = _prototypes(num_classes, image_size, g)
-    n = num_train + num_test
+    # each split from its own stream, so that the test images do not depend on the training set's size
+    train_seed, test_seed = torch.randint(2**62, (2,), generator=g).tolist()
+    return (*_images(proto, num_train, torch.Generator().manual_seed(train_seed)),
+            *_images(proto, num_test, torch.Generator().manual_seed(test_seed)))
+
+
+def _images(proto: Tensor, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """n uint8 images of `proto`'s classes, in turn, and their labels."""
+    num_classes, _, image_size, _ = proto.shape
     labels = torch.arange(n) % num_classes
     distractor = (labels + torch.randint(1, num_classes, (n,), generator=g)) % num_classes \
         if num_classes > 1 else labels
@@ -49,5 +57,4 @@ def make_sample(num_train: int = 5000, num_test: int = 1000, image_size: int = 3
     brightness = 0.5 * torch.randn(n, 3, 1, 1, generator=g, dtype=torch.float64)
     noise = 0.6 * torch.randn(images.shape, generator=g, dtype=torch.float64)
     pixels = 128 + 40 * (images * contrast + brightness + noise)
-    pixels = pixels.round().clamp(0, 255).to(torch.uint8)
-    return pixels[:num_train], labels[:num_train], pixels[num_train:], labels[num_train:]
+    return pixels.round().clamp(0, 255).to(torch.uint8), labels

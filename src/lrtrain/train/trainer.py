@@ -54,6 +54,7 @@ METRICS_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss",
                   "img_per_s"]
 RUN_FILES = ["config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "compact_module.pt"]
 RESULT_FILES = ["metrics.csv", "summary.json", "compact.pt"]  # what a new run in the folder would replace
+FINISHED_FILES = ["summary.json", "compact.pt", "compact_module.pt"]  # written by a run's end
 
 
 def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
@@ -64,14 +65,18 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
 
     places = [("data", "dir"), ("model", "weights"),
               *(("method", key) for key in method_class(config["method"]["name"]).path_params)]
-    found = [(section, key) for section, key in places
-             if isinstance(config[section].get(key), str) and not os.path.isabs(config[section][key])
-             and os.path.exists(config[section][key])]
-    if not found:
+    changed = {}
+    for section, key in places:
+        value = config[section].get(key)
+        if isinstance(value, os.PathLike):  # a Path given in Python: config.yaml and checkpoints hold text
+            value = changed[section, key] = os.fspath(value)
+        if isinstance(value, str) and not os.path.isabs(value) and os.path.exists(value):
+            changed[section, key] = os.path.abspath(value)
+    if not changed:
         return config
     config = copy.deepcopy(config)
-    for section, key in found:
-        config[section][key] = os.path.abspath(config[section][key])
+    for (section, key), value in changed.items():
+        config[section][key] = value
     return config
 
 
@@ -490,6 +495,10 @@ class Trainer:
     def _train(self, until_step: int | None, time_limit: float | None) -> dict[str, Any] | None:
         """The epochs left; the stopped result when it stops before the end, else None."""
         session = time.perf_counter()
+        if until_step is not None and self.step >= until_step and self.epoch < self.epochs:
+            if not list_checkpoints(self.run_dir / "checkpoints"):
+                self.save_checkpoint()
+            return self._stopped()  # without a step more
         for epoch in range(self.epoch, self.epochs):
             self._epoch_clock = (time.perf_counter(), self.sums.samples)
             if not self._train_epoch(epoch, until_step):
@@ -634,6 +643,15 @@ class Trainer:
                         else "; it is the run's only checkpoint: start again with --overwrite")
                 raise ValueError(f"{_one_line(str(err))}{hint}") from None
             self.load_checkpoint(existing[-1], state)
+            if self.epoch > self.epochs:
+                raise ValueError(f"checkpoint {existing[-1]} has trained {self.epoch} epochs, more than this run's "
+                                 f"train.epochs={self.epochs}: resume with train.epochs >= {self.epoch}")
+            stale = [f for f in FINISHED_FILES if (self.run_dir / f).is_file()] if self.epoch < self.epochs else []
+            if stale and self.world.is_main:  # a finished run extended: they describe its earlier end
+                for name in stale:
+                    (self.run_dir / name).unlink()
+                print(f"note: {self.run_dir} is trained on to {self.epochs} epochs: its {', '.join(stale)} of the "
+                      f"run as it ended before are removed (written again at the new end)", flush=True)
         elif self.world.is_main:
             if resume:
                 replaced = f" (its {', '.join(results)} replaced)" if results else ""
@@ -773,7 +791,12 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         """Finalize the method, evaluate and count the compact model, save it, write summary.json."""
-        pre_finalize = self.history[-1]["test_acc"]
+        last = self.history[-1]
+        if last["test_acc"] is None:  # a run shortened on --resume to an epoch `eval_every` skipped
+            last.update(self.evaluate(self._fresh_bn_copy()))
+            if self.world.is_main:
+                self._write_metrics()
+        pre_finalize = last["test_acc"]
         compact = self.method.finalize().to(self.device, memory_format=self._memory_format())
         if self.method.rank_log:  # a last projection or cut made by finalize (LRPET, TRP's in flight)
             if self.world.is_main:
