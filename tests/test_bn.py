@@ -24,6 +24,13 @@ def test_running_statistics_become_the_mean_over_the_batches():
     assert recalibrate_bn(nn.Sequential(nn.Conv2d(3, 4, 3)), iter(batches), steps=2) == 0
 
 
+def test_recalibration_restores_each_modules_own_mode():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    model[2].eval()  # a part kept in eval mode on purpose
+    recalibrate_bn(model, iter([(torch.randn(8, 3, 6, 6), None)]), steps=1)
+    assert [m.training for m in model.modules()] == [True, True, True, False]
+
+
 def test_the_trainer_recalibrates_the_compact_model_when_asked(tmp_path):
     cfg = make_cfg(tmp_path, train={"bn_recalibrate": 3})
     _, summary = fit(cfg)

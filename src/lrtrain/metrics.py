@@ -79,15 +79,22 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """`model` in eval mode for the block; every submodule's own mode is restored afterwards, not just the
-    root's: a model may be partly frozen in eval mode on purpose."""
+    """`model` in eval mode for the block (`module_mode`)."""
+    with module_mode(model, training=False):
+        yield
+
+
+@contextmanager
+def module_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """`model` in train or eval mode for the block; every submodule's own mode is restored afterwards, not
+    just the root's: a model may be partly frozen in eval mode on purpose."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    model.train(training)
     try:
         yield
     finally:
-        for m, training in modes:
-            m.training = training
+        for m, was in modes:
+            m.training = was
 
 
 @contextmanager

@@ -15,29 +15,29 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..metrics import module_mode
+
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], steps: int,
                    autocast_dtype: torch.dtype | None = None) -> int:
     """Replace every BatchNorm's running statistics by their average over `steps` batches of `batches`.
 
-    Weights are not touched; the model's train/eval mode and each BatchNorm's momentum are restored.
+    Weights are not touched; each module's train/eval mode and each BatchNorm's momentum are restored.
     Returns the number of batches used (0 when the model has no BatchNorm or `steps` is 0).
     """
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms or steps <= 0:
         return 0
     momenta = [m.momentum for m in norms]
-    was_training = model.training
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: the plain mean over the batches seen
-    model.train()
     used = 0
     # Dropout draws in train mode: forked, the run's random streams are the same with or without this pass.
     cuda = [p.device for p in model.parameters() if p.is_cuda][:1]
     try:
-        with torch.random.fork_rng(devices=cuda):
+        with module_mode(model, training=True), torch.random.fork_rng(devices=cuda):
             for images, _ in itertools.islice(batches, steps):
                 device_type = images.device.type
                 with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16,
@@ -47,5 +47,4 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        model.train(was_training)
     return used
