@@ -181,11 +181,26 @@ def test_a_compact_model_is_scored_with_the_input_normalization_it_was_trained_w
     scored, _ = _lines(capsys, ["evaluate", str(alone), "--data-dir", str(tmp_path / "data")])
     assert f"loss {summary['final_loss']:.4f} (6 images" in scored
     blob = torch.load(alone, weights_only=True)
-    del blob["arch"]["normalize"]  # as written by an older lrtrain: the 30 images' statistics
-    torch.save(blob, alone)
+    del blob["arch"]["normalize"], blob["arch"]["trained_on"]  # as written by an older lrtrain: the data set's
+    torch.save(blob, alone)                                     # defaults, the 30 images' statistics
     note, scored, _ = _lines(capsys, ["evaluate", str(alone), "--data-dir", str(tmp_path / "data")])
-    assert note.startswith(f"note: {alone} (compact model) does not record its input normalization")
+    assert note.startswith(f"note: {alone} (compact model) records neither its data set nor its input normalization")
     assert f"loss {summary['final_loss']:.4f} (6 images" not in scored
+
+
+def test_a_compact_model_away_from_its_run_is_scored_on_the_data_it_was_trained_on(tmp_path, capsys):
+    """Its file records its data settings: a copy elsewhere is scored as in its run, not on CIFAR-10."""
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    assert cli.main(["train", str(tmp_path / "recipe.yaml"), "--out-dir", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    alone = tmp_path / "elsewhere" / "model.pt"
+    alone.parent.mkdir()
+    alone.write_bytes((tmp_path / "run" / "compact.pt").read_bytes())
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(alone)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"{alone} (compact model) on ") and "sample" in first
+    assert f"loss {summary['final_loss']:.4f} (48 images" in first
 
 
 def test_a_resumed_run_keeps_normalizing_as_its_checkpoints_model_was_trained(tmp_path, capsys):

@@ -69,7 +69,7 @@ def test_a_finished_run_without_checkpoints_is_read_from_its_compact_model(dense
     model, name, classes, size, names = load_trained(run)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(model(x), load_trained(dense_run)[0](x), atol=1e-5, rtol=0)
-    assert (name, classes) == ("resnet20", 10) and list(names) == ["normalize"]  # the sample set names no classes
+    assert (name, classes) == ("resnet20", 10) and list(names) == ["normalize", "trained_on"]  # the sample set: no classes
     assert names == load_trained(dense_run)[4]  # the checkpoint and the compact model record the same
     (run / "compact.pt").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoint in .* and no compact.pt"):

@@ -151,11 +151,13 @@ def test_a_file_without_its_normalization_takes_its_runs_data_or_refuses(cifar_r
     old.mkdir()
     (old / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
     blob = torch.load(run / "compact.pt", weights_only=True)
-    for key in ("normalize", "classes"):
+    for key in ("normalize", "classes", "trained_on"):
         del blob["arch"][key]  # as an older lrtrain wrote it
     torch.save(blob, old / "compact.pt")
     # the run's own 16 training images' statistics, not those of the copy's 30
-    assert prediction.prepared(old)[1] == prediction.prepared(run)[1]
+    old_facts, run_facts = ({k: prediction.prepared(path)[1][k] for k in ("normalize", "classes")}
+                            for path in (old, run))
+    assert old_facts == run_facts
     capsys.readouterr()
     assert cli.main(["predict", str(run), *files]) == 0
     recorded = capsys.readouterr().out.strip().splitlines()
@@ -175,8 +177,8 @@ def test_a_file_without_its_normalization_takes_its_runs_data_or_refuses(cifar_r
     assert cli.main(["predict", str(old / "compact.pt"), files[0]]) == 2
     assert "and no config.yaml of its run beside it says what it was trained on" in capsys.readouterr().err
     assert cli.main(["evaluate", str(old / "compact.pt"), "--data-dir", str(cifar_run / "data")]) == 0
-    assert "and no config.yaml of its run is beside it: scored with the statistics of CIFAR-10" in \
-        capsys.readouterr().out  # evaluate scores it all the same, and says with what
+    assert "and no config.yaml of its run is beside it: scored on CIFAR-10" in \
+        capsys.readouterr().out  # evaluate scores it all the same, and says on what
 
 
 def test_a_folder_models_images_are_resized_as_its_validation_images_were(tmp_path, capsys):

@@ -308,9 +308,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     model, cfg, arch, what, from_run = resolve_source(args.model, args.overrides)
     device = resolve_device(args.device, distributed.World().local_rank)
     data = scoring_data(cfg, arch, device, args.data_dir, args.overrides)
-    if not arch.get("normalize") and not from_run:
-        print(f"note: {what} does not record its input normalization (written by an older lrtrain) and no "
-              f"config.yaml of its run is beside it: scored with the statistics of {data.description}")
+    if not from_run:  # a file of an older lrtrain away from its run: the data set is a guess
+        missing = ("does not record its data set" if arch.get("normalize") else
+                   "records neither its data set nor its input normalization")
+        chosen = any(key.startswith("data.name=") for key in args.overrides)
+        print(f"note: {what} {missing} (written by an older lrtrain) and no config.yaml of "
+              f"its run is beside it: scored on {data.description}"
+              + ("" if chosen else " (--set data.name=... names the data set it was trained on)"))
     outputs = predicted_classes(model, data, what)
     result = evaluate(model.to(device), data.test.batches(), amp=False)
     top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""

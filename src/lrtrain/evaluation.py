@@ -66,7 +66,8 @@ class Source(NamedTuple):
     recipe: dict[str, Any]  # resolved: the run's data settings (then any overrides), else the defaults
     arch: dict[str, Any]    # model name, classes, input size, what it records of its data (`inspection.with_arch`)
     what: str               # a phrase naming what was loaded
-    from_run: bool          # the recipe's data are the run's own (its config.yaml or its checkpoint's)
+    from_run: bool          # the recipe's data are the run's own (its config.yaml, its checkpoint's, or those
+                            # its compact model file records)
 
 
 def resolve_source(path: str | Path, overrides: list[str]) -> Source:
@@ -103,12 +104,15 @@ def resolve_source(path: str | Path, overrides: list[str]) -> Source:
     recipe: dict[str, Any] = {}
     if config:  # the run's own: its model's name, data and seed (the generated set's images)
         recipe = {"model": {"name": config["model"]["name"]}, "data": dict(config["data"]), "seed": config["seed"]}
+    elif arch.get("trained_on"):  # a compact model away from its run, which records them itself
+        recipe = {"model": {"name": arch["model"]}, "data": dict(arch["trained_on"]["data"]),
+                  "seed": arch["trained_on"]["seed"]}
     if any(key.startswith("data.name=") for key in overrides):
         recipe.pop("data", None)  # another data set: none of the run's data settings (its folder, its sizes)
     for key in overrides:
         apply_override(recipe, key)
     return Source(model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what,
-                  config is not None)
+                  bool(config or arch.get("trained_on")))
 
 
 def scoring_data(cfg: dict[str, Any], arch: dict[str, Any], device: torch.device, data_dir: str | None = None,

@@ -189,10 +189,20 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
 
 def _facts(holder: dict[str, Any]) -> dict[str, Any]:
     """What `holder` (an arch, a checkpoint) records of its data (`data.MODEL_FACTS`: class names, input
-    normalization, evaluation resize), where it does."""
+    normalization, evaluation resize; and ``trained_on``, `trained_on`), where it does."""
     from .data import MODEL_FACTS
 
-    return {key: holder[key] for key in MODEL_FACTS if holder.get(key)}
+    facts = {key: holder[key] for key in MODEL_FACTS if holder.get(key)}
+    trained = holder.get("trained_on") or trained_on(holder.get("config"))
+    return {**facts, "trained_on": trained} if trained else facts
+
+
+def trained_on(config: Any) -> dict[str, Any] | None:
+    """``{"data": ..., "seed": ...}`` of a run's config: the data settings a model file records, so that
+    `lrtrain evaluate` scores it on its own test split away from its run's folder (None: no config)."""
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        return None
+    return {"data": dict(config["data"]), "seed": config.get("seed")}
 
 
 def _classes(name: str, cfg: dict[str, Any], weights: dict[str, Any]) -> int:

@@ -862,8 +862,10 @@ class Trainer:
     def _save_compact(self, compact: nn.Module) -> None:
         from .. import export, models
 
+        from ..inspection import trained_on
+
         extra = {"input_size": list(self.data.input_size), "method": self.method.name, "ranks": self.method.ranks(),
-                 **model_facts(self.data)}
+                 **model_facts(self.data), "trained_on": trained_on(self.cfg)}
         path = self.run_dir / "compact.pt"
         if self.model_name in models.list_models():
             export.save(compact, path, self.model_name, self.num_classes, **extra)
