@@ -296,11 +296,33 @@ def test_a_run_directory_is_not_overwritten_by_accident(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"holds a finished run \(summary.json\) and no checkpoint to resume from"):
         fit(cfg, resume=True)
     assert {f: (run / f).read_bytes() for f in kept} == kept  # nothing lost
-    (run / "summary.json").unlink()  # a run cut before its first checkpoint: --resume starts it again, and says so
-    capsys.readouterr()
+    (run / "summary.json").unlink()  # results, no checkpoint: nothing says --resume would continue them
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.csv, compact.pt\); no checkpoint to "
+                                         r"continue it from: pass --overwrite"):
+        fit(cfg)
+    with pytest.raises(ValueError, match=r"holds a run's metrics.csv, compact.pt and no checkpoint to resume from"):
+        fit(cfg, resume=True)
+    assert {f: (run / f).read_bytes() for f in kept if f != "summary.json"} == \
+        {f: kept[f] for f in kept if f != "summary.json"}
+    for name in ("metrics.csv", "compact.pt", "compact_module.pt", "config.yaml", "ranks.csv"):
+        (run / name).unlink(missing_ok=True)
+    capsys.readouterr()  # a folder with only its checkpoints gone: --resume starts it, and says so
     _, summary = fit(cfg, resume=True)
-    assert summary["finished"]
-    assert "starting from scratch (its metrics.csv, compact.pt replaced)" in capsys.readouterr().out
+    assert summary["finished"] and "no checkpoint in" in capsys.readouterr().out
+
+
+def test_resuming_a_finished_run_changes_nothing_unless_a_setting_changed(tmp_path, capsys):
+    cfg = make_cfg(tmp_path, epochs=1)
+    _, first = fit(cfg)
+    run = tmp_path / "run"
+    files = {f: (run / f).read_bytes() for f in ("summary.json", "compact.pt", "metrics.csv")}
+    capsys.readouterr()
+    _, again = fit(cfg, resume=True)
+    assert again == first and {f: (run / f).read_bytes() for f in files} == files
+    assert "is finished, with these settings: nothing to train" in capsys.readouterr().out
+    cfg["train"]["bn_recalibrate"] = 2  # finalized again, with the new setting
+    _, refinalized = fit(cfg, resume=True)
+    assert refinalized["bn_recalibrated_batches"] == 2 and refinalized["steps"] == first["steps"]
 
 
 def _recipe(tmp_path, text):

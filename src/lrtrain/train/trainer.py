@@ -284,6 +284,8 @@ class Trainer:
         self._epoch_before: tuple[float, int] = (0.0, 0)
         self._epoch_clock: tuple[float, int] | None = None
         self._session_start = time.perf_counter()
+        self._changed_on_resume: list[str] = []  # settings that differ from the checkpoint's resumed
+        self._finished_before = False  # resumed a finished run with its own settings: nothing to do
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during `fit`
         self._evaluating = False
         self._base_modules: dict[str, nn.Module] | None = None  # the registry model's, for `_layers`
@@ -488,6 +490,11 @@ class Trainer:
         """
         with self._translate_errors():
             self._prepare_run_dir(resume, overwrite)
+            if self._finished_before:
+                print(f"{self.run_dir} is finished, with these settings: nothing to train (--overwrite trains "
+                      "it again; a changed setting, e.g. --set train.bn_recalibrate=50, finalizes it again)",
+                      flush=True)
+                return json.loads((self.run_dir / "summary.json").read_text())
             with self._stop_on_signals():
                 stopped = self._train(until_step, time_limit)
             return stopped if stopped is not None else self._finish()
@@ -619,11 +626,13 @@ class Trainer:
         results = [f for f in RESULT_FILES if (self.run_dir / f).is_file()]
         if (existing or results) and not (resume or overwrite):
             held = ", ".join([f"{len(existing)} checkpoint(s)"] * bool(existing) + results)
-            raise ValueError(f"{self.run_dir} already holds a run ({held}); pass --resume to continue it or "
-                             "--overwrite to start again")
-        if resume and not existing and "summary.json" in results and not overwrite:
-            raise ValueError(f"{self.run_dir} holds a finished run (summary.json) and no checkpoint to resume "
-                             "from: nothing to continue; --overwrite trains it again (its results are replaced)")
+            options = "pass --resume to continue it or --overwrite to start again" if existing else \
+                "no checkpoint to continue it from: pass --overwrite to start again"
+            raise ValueError(f"{self.run_dir} already holds a run ({held}); {options}")
+        if resume and not existing and results and not overwrite:
+            what = "a finished run (summary.json)" if "summary.json" in results else f"a run's {', '.join(results)}"
+            raise ValueError(f"{self.run_dir} holds {what} and no checkpoint to resume from: nothing to continue; "
+                             "--overwrite trains it again (its results are replaced)")
         if self._weights_absent and not (resume and existing):
             load_pretrained(self.model, self._weights_absent, owner="model.weights")  # raises: no such file
         if self.world.is_main:
@@ -643,6 +652,8 @@ class Trainer:
                         else "; it is the run's only checkpoint: start again with --overwrite")
                 raise ValueError(f"{_one_line(str(err))}{hint}") from None
             self.load_checkpoint(existing[-1], state)
+            self._finished_before = (self.epoch == self.epochs and not self._changed_on_resume
+                                     and (self.run_dir / "summary.json").is_file())
             if self.epoch > self.epochs:
                 raise ValueError(f"checkpoint {existing[-1]} has trained {self.epoch} epochs, more than this run's "
                                  f"train.epochs={self.epochs}: resume with train.epochs >= {self.epoch}")
@@ -721,6 +732,7 @@ class Trainer:
                              "with, or start again with --overwrite")
         changed = [k for k in config_mod.differences(saved, now)
                    if not (k == "out_dir" and Path(saved[k]).resolve() == Path(now[k]).resolve())]
+        self._changed_on_resume = changed
         if changed and self.world.is_main:
             print(f"note: resuming {path} with changed settings: {', '.join(changed)}", flush=True)
         if "train.epochs" in changed and now["schedule.name"] == "cosine" and self.world.is_main:
