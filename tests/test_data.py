@@ -282,11 +282,30 @@ def _two_class_folder(root, extra=()):
 
 def test_hidden_folders_and_files_are_no_data(tmp_path):
     _two_class_folder(tmp_path, [("train/.ipynb_checkpoints/0.png", b"x"), ("train/ant/._0.png", b"\0\5"),
-                                 ("train/ant/.DS_Store", b"x"), ("train/bee/notes.txt", b"x")])
+                                 ("train/ant/.DS_Store", b"x"), ("train/bee/notes.txt", b"x"),
+                                 ("train/bee/.thumbnails/0.png", b"x"), ("train/bee/.thumbnails/a.txt", b"x")])
     cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
     with pytest.warns(UserWarning, match=r"train: 1 file\(s\) left out, not of an image format \(e.g. bee/notes.txt\)"):
         data = build_data(cfg, device=torch.device("cpu"))
     assert data.num_classes == 2 and data.train.classes == ["ant", "bee"] and len(data.train.dataset) == 6
+
+
+@pytest.mark.parametrize("mode, scale", [("I;16", 257), ("I", 257), ("F", 1 / 255), ("L", 1)])
+def test_grey_images_of_more_than_8_bits_are_scaled_not_clipped(tmp_path, mode, scale):
+    import numpy as np
+    from PIL import Image
+
+    from lrtrain.data.folder import read_rgb
+
+    levels = np.arange(48, dtype=np.float64).reshape(6, 8) * 5  # 0..235 in 8 bits
+    stored = levels * scale
+    image = Image.fromarray(stored.astype({"I;16": np.uint16, "I": np.int32, "F": np.float32, "L": np.uint8}[mode]))
+    assert image.mode == mode
+    path = tmp_path / f"grey.{'tif' if mode in ('I', 'F') else 'png'}"
+    image.save(path)
+    rgb = np.asarray(read_rgb(path))
+    assert rgb.shape == (6, 8, 3) and (rgb == rgb[..., :1]).all()
+    assert np.abs(rgb[..., 0] - levels).max() <= 1  # the 8-bit picture it is, not white
 
 
 def test_gif_and_upper_case_extensions_are_images_and_a_video_is_not(tmp_path):

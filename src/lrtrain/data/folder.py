@@ -79,12 +79,33 @@ def read_rgb(path: str | Path, advice: str = ""):
 
     try:
         with Image.open(path) as image:
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+                image = _as_8_bit(image)
             return image.convert("RGB")
     except UnidentifiedImageError:
         reason = "not an image format PIL can decode"
     except Exception as err:  # truncated, damaged, unreadable: PIL's or the OS's own words
         reason = " ".join(str(err).split())
     raise ValueError(f"cannot read image {path}: {reason}{advice}") from None
+
+
+def _as_8_bit(image):
+    """A grey image of more than 8 bits ("I;16*", "I", "F") scaled to 8 ("L"): PIL's RGB conversion clips
+    such values at 255 (a 16-bit image came out nearly white). Values within 0-255 are kept, within
+    0-65535 (16 bits; PIL opens some 16-bit PNGs as "I") scaled by 257, floats within 0-1 by 255, any
+    other range stretched to 0-255."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F" and 0.0 <= low and high <= 1.0:
+        values = values * 255.0
+    elif low < 0.0 or high > 65535.0:
+        values = (values - low) * (255.0 / max(high - low, 1e-12))
+    elif high > 255.0 or image.mode.startswith("I;16"):
+        values = values / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
 def _few(names: list[str], most: int = 5) -> str:
@@ -121,10 +142,11 @@ class _ImageFiles(Dataset):
         others: list[str] = []  # visible files that are not images: said, not dropped in silence
 
         def valid(path: str) -> bool:
+            if not all(_visible(part) for part in Path(path).relative_to(root).parts):
+                return False  # in a hidden folder inside a class folder (e.g. .thumbnails/): no data
             if _is_image(path):
                 return True
-            if _visible(Path(path).name):
-                others.append(path)
+            others.append(path)
             return False
 
         try:
