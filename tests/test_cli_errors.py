@@ -47,10 +47,11 @@ def _fails(capsys, argv, status=2) -> str:
     ("train:\n  epochs: ten\n", "recipe.yaml: train.epochs must be an integer, got 'ten'"),
     ("data:\n  augment: maybe\n", "recipe.yaml: data.augment must be true/false, got 'maybe'"),
     ("optim: 0.1\n", "recipe.yaml: optim must be a mapping, got 0.1"),
+    ("# nothing yet\n", "recipe.yaml: the recipe is empty (a mapping of sections is expected"),
 ])
 def test_recipe_mistakes(tmp_path, capsys, text, message):
-    err = _fails(capsys, ["train", _recipe(tmp_path, text), "--out-dir", str(tmp_path / "run")])
-    assert message in err
+    err = _fails(capsys, ["train", _recipe(tmp_path, text), "-o", str(tmp_path / "run")])  # -o: --out-dir
+    assert message in err and not (tmp_path / "run").exists()
 
 
 def test_missing_recipe_and_missing_image_folder(tmp_path, capsys, monkeypatch):

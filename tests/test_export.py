@@ -16,6 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:F
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SIZE = (1, 3, 32, 32)
+SUFFIX = {"torchscript": "ts", "exported": "pt2", "onnx": "onnx", "state_dict": "pt"}
 
 
 def _compact() -> torch.nn.Module:
@@ -114,7 +115,7 @@ def test_state_dict_is_plain_tensors_that_fit_the_rebuilt_architecture(compact_f
 def test_cli_exports_a_run_directory_and_checks_the_file(compact_file, tmp_path, capsys, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
-    out = tmp_path / f"model.{fmt}"
+    out = tmp_path / f"model.{SUFFIX[fmt]}"
     assert cli.main(["export", str(compact_file.parent), "--format", fmt, "-o", str(out)]) == 0
     printed, said = capsys.readouterr().out.strip().splitlines()
     assert said == "input: normalization not recorded in this file (written by an older lrtrain)"
@@ -197,16 +198,33 @@ def _batch_norms(path, fmt) -> int:
 def test_cli_exports_with_batchnorm_folded_and_checks_against_the_unfolded_model(compact_file, tmp_path, capsys, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
-    out = tmp_path / f"folded.{fmt}"
+    out = tmp_path / f"folded.{SUFFIX[fmt]}"
     assert cli.main(["export", str(compact_file), "--format", fmt, "-o", str(out), "--fold-bn"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()[0]
     assert printed.startswith(f"wrote {out} ({fmt}, BatchNorm folded, example input 1x3x32x32;")
     if "not checked" not in printed:
         assert float(printed.rsplit(": ", 1)[1].rstrip(")")) < 1e-4
     if fmt != "onnx":
-        assert cli.main(["export", str(compact_file), "--format", fmt, "-o", str(tmp_path / "plain")]) == 0
+        plain = tmp_path / f"plain.{SUFFIX[fmt]}"
+        assert cli.main(["export", str(compact_file), "--format", fmt, "-o", str(plain)]) == 0
         # only the BN after the vanished conv (no conv to fold into) stays
-        assert _batch_norms(tmp_path / "plain", fmt) == 19 and _batch_norms(out, fmt) == 1
+        assert _batch_norms(plain, fmt) == 19 and _batch_norms(out, fmt) == 1
+
+
+def test_an_exported_program_file_must_end_in_pt2(compact_file, tmp_path, capsys):
+    out = tmp_path / "model.x"
+    assert cli.main(["export", str(compact_file), "--format", "exported", "-o", str(out)]) == 2
+    assert "an ExportedProgram file's name ends in .pt2 (torch.export.load refuses others)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_onnx_opset_the_exporter_cannot_use_is_one_line(compact_file, tmp_path, capsys):
+    pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
+    out = tmp_path / "model.onnx"
+    assert cli.main(["export", str(compact_file), "--format", "onnx", "-o", str(out), "--opset", "99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrtrain: error: the ONNX exporter could not write the model at opset 99 (")
+    assert err.count("\n") == 1 and "try another --opset" in err and not out.exists()
 
 
 def test_cli_refuses_to_fold_into_a_state_dict(compact_file, tmp_path, capsys):
@@ -298,7 +316,7 @@ def test_normalize_builds_the_recorded_input_normalization_into_the_export(compa
     source = tmp_path / "compact.pt"
     lr.save(lr.load(compact_file), source, model_name="resnet20", num_classes=10, input_size=list(SIZE),
             normalize=NORMALIZE)
-    out = tmp_path / f"m.{fmt}"
+    out = tmp_path / f"m.{SUFFIX[fmt]}"
     assert cli.main(["export", str(source), "--format", fmt, "-o", str(out), "--normalize"]) == 0
     wrote, said = capsys.readouterr().out.strip().splitlines()
     assert float(wrote.rsplit(": ", 1)[1].rstrip(")")) < 1e-4 or "not checked" in wrote

@@ -56,7 +56,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the recipe's train.device)")
-    p.add_argument("--out-dir", help="run directory (default: the recipe's out_dir, runs/<name>)")
+    p.add_argument("-o", "--out-dir", help="run directory (default: the recipe's out_dir, runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in a run directory that holds a run")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
@@ -110,7 +110,7 @@ def demo_recipe(data_dir: str | None = None, epochs: int = 2) -> dict[str, Any]:
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where CIFAR-10 is (default: $LRTRAIN_DATA, then ../shared/data)")
-    p.add_argument("--out-dir", default="runs/demo", help="run directory (replaced at each demo)")
+    p.add_argument("-o", "--out-dir", default="runs/demo", help="run directory (replaced at each demo)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs")
 
 

@@ -322,9 +322,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
         where = f"{path} has no {CONFIG_FILE}" if path.is_dir() else f"no recipe file {path}"
         raise ConfigError(where)
     try:
-        recipe = yaml.safe_load(file.read_text()) or {}
+        recipe = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{file}: not valid YAML: {' '.join(str(err).split())}") from None
+    if recipe is None:  # an empty file would train the defaults, as if it were the recipe meant
+        raise ConfigError(f"{file}: the recipe is empty (a mapping of sections is expected, e.g. model:, "
+                          "method:, train:; recipes/ has examples)")
     if not isinstance(recipe, dict):
         raise ConfigError(f"{file}: a recipe must be a mapping of sections, got {type(recipe).__name__}")
     recipe.setdefault("name", file.stem)

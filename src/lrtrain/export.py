@@ -272,17 +272,25 @@ def export_program(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32)
     The graph is captured at `input_size` with the batch dimension dynamic (any batch from 1); the
     other dimensions are fixed.
     """
+    if Path(path).suffix != ".pt2":  # torch.export.load takes no other name
+        raise ValueError(f"an ExportedProgram file's name ends in .pt2 (torch.export.load refuses others): {path}")
     net = _deployable(model)
     # An example batch of 1 would fix the batch at 1: torch.export specializes dimensions of size 0 and 1.
     example = _example((max(2, input_size[0]), *input_size[1:]))
     batch = torch.export.Dim("batch", min=1)
     try:
         program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
-    except Exception as err:  # torch's own words run to pages of traced shapes: their first line
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    except Exception as err:
         raise ValueError(f"torch.export could not capture the model with a batch dimension that varies "
-                         f"({first.strip()[:200]}): export torchscript or onnx instead") from None
+                         f"({_first_line(err)}): export torchscript or onnx instead") from None
     atomic_write(path, lambda f: torch.export.save(program, f))
+
+
+def _first_line(err: Exception) -> str:
+    """The first non-empty line of `err`'s message, at most 200 characters: torch's own words run to pages
+    of traced shapes or graphs."""
+    first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return first.strip()[:200]
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32), opset: int | None = None) -> None:
@@ -299,9 +307,14 @@ def export_onnx(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32), o
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
-        torch.onnx.export(net, (_example(input_size),), buffer, dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        try:
+            torch.onnx.export(net, (_example(input_size),), buffer, dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        except Exception as err:  # an opset out of the exporter's range, or an operator it lacks there
+            at = f"opset {opset}" if opset is not None else "its default opset"
+            raise ValueError(f"the ONNX exporter could not write the model at {at} ({_first_line(err)})"
+                             + ("; try another --opset or leave it out" if opset is not None else "")) from None
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
