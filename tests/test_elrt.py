@@ -63,6 +63,15 @@ def test_first_conv_and_classifier_dense_by_default_and_configurable():
     assert isinstance(model.conv1, LowRankConv2d) and type(model.layer3[0].conv1) is nn.Conv2d
 
 
+def test_a_model_with_nothing_left_to_factorize_names_the_default_skip_list():
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(ValueError, match=r"\(0: in the skip list; 4: in the skip list\); skip list \['0', '4'\] "
+                                         r"\(ELRT's default: the first conv and the classifier\)"):
+        ELRT(net, rank="flops:0.5")
+    with pytest.raises(ValueError, match=r"skip list \['\*'\]$"):  # the user's own: no default to explain
+        ELRT(net, rank="flops:0.5", skip=["*"])
+
+
 @pytest.mark.parametrize("name,fraction", [("resnet20", 0.46), ("resnet56", 0.43), ("resnet56", 0.3)])
 @pytest.mark.parametrize("scheme,equal", [("tucker2", True), ("tucker2", False), ("channel", True)])
 def test_flops_budget_is_met_and_nearly_spent(name, fraction, scheme, equal):

@@ -13,7 +13,7 @@ from lrtrain.train import Trainer
 def test_info_lists_every_layer_with_its_decision(capsys):
     assert cli.main(["info", "resnet20", "--rank", "flops:0.45", "--scheme", "spatial", "--skip", "fc"]) == 0
     out = capsys.readouterr().out
-    assert "layer3.2.conv2" in out and "in the user's skip list" in out
+    assert "layer3.2.conv2" in out and "in the skip list" in out
     total = out.strip().splitlines()[-1]
     before, after = [float(x) for x in total.split("MACs ")[1].split(" (")[0].replace(" M", "").split(" -> ")]
     assert before == pytest.approx(lr.count(lr.models.create("resnet20")).flops / 1e6, abs=0.01)
@@ -45,6 +45,11 @@ def test_compress_a_run_writes_a_compact_model_that_loads_back(dense_run, tmp_pa
     assert cli.main(["compress", str(out), "--rank", "flops:0.3", "-o", str(tmp_path / "again.pt")]) == 2
     assert "is already a compact model (20 factorized layers, e.g. conv1): compress the dense" in capsys.readouterr().err
     assert not (tmp_path / "again.pt").exists()
+    # nor does info plan on it (it counted the layers left dense as the whole model)
+    assert cli.main(["info", str(out), "--rank", "flops:0.5"]) == 2
+    assert "is already a compact model (20 factorized layers, e.g. conv1): --rank plans" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "nope"), str(out)]) == 2
+    assert "no such run directory, compact model or checkpoint: " in capsys.readouterr().err
 
 
 def test_compress_at_full_energy_keeps_the_function(dense_run, tmp_path):
@@ -79,7 +84,7 @@ def test_a_finished_run_without_checkpoints_is_read_from_its_compact_model(dense
 @pytest.mark.parametrize("args,message", [
     (["info", "resnet20", "--scheme", "chanel"], "did you mean 'channel'"),
     (["info", "resnet20", "--input-size", "1", "1", "32", "32"], "input_size"),
-    (["compress", "/no/such/run", "-o", "x.pt"], "no such checkpoint"),
+    (["compress", "/no/such/run", "-o", "x.pt"], "no such run directory, compact model or checkpoint: /no/such/run"),
 ])
 def test_user_errors_are_one_line(args, message, capsys):
     assert cli.main(args) == 2

@@ -31,8 +31,8 @@ def test_spatial_skips_1x1_and_user_skip_list():
     model = models.create("resnet18")
     d = _decisions(model, rank=4, scheme="spatial", skip=["conv1", "layer4.*"], input_size=(1, 3, 64, 64))
     assert "1x1 conv" in d["layer2.0.downsample.0"].reason
-    assert d["conv1"].reason == "in the user's skip list"
-    assert d["layer4.1.conv2"].reason == "in the user's skip list"
+    assert d["conv1"].reason == "in the skip list"
+    assert d["layer4.1.conv2"].reason == "in the skip list"
     assert d["layer3.0.conv1"].factorize
 
 

@@ -54,7 +54,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML file, or a run directory (its config.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set optim.lr=0.05 (repeatable)")
-    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data)")
+    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data from here and from the project)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the recipe's train.device)")
     p.add_argument("-o", "--out-dir", help="run directory (default: the recipe's out_dir, runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
@@ -109,7 +109,8 @@ def demo_recipe(data_dir: str | None = None, epochs: int = 2) -> dict[str, Any]:
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="where CIFAR-10 is (default: $LRTRAIN_DATA, then ../shared/data)")
+    p.add_argument("--data-dir", help="where CIFAR-10 is (default: $LRTRAIN_DATA, then ../shared/data from here "
+                                      "and from the project)")
     p.add_argument("-o", "--out-dir", default="runs/demo", help="run directory (replaced at each demo)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs")
 
@@ -138,7 +139,8 @@ def _policy_arguments(p: argparse.ArgumentParser, default_rank: str | None, defa
 def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (lrtrain.models.list_models()), or a trained one: a run directory "
                                  "(its compact.pt, else its newest checkpoint), a compact model file or a checkpoint")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=10,
+                   help="the classifier's classes, for a model name (a trained model's file says its own)")
     p.add_argument("--input-size", type=int, nargs=4, metavar=("N", "C", "H", "W"),
                    help="input shape (default: the model's own, 1 3 32 32 for CIFAR models)")
     _policy_arguments(p, None, "ratio:0.5 for a model name; for a trained model, its layers as they are, or with "
@@ -397,7 +399,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: bench)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every recipe, e.g. --set train.epochs=30 (repeatable)")
-    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data)")
+    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data from here and from the project)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: each recipe's train.device)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop (resumably: the same command goes on) after the first epoch that ends past this "

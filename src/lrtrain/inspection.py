@@ -51,6 +51,8 @@ def info(model_name: str | Path, rank="energy:0.95", scheme: str = "channel", sk
     when `model_name` is the path of one (a run directory, a checkpoint or a compact model file)."""
     if Path(model_name).exists():
         model, _, _, trained_size, _ = load_trained(model_name)
+        _refuse_compact(model, model_name, "--rank plans the decomposition of a dense model's weights (info "
+                        "without --rank shows what each layer of this one became)")
         size = tuple(input_size or trained_size)
     else:
         model = models.create(model_name, num_classes=num_classes)
@@ -149,7 +151,7 @@ def trained_file(path: str | Path) -> Path:
             return path / "compact.pt"
         raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'} and no compact.pt in {path}")
     if not path.exists():
-        raise FileNotFoundError(f"no such checkpoint: {path}")
+        raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {path}")
     return path
 
 
@@ -221,16 +223,23 @@ def _factorized(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
 
 
+def _refuse_compact(model: nn.Module, path, advice: str) -> None:
+    """ValueError where the model `path` holds is already factorized: planning on it would weigh only the
+    layers left dense (and show their MACs as the model's)."""
+    factorized = list(_factorized(model))
+    if factorized:
+        raise ValueError(f"{path} is already a compact model ({len(factorized)} factorized layers, e.g. "
+                         f"{factorized[0]}): {advice}")
+
+
 def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str = "channel", skip=()) -> dict[str, Any]:
     """Decompose a trained model and write the compact model to `out`; returns the tables to print."""
     import copy
 
     model, name, classes, size, names = load_trained(path)
-    factorized = list(_factorized(model))
-    if factorized:  # compressing again would cut only what the first time left dense, at other rules
-        raise ValueError(f"{path} is already a compact model ({len(factorized)} factorized layers, e.g. "
-                         f"{factorized[0]}): compress the dense model it came from (a dense run or checkpoint; "
-                         "a TRP or LRPET run's checkpoints hold their weights in dense form)")
+    # compressing again would cut only what the first time left dense, at other rules
+    _refuse_compact(model, path, "compress the dense model it came from (a dense run or checkpoint; a TRP or "
+                    "LRPET run's checkpoints hold their weights in dense form)")
     decisions = plan(model, rank, scheme, skip, size)
     note = ""
     if not any(d.factorize for d in decisions):

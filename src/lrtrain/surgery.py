@@ -147,7 +147,7 @@ def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterabl
             reason = "" if linear else "linear layers excluded (linear=False)"
             shape = tuple(module.weight.shape)
         if any(fnmatch.fnmatchcase(name, p) for p in skip):
-            reason = "in the user's skip list"
+            reason = "in the skip list"
         kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
         if reason:
             skipped.append(Decision(name, kind, shape, False, reason, None, None, req.dense_cost, req.dense_cost))

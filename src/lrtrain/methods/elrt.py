@@ -188,9 +188,10 @@ class ELRT(Method):
         if not float(orth) >= 0.0:
             raise ValueError(f"ELRT: orth (the orthogonality weight λ) must be ≥ 0, got {orth!r}")
         self.orth = float(orth)
-        if skip is None:  # explicit per-layer ranks say themselves which layers are factorized
+        default = skip is None
+        if default:  # explicit per-layer ranks say themselves which layers are factorized
             skip = [] if isinstance(rank, dict) else _default_skip(model, input_size)
-        self.decisions = self._plan(rank, equal_ranks, skip, tuple(input_size))
+        self.decisions = self._plan(rank, equal_ranks, skip, tuple(input_size), default)
         if not any(d.factorize for d in self.decisions):
             raise ValueError(f"ELRT: no layer of {type(model).__name__} can be factorized "
                              f"({why_none(self.decisions, model)})")
@@ -204,15 +205,16 @@ class ELRT(Method):
         self._groups = self._group_factors()
         self.rank_log.extend(self._rank_rows())
 
-    def _plan(self, rank, equal_ranks: bool, skip: list[str], input_size) -> list[Decision]:
+    def _plan(self, rank, equal_ranks: bool, skip: list[str], input_size, default_skip: bool) -> list[Decision]:
         """Ranks without spectra (the weights are random): the policy sees only shapes and costs."""
         if isinstance(rank, dict):
             return plan(self.model, rank, self.scheme, skip, input_size)
         policy = parse_policy(rank)
         cands, skipped = candidates(self.model, self.scheme, skip, input_size)
         if not cands:
+            whose = " (ELRT's default: the first conv and the classifier)" if default_skip else ""
             raise ValueError(f"ELRT: no layer of {type(self.model).__name__} can be factorized "
-                             f"({why_none(skipped, self.model)})")
+                             f"({why_none(skipped, self.model)}); skip list {skip}{whose}")
         requests = [_tied(c.request) if equal_ranks else c.request for c in cands]
         chosen = policy(requests, fixed_cost=sum(d.dense_flops for d in skipped))
         return plan(self.model, chosen, self.scheme, skip, input_size)
