@@ -54,7 +54,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML file, or a run directory (its config.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set optim.lr=0.05 (repeatable)")
-    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data from here and from the project)")
+    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data from "
+                                      "here and from the project)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the recipe's train.device)")
     p.add_argument("-o", "--out-dir", help="run directory (default: the recipe's out_dir, runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
@@ -399,7 +400,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: bench)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every recipe, e.g. --set train.epochs=30 (repeatable)")
-    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data from here and from the project)")
+    p.add_argument("--data-dir", help="where the data set is (default: $LRTRAIN_DATA, then ../shared/data from "
+                                      "here and from the project)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: each recipe's train.device)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop (resumably: the same command goes on) after the first epoch that ends past this "
