@@ -55,6 +55,22 @@ def test_bad_weight_files_say_what_is_wrong(tmp_path):
         load_pretrained(model, tmp_path / "short.pt")
 
 
+def test_the_weights_of_another_model_say_which_model_they_are(tmp_path):
+    import lrtrain as lr
+
+    resnet20 = lr.models.create("resnet20")
+    checkpoint = tmp_path / "step_1.pt"
+    torch.save({"config": {"model": {"name": "resnet56"}}, "model": lr.models.create("resnet56").state_dict()},
+               checkpoint)
+    with pytest.raises(ValueError, match=r"step_1.pt' \(a resnet56's, a lrtrain checkpoint\) do not fit CifarResNet"):
+        load_pretrained(resnet20, checkpoint)
+    compact = tmp_path / "compact.pt"
+    lr.save(lr.factorize(lr.models.create("resnet20"), rank=lr.FixedRank(2)), compact, "resnet20", 10)
+    with pytest.raises(ValueError, match=r"\(a resnet20's, a compact model with factorized layers: start from a "
+                                         r"dense model's weights"):
+        load_pretrained(resnet20, compact)
+
+
 def test_weights_with_another_number_of_classes_load_all_but_the_classifier_with_a_warning(tmp_path):
     trained = _net(0)
     trained[-1] = nn.Linear(8, 1000)  # e.g. ImageNet's classes, for a data set of 4

@@ -34,6 +34,7 @@ def load_pretrained(model: nn.Module, path: str | Path, owner: str = "weights") 
         state = load_torch_file(path, "weights file")
     except ValueError as err:
         raise ValueError(f"{owner}: {err}") from None
+    held = _what_it_holds(state)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -52,9 +53,24 @@ def load_pretrained(model: nn.Module, path: str | Path, owner: str = "weights") 
     # Checked before loading: load_state_dict copies every tensor that fits before it raises for the rest.
     problems = mismatches(state, own)
     if problems:
-        raise ValueError(f"{owner}: the weights in {str(path)!r} do not fit {type(model).__name__} "
+        raise ValueError(f"{owner}: the weights in {str(path)!r}{held} do not fit {type(model).__name__} "
                          f"(file vs model): {'; '.join(problems)}")
     model.load_state_dict(state, strict=not head)
+
+
+def _what_it_holds(blob) -> str:
+    """What a lrtrain file says of its model, for a mismatch's message: " (a resnet56's, ...)", else ""."""
+    if not isinstance(blob, dict):
+        return ""
+    if isinstance(blob.get("arch"), dict):  # a compact model file
+        arch = blob["arch"]
+        factorized = "a compact model with factorized layers: start from a dense model's weights (a dense run, " \
+            "or a TRP/LRPET run's checkpoint)" if arch.get("layers") else "a dense model"
+        return f" (a {arch.get('model', 'model')}'s, {factorized})"
+    config = blob.get("config")
+    if isinstance(config, dict) and isinstance(config.get("model"), dict) and "name" in config["model"]:
+        return f" (a {config['model']['name']}'s, a lrtrain checkpoint)"
+    return ""
 
 
 def _other_head(model: nn.Module, state: dict[str, torch.Tensor],
