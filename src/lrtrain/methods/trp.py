@@ -268,7 +268,13 @@ class TRP(Method):
         if self.subgradient == "newton_schulz":
             return linalg.polar_newton_schulz(mats, **NEWTON_SCHULZ)
         U, S, Vh = _svd_no_sync(mats, names)
-        return _masked_polar(U, S > self.tol * S[..., :1], Vh)
+        return _masked_polar(U, S > self._tol(mats.dtype) * S[..., :1], Vh)
+
+    def _tol(self, dtype: torch.dtype) -> float:
+        """`tol`, or above the round-off of weights kept in a half-precision dtype (a projected bfloat16
+        weight written back is numerically full rank at 1e-4·σ₁: its sub-gradient would be the full polar
+        factor, not the projection's U_r V_rᵀ)."""
+        return max(self.tol, 4 * torch.finfo(dtype).eps)
 
     def after_step(self) -> None:
         """Count the step; step B every `period` steps (with `overlap`, truncated after the next step)."""
@@ -334,7 +340,7 @@ class TRP(Method):
             keep = linalg.rank_mask(S, rank)
             group.write(dec.apply(group.matrices() if late else mats, keep))
             if self.nuclear:  # U_r V_rᵀ = U_r Σ_r⁻¹ U_rᵀ W over the numerically non-zero kept directions
-                live = keep & (S > self.tol * S[..., :1])  # a prefix: S decreases
+                live = keep & (S > self._tol(mats.dtype) * S[..., :1])  # a prefix: S decreases
                 width = int(live.sum(-1).max()) if live.numel() else 0  # on the host: no device sync
                 left, right = dec.factors(mats, torch.where(live, 1 / S, 0.0), width)
                 m, n = mats.shape[-2:]
