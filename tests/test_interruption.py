@@ -219,6 +219,9 @@ def test_the_cli_exits_130_on_sigint_and_stops_at_once_on_a_second_one(tmp_path,
     # Twice: the second signal interrupts at once, without a traceback.
     assert cli.main(["train", str(recipe), "--out-dir", str(tmp_path / "b"), "--set", "method.times=2"]) == 130
     assert capsys.readouterr().err == "lrtrain: interrupted\n"
+    # a second SIGTERM (a batch system's kill) exits as a process killed by it would
+    assert cli.main(["train", str(recipe), "--out-dir", str(tmp_path / "c"), "--set", "method.times=2",
+                     "--set", f"method.signum={int(signal.SIGTERM)}"]) == 128 + signal.SIGTERM
 
 
 _WRITER = """

@@ -490,11 +490,11 @@ def _main(args: argparse.Namespace) -> int:
             return 128 + signal.SIGPIPE
         _error(err)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if args.debug:
             raise
         print("lrtrain: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return 128 + getattr(err, "signum", signal.SIGINT)  # a second SIGTERM: 143, as a batch system expects
     except RuntimeError as err:
         # imported only now: a command that fails before training (a bad recipe) never loads torch
         from .train.trainer import DivergenceError, OutOfMemory, is_out_of_memory

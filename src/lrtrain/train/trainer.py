@@ -92,6 +92,15 @@ class OutOfMemory(RuntimeError):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A second stop signal during training: the run stops at once. `signum` is that signal's number (the
+    command line exits with 128 + it, as a process killed by it would)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"{signal.Signals(signum).name} received twice")
+        self.signum = int(signum)
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or a RuntimeError saying so (other backends; the CPU allocator)."""
     text = str(err).lower()
@@ -560,7 +569,7 @@ class Trainer:
 
         def handler(signum, frame):
             if self.stop_signal is not None:
-                raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
+                raise Interrupted(signum)
             self.stop_signal = signum  # nothing else here: the handler may interrupt a write to stdout
 
         previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
