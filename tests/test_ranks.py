@@ -37,9 +37,35 @@ def test_flops_budget_meets_budget_and_spends_on_large_singular_values():
     assert sum(ranks2[r.name] * 10 for r in reqs) + 500 <= 0.5 * 2500
 
 
-def test_flops_budget_never_goes_past_break_even():
+def test_flops_budget_never_goes_past_break_even_but_keeps_a_layer_whole_where_it_fits():
     reqs = [_req("a", [1.0] * 10, 40, 200)]  # rank 5 costs as much as dense
-    assert FlopsBudget(1.0)(reqs)["a"] == 4
+    assert FlopsBudget(0.9)(reqs)["a"] == 4  # 160 MACs: dense (200) does not fit
+    assert FlopsBudget(1.0)(reqs)["a"] == 10  # the dense layer fits: all its energy, not rank 4 (it was)
+
+
+def test_what_a_budget_leaves_past_break_even_keeps_the_layers_that_gain_most_energy_per_mac_whole():
+    # both at break-even rank 4 cost 320; 110 MACs are left: one layer can go whole (+40)
+    flat = _req("flat", [1.0] * 10, 40, 200)  # 60 % of its energy beyond rank 4
+    steep = _req("steep", [8.0, 4.0, 2.0, 1.0] + [0.1] * 6, 40, 200)  # almost none beyond rank 4
+    assert FlopsBudget(1.0)([flat, steep], fixed_cost=30) == {"flat": 10, "steep": 10}  # everything fits
+    ranks = FlopsBudget(390 / 430)([flat, steep], fixed_cost=30)  # 360 for the two: one goes whole (+40)
+    assert ranks == {"flat": 10, "steep": 4}
+    assert FlopsBudget(389 / 430)([flat, steep], fixed_cost=30) == {"flat": 4, "steep": 4}  # 359: none
+
+
+def test_a_ratio_whose_product_is_whole_keeps_that_rank_despite_floating_point():
+    assert [Ratio(r).layer_rank(100, None) for r in (0.29, 0.57, 0.58, 0.5)] == [29, 57, 58, 50]
+    assert Ratio(0.295).layer_rank(100, None) == 29  # a fraction is still cut
+
+
+def test_a_model_at_the_whole_budget_is_left_dense():
+    import lrtrain as lr
+
+    model = lr.models.create("resnet20")
+    assert not any(d.factorize for d in lr.plan(model, "flops:1.0"))
+    dense = lr.count(model).flops
+    spent = sum(d.flops for d in lr.plan(model, "flops:0.9,multiple:8"))
+    assert 0.85 * dense < spent <= 0.9 * dense  # 0.78 before: break-even ranks and nothing whole
 
 
 def test_flops_budget_without_spectra_uses_common_ratio():
@@ -80,8 +106,10 @@ def test_per_layer_policies_round_up_to_the_multiple_capped_at_the_maximum():
 
 
 def _assert_maximal(policy, reqs, ranks, budget):
-    """Within budget, on the policy's steps, and no layer could take its next step of rank within it."""
-    spent = sum(r.cost(ranks[r.name]) for r in reqs)
+    """Within budget, on the policy's steps, and no layer could take its next step of rank, nor go whole
+    (dense), within it (every spectrum here has energy in its tail)."""
+    cost = {r.name: min(r.cost(ranks[r.name]), r.dense_cost) for r in reqs}  # a whole layer costs dense
+    spent = sum(cost.values())
     assert spent <= budget
     for r in reqs:
         k = ranks[r.name]
@@ -89,6 +117,8 @@ def _assert_maximal(policy, reqs, ranks, budget):
         nxt = min(k + policy.multiple, r.max_rank)
         if nxt > k and r.cost(nxt) < r.dense_cost:
             assert spent + r.cost(nxt) - r.cost(k) > budget, (r.name, k)
+        if k < r.max_rank:
+            assert spent + r.dense_cost - cost[r.name] > budget, (r.name, "could go whole")
 
 
 @pytest.mark.parametrize("multiple", [1, 4, 8])

@@ -5,7 +5,8 @@ dense cost and, when the policy needs it, its singular values) and returns ``{la
 
 - `Energy(e)`: per layer, the smallest rank keeping a fraction ``e`` of Σσ²;
 - `Threshold(v)`: per layer, the number of singular values ≥ v (TRP's final decomposition, v = 0.05);
-- `Ratio(r)`: per layer, ``int(r · max_rank)`` (LRPET's ``int(n·(1 − goal))`` is ``Ratio(1 − goal)``);
+- `Ratio(r)`: per layer, ``⌊r · max_rank⌋`` (LRPET's ``int(n − n·goal)`` is its `Goal`, which rounds as the
+  official code does);
 - `FixedRank(k)`: the same rank everywhere, clamped to each layer's maximum;
 - `FlopsBudget(f)`: a global budget: the whole model costs at most ``f ×`` its dense FLOPs, rank being
   spent where the (normalized) singular values are largest per FLOP; without spectra (training from
@@ -146,7 +147,8 @@ class Threshold(RankPolicy):
 
 
 class Ratio(RankPolicy):
-    """``max(1, int(ratio · max_rank))`` in each layer."""
+    """``max(1, ⌊ratio · max_rank⌋)`` in each layer (a product that is a whole number counts as one, e.g.
+    0.29 · 100 = 29, though floating point gives 28.999...)."""
 
     def __init__(self, ratio: float, multiple: int = 1):
         if not 0.0 < _number(ratio, "Ratio: the ratio") <= 1.0:
@@ -155,7 +157,7 @@ class Ratio(RankPolicy):
         self.multiple = _check_multiple(multiple)
 
     def layer_rank(self, max_rank, spectrum):
-        return max(1, int(max_rank * self.ratio))
+        return max(1, int(max_rank * self.ratio + 1e-9))
 
     def __repr__(self):
         return self._repr_args(self.ratio)
@@ -184,8 +186,10 @@ class FlopsBudget(RankPolicy):
     With spectra (a trained model) it is a greedy knapsack: every singular value (every block of
     `multiple` of them) is an item whose value is its share of its layer's energy (σᵢ² / Σσ²) and whose
     cost is the MACs the added rank costs; items are taken by value per MAC until the budget is spent. A
-    layer never takes a rank at which its factorized form would cost as much as the dense one. Without
-    spectra (training from scratch), it searches the largest common rank ratio that fits.
+    layer never takes a rank at which its factorized form would cost as much as the dense one; what the
+    budget leaves then keeps layers whole (dense: all their energy), by the energy they gain per MAC, so
+    that a budget the dense model fits (``FlopsBudget(1.0)``) leaves it dense. Without spectra (training
+    from scratch), it searches the largest common rank ratio that fits.
     """
 
     def __init__(self, fraction: float, multiple: int = 1):
@@ -242,6 +246,19 @@ class FlopsBudget(RankPolicy):
                 continue
             if spent + extra <= budget:
                 ranks[r.name] = nxt
+                spent += extra
+        # Past break-even a layer's next step is the dense layer itself: with what is left, by energy per MAC
+        whole = []
+        for i, r in enumerate(requests):
+            k = ranks[r.name]
+            if k < r.max_rank and r.cost(k) < r.dense_cost:
+                e = pooled_spectrum(r.spectrum).double().square()
+                gain = float(e[k:].sum() / e.sum().clamp_min(1e-300))
+                if gain > 1e-9:  # not a projected weight's round-off tail: its rank would rise for nothing
+                    whole.append((-gain / (r.dense_cost - r.cost(k)), i, r.dense_cost - r.cost(k)))
+        for _, i, extra in sorted(whole):
+            if spent + extra <= budget:
+                ranks[requests[i].name] = requests[i].max_rank
                 spent += extra
         return ranks
 
