@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,12 @@ def test_parse_policy():
         parse_policy("energy:1.5")
     with pytest.raises(ValueError, match="positive integer"):
         FixedRank(0)
+    # YAML gives whole numbers as floats, numpy as its own ints: the same policies
+    assert parse_policy({"flops": 0.45, "multiple": 8.0}).multiple == 8 and parse_policy("fixed:8.0").rank == 8
+    assert parse_policy(np.int64(8)).rank == 8
+    for text in ("threshold:inf", "energy:nan", "fixed:1_0", "flops:\u0661", "flops:0.5,multiple:1e"):
+        with pytest.raises(ValueError, match="is not"):  # numbers Python reads but no rank policy means
+            parse_policy(text)
 
 
 def test_per_layer_policies_round_up_to_the_multiple_capped_at_the_maximum():

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import difflib
 import heapq
+import numbers
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -296,7 +298,7 @@ def parse_policy(spec) -> RankPolicy:
     the methods and `factorize` read a mapping as ``{layer: rank}``: give them the string)."""
     if isinstance(spec, RankPolicy):
         return spec
-    if isinstance(spec, int) and not isinstance(spec, bool):
+    if isinstance(spec, numbers.Integral) and not isinstance(spec, bool):  # numpy's too
         return FixedRank(spec)
     if isinstance(spec, dict):  # the option last, whatever the mapping's order
         spec = ",".join(f"{k}:{v}" for k, v in sorted(spec.items(), key=lambda kv: kv[0] == "multiple"))
@@ -317,16 +319,26 @@ def parse_policy(spec) -> RankPolicy:
         if key != "multiple" or not sep:
             raise ValueError(f"bad rank policy {spec!r}: unknown option {options[0].strip()!r}; the one option "
                              "is multiple:M (ranks rounded to multiples of M)")
-        try:
-            multiple = int(text)
-        except ValueError:
-            raise ValueError(f"bad rank policy {spec!r}: multiple {text!r} is not an integer") from None
-    try:
-        number = int(value) if name == "fixed" else float(value)
-    except ValueError:
+        multiple = _parsed(text, whole=True)
+        if multiple is None:
+            raise ValueError(f"bad rank policy {spec!r}: multiple {text!r} is not an integer")
+    number = _parsed(value, whole=name == "fixed")
+    if number is None:
         kind = "an integer" if name == "fixed" else "a number"
-        raise ValueError(f"bad rank policy {spec!r}: {value!r} is not {kind}") from None
+        raise ValueError(f"bad rank policy {spec!r}: {value!r} is not {kind}")
     return POLICIES[name](number, multiple=multiple)
+
+
+# a plain decimal number, as YAML and people write it (not "inf", "nan", "1_0" or other scripts' digits)
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _parsed(text: str, whole: bool) -> float | int | None:
+    """`text` as a number (an int where `whole`: "8" and "8.0" alike), None if it is not one."""
+    text = text.strip()
+    if not _DECIMAL.fullmatch(text) or not text.isascii():
+        return None
+    return whole_number(float(text)) if whole else float(text)
 
 
 def pooled_spectrum(S: Tensor) -> Tensor:
