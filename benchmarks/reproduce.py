@@ -256,11 +256,12 @@ def where(run_dir: Path, read: tuple[list[dict[str, str]], int] | None = None) -
     return f"epoch {rows[-1]['epoch']}/{epochs}, test {float(rows[-1]['test_acc']):.2f} % (best {best:.2f} %)"
 
 
-def _run_folders(source: Path) -> Path:
+def _run_folders(source: Path, problems: list[str]) -> Path:
     """A folder of run folders from `source`: itself, or the pack pieces it holds (or is one of) unpacked.
 
-    Each piece unpacks alone; one that cannot be read (cut short, damaged) is skipped with a note, so only
-    its runs are missing."""
+    Each piece unpacks alone; one that cannot be read (cut short, damaged) is skipped with a note (and
+    added to `problems`), so only its runs are missing. A run in two pieces (a pack cut off between the
+    renames of its pieces, whose order had changed) is taken from the one further along."""
     pieces = sorted(source.glob(PACK_NAME + ".*")) if source.is_dir() else \
         sorted(source.parent.glob(source.name.rsplit(".", 1)[0] + ".*"))
     pieces = [p for p in pieces if not p.name.endswith(".part")]
@@ -274,9 +275,15 @@ def _run_folders(source: Path) -> Path:
                 tar.extractall(staging, filter="data")
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             print(f"note: {piece} cannot be unpacked ({type(err).__name__}: {err}): its runs are left out")
+            problems.append(f"{piece} cannot be unpacked")
             shutil.rmtree(staging)
             continue
         for run in staging.iterdir():
+            if (tmp / run.name).exists():
+                if progress(run) <= progress(tmp / run.name):
+                    shutil.rmtree(run)
+                    continue
+                shutil.rmtree(tmp / run.name)
             run.replace(tmp / run.name)
         staging.rmdir()
     return tmp
@@ -286,18 +293,22 @@ def merge(sources: list[Path], root: Path, cache: Path | None = None) -> list[st
     """Copy into `root` every run folder of `sources` that is further along than root's; returns their names.
 
     A source folder's compile cache (a training call's, see `save_compile_cache`) goes into the folder
-    `cache`, replacing the one there: a later call's cache holds an earlier one's (it started from it)."""
-    taken = []
+    `cache`, replacing the one there: a later call's cache holds an earlier one's (it started from it).
+    A source that does not exist or a piece that cannot be unpacked ends it with SystemExit, after the
+    rest is merged: its runs would otherwise start afresh in the next training call, unnoticed."""
+    taken: list[str] = []
+    problems: list[str] = []
     root.mkdir(parents=True, exist_ok=True)
     for source in sources:
         if not source.exists():
             print(f"note: {source} does not exist: nothing merged from it")
+            problems.append(f"{source} does not exist")
             continue
         if cache is not None and (source / COMPILE_CACHE).is_file():
             cache.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / COMPILE_CACHE, cache / COMPILE_CACHE)
             print(f"compile cache from {source} -> {cache / COMPILE_CACHE}")
-        folders = _run_folders(source)
+        folders = _run_folders(source, problems)
         for src in sorted(p for p in folders.iterdir() if p.is_dir()):
             dst = root / src.name
             if progress(src) > progress(dst):
@@ -307,6 +318,9 @@ def merge(sources: list[Path], root: Path, cache: Path | None = None) -> list[st
         if folders != source:
             shutil.rmtree(folders)
     print(f"merged into {root}: {', '.join(taken) or 'nothing newer'}")
+    if problems:
+        raise SystemExit(f"merge: {'; '.join(problems)} (the rest is merged): check the carry and the path, "
+                         "and send it again before training, else its runs start afresh")
     return taken
 
 
@@ -319,17 +333,19 @@ def _run_blob(root: Path, name: str, summary_only: bool) -> bytes:
         files = [run_dir / f for f in SMALL_FILES]
         finished = (run_dir / "summary.json").exists()
         files += [run_dir / "compact.pt"] if finished else list_checkpoints(run_dir / "checkpoints")[-1:]
-    buffer = io.BytesIO()
-    # gzip: an older run's ranks.csv (a row per layer per TRP projection: megabytes) shrinks tenfold
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
-        for f in files:
-            try:
-                tar.add(f, arcname=str(f.relative_to(root)))
-            except FileNotFoundError:
-                # Not written yet, or a checkpoint that a running worker replaced since it was listed:
-                # the pack after that worker exits holds the new one.
-                pass
-    return buffer.getvalue()
+    for attempt in range(3):
+        buffer = io.BytesIO()
+        try:
+            # gzip: an older run's ranks.csv (a row per layer per TRP projection: megabytes) shrinks tenfold
+            with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+                for f in files:
+                    if f.is_file():  # not written yet, or a checkpoint a running worker replaced since it was
+                        tar.add(f, arcname=str(f.relative_to(root)))  # listed: the next pack holds the new one
+            return buffer.getvalue()
+        except OSError as err:  # a file rewritten while read (a resumed run's ranks.csv cut back), a full disk
+            reason = f"{type(err).__name__}: {err}"
+    print(f"warning: {name} left out of this pack: it could not be read three times ({reason})", flush=True)
+    return b""
 
 
 Blob = tuple[str, bool, bytes]  # a run, whether only its summary.json, and its `_run_blob`
@@ -346,6 +362,9 @@ def _fill(blobs: list[Blob], limit: int) -> tuple[list[bytearray], list[Blob]]:
     left_out, total = [], 0
     for item in blobs:
         blob = item[2]
+        if not blob:  # a run that could not be read: left out (said where it was read)
+            left_out.append(item)
+            continue
         fits = not contents or len(contents[-1]) + len(blob) <= PIECE
         if len(blob) > PIECE or total + len(blob) > limit or (not fits and len(contents) == MAX_PIECES):
             left_out.append(item)
@@ -395,10 +414,11 @@ def pack(root: Path, names: list[str], dest: Path, marks: tuple[str, ...] = (),
     order = _order(root, names, marks)
     contents, left_out = _fill(_blobs(root, order), limit)
     pieces = _write_pieces(dest, contents, len(order) - len(left_out))
+    left_out = [item for item in left_out if item[2]]  # a run that could not be read is named by _run_blob
     if left_out:
-        names = ", ".join(name for name, _, _ in left_out)
+        names = " ".join(name for name, _, _ in left_out)
         print(f"warning: left out of the pack (over {limit / 2**20:.0f} MiB or {MAX_PIECES} pieces): {names}; "
-              "while the machine is warm, a call of --pack-only --runs with them packs them", flush=True)
+              f"while the machine is warm, a call of --pack-only --runs {names} packs them", flush=True)
     return pieces
 
 
@@ -415,13 +435,19 @@ def make_seed(root: Path, runs: list[Run], dest: Path, limit: int | list[int] | 
     if not dest.name or dest.name in (".", ".."):
         raise SystemExit(f"make-seed: {dest} names no folder of its own")
     states = {r.name: progress(root / r.name) for r in RUNS}
+    if not any(done or step >= 0 for done, step in states.values()):  # a seed of nothing: every run afresh
+        raise SystemExit(f"make-seed: {root} holds no started or finished run (is --root the folder the runs "
+                         "were moved to, e.g. .data/reproduce?)")
     started = [r.name for r in runs if states[r.name][0] == 0 and states[r.name][1] >= 0]
     marks = tuple(name for name, (done, _) in states.items() if done)
     blobs, folders = _blobs(root, _order(root, started, marks)), []
+    unreadable = [name for name, _, blob in blobs if not blob]
+    if unreadable:
+        raise SystemExit(f"make-seed: {', '.join(unreadable)} could not be read (above): nothing written")
     while blobs:  # all planned before anything is written: a seed that cannot be made leaves the old one
         limit = limits[min(len(folders), len(limits) - 1)]
         contents, left_out = _fill(blobs, limit)
-        if not contents:
+        if not contents and len(folders) >= len(limits) - 1:  # no later folder's limit is larger
             names = ", ".join(name for name, _, _ in left_out)
             raise SystemExit(f"make-seed: {names} alone exceed(s) the limit of {limit} bytes or a "
                              f"{PIECE / 2**20:.0f} MiB piece: raise --seed-limit")
@@ -763,7 +789,10 @@ def train(runs: list[Run], args: argparse.Namespace) -> None:
                     failures.append(f"{w.run.name} (exit {code})")
                     print("".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:]), flush=True)
             if exited and args.pack is not None:
-                pack(root, trained, args.pack)
+                try:
+                    pack(root, trained, args.pack)
+                except Exception as err:  # the workers go on; the next exit packs again
+                    print(f"warning: packing failed ({type(err).__name__}: {err}); training goes on", flush=True)
             if exited and monitor.summary():
                 print(monitor.summary(), flush=True)
             time.sleep(0.2)

@@ -142,9 +142,15 @@ def test_merge_keeps_the_copy_that_is_further_along(tmp_path):
     _fake_run(root, "done", finished=True)
     _fake_run(incoming, "done", step=90)
     _fake_run(incoming, "new", step=10)
-    assert reproduce.merge([incoming, tmp_path / "missing"], root) == ["behind", "new"]
+    assert reproduce.merge([incoming], root) == ["behind", "new"]
     assert {n: reproduce.progress(root / n) for n in ["ahead", "behind", "done", "new"]} == {
         "ahead": (0, 50), "behind": (0, 50), "done": (1, 0), "new": (0, 10)}
+    # a source that is not there (a carry that did not travel, a typo) ends the call: its runs would
+    # otherwise train afresh unnoticed; the others are merged first
+    _fake_run(incoming, "newer", step=5)
+    with pytest.raises(SystemExit, match=r"missing does not exist \(the rest is merged\)"):
+        reproduce.merge([tmp_path / "missing", incoming], root)
+    assert reproduce.progress(root / "newer") == (0, 5)
 
 
 def test_run_list_covers_the_issue_and_every_entry_resolves():
@@ -377,7 +383,8 @@ def test_a_pack_keeps_to_its_limit_and_a_piece_that_does_not_come_back_loses_onl
     (root / "d" / "summary.json").write_text("{}")  # finished: packed before the others
     monkeypatch.setattr(reproduce, "PIECE", 13000)  # two runs a piece
     pieces = reproduce.pack(root, ["a", "b", "c", "d"], out, limit=10000)
-    assert "warning: left out of the pack (over 0 MiB or 7 pieces): b, c" in capsys.readouterr().out
+    assert "warning: left out of the pack (over 0 MiB or 7 pieces): b c; while the machine is warm, a call of " \
+           "--pack-only --runs b c packs them" in capsys.readouterr().out  # ready to paste
     assert len(pieces) == 1 and {n.split("/")[0] for n in _tar_names(out)} == {"a", "d"}
     pieces = reproduce.pack(root, ["a", "b", "c"], out)
     assert len(pieces) == 2
@@ -385,9 +392,55 @@ def test_a_pack_keeps_to_its_limit_and_a_piece_that_does_not_come_back_loses_onl
     pieces[1].write_bytes(pieces[1].read_bytes()[:-100])
     reproduce.pack(root, ["c"], tmp_path / "third")
     merged = tmp_path / "merged"
-    reproduce.main(["--root", str(merged), "--unpack", str(out), str(tmp_path / "third")])
+    with pytest.raises(SystemExit, match=r"reproduce_runs.tar.001 cannot be unpacked \(the rest is merged\)"):
+        reproduce.main(["--root", str(merged), "--unpack", str(out), str(tmp_path / "third")])
     assert "cannot be unpacked" in capsys.readouterr().out
     assert sorted(p.name for p in merged.iterdir()) == ["c"] and reproduce.progress(merged / "c") == (0, 7)
+
+
+def test_a_run_in_two_pieces_is_taken_from_the_one_further_along(tmp_path, monkeypatch):
+    """A pack cut off between the renames of its pieces, after the runs' order changed (one finished),
+    leaves a run in two pieces: the unpack keeps its later copy instead of failing."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    for name, step in (("a", 3), ("b", 5)):
+        (_fake_run(root, name, step=step) / "checkpoints" / f"step_{step:09d}.pt").write_bytes(os.urandom(6000))
+    monkeypatch.setattr(reproduce, "PIECE", len(reproduce._run_blob(root, "a", False)) + 50)  # one run a piece
+    old = reproduce.pack(root, ["a", "b"], out)  # 000: a, 001: b
+    assert len(old) == 2
+    stale_b = old[1].read_bytes()
+    (root / "b" / "summary.json").write_text("{}")  # b finished: it now comes first
+    (root / "b" / "compact.pt").write_bytes(b"x")
+    new = reproduce.pack(root, ["a", "b"], out)  # 000: b (finished), 001: a
+    assert len(new) == 2
+    new[1].write_bytes(stale_b)  # as if cut off after the first rename: 000 the new b, 001 the old b
+    merged = tmp_path / "merged"
+    assert reproduce.merge([out], merged) == ["b"]
+    assert reproduce.progress(merged / "b") == (1, 0)
+
+
+def test_a_seed_of_a_root_without_runs_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match=r"holds no started or finished run \(is --root the folder the runs were "
+                                         r"moved to"):
+        reproduce.make_seed(tmp_path / "not-there", reproduce.RUNS, tmp_path / "seed")
+    assert not (tmp_path / "seed").exists()
+
+
+def test_a_run_that_cannot_be_read_is_left_out_of_the_pack_and_the_pack_goes_on(tmp_path, monkeypatch, capsys):
+    root, out = tmp_path / "root", tmp_path / "out"
+    for name in ("a", "b"):
+        _fake_run(root, name, step=4)
+    real = tarfile.TarFile.add
+
+    def rewritten_while_read(self, name, *args, **kwargs):
+        if "/a/" in str(name):
+            raise OSError("unexpected end of data")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "add", rewritten_while_read)
+    reproduce.pack(root, ["a", "b"], out)
+    said = capsys.readouterr().out
+    assert "warning: a left out of this pack: it could not be read three times (OSError: unexpected end" in said
+    assert "packed 1 run(s)" in said and {n.split("/")[0] for n in _tar_names(out)} == {"b"}
 
 
 def _fake_mps_control(tmp_path, monkeypatch, daemon_exit=0):
