@@ -554,6 +554,10 @@ def test_seed_limits_per_folder_keep_the_first_ones_small_and_put_the_rest_in_th
     dirs = [seed, tmp_path / "seed-2", tmp_path / "seed-3"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("seed")) == [d.name for d in dirs]
     assert [len({n.split("/")[0] for n in _tar_names(d)}) for d in dirs] == [1, 1, 3]  # one, one, the rest
+    # a first folder too small for any run stays empty where a later one can hold them (it was refused)
+    reproduce.main(["--root", str(root), "--make-seed", str(seed), "--runs", "resnet20_*",
+                    "--seed-limit", str(10000 / 2**20), str(200000 / 2**20)])
+    assert not _tar_names(seed) and len({n.split("/")[0] for n in _tar_names(tmp_path / "seed-2")}) == 5
 
 
 def test_every_resnet56_row_has_a_second_seed_after_all_the_first_seeds():
