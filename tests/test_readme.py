@@ -35,3 +35,38 @@ def test_the_training_loop_example_trains_each_method_through_every_epoch(method
         assert trained.swapped and trained.swap_step == 3  # swapped halfway, inside the loop
     exec("compact = method.finalize()" + end, names)
     assert names["lr"].count(names["compact"]).flops < names["lr"].count(names["lr"].models.create("resnet20")).flops
+
+
+@pytest.mark.parametrize("build", [
+    lambda lr, m: lr.TRP(m, period=2, input_size=(1, 3, 16, 16)),
+    lambda lr, m: lr.LRPET(m, goal=0.5, period=2),
+    lambda lr, m: lr.ELRT(m, rank="flops:0.5", input_size=(1, 3, 16, 16)),
+    lambda lr, m: lr.SVDFinetune(m, rank="flops:0.5", input_size=(1, 3, 16, 16)),
+])
+def test_finalizing_a_copy_mid_run_leaves_training_as_it_was(build):
+    """The README's advice for a look at the compact model mid-run: `copy.deepcopy(method).finalize()`."""
+    import copy
+
+    import lrtrain as lr
+
+    def train(peek_at):
+        torch.manual_seed(0)
+        method = build(lr, lr.models.create("resnet20"))
+        method.setup(steps_per_epoch=3, total_steps=6)
+        optimizer = torch.optim.SGD(method.model.parameters(), lr=0.05, momentum=0.9)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(6):
+            x, y = torch.randn(8, 3, 16, 16, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+            torch.nn.functional.cross_entropy(method.model(x), y).backward()
+            method.before_step()
+            optimizer.step()
+            optimizer.zero_grad()
+            method.after_step()
+            if method.rebuild_optimizer:
+                optimizer = torch.optim.SGD(method.model.parameters(), lr=0.05, momentum=0.9)
+                method.rebuild_optimizer = False
+            if step == peek_at:
+                assert lr.count(copy.deepcopy(method).finalize(), (1, 3, 16, 16)).flops > 0
+        return method.model.eval()(torch.ones(2, 3, 16, 16))
+
+    torch.testing.assert_close(train(peek_at=1), train(peek_at=None), atol=0, rtol=0)

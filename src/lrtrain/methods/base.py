@@ -64,7 +64,8 @@ class Method:
         self.total_steps = total_steps
 
     def before_step(self) -> None:
-        """Called after ``loss.backward()`` and before ``optimizer.step()``."""
+        """Called after ``loss.backward()`` and before ``optimizer.step()``, on unscaled gradients (after
+        ``GradScaler.unscale_`` under fp16 AMP: a term added to scaled gradients is divided by the scale)."""
 
     def after_step(self) -> None:
         """Called after ``optimizer.step()``; counts steps."""

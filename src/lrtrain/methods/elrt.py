@@ -266,7 +266,9 @@ class ELRT(Method):
     @torch.no_grad()
     @linalg.full_precision()
     def before_step(self) -> None:
-        """Add the regularizer's gradient 4λ·(VVᵀ − I)·V to every factor's gradient, per equal-shape group."""
+        """Add the regularizer's gradient 4λ·(VVᵀ − I)·V to every factor's gradient, per equal-shape group
+        (on unscaled gradients: after ``GradScaler.unscale_`` under fp16 AMP). Not also `penalty` in the
+        loss: that would count λ twice."""
         if self.orth == 0.0:
             return
         for group in self._groups:
