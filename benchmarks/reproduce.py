@@ -333,7 +333,7 @@ def _run_blob(root: Path, name: str, summary_only: bool) -> bytes:
         files = [run_dir / f for f in SMALL_FILES]
         finished = (run_dir / "summary.json").exists()
         files += [run_dir / "compact.pt"] if finished else list_checkpoints(run_dir / "checkpoints")[-1:]
-    for attempt in range(3):
+    for _ in range(3):
         buffer = io.BytesIO()
         try:
             # gzip: an older run's ranks.csv (a row per layer per TRP projection: megabytes) shrinks tenfold

@@ -227,12 +227,13 @@ class FlopsBudget(RankPolicy):
         ranks = {r.name: self.lowest(r) for r in requests}
         spent = self.floor(requests)
         heap = []
+        shares: dict[int, list[float]] = {}  # each factorized layer's σᵢ² / Σσ², by its index in `requests`
         for i, r in enumerate(requests):
             if r.cost(ranks[r.name]) >= r.dense_cost:  # not cheaper even at its lowest rank: stays whole
                 ranks[r.name] = r.max_rank
                 continue
             e = pooled_spectrum(r.spectrum).double().square()
-            share = (e / e.sum().clamp_min(1e-300)).tolist()
+            share = shares[i] = (e / e.sum().clamp_min(1e-300)).tolist()
             # ranks below the break-even point only: beyond it the dense layer is cheaper
             steps = [k for k in range(ranks[r.name], r.max_rank + 1, self.multiple)
                      if k == ranks[r.name] or r.cost(k) < r.dense_cost]
@@ -251,13 +252,12 @@ class FlopsBudget(RankPolicy):
                 spent += extra
         # Past break-even a layer's next step is the dense layer itself: with what is left, by energy per MAC
         whole = []
-        for i, r in enumerate(requests):
-            k = ranks[r.name]
-            if k < r.max_rank and r.cost(k) < r.dense_cost:
-                e = pooled_spectrum(r.spectrum).double().square()
-                gain = float(e[k:].sum() / e.sum().clamp_min(1e-300))
-                if gain > 1e-9:  # not a projected weight's round-off tail: its rank would rise for nothing
-                    whole.append((-gain / (r.dense_cost - r.cost(k)), i, r.dense_cost - r.cost(k)))
+        for i, share in shares.items():
+            r, k = requests[i], ranks[requests[i].name]
+            gain, extra = sum(share[k:]), r.dense_cost - r.cost(k)
+            # (a projected weight's round-off tail is no gain: its rank would rise for nothing)
+            if k < r.max_rank and gain > 1e-9:
+                whole.append((-gain / extra, i, extra))
         for _, i, extra in sorted(whole):
             if spent + extra <= budget:
                 ranks[requests[i].name] = requests[i].max_rank
