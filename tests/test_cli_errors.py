@@ -430,3 +430,16 @@ def test_extending_a_cosine_run_warns_that_its_schedule_is_stretched(tmp_path, c
     err = capsys.readouterr().err
     assert "lrtrain: warning: train.epochs changed from 1 to 2: the cosine schedule is spread over the new " \
            "length from here on" in err
+
+
+def test_a_positional_taken_by_a_many_valued_option_is_named(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["info", "--skip", "fc", "resnet20"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == "lrtrain info: error: the following arguments are required: model (--skip takes every word " \
+                  "that follows it: put the argument before --skip, or end its values with --)"
+    with pytest.raises(SystemExit):  # nothing to explain where the option was not given
+        cli.main(["report"])
+    assert capsys.readouterr().err.splitlines()[-1].endswith("required: RUN_DIR")
+    assert cli.main(["info", "--skip", "fc", "--", "resnet20"]) == 0
+    assert "fc " in capsys.readouterr().out

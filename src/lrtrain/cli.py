@@ -447,8 +447,28 @@ def _version() -> str:
     return __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """Names the usual cause of a missing positional argument: a preceding option that takes several
+    values (``--skip a b``) took it as one more of them."""
+
+    _words: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)  # a subcommand's parser gets its own words
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        if message.startswith("the following arguments are required"):
+            greedy = [option for a in self._actions if a.nargs in ("*", "+") for option in a.option_strings
+                      if option in self._words]
+            if greedy:
+                message += (f" ({greedy[0]} takes every word that follows it: put the argument before "
+                            f"{greedy[0]}, or end its values with --)")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrtrain",
+    parser = _Parser(prog="lrtrain",
                                      description="Compact low-rank CNNs: train, compress, measure.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--version", action="version", version=f"lrtrain {_version()}")
