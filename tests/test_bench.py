@@ -118,3 +118,82 @@ def test_a_signal_stops_the_bench_with_the_shells_status_and_bad_limits_are_refu
     assert "bench: dense stopped with a checkpoint" in capsys.readouterr().out
     assert cli.main(["bench", *recipes, "--time-limit", "-5"]) == 2
     assert "--time-limit is -5 s" in capsys.readouterr().err
+
+
+def _recipe(folder: Path, name: str, **changes) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = {**TINY, "method": {"name": "dense"}, "train": {**TINY["train"], "epochs": 1}}
+    for section, values in changes.items():
+        recipe[section] = {**recipe.get(section, {}), **values}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def test_the_table_keeps_the_runs_of_earlier_calls_their_commands_and_timings(tmp_path, capsys):
+    out = tmp_path / "out"
+    first = _recipe(tmp_path / "r", "first")
+    second = _recipe(tmp_path / "r", "second", method={"name": "lrpet", "goal": 0.5})
+    assert cli.main(["bench", first, "-o", str(out), "--speed", "--threads", "1"]) == 0
+    timed = _table(out)[0]
+    assert cli.main(["bench", second, "-o", str(out), "--set", "data.test_size=32"]) == 0
+    rows = {r["run"]: r for r in _table(out)}
+    assert list(rows) == ["second", "first"]  # this call's recipes first, then the folder's other finished runs
+    # the earlier row keeps the command that trained it and the speedups timed then; the new one is untimed
+    assert rows["first"]["command"] == timed["command"] == f"lrtrain bench {first} -o {out}"
+    assert (rows["first"]["cpu_speedup_b32"], rows["first"]["cpu_timing"]) == (timed["cpu_speedup_b32"],
+                                                                             timed["cpu_timing"]) != ("", "")
+    assert rows["second"]["command"] == f"lrtrain bench {second} -o {out} --set data.test_size=32"
+    assert rows["second"]["cpu_speedup_b32"] == ""
+    md = (out / "bench.md").read_text()
+    assert md.startswith("# lrtrain bench: 2 run(s)") and timed["cpu_timing"] in md
+    report = (out / "report" / "README.md").read_text()
+    assert "## Run second" in report and "## Run first" in report
+
+
+def test_a_failing_recipe_is_said_and_the_others_train(tmp_path, capsys):
+    out = tmp_path / "out"
+    recipes = [_recipe(tmp_path / "r", "a"),
+               _recipe(tmp_path / "r", "broken", data={"name": "folder", "dir": str(tmp_path / "nowhere")}),
+               _recipe(tmp_path / "r", "c")]
+    assert cli.main(["bench", *recipes, "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "bench: broken failed: image folder not found" in captured.out
+    assert captured.err.startswith("lrtrain: error: broken failed: image folder not found")
+    assert [r["run"] for r in _table(out)] == ["a", "c"]
+    assert "Not finished yet: broken" in (out / "bench.md").read_text()
+
+
+def test_a_started_run_is_not_resumed_with_other_settings(tmp_path, capsys):
+    recipe = _recipe(tmp_path / "r", "a", train={"epochs": 2})
+    out = tmp_path / "out"
+    assert cli.main(["bench", recipe, "-o", str(out), "--time-limit", "0", "--set", "optim.lr=0.5"]) == 0
+    capsys.readouterr()
+    assert cli.main(["bench", recipe, "-o", str(out)]) == 2
+    assert (f"lrtrain: error: {out / 'a'} holds a started run trained with optim.lr=0.5 (asked 0.1): give another "
+            f"-o, or delete {out / 'a'} to train it again") in capsys.readouterr().err
+    assert cli.main(["bench", recipe, "-o", str(out), "--set", "optim.lr=0.5"]) == 0  # its own settings resume it
+    assert _summary(out, "a")["epochs"] == 2
+
+
+def test_bench_refuses_what_would_fail_late_before_training(tmp_path, capsys):
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path / "r", "a")
+    assert cli.main(["bench", recipe, "-o", str(out), "--paper-points", str(tmp_path / "nope.yaml")]) == 2
+    assert "paper points" in capsys.readouterr().err and not out.exists()
+    assert cli.main(["bench", recipe, "-o", str(out), "--speed", "--threads", "0"]) == 2
+    assert "--threads is 0: give 1 or more" in capsys.readouterr().err
+    assert cli.main(["bench", _recipe(tmp_path / "r", "report"), "-o", str(out)]) == 2
+    assert "a recipe named 'report' would train in" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_damaged_summary_is_named(tmp_path, capsys):
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path / "r", "a")
+    assert cli.main(["bench", recipe, "-o", str(out)]) == 0
+    for text, why in (('{"final_acc": 1', "not JSON"), ("{}", "without method, epochs, final_acc")):
+        (out / "a" / "summary.json").write_text(text)
+        for argv in (["bench", recipe, "-o", str(out)], ["report", str(out / "a"), "-o", str(tmp_path / "rep")]):
+            assert cli.main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"lrtrain: error: {out / 'a' / 'summary.json'}: damaged summary.json, {why}"), err

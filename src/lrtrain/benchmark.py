@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,9 @@ import torch
 import yaml
 
 from . import export, models
-from .config import differences, flatten, load_recipe, resolve
+from .config import differences, flatten, load_recipe, read_mapping, resolve
 from .deployment import deploy
+from .files import read_summary
 from .metrics import latency_ratio
 from .provenance import cpu_name
 
@@ -49,12 +50,14 @@ class RunSpec:
 
 
 def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None,
-            on_run: Callable[[RunSpec, dict[str, Any]], None] | None = None) -> list[str]:
+            on_run: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+            on_error: Callable[[RunSpec, Exception], None] | None = None) -> list[str]:
     """Train every unfinished run of `specs` under `root`, in order; returns the names finished now.
 
     Stops (each run with a checkpoint to resume from) after the epoch that passes `time_limit` seconds (the
     first run it trains gets at least that epoch, so a call always moves on), or when a run stops
-    unfinished (a signal). ``on_run(spec, summary)`` follows each training the call made.
+    unfinished (a signal). ``on_run(spec, summary)`` follows each training the call made. A run that
+    fails raises, unless ``on_error(spec, error)`` is given: it is told, and the next run goes on.
     """
     from .train import Trainer
 
@@ -68,8 +71,15 @@ def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None,
         left = None if time_limit is None else time_limit - (time.perf_counter() - started)
         if left is not None and left <= 0 and trained:
             break
-        cfg = resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)}, source=f"benchmark {spec.name}")
-        summary = Trainer(cfg).fit(resume=True, time_limit=None if left is None else max(0.0, left))
+        try:
+            cfg = resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
+                          source=f"benchmark {spec.name}")
+            summary = Trainer(cfg).fit(resume=True, time_limit=None if left is None else max(0.0, left))
+        except Exception as err:
+            if on_error is None:
+                raise
+            on_error(spec, err)
+            continue
         trained = True
         if on_run is not None:
             on_run(spec, summary)
@@ -116,25 +126,27 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
     """One row per finished run (its summary.json), with measured CPU inference speedups at batch 32
     (``speed=False``: not measured, those cells empty).
 
-    ``measured``: rows of an earlier table by run name; a run whose summary still has that row's commit,
-    date and top-1, timed as this call would time it (``cpu_timing``: the CPU, threads and passes), keeps
-    its speedups rather than being timed again (on a shared CPU a second timing moves them by ±15 %, which
-    would change the table at every refresh)."""
+    ``measured``: rows of an earlier table by run name. A run whose summary still has that row's commit,
+    date and top-1 keeps the row's command, and its speedups where they were timed as this call would time
+    them (``cpu_timing``: the CPU, threads and passes) or where this call times nothing (``speed=False``),
+    rather than being timed again (on a shared CPU a second timing moves them by ±15 %, which would change
+    the table at every refresh)."""
     timing = f"{cpu_name()}, {threads} threads, {latency_iters} passes" if speed else None
     rows, dense_cache = [], {}
     for spec in specs:
         path = root / spec.name / "summary.json"
         if not path.exists():
             continue
-        s = json.loads(path.read_text())
+        s = read_summary(path)
         dense, compact = s["dense"], s["compact"]
         model = spec.recipe["model"]["name"]
         old = (measured or {}).get(spec.name) or {}
+        same_run = (old.get("commit"), old.get("date"), _number(old.get("top1_final"))) == (
+            str(s.get("commit", "unknown")), str(s.get("date", "unknown")), s["final_acc"])
         kept = _number(old.get("cpu_speedup_b32")), _number(old.get("cpu_deployed_speedup_b32"))
-        if None not in kept and (old.get("commit"), old.get("date"), old.get("cpu_timing"),
-                                 _number(old.get("top1_final"))) == (
-                str(s.get("commit", "unknown")), str(s.get("date", "unknown")), timing, s["final_acc"]):
-            as_trained, deployed = kept
+        row_timing = timing
+        if same_run and None not in kept and (not speed or old.get("cpu_timing") == timing):
+            (as_trained, deployed), row_timing = kept, old.get("cpu_timing") or None
         elif not speed:
             as_trained = deployed = None
         else:
@@ -146,9 +158,10 @@ def collect(specs: list[RunSpec], root: Path, command: str, threads: int = 2,
             "dense_mflops": dense["flops"] / 1e6, "compact_mflops": compact["flops"] / 1e6,
             "flops_speedup": dense["flops"] / compact["flops"],
             "dense_params_m": dense["params"] / 1e6, "compact_params_m": compact["params"] / 1e6,
-            "cpu_speedup_b32": as_trained, "cpu_deployed_speedup_b32": deployed, "cpu_timing": timing,
-            "epochs": s["epochs"], "wall_s": s["wall_time_s"], "device": s["device"],
-            "command": command, "commit": s.get("commit", "unknown"), "date": s.get("date", "unknown"),
+            "cpu_speedup_b32": as_trained, "cpu_deployed_speedup_b32": deployed, "cpu_timing": row_timing,
+            "epochs": s["epochs"], "wall_s": s.get("wall_time_s"), "device": s.get("device", "unknown"),
+            "command": old["command"] if same_run and old.get("command") else command,
+            "commit": s.get("commit", "unknown"), "date": s.get("date", "unknown"),
             "flops_reduction": 1 - compact["flops"] / dense["flops"],
             **_paper_columns(spec.paper, s["final_acc"]),
         })
@@ -348,16 +361,19 @@ _EXECUTION_KEYS = {"name", "out_dir", "data.dir", "data.workers", "data.eval_bat
                    "train.keep_checkpoints", "train.channels_last"}
 
 
-def check_finished(specs: list[RunSpec], root: Path) -> None:
-    """Refuse a finished run under `root` that was trained with other settings than its spec asks: the
-    table would show it as the asked run (a quick ``--set train.epochs=2`` try, then the real call)."""
+def check_settings(specs: list[RunSpec], root: Path) -> None:
+    """Refuse a run under `root`, finished or with a checkpoint to resume, that was trained with other
+    settings than its spec asks: the table would show it as the asked run (a quick ``--set
+    train.epochs=2`` try, then the real call), or resuming it would mix the two."""
+    from .train.checkpoint import list_checkpoints
     from .train.trainer import absolute_paths
 
     for spec in specs:
         run_dir = root / spec.name
-        if not (run_dir / "summary.json").exists() or not (run_dir / "config.yaml").exists():
+        finished = (run_dir / "summary.json").exists()
+        if not (finished or list_checkpoints(run_dir / "checkpoints")) or not (run_dir / "config.yaml").exists():
             continue
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        saved = read_mapping(run_dir / "config.yaml")
         # as the trainer wrote it: files named relative to here (model.weights, ...) made absolute
         asked = absolute_paths(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
                                        source=f"benchmark {spec.name}"))
@@ -365,7 +381,7 @@ def check_finished(specs: list[RunSpec], root: Path) -> None:
         if changed:
             saved, asked = flatten(saved), flatten(asked)
             shown = ", ".join(f"{k}={saved.get(k)!r} (asked {asked.get(k)!r})" for k in changed[:4])
-            raise ValueError(f"{run_dir} holds a finished run trained with {shown}"
+            raise ValueError(f"{run_dir} holds a {'finished' if finished else 'started'} run trained with {shown}"
                              f"{' and more' if len(changed) > 4 else ''}: give another -o, or delete {run_dir} "
                              "to train it again")
 
@@ -378,50 +394,101 @@ def _say_run(spec: RunSpec, summary: dict[str, Any]) -> None:
         print(f"bench: {spec.name} stopped with a checkpoint; the same command resumes it", flush=True)
 
 
+# Names in a bench folder that are not runs: its report and table.
+_NOT_RUNS = ("report", "bench.md", "bench.csv")
+
+
+def earlier_runs(root: Path, specs: list[RunSpec]) -> list[RunSpec]:
+    """The finished runs under `root` that `specs` do not name (trained by earlier calls into the same
+    folder, with other recipes), each as its config.yaml describes it: they stay in the table."""
+    named = {spec.name for spec in specs}
+    found = []
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        if run_dir.name in named or run_dir.name in _NOT_RUNS or not (run_dir / "summary.json").is_file() \
+                or not (run_dir / "config.yaml").is_file():
+            continue
+        found.append(RunSpec(run_dir.name, run_dir.name, read_mapping(run_dir / "config.yaml")))
+    return found
+
+
+def _earlier_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier bench.csv by run name (none where it is missing or unreadable: recomputed)."""
+    try:
+        with open(path, newline="") as f:
+            return {row["run"]: row for row in csv.DictReader(f) if row.get("run")}
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return {}
+
+
 def run(args) -> int:
-    """``lrtrain bench``: train the recipes' unfinished runs one after another, then tabulate and report."""
+    """``lrtrain bench``: train the recipes' unfinished runs one after another, then tabulate and report
+    them with the runs that earlier calls finished in the same folder. A run that fails is said and the
+    others go on; the status is then 1."""
+    import shlex
     import signal
 
     from . import report
 
     if args.time_limit is not None and not args.time_limit >= 0:
         raise ValueError(f"--time-limit is {args.time_limit:g} s: give a number of seconds, 0 or more")
+    if args.threads < 1:
+        raise ValueError(f"--threads is {args.threads}: give 1 or more")
+    if args.paper_points is not None:
+        report.load_paper_points(args.paper_points)  # a mistake said now, not after hours of training
     specs = recipe_specs(args.recipes, args.overrides, args.data_dir, args.device)
+    clash = [spec.name for spec in specs if spec.name in _NOT_RUNS]
+    if clash:
+        raise ValueError(f"a recipe named {clash[0]!r} would train in {Path(args.out) / clash[0]}, which lrtrain "
+                         "bench writes its table or report to: rename the recipe file")
     root = Path(args.out)
-    check_finished(specs, root)
+    check_settings(specs, root)
     stopped: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     if not args.report_only:
         def on_run(spec: RunSpec, summary: dict[str, Any]) -> None:
             _say_run(spec, summary)
             if summary.get("signal"):
                 stopped.update(summary)
 
-        run_all(specs, root, args.time_limit, on_run)
-    command = " ".join(["lrtrain bench", *map(str, args.recipes), "-o", str(args.out),
-                        *(f"--set {o}" for o in args.overrides),
-                        *(f"--{k.replace('_', '-')} {v}" for k in ("data_dir", "device") if (v := getattr(args, k)))])
-    rows = collect(specs, root, command, threads=args.threads, speed=args.speed)
+        def on_error(spec: RunSpec, err: Exception) -> None:
+            if args.debug:
+                raise err
+            failed[spec.name] = " ".join(str(err).split()) or type(err).__name__
+            print(f"bench: {spec.name} failed: {failed[spec.name]}", flush=True)
+
+        run_all(specs, root, args.time_limit, on_run, on_error)
+    command = shlex.join(["lrtrain", "bench", *map(str, args.recipes), "-o", str(args.out),
+                          *(w for o in args.overrides for w in ("--set", o)),
+                          *(w for k in ("data_dir", "device") if (v := getattr(args, k))
+                            for w in (f"--{k.replace('_', '-')}", v))])
+    tabled = specs + earlier_runs(root, specs)
+    rows = collect(tabled, root, command, threads=args.threads, speed=args.speed,
+                   measured=_earlier_rows(root / "bench.csv"))
     pending = [s.name for s in specs if not (root / s.name / "summary.json").exists()]
+    timed = sorted({r["cpu_timing"] for r in rows if r["cpu_timing"]})
     notes = ("top1_final: the compact model's test top-1; top1_best: the best epoch-end top-1 of the model as "
              "trained; flops_speedup = dense / compact multiply-accumulates. " +
-             (f"cpu_speedup_b32: measured forward-pass speedup over the dense model on this CPU ({cpu_name()}, "
-              f"{args.threads} threads, batch 32); {DEPLOYED_NOTE}" if args.speed else
+             (f"cpu_speedup_b32: measured forward-pass speedup over the dense model on the CPU (batch 32; "
+              f"{'; '.join(timed)}: the csv's cpu_timing column says which row); {DEPLOYED_NOTE}" if timed else
               "CPU speedups not measured (lrtrain bench --speed measures them).") +
              (f"\n\nNot finished yet: {', '.join(pending)} (the same command resumes them)." if pending else ""))
-    write_table(rows, root / "bench", f"lrtrain bench: {len(specs)} recipe(s)", notes,
+    write_table(rows, root / "bench", f"lrtrain bench: {len(rows)} run(s)", notes,
                 columns=["run", "model", "top1_final", "top1_best", "compact_mflops", "flops_speedup",
                          "compact_params_m", "cpu_speedup_b32", "cpu_deployed_speedup_b32", "epochs", "wall_s"])
-    done = [root / s.name for s in specs if (root / s.name).is_dir()]
-    if done:
-        report.write_report(done, root / "report", args.paper_points)
+    shown = [root / s.name for s in tabled if (root / s.name).is_dir()]
+    if shown:
+        report.write_report(shown, root / "report", args.paper_points)
     width = max((len(row["run"]) for row in rows), default=0)
     for row in rows:
         print(f"{row['run']:{width}s}  top-1 {row['top1_final']:6.2f}%  {row['flops_speedup']:.2f}x fewer FLOPs")
-    print(f"table: {root / 'bench.md'} (and .csv)" + (f"; plots: {root / 'report' / 'README.md'}" if done else "") +
+    print(f"table: {root / 'bench.md'} (and .csv)" + (f"; plots: {root / 'report' / 'README.md'}" if shown else "") +
           (f"; not finished: {', '.join(pending)}" if pending else ""))
+    for name, why in failed.items():
+        print(f"lrtrain: error: {name} failed: {why}", file=sys.stderr)
     if stopped.get("signal"):
         return 128 + int(getattr(signal, stopped["signal"]))
-    return 0
+    return 1 if failed else 0
 
 
-__all__ = ["RunSpec", "collect", "cpu_name", "plot", "recipe_specs", "run_all", "write_table"]
+__all__ = ["RunSpec", "check_settings", "collect", "cpu_name", "earlier_runs", "plot", "recipe_specs", "run_all",
+           "write_table"]

@@ -311,6 +311,21 @@ def apply_override(recipe: dict[str, Any], assignment: str) -> None:
     target[keys[-1]] = value
 
 
+def read_mapping(file: str | Path) -> dict[str, Any]:
+    """The YAML mapping in `file` (a recipe, a run's config.yaml), as written: not resolved. Invalid YAML,
+    an empty file or one that is not a mapping raise ConfigError naming the file."""
+    try:
+        recipe = yaml.safe_load(Path(file).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML: {' '.join(str(err).split())}") from None
+    if recipe is None:  # an empty file would train the defaults, as if it were the recipe meant
+        raise ConfigError(f"{file}: the recipe is empty (a mapping of sections is expected, e.g. model:, "
+                          "method:, train:; recipes/ has examples)")
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{file}: a recipe must be a mapping of sections, got {type(recipe).__name__}")
+    return recipe
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a recipe (a YAML file, or a run directory holding config.yaml), apply overrides, resolve.
 
@@ -321,15 +336,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     if not file.is_file():
         where = f"{path} has no {CONFIG_FILE}" if path.is_dir() else f"no recipe file {path}"
         raise ConfigError(where)
-    try:
-        recipe = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{file}: not valid YAML: {' '.join(str(err).split())}") from None
-    if recipe is None:  # an empty file would train the defaults, as if it were the recipe meant
-        raise ConfigError(f"{file}: the recipe is empty (a mapping of sections is expected, e.g. model:, "
-                          "method:, train:; recipes/ has examples)")
-    if not isinstance(recipe, dict):
-        raise ConfigError(f"{file}: a recipe must be a mapping of sections, got {type(recipe).__name__}")
+    recipe = read_mapping(file)
     recipe.setdefault("name", file.stem)
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)  # one, not its characters
     for assignment in overrides:

@@ -9,6 +9,7 @@ Every torch file is read with ``weights_only=True``: plain data, no pickled code
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import secrets
@@ -64,6 +65,30 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# What every reader of a run's summary.json relies on (the trainer writes these and more).
+SUMMARY_KEYS = ("method", "epochs", "final_acc", "best_acc", "dense", "compact")
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """A finished run's summary.json (`path`: the file or its run folder). One that is not JSON, not an
+    object, or lacks a field the tables need (`SUMMARY_KEYS`; ``dense``/``compact`` with flops and params)
+    raises ValueError naming the file: a file cut short or edited by hand, not a finished run to tabulate."""
+    path = Path(path)
+    file = path / "summary.json" if path.is_dir() else path
+    try:
+        summary = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: damaged summary.json, not JSON ({err}); delete it and resume the run "
+                         "(lrtrain train RUN --resume) to write it again") from None
+    missing = [k for k in SUMMARY_KEYS if k not in summary] if isinstance(summary, dict) else list(SUMMARY_KEYS)
+    missing += [f"{k}.{f}" for k in ("dense", "compact") if k not in missing
+                for f in ("flops", "params") if not isinstance(summary[k], dict) or f not in summary[k]]
+    if missing:
+        raise ValueError(f"{file}: damaged summary.json, without {', '.join(missing)}; delete it and resume the "
+                         "run (lrtrain train RUN --resume) to write it again")
+    return summary
 
 
 def load_error(err: BaseException) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ from torch import Tensor, nn
 
 from . import export, models
 from .benchmark import plot as plot_accuracy_vs_flops
+from .config import read_mapping
+from .files import read_summary
 from .inspection import _fmt_rank
 from .layers import LowRankConv2d, LowRankLinear
 from .metrics import count
@@ -69,8 +70,8 @@ def _open_run(path: Path, taken: set[str]) -> _Run:
         name = f"{base}-{n}"
     taken.add(name)
     summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {} if (path / "config.yaml").exists() else {}
+    summary = read_summary(summary_path) if summary_path.exists() else None
+    config = read_mapping(path / "config.yaml") if (path / "config.yaml").exists() else {}
     method = summary["method"] if summary is not None else config.get("method", {}).get("name", "?")
     run = _Run(path, name, summary, method, config.get("train", {}).get("epochs"))
     if summary is None:

@@ -40,7 +40,7 @@ from ..linalg import NonFiniteError
 from ..data import Data, build_data, model_facts, normalization_stats
 from ..devices import device_name, resolve_device
 from ..evaluation import score_sums, summarize
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, read_summary
 from ..methods import create_method
 from ..pretrained import load_pretrained
 from ..provenance import commit, today
@@ -503,7 +503,7 @@ class Trainer:
                 print(f"{self.run_dir} is finished, with these settings: nothing to train (--overwrite trains "
                       "it again; a changed setting, e.g. --set train.bn_recalibrate=50, finalizes it again)",
                       flush=True)
-                return json.loads((self.run_dir / "summary.json").read_text())
+                return read_summary(self.run_dir)
             with self._stop_on_signals():
                 stopped = self._train(until_step, time_limit)
             return stopped if stopped is not None else self._finish()
