@@ -414,6 +414,14 @@ def test_an_output_onto_a_runs_own_file_is_refused(run_dir, capsys, command):
     assert err == f"lrtrain: error: {run_dir / 'compact.pt'} is a file of the run in {run_dir}: write the output " \
                   "elsewhere"
     assert (run_dir / "compact.pt").read_bytes() == kept
+    checkpoint = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    held = checkpoint.read_bytes()
+    err = _fails(capsys, [command[0], str(run_dir), *command[1:], "-o", str(checkpoint)])
+    assert err == f"lrtrain: error: {checkpoint} is in the checkpoints folder of the run in {run_dir}: write the " \
+                  "output elsewhere"
+    err = _fails(capsys, [command[0], str(checkpoint), *command[1:], "-o", str(checkpoint)])
+    assert err == f"lrtrain: error: {checkpoint} is the model read: write the output elsewhere"
+    assert checkpoint.read_bytes() == held
 
 
 def test_info_of_a_path_that_is_not_there_says_so_not_unknown_model(tmp_path, capsys):

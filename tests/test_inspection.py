@@ -154,6 +154,15 @@ def test_info_of_a_trained_model_lists_what_each_layer_became(dense_run, tmp_pat
     assert cli.main(["info", str(dense_run), "--rank", "flops:0.5", "--input-size", "1", "3", "16", "16"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("conv/linear MACs ") and float(last.split("(")[1].split("x")[0]) >= 2.0
+    # without --rank: the MACs at another input size; the decomposition's settings refused, not ignored
+    assert cli.main(["info", str(out), "--input-size", "1", "3", "32", "32"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"{out} (resnet20, 10 classes, input 1x3x32x32)"
+    assert sum(int(line.split()[-1].replace(",", "")) for line in lines[2:-2]) == lr.count(compact, (1, 3, 32, 32)).flops
+    for flags, said in ((["--scheme", "channel"], "--scheme plan"), (["--skip", "fc", "--"], "--skip plan"),
+                        (["--num-classes", "10"], "--num-classes is for a model name")):
+        assert cli.main(["info", *flags, str(out)]) == 2
+        assert said in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

@@ -92,6 +92,9 @@ def test_the_command_plots_chosen_layers_and_notes_unknown_ones(runs, tmp_path, 
     assert "layer 'nope': not in this run's checkpoint or compact model, skipped" in markdown
     assert "note: trp: layer 'nope': not in this run's checkpoint or compact model, skipped" in capsys.readouterr().out
     assert_real_png(out / "trp_spectra.png")
+    # a run directory after --layers is not taken for a layer name and left out unseen
+    assert cli.main(["report", str(runs / "trp"), "-o", str(out), "--layers", "conv1", str(runs / "dense")]) == 2
+    assert f"lrtrain: error: --layers {runs / 'dense'}: a folder, not a layer name" in capsys.readouterr().err
 
 
 def test_missing_files_are_skipped_with_a_note(runs, tmp_path):

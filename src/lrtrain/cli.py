@@ -133,15 +133,16 @@ def _policy_arguments(p: argparse.ArgumentParser, default_rank: str | None, defa
     p.add_argument("--rank", default=default_rank,
                    help="rank policy: energy:E, threshold:V, ratio:R, fixed:K or flops:F, each with an optional "
                         f",multiple:M (ranks in multiples of M, e.g. 8 for GPU tensor cores) (default {default_text})")
-    p.add_argument("--scheme", default="channel", help="channel, spatial, decoupled or tucker2 (default %(default)s)")
+    p.add_argument("--scheme", help="channel, spatial, decoupled or tucker2 (default channel)")
     p.add_argument("--skip", nargs="*", default=[], metavar="PATTERN", help="layer names to keep dense (fnmatch)")
 
 
 def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (lrtrain.models.list_models()), or a trained one: a run directory "
                                  "(its compact.pt, else its newest checkpoint), a compact model file or a checkpoint")
-    p.add_argument("--num-classes", type=int, default=10,
-                   help="the classifier's classes, for a model name (a trained model's file says its own)")
+    p.add_argument("--num-classes", type=int,
+                   help="the classifier's classes, for a model name (default 10; a trained model's file says its "
+                        "own)")
     p.add_argument("--input-size", type=int, nargs=4, metavar=("N", "C", "H", "W"),
                    help="input shape (default: the model's own, 1 3 32 32 for CIFAR models)")
     _policy_arguments(p, None, "ratio:0.5 for a model name; for a trained model, its layers as they are, or with "
@@ -154,12 +155,20 @@ def _run_info(args: argparse.Namespace) -> int:
     looks_like_path = "/" in args.model or args.model.endswith((".pt", ".pth"))
     if looks_like_path and not Path(args.model).exists():  # not a model name mistyped: a path that is not there
         raise FileNotFoundError(f"no such run directory, compact model or checkpoint: {args.model}")
+    scheme = args.scheme or "channel"
     if not Path(args.model).exists():
-        print(info(args.model, args.rank or "ratio:0.5", args.scheme, args.skip, args.input_size, args.num_classes))
-    elif args.rank is None:
-        print(trained_info(args.model))
+        print(info(args.model, args.rank or "ratio:0.5", scheme, args.skip, args.input_size, args.num_classes or 10))
+        return 0
+    if args.num_classes is not None:
+        raise ValueError("--num-classes is for a model name: a trained model's file says its own classes")
+    unused = [flag for flag, given in (("--scheme", args.scheme is not None), ("--skip", bool(args.skip))) if given]
+    if args.rank is None and unused:
+        raise ValueError(f"{' and '.join(unused)} plan a decomposition with --rank: add --rank (without it, info "
+                         "shows the trained model's layers as they are)")
+    if args.rank is None:
+        print(trained_info(args.model, args.input_size))
     else:
-        print(info(args.model, args.rank, args.scheme, args.skip, args.input_size))
+        print(info(args.model, args.rank, scheme, args.skip, args.input_size))
     return 0
 
 
@@ -169,21 +178,27 @@ def _compress_arguments(p: argparse.ArgumentParser) -> None:
     _policy_arguments(p, "energy:0.95")
 
 
-def _not_a_run_file(out: str) -> None:
-    """Refuse an output path that is one of a run directory's own files (its compact.pt, say): writing
-    there would replace the trained model while summary.json still describes it."""
+def _not_a_run_file(out: str, source: str) -> None:
+    """Refuse an output path that is the input itself or one of a run directory's own files (its compact.pt,
+    a checkpoint): writing there would replace the trained model while summary.json still describes it, or
+    leave ``--resume`` a checkpoint that is not one."""
     from .train.trainer import RUN_FILES
 
     path = Path(out)
+    if path.exists() and Path(source).exists() and path.resolve() == Path(source).resolve():
+        raise ValueError(f"{out} is the model read: write the output elsewhere")
     if path.name in RUN_FILES and (path.parent / "config.yaml").is_file():
         raise ValueError(f"{out} is a file of the run in {path.parent or '.'}: write the output elsewhere")
+    run_dir = path.resolve().parent.parent
+    if path.resolve().parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
+        raise ValueError(f"{out} is in the checkpoints folder of the run in {run_dir}: write the output elsewhere")
 
 
 def _run_compress(args: argparse.Namespace) -> int:
     from .inspection import compress
 
-    _not_a_run_file(args.out)
-    result = compress(args.checkpoint, args.out, args.rank, args.scheme, args.skip)
+    _not_a_run_file(args.out, args.checkpoint)
+    result = compress(args.checkpoint, args.out, args.rank, args.scheme or "channel", args.skip)
     print(result["table"])
     print(result["totals"])
     if result.get("note"):
@@ -229,7 +244,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from .fold import fold_batchnorm
     from .inspection import input_line, trained_with_arch
 
-    _not_a_run_file(args.out)
+    _not_a_run_file(args.out, args.model)
     if (args.fold_bn or args.deploy) and args.format == "state_dict":
         flag = "--deploy" if args.deploy else "--fold-bn"
         raise ValueError(f"{flag} changes the architecture, which a state_dict does not carry (it loads into the "

@@ -71,12 +71,14 @@ def input_line(normalize: dict[str, list[float]] | None) -> str:
     return f"input: RGB scaled to 0-1, then (x - mean) / std per channel, mean [{mean}], std [{std}]"
 
 
-def trained_info(path: str | Path) -> str:
+def trained_info(path: str | Path, input_size=None) -> str:
     """The per-layer table of a trained model (a run directory: its compact.pt, else its newest checkpoint;
     a compact model file; a checkpoint): each conv/linear layer of the dense model, its MACs, what it is now
-    (dense, a factorized scheme at its rank, or cut out) and its MACs now, then the totals."""
+    (dense, a factorized scheme at its rank, or cut out) and its MACs now, then the totals; MACs at
+    ``input_size`` (default: the size it was trained at)."""
     file = scored_file(path)
-    model, name, classes, size, facts = from_state(load_trained_file(file), file)
+    model, name, classes, trained_size, facts = from_state(load_trained_file(file), file)
+    size = tuple(input_size or trained_size)
     dense = models.create(name, num_classes=classes)
     before, after = count(dense, size), count(model, size)
     factorized = _factorized(model)

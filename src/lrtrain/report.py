@@ -468,6 +468,11 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
 
 def run(args: argparse.Namespace) -> int:
     """``lrtrain report``: write the report and say where it is."""
+    folders = [name for name in args.layers or [] if Path(name).is_dir()]
+    if folders:  # `report RUN --layers NAME RUN2`: --layers took the second run
+        raise ValueError(f"--layers {folders[0]}: a folder, not a layer name (a run directory after --layers? "
+                         "--layers takes every word that follows it: give the run directories before it, or "
+                         "end its names with --)")
     path = write_report(args.run_dirs, args.out, args.paper_points, args.layers)
     print(f"report written to {path}")
     return 0
