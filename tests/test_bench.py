@@ -197,3 +197,16 @@ def test_a_damaged_summary_is_named(tmp_path, capsys):
             assert cli.main(argv) == 2
             err = capsys.readouterr().err
             assert err.startswith(f"lrtrain: error: {out / 'a' / 'summary.json'}: damaged summary.json, {why}"), err
+
+
+def test_speedups_are_timed_at_the_input_size_the_run_trained_at(tmp_path, monkeypatch):
+    from lrtrain import benchmark
+
+    out = tmp_path / "out"
+    assert cli.main(["bench", _recipe(tmp_path / "r", "half", method={"name": "lrpet", "goal": 0.5}),
+                     "-o", str(out)]) == 0
+    sizes = []
+    monkeypatch.setattr(benchmark, "latency_ratio", lambda dense, compact, size, *a, **k: sizes.append(size) or 1.5)
+    assert cli.main(["bench", str(tmp_path / "r" / "half.yaml"), "-o", str(out), "--report-only", "--speed"]) == 0
+    assert sizes == [(32, 3, 8, 8)] * 2  # TINY's 8×8 images, not CIFAR's 32×32
+    assert float(_table(out)[0]["cpu_speedup_b32"]) == 1.5

@@ -94,28 +94,29 @@ def _compact_speedups(run_dir: Path, model_name: str, num_classes: int, batch: i
     """Measured CPU forward-pass speedups at `batch` of the run's compact model over the dense model: as
     trained, and deployed for this CPU (`lr.deploy`: each factorized conv kept only where it times faster,
     BatchNorm folded, in the memory layout that runs faster) over the dense model deployed alike (once
-    per model and class count: `dense_cache`). Both are 1 for a model that is the dense one: timing a
-    model against itself would only measure the machine's noise."""
+    per model, class count and input size: `dense_cache`), at the input size the run trained at. Both are
+    1 for a model that is the dense one: timing a model against itself would only measure the machine's
+    noise."""
     path = run_dir / "compact.pt"
     if not path.exists():
         return None, None
-    compact = export.load(path)
+    compact, arch = export.load_with_arch(path)
     if export.describe(compact, model_name, num_classes)["layers"] == {}:
         return 1.0, 1.0
-    size = (batch, *models.default_input_size(model_name)[1:])
+    size = (batch, *(arch.get("input_size") or models.default_input_size(model_name))[1:])  # as trained
     warmup = max(1, iters // 4)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)  # deploy's choices hold for the thread count they were timed with
     try:
-        if (model_name, num_classes) not in dense_cache:
+        if (model_name, num_classes, size) not in dense_cache:
             dense = models.create(model_name, num_classes=num_classes).eval()
             # in the memory layout it runs faster in: BatchNorm folded, no factors to choose
-            dense_cache[model_name, num_classes] = dense, deploy(dense, size, rounds=3, iters=warmup,
-                                                                 layout="auto")[0]
+            dense_cache[model_name, num_classes, size] = dense, deploy(dense, size, rounds=3, iters=warmup,
+                                                                       layout="auto")[0]
         deployed = deploy(compact, input_size=size, rounds=3, iters=warmup, layout="auto")[0]
     finally:
         torch.set_num_threads(saved)
-    dense, dense_deployed = dense_cache[model_name, num_classes]
+    dense, dense_deployed = dense_cache[model_name, num_classes, size]
     return (latency_ratio(dense, compact, size, warmup, iters, threads=threads),
             latency_ratio(dense_deployed, deployed, size, warmup, iters, threads=threads))
 
