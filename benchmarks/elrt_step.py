@@ -239,8 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
+        # every option that changes what the table measures names the file: two runs do not overwrite each other
+        multiples = "" if args.multiples == [1] else "_multiples" + "-".join(map(str, args.multiples))
         suffix = device_slug(device) + ("" if args.model == "resnet56" else f"_{args.model}") + \
-            ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
+            ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "") + \
+            ("_compiled" if args.compile else "") + ("" if args.batch == 32 else f"_b{args.batch}") + multiples
         write_result(RESULTS / f"elrt_step_{suffix}.md", text)
 
 

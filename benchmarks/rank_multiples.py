@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                                    args)
     if args.threads is None:
         args.threads = torch.get_num_threads()
+    if device.type == "cuda":  # the rank sweep picks cuDNN's algorithms as the model timings (and training) do
+        torch.backends.cudnn.benchmark = True
     raise_recompile_limit()
     deadline = time.monotonic() + args.budget if args.budget else None
     report = Report(args.out or RESULTS / f"rank_multiples_{device_slug(device)}.md", header, deadline)

@@ -163,13 +163,24 @@ def train_steps(args, device: torch.device, report: Report) -> None:
     trainers = {}
     # LRPET's own period would be the generated set's tiny epoch: it is timed apart, at CIFAR-10's.
     apart = {label for label, recipe, _ in B1 if "lrpet" in recipe}
+    built: list[str] = []  # written after each build: a call cut off while compiling still says how far it got
+
+    def building() -> list[str]:
+        return [f"## B.1 Training step vs dense (ResNet-56, batch {args.batch})", "",
+                f"Building the trainers (compile {args.compile}, mode {args.compile_mode}; build and "
+                f"{args.warmup + 3} untimed steps each): {', '.join(built) or 'none yet'}. No step timed yet."]
+
+    report.add(building())
     for label, recipe, sets in B1:
         if report.over_budget():
             break
+        started = time.perf_counter()
         extra = ("method.period=1000000000",) if label in apart else ()
         trainers[label] = _trainer(recipe, (*sets, *extra), device, args.batch, tensors, args.compile,
                                    args.scratch, args.compile_mode)
         time_steps(trainers[label], 0, args.warmup + 3)  # compilation and graph recording, untimed
+        built.append(f"{label} {time.perf_counter() - started:.0f} s")
+        report.update(building())
     macs = {label: count(trainer.model).flops for label, trainer in trainers.items()}  # once, not per table
     left_out = [label for label, _, _ in B1 if label not in trainers]
     rates: dict[str, list[float]] = {label: [] for label in trainers}
@@ -190,7 +201,8 @@ def train_steps(args, device: torch.device, report: Report) -> None:
         return [f"## B.1 Training step vs dense (ResNet-56, batch {args.batch})", "",
                 f"Mean step time over {steps} steps (after {args.warmup} warm-up), median of {len(rates['dense'])} "
                 f"interleaved rounds, through `Trainer.train_step` at the recipes' settings on {device_name(device)} "
-                f"(compile {args.compile}, mode {args.compile_mode}; compiled before the first round). The TRP "
+                f"(compile {args.compile}, mode {args.compile_mode}"
+                f"{'; compiled before the first round' if args.compile != 'off' else ''}). The TRP "
                 f"windows hold their projections; LRPET's step adds its projection (timed alone) / {lrpet_period}. "
                 f"MMACs: the model being trained (ELRT trains factorized).{cut}", "",
                 *_table(["method", "trained MMACs", "step ms", "vs dense", "projection ms (alone)", "every (steps)"],
@@ -201,7 +213,7 @@ def train_steps(args, device: torch.device, report: Report) -> None:
             break
         for label, trainer in trainers.items():
             rates[label].append(time_steps(trainer, steps, args.warmup))
-        (report.update if r else report.add)(section())
+        report.update(section())
     for label, trainer in trainers.items():
         if hasattr(trainer.method, "project") and not report.over_budget():
             times = [_timed(trainer.method.project, device) for _ in range(args.rounds + 1)]
@@ -301,6 +313,11 @@ def _kernel(shape: list[int]) -> str:
     return f"{shape[2]}×{shape[3]}"
 
 
+def _rate(macs: float, ms: float) -> str:
+    """GMAC/s; a dash where the profile gave no time (no kernel timing from the device's tracer)."""
+    return f"{macs / ms / 1e6:.3g}" if ms > 0 else "—"
+
+
 @dataclass
 class Breakdown:
     """Where a forward pass spends its time, from a profile: MACs and ms per conv kernel shape, the rest."""
@@ -309,7 +326,7 @@ class Breakdown:
     other_ms: float
 
     def rows(self) -> list[list[str]]:
-        rows = [[f"conv {k}", f"{macs / 1e6:.0f}", f"{ms:.2f}", f"{macs / ms / 1e6:.3g}"]
+        rows = [[f"conv {k}", f"{macs / 1e6:.0f}", f"{ms:.2f}", _rate(macs, ms)]
                 for k, (macs, ms) in sorted(self.conv.items(), key=lambda kv: -kv[1][1])]
         return rows + [["everything else", "—", f"{self.other_ms:.2f}", "—"]]
 
@@ -317,11 +334,23 @@ class Breakdown:
         """One line: how far the convs' time follows their MACs, and what the rest costs, against dense."""
         macs, ms = (sum(v[i] for v in self.conv.values()) for i in (0, 1))
         dense_macs, dense_ms = (sum(v[i] for v in dense.conv.values()) for i in (0, 1))
-        rates = ", ".join(f"{k} at {m / t / 1e6:.3g}" for k, (m, t) in self.conv.items())
-        dense_rates = ", ".join(f"{k} at {m / t / 1e6:.3g}" for k, (m, t) in dense.conv.items())
-        return (f"Convs: {macs / dense_macs:.2f} of dense's MACs in {ms / dense_ms:.2f} of its time (GMAC/s: "
+        rates = ", ".join(f"{k} at {_rate(m, t)}" for k, (m, t) in self.conv.items())
+        dense_rates = ", ".join(f"{k} at {_rate(m, t)}" for k, (m, t) in dense.conv.items())
+        share = f"{ms / dense_ms:.2f}" if dense_ms > 0 else "—"
+        return (f"Convs: {macs / dense_macs:.2f} of dense's MACs in {share} of its time (GMAC/s: "
                 f"{rates}; dense {dense_rates}). Everything else: {self.other_ms:.2f} ms (dense "
                 f"{dense.other_ms:.2f} ms).")
+
+
+def profiled_total_us(events, cuda: bool) -> float:
+    """The time of a profile's `events` (`key_averages()`), in µs: on CUDA the device's, where each kernel
+    is an event of its own and also counts in the self time of the op that launched it, so the kernels'
+    events alone hold it once (as torch's own table sums it); else the CPU's self times."""
+    from torch.autograd import DeviceType
+
+    if cuda:
+        return sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    return sum(e.self_cpu_time_total for e in events)
 
 
 def breakdown(net: nn.Module, size: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Breakdown:
@@ -347,7 +376,7 @@ def breakdown(net: nn.Module, size: tuple[int, ...], device: torch.device, dtype
                 net(x)
             sync(device)
     events = prof.key_averages(group_by_input_shape=True)
-    total_us = sum(e.self_device_time_total if cuda else e.self_cpu_time_total for e in events)
+    total_us = profiled_total_us(events, cuda)
     conv_us: dict[str, float] = {}
     for e in events:
         if e.key == "aten::conv2d" and e.input_shapes and len(e.input_shapes[1]) == 4:

@@ -351,3 +351,19 @@ def test_labels_of_nearby_paper_points_do_not_cover_each_other(tmp_path, monkeyp
     far = fig.axes[0].texts[-1]  # alone, and at the right edge: left of its point, inside the panel
     assert far.get_text() == "far (paper)" and far.xyann == (-4, 2) and far.get_ha() == "right"
     assert boxes["far (paper)"].x1 <= fig.axes[0].get_window_extent().x1
+
+
+def test_a_cuda_profile_counts_each_kernel_once():
+    from types import SimpleNamespace
+
+    import speed
+    from torch.autograd import DeviceType
+
+    # a conv op whose self device time is its kernel's, and that kernel as an event of its own
+    op = SimpleNamespace(device_type=DeviceType.CPU, self_device_time_total=40.0, self_cpu_time_total=7.0)
+    kernel = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=40.0, self_cpu_time_total=0.0)
+    copy_kernel = SimpleNamespace(device_type=DeviceType.CUDA, self_device_time_total=5.0, self_cpu_time_total=0.0)
+    assert speed.profiled_total_us([op, kernel, copy_kernel], cuda=True) == 45.0
+    assert speed.profiled_total_us([op, kernel, copy_kernel], cuda=False) == 7.0
+    parts = speed.Breakdown({"3×3": (1e6, 0.0)}, 1.0)  # no kernel time traced: a dash, not a ZeroDivisionError
+    assert parts.rows()[0][-1] == "—" and "3×3 at —" in parts.versus(parts)
