@@ -127,8 +127,9 @@ def test_elrt_step_records_the_commit_given_and_copies_its_result_to_out(tmp_pat
     (tmp_path / "out").mkdir()
     elrt_step.main(["--model", "resnet20", "--batch", "2", "--warmup", "0", "--iters", "1", "--reductions", "0.5",
                     "--multiples", "1", "8", "--commit", "abc1234"])
-    text = (tmp_path / "out" / "elrt_step_cpu_resnet20.md").read_text()
-    assert "- commit: abc1234" in text and text == (tmp_path / "results" / "elrt_step_cpu_resnet20.md").read_text()
+    name = "elrt_step_cpu_resnet20_b2_multiples1-8.md"  # each option that changes the measurement is named
+    text = (tmp_path / "out" / name).read_text()
+    assert "- commit: abc1234" in text and text == (tmp_path / "results" / name).read_text()
     ranks = {row[0]: row[1].split() for row in ([c.strip() for c in line.strip("|").split("|")]
                                                  for line in text.splitlines() if line.startswith("| ELRT"))}
     assert all(int(r) % 8 == 0 for r in ranks["ELRT tucker2 −50% FLOPs, ranks ×8"])
