@@ -131,6 +131,7 @@ class LowRankConv2d(nn.Module):
 
     @property
     def rank(self):
+        """The factorization's rank: an int, or a tucker2 layer's (r_in, r_out) pair."""
         return self._rank
 
     @property
@@ -145,6 +146,7 @@ class LowRankConv2d(nn.Module):
 
     @property
     def bias(self) -> torch.Tensor | None:
+        """The dense conv's bias, carried by the last factor (None where the conv had none)."""
         return self.factors[-1].bias
 
     def forward(self, x):
@@ -228,6 +230,7 @@ class LowRankLinear(nn.Module):
 
     @property
     def bias(self) -> torch.Tensor | None:
+        """The dense layer's bias, carried by the second factor (None where it had none)."""
         return self.factors[1].bias
 
     def forward(self, x):

@@ -98,6 +98,8 @@ class RankPolicy:
         return {r.name: _per_mode(r.max_rank, rule, r.spectrum) for r in requests}
 
     def layer_rank(self, max_rank: int, spectrum: Tensor | None) -> int:
+        """The rule's rank for one layer (one mode of a tucker2 layer) of largest rank `max_rank`, from its
+        singular values `spectrum` (decreasing; None where the rule needs none), before `multiple`."""
         raise NotImplementedError
 
     def _repr_args(self, *args) -> str:
