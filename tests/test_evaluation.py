@@ -98,10 +98,11 @@ def test_a_data_dir_recorded_on_another_machine_falls_back_with_a_note(run, tmp_
 
 
 def test_another_data_set_takes_none_of_the_runs_data_settings(run, tmp_path, capsys):
-    model, cfg, *_ = resolve_source(run, ["data.name=sample", "data.num_classes=3", "data.test_size=20"])
+    model, cfg, *_ = resolve_source(run, ["data.name=cifar100", "data.test_size=20"])
     assert cfg["data"]["test_size"] == 20 and cfg["data"]["image_size"] is None  # the run's 8 is not carried over
-    _, same, *_ = resolve_source(run, ["data.test_size=20"])
-    assert same["data"]["image_size"] == 8 and same["data"]["num_classes"] == 7  # the run's own otherwise
+    for sets in (["data.test_size=20"], ["data.name=sample", "data.test_size=20"]):  # its own data set, named or not
+        _, same, *_ = resolve_source(run, sets)
+        assert same["data"]["image_size"] == 8 and same["data"]["num_classes"] == 7 and same["data"]["test_size"] == 20
 
 
 def test_a_checkpoint_of_a_run_that_recalibrated_batchnorm_says_its_score_may_differ(tmp_path, capsys):

@@ -107,7 +107,8 @@ def resolve_source(path: str | Path, overrides: list[str]) -> Source:
     elif arch.get("trained_on"):  # a compact model away from its run, which records them itself
         recipe = {"model": {"name": arch["model"]}, "data": dict(arch["trained_on"]["data"]),
                   "seed": arch["trained_on"]["seed"]}
-    if any(key.startswith("data.name=") for key in overrides):
+    own = recipe.get("data", {}).get("name")
+    if any(key.startswith("data.name=") and key.split("=", 1)[1].strip() != own for key in overrides):
         recipe.pop("data", None)  # another data set: none of the run's data settings (its folder, its sizes)
     for key in overrides:
         apply_override(recipe, key)
