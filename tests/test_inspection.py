@@ -35,6 +35,24 @@ def dense_run(tmp_path_factory):
     return root
 
 
+def test_compress_of_a_finished_dense_run_takes_its_recalibrated_batchnorm(tmp_path, capsys):
+    cfg = resolve({
+        "out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"},
+        "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8, "batch_size": 32},
+        "schedule": {"name": "constant"}, "train": {"epochs": 1, "progress": False, "bn_recalibrate": 2},
+    })
+    torch.manual_seed(0)
+    Trainer(cfg).fit()
+    out = tmp_path / "c.pt"
+    assert cli.main(["compress", str(tmp_path / "run"), "--rank", "ratio:0.5", "--skip", "conv1", "-o", str(out)]) == 0
+    capsys.readouterr()
+    finished = lr.load(tmp_path / "run" / "compact.pt").bn1.running_mean
+    checkpoint = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))[-1],
+                            weights_only=True)["model"]["bn1.running_mean"]
+    assert not torch.equal(finished, checkpoint)  # re-estimated after training: what the run scored
+    assert torch.equal(lr.load(out).bn1.running_mean, finished)
+
+
 def test_compress_a_run_writes_a_compact_model_that_loads_back(dense_run, tmp_path, capsys):
     out = tmp_path / "compact.pt"
     assert cli.main(["compress", str(dense_run), "--rank", "flops:0.5", "-o", str(out)]) == 0

@@ -235,10 +235,15 @@ def _refuse_compact(model: nn.Module, path, advice: str) -> None:
 
 
 def compress(path: str | Path, out: str | Path, rank="energy:0.95", scheme: str = "channel", skip=()) -> dict[str, Any]:
-    """Decompose a trained model and write the compact model to `out`; returns the tables to print."""
+    """Decompose a trained model and write the compact model to `out`; returns the tables to print. A run
+    directory gives its compact.pt where that is dense (a finished dense run: its BatchNorm statistics as
+    the run scored them, re-estimated where train.bn_recalibrate asked), else its newest checkpoint (a
+    TRP or LRPET run's weights in dense form)."""
     import copy
 
-    model, name, classes, size, names = load_trained(path)
+    finished = Path(path) / "compact.pt"
+    loaded = load_trained(finished) if Path(path).is_dir() and finished.is_file() else None
+    model, name, classes, size, names = loaded if loaded and not _factorized(loaded[0]) else load_trained(path)
     # compressing again would cut only what the first time left dense, at other rules
     _refuse_compact(model, path, "compress the dense model it came from (a dense run or checkpoint; a TRP or "
                     "LRPET run's checkpoints hold their weights in dense form)")
