@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 from . import export, models
 from .config import differences, flatten, load_recipe, read_mapping, resolve
