@@ -177,7 +177,7 @@ def from_state(state: Any, path: Path) -> tuple[nn.Module, str, int, tuple, dict
     model = export.rebuild({"model": name, "num_classes": classes, "layers": layers or {}})
     try:
         model.load_state_dict(weights)
-    except RuntimeError as err:
+    except RuntimeError:
         problems = "; ".join(mismatches(weights, model.state_dict()))
         hint = "" if "layers" in state else (
             f"; a checkpoint written by an older lrtrain of a run whose method changed the layers "
