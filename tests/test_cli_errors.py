@@ -6,6 +6,7 @@ test_trainer.py; here each kind of mistake goes through `cli.main` as a user wou
 
 import pickle
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,11 @@ import torch
 from torch import nn
 
 from lrtrain import cli
-from lrtrain.config import resolve
+from lrtrain.config import load_recipe, resolve
 from lrtrain.train import OutOfMemory, Trainer
 from lrtrain.train.checkpoint import list_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = """
 model: {name: resnet20}
@@ -331,6 +334,27 @@ def test_a_null_method_setting_is_named_where_the_method_cannot_take_it_and_drop
     assert cli.main(["train", recipe, "--out-dir", str(tmp_path / "run"), "--set", "method.name=dense",
                      "--set", "method.goal=null", "--set", "method.period=null"]) == 0  # switched, not refused
     assert "method 'dense'" not in capsys.readouterr().err
+
+
+def test_a_recipe_switched_to_another_method_leaves_out_the_old_methods_settings(tmp_path, capsys):
+    recipe = ROOT / "recipes" / "cifar10_resnet20_lrpet.yaml"  # goal, period, transfer, bn_rectify
+    sets = ["--set", "method.name=dense", "--set", "train.epochs=1", "--set", "data.name=sample",
+            "--set", "data.train_size=32", "--set", "data.test_size=16", "--set", "data.image_size=8",
+            "--set", "data.batch_size=16", "--set", "schedule.name=constant", "--set", "train.progress=false"]
+    assert cli.main(["train", str(recipe), "-o", str(tmp_path / "run"), *sets]) == 0
+    err = capsys.readouterr().err
+    assert f"lrtrain: warning: {recipe}: method.name is 'dense' instead of the recipe's 'lrpet': the recipe's " \
+           "settings for lrpet (goal, period, transfer, bn_rectify) are left out; give dense's own with --set " \
+           "method.KEY=VALUE" in err
+    assert load_recipe(recipe, ["method.name=dense"])["method"] == {"name": "dense"}
+    cfg = load_recipe(recipe, ["method.name=trp", "method.period=5", "method.goal=null"])
+    assert cfg["method"] == {"name": "trp", "period": 5, "goal": None}  # what --set gave stays
+    from lrtrain import models
+    from lrtrain.methods import create_method
+
+    trp = load_recipe(ROOT / "recipes" / "cifar10_resnet20_trp_channel.yaml", ["method.period=null"])["method"]
+    with pytest.raises(ValueError, match=r"period=None never projects; use subgradient='svd'"):
+        create_method("trp", models.create("resnet20"), **{k: v for k, v in trp.items() if k != "name"})
 
 
 def test_relative_paths_of_a_run_are_kept_absolute_so_it_resumes_and_scores_from_anywhere(tmp_path, capsys,

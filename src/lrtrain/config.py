@@ -326,6 +326,24 @@ def read_mapping(file: str | Path) -> dict[str, Any]:
     return recipe
 
 
+def _switched_method(recipe: dict[str, Any], before: Any, overrides: list[str], file: Path) -> None:
+    """Where ``--set method.name=`` switched the recipe to another method, leave out the recipe's settings
+    of the method it named (they were for that one: LRPET's period is an epoch, TRP's a few steps), with a
+    warning naming them; settings given with ``--set method.KEY=`` stay."""
+    section = recipe.get("method")
+    if before is None or not isinstance(section, dict) or section.get("name") == before:
+        return
+    given = {a.partition("=")[0].strip().removeprefix("method.") for a in overrides
+             if a.partition("=")[0].strip().startswith("method.")}
+    dropped = [key for key in section if key != "name" and key not in given]
+    for key in dropped:
+        del section[key]
+    if dropped:
+        warnings.warn(f"{file}: method.name is {section['name']!r} instead of the recipe's {before!r}: the recipe's "
+                      f"settings for {before} ({', '.join(dropped)}) are left out; give {section['name']}'s own "
+                      "with --set method.KEY=VALUE")
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a recipe (a YAML file, or a run directory holding config.yaml), apply overrides, resolve.
 
@@ -339,8 +357,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     recipe = read_mapping(file)
     recipe.setdefault("name", file.stem)
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)  # one, not its characters
+    section = recipe.get("method")
+    before = section.get("name") if isinstance(section, dict) else None
     for assignment in overrides:
         apply_override(recipe, assignment)
+    _switched_method(recipe, before, overrides, file)
     # a value out of range may come from the file or from an override: name both
     return resolve(recipe, source=f"{file} (with --set {' '.join(overrides)})" if overrides else str(file))
 

@@ -175,8 +175,9 @@ class TRP(Method):
         self.subgradient = subgradient
         self.host_eigh = bool(host_eigh)
         if self.subgradient == "projection" and self.nuclear and not self.period:
-            raise ValueError("TRP: subgradient='projection' applies λ only after projections, but period=0 never "
-                             "projects; use subgradient='svd' or 'newton_schulz' for nuclear-norm-only training")
+            raise ValueError(f"TRP: subgradient='projection' applies λ only after projections, but period={period!r} "
+                             "never projects; use subgradient='svd' or 'newton_schulz' for nuclear-norm-only "
+                             "training (--set method.subgradient=svd)")
         if final is None:  # the official rules, in steps of the projections' multiple where `rank` has one
             multiple = self.rank_policy.multiple if self.rank_policy is not None else 1
             final = Energy(0.85, multiple) if self.scheme.name == "decoupled" else Threshold(0.05, multiple)
