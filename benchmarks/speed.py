@@ -591,8 +591,18 @@ def write_index() -> None:
               ("TRP projection paths (benchmarks/trp_projection.py)", "trp_projection_*.md"),
               ("B.2 TRP's nuclear sub-gradient paths (benchmarks/trp_subgradient.py)", "trp_subgradient_*.md"),
               ("ELRT step time per layer kind (benchmarks/elrt_step.py)", "elrt_step_*.md"),
-              ("Trainer speed options (benchmarks/train_throughput.py)", "train_throughput_*.md")]
-    lines = ["# Speed results", "", "Ratios measured side by side within one run; one file per device.", ""]
+              ("Trainer speed options (benchmarks/train_throughput.py)", "train_throughput_*.md"),
+              ("Training under CUDA graphs vs the default compile mode, weights compared "
+               "(benchmarks/compile_modes.py)", "compile_modes_*.md"),
+              ("Low-rank convs in NCHW vs channels-last, BatchNorm folding (benchmarks/conv_layouts.py)",
+               "conv_layouts_*.md"),
+              ("Ranks in multiples of the channel block (benchmarks/rank_multiples.py)", "rank_multiples_*.md"),
+              ("ELRT initializations compared (benchmarks/elrt_init.py)", "elrt_init_*.md"),
+              ("TRP's ranks under the energy rule, ours and the official code's (benchmarks/trp_rank_collapse.py)",
+               "trp_rank_collapse*.md"),
+              ("One projection beside the official code's, on the same weights", "*_vs_official.md")]
+    lines = ["# Speed results", "", "Ratios measured side by side within one run; one file per device. The "
+             "measurements of the methods' behaviour that explain them follow.", ""]
     for title, pattern in groups:
         files = sorted(RESULTS.glob(pattern))
         lines += [f"- {title}: " + (", ".join(f"[{f.name}]({f.name})" for f in files) or "none yet")]

@@ -70,3 +70,24 @@ def test_finalizing_a_copy_mid_run_leaves_training_as_it_was(build):
         return method.model.eval()(torch.ones(2, 3, 16, 16))
 
     torch.testing.assert_close(train(peek_at=1), train(peek_at=None), atol=0, rtol=0)
+
+
+def test_the_building_blocks_example_runs_as_written(tmp_path, monkeypatch):
+    import lrtrain as lr
+
+    monkeypatch.chdir(tmp_path)  # it writes compact.pt
+    model = lr.models.create("resnet20")
+    names = {"torch": torch, "lr": lr, "model": model, "compact": lr.factorize(lr.models.create("resnet20"))}
+    code = _block("The building blocks").replace('"resnet56"', '"resnet20"').replace("(32, 3, 32, 32)", "(2, 3, 32, 32)")
+    assert code != _block("The building blocks")  # a smaller model and batch: the same calls, faster
+    exec(code, names)
+    # it plans the dense model, before factorize changes it in place (a plan of the result would show 2 layers)
+    assert code.index("lr.plan(model") < code.index("model = lr.factorize(model")
+    assert sum(d.factorize for d in lr.plan(lr.models.create("resnet20"), rank="energy:0.9")) > 10
+    assert isinstance(names["low"], lr.LowRankConv2d) and names["low"].rank == 16
+    assert any(isinstance(m, lr.LowRankConv2d) for m in names["model"].modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = names["compact"].eval()(x)
+        torch.testing.assert_close(names["fast"](x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert (tmp_path / "compact.pt").is_file()
