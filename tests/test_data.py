@@ -299,13 +299,17 @@ def test_grey_images_of_more_than_8_bits_are_scaled_not_clipped(tmp_path, mode, 
 
     levels = np.arange(48, dtype=np.float64).reshape(6, 8) * 5  # 0..235 in 8 bits
     stored = levels * scale
-    image = Image.fromarray(stored.astype({"I;16": np.uint16, "I": np.int32, "F": np.float32, "L": np.uint8}[mode]))
+    image_types = {"I;16": np.uint16, "I": np.int32, "F": np.float32, "L": np.uint8}
+    image = Image.fromarray(stored.astype(image_types[mode]))
     assert image.mode == mode
     path = tmp_path / f"grey.{'tif' if mode in ('I', 'F') else 'png'}"
     image.save(path)
     rgb = np.asarray(read_rgb(path))
     assert rgb.shape == (6, 8, 3) and (rgb == rgb[..., :1]).all()
     assert np.abs(rgb[..., 0] - levels).max() <= 1  # the 8-bit picture it is, not white
+    if mode in ("I;16", "I"):  # a near-black 16-bit picture (values 0-235 of 65535) stays near black
+        Image.fromarray(levels.astype(image_types[mode])).save(path)
+        assert np.asarray(read_rgb(path)).max() <= 1
 
 
 def test_gif_and_upper_case_extensions_are_images_and_a_video_is_not(tmp_path):
@@ -439,3 +443,31 @@ def test_cifar100_reads_its_fine_labels_and_names_and_trains_a_100_class_model(t
     summary = trainer.fit()
     assert trainer.model(torch.zeros(1, 3, 32, 32)).shape == (1, 100)
     assert summary["num_classes"] == 100 and summary["classes"][99] == "class_99"
+
+
+def test_a_cifar_copy_resaved_with_text_keys_reads_as_the_original(tmp_path):
+    from lrtrain.data.cifar import cifar_class_names
+
+    folder = _write_fake_cifar(tmp_path)
+    original = read_cifar("cifar10", folder)
+    for path in folder.iterdir():  # as a Python 3 script re-saving the pickles would write them
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        if isinstance(batch, dict):
+            with open(path, "wb") as f:
+                pickle.dump({k.decode(): v for k, v in batch.items()}, f)
+    resaved = read_cifar("cifar10", folder)
+    assert all(torch.equal(a, b) for a, b in zip(original, resaved))
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    assert cifar_class_names("cifar10", folder) == [f"c{i}" for i in range(10)]
+
+
+def test_an_evaluation_share_may_be_empty_a_training_share_may_not():
+    images, labels = torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64)
+    common = dict(batch_size=4, mean=torch.zeros(3), std=torch.ones(3), augment=False, drop_last=False,
+                  world_size=2)
+    shares = [DeviceLoader(images, labels, shuffle=False, rank=rank, **common) for rank in (0, 1)]
+    assert [len(list(s.batches(epoch=0))) for s in shares] == [1, 0]  # one test image, two processes
+    with pytest.raises(ValueError, match="1 images give no batch of 4 per process"):
+        DeviceLoader(images, labels, shuffle=True, rank=0, **common)

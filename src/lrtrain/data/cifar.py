@@ -81,12 +81,17 @@ def find_cifar(name: str, data_dir: str | Path | None = None) -> Path:
     )
 
 
+def _entry(batch: dict, key: bytes):
+    """``batch[key]``: the original pickles' keys are bytes, a copy re-saved from Python 3 has them as text."""
+    return batch[key] if key in batch else batch[key.decode()]
+
+
 def _read_batch(path: Path, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        images = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[layout.label_key], dtype=np.int64)
+        images = np.asarray(_entry(batch, b"data"), dtype=np.uint8)
+        labels = np.asarray(_entry(batch, layout.label_key), dtype=np.int64)
     except Exception as err:  # any unpickling failure means the same thing: a damaged file
         raise ValueError(f"corrupt CIFAR file {path}: {type(err).__name__}: {err}") from None
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
@@ -176,7 +181,8 @@ class DeviceLoader:
         self.per_rank = len(images) // world_size if shuffle else len(range(rank, len(images), world_size))
         full, rest = divmod(self.per_rank, batch_size)
         self.steps = full if drop_last or rest == 0 else full + 1
-        if self.steps == 0:
+        # an evaluation share may be empty (fewer test images than processes): its sums are zero
+        if self.steps == 0 and (shuffle or not len(images)):
             raise ValueError(f"{len(images)} images give no batch of {batch_size} per process "
                              f"(world size {world_size}); lower data.batch_size")
 
@@ -218,7 +224,7 @@ def cifar_class_names(name: str, folder: Path) -> list[str] | None:
     try:
         with open(folder / layout.meta_file, "rb") as f:
             names = [n.decode() if isinstance(n, bytes) else str(n)
-                     for n in pickle.load(f, encoding="bytes")[layout.names_key]]
+                     for n in _entry(pickle.load(f, encoding="bytes"), layout.names_key)]
     except Exception:
         return None
     return names if len(names) == layout.classes else None

@@ -91,9 +91,10 @@ def read_rgb(path: str | Path, advice: str = ""):
 
 def _as_8_bit(image):
     """A grey image of more than 8 bits ("I;16*", "I", "F") scaled to 8 ("L"): PIL's RGB conversion clips
-    such values at 255 (a 16-bit image came out nearly white). Values within 0-255 are kept, within
-    0-65535 (16 bits; PIL opens some 16-bit PNGs as "I") scaled by 257, floats within 0-1 by 255, any
-    other range stretched to 0-255."""
+    such values at 255 (a 16-bit image came out nearly white). The scale follows the mode, not the picture,
+    so that a dark image stays dark: integers (a 16-bit PNG, PGM or TIFF, which PIL opens as "I;16" or
+    "I") within 0-65535 are divided by 257; floats within 0-1 multiplied by 255, within 0-255 kept. Only
+    values outside those ranges are stretched to 0-255 (their meaning unknown)."""
     import numpy as np
     from PIL import Image
 
@@ -101,10 +102,12 @@ def _as_8_bit(image):
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if image.mode == "F" and 0.0 <= low and high <= 1.0:
         values = values * 255.0
-    elif low < 0.0 or high > 65535.0:
-        values = (values - low) * (255.0 / max(high - low, 1e-12))
-    elif high > 255.0 or image.mode.startswith("I;16"):
+    elif image.mode == "F" and 0.0 <= low and high <= 255.0:
+        pass
+    elif image.mode != "F" and 0.0 <= low and high <= 65535.0:
         values = values / 257.0
+    else:
+        values = (values - low) * (255.0 / max(high - low, 1e-12))
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
@@ -225,7 +228,7 @@ class FolderLoader:
                                  generator=torch.Generator().manual_seed(seed))
         full, rest = divmod(self.sampler.per_rank, batch_size)
         self.steps = full if self.drop_last or rest == 0 else full + 1
-        if self.steps == 0:
+        if self.steps == 0 and (train or not len(self.dataset)):  # an evaluation share may be empty
             raise ValueError(f"{root} has {len(self.dataset)} images: no batch of {batch_size} per process")
 
     @property
