@@ -90,6 +90,7 @@ class OutOfMemory(RuntimeError):
 
 # Signals that stop a run cleanly: the step under way ends, a checkpoint is saved, `fit` returns.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REPEAT_WINDOW_S = 1.0  # a stop signal repeated within this is the same stop (see `_stop_on_signals`)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -561,16 +562,23 @@ class Trainer:
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
         """While training: SIGINT/SIGTERM set `stop_signal` (the loop stops with a checkpoint); a second
-        one raises KeyboardInterrupt. Handlers can only be installed from the main thread."""
+        one raises KeyboardInterrupt, unless it is the same signal within `REPEAT_WINDOW_S` (delivered twice).
+        Handlers can only be installed from the main thread."""
         self.stop_signal = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
+        first = [0.0]
+
         def handler(signum, frame):
             if self.stop_signal is not None:
+                # the same signal again within a second is one stop delivered twice (a batch system signals
+                # torchrun and its workers, and torchrun passes its own on), not a second request
+                if signum == self.stop_signal and time.monotonic() - first[0] < REPEAT_WINDOW_S:
+                    return
                 raise Interrupted(signum)
-            self.stop_signal = signum  # nothing else here: the handler may interrupt a write to stdout
+            self.stop_signal, first[0] = signum, time.monotonic()  # nothing more: it may interrupt a print
 
         previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         try:
