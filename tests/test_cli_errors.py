@@ -346,8 +346,9 @@ def test_a_recipe_switched_to_another_method_leaves_out_the_old_methods_settings
     assert f"lrtrain: warning: {recipe}: method.name is 'dense' instead of the recipe's 'lrpet': the recipe's " \
            "settings for lrpet (goal, period, transfer, bn_rectify) are left out; give dense's own with --set " \
            "method.KEY=VALUE" in err
-    assert load_recipe(recipe, ["method.name=dense"])["method"] == {"name": "dense"}
-    cfg = load_recipe(recipe, ["method.name=trp", "method.period=5", "method.goal=null"])
+    with pytest.warns(UserWarning, match="settings for lrpet"):
+        assert load_recipe(recipe, ["method.name=dense"])["method"] == {"name": "dense"}
+        cfg = load_recipe(recipe, ["method.name=trp", "method.period=5", "method.goal=null"])
     assert cfg["method"] == {"name": "trp", "period": 5, "goal": None}  # what --set gave stays
     from lrtrain import models
     from lrtrain.methods import create_method

@@ -201,3 +201,72 @@ def test_elrt_on_a_layer_used_twice_leaves_no_dense_weight_and_meets_its_budget(
     assert trained[2] is trained[4]
     assert not any(p.shape == (16, 16, 3, 3) for p in trained.parameters())
     assert metrics.count(trained, (1, 3, 8, 8)).flops <= 0.5 * dense
+
+
+class _Standardized(nn.Conv2d):
+    """A weight-standardized conv (as in timm's StdConv2d): the weight it applies is computed."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / w.std((1, 2, 3), keepdim=True)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def _foreign_net():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), _Standardized(32, 32, 3, padding=1), nn.ReLU(),
+                         weight_norm(nn.Conv2d(32, 32, 3, padding=1)), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), weight_norm(nn.Linear(32, 10)))
+
+
+def test_a_layer_that_applies_another_weight_than_it_stores_is_left_dense_with_its_reason():
+    net = _foreign_net()
+    decisions = _decisions(net, rank="ratio:0.5")
+    assert "_Standardized computes its own forward" in decisions["2"].reason and not decisions["2"].factorize
+    assert "parametrization" in decisions["4"].reason and "parametrization" in decisions["9"].reason
+    assert decisions["6"].factorize
+    with pytest.raises(ValueError, match="computes its own forward"):
+        LowRankConv2d.from_dense(net[2], 16)
+    with pytest.raises(ValueError, match="parametrization"):
+        LowRankLinear.from_dense(net[9], 4)
+    lr.factorize(net, rank="ratio:0.25", scheme="channel", input_size=(1, 3, 8, 8))
+    assert isinstance(net[6], LowRankConv2d) and type(net[2]) is _Standardized  # the refused ones untouched
+    assert hasattr(net[4], "parametrizations") and hasattr(net[9], "parametrizations")
+
+
+def test_frozen_layers_stay_frozen_and_training_methods_leave_them_alone():
+    net = _foreign_net()
+    net[6].requires_grad_(False)
+    assert not any(p.requires_grad for p in LowRankConv2d.from_dense(net[6], 8).parameters())
+    assert all(p.requires_grad for p in LowRankConv2d.from_dense(net[0], 8).parameters())
+    with pytest.raises(ValueError, match="ELRT: no layer of Sequential can be factorized"):  # 6 was its only one
+        lr.ELRT(net, rank="flops:0.5", input_size=(1, 3, 8, 8))
+    for build in (lambda m: lr.TRP(m, period=1, energy=0.5, input_size=(1, 3, 8, 8)),
+                  lambda m: lr.LRPET(m, goal=0.5, period=1, input_size=(1, 3, 8, 8))):
+        model = _foreign_net()
+        model[6].requires_grad_(False)
+        frozen = model[6].weight.detach().clone()
+        method = build(model)
+        assert "6" not in method.ranks() and isinstance(model[6], nn.Conv2d)
+        method.setup(steps_per_epoch=1, total_steps=2)
+        torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 8, 8)), torch.tensor([0, 1])).backward()
+        method.before_step()
+        method.after_step()
+        assert torch.equal(model[6].weight, frozen) and model[6].weight.grad is None
+
+
+def test_trps_official_preset_leaves_out_the_first_conv_the_input_meets():
+    class HeadFirst(nn.Module):  # registers its head before its stem
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Conv2d(16, 16, 3, padding=1)
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.body = nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(self.body(self.stem(x))).mean((2, 3))
+
+    method = lr.TRP(HeadFirst(), eligible="official", input_size=(1, 3, 8, 8))
+    assert sorted(method.layers) == ["body", "head"]

@@ -20,10 +20,29 @@ from . import linalg
 from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs
 
 
+def computed_weight(layer: nn.Module, base: type[nn.Module]) -> str:
+    """Why the weight stored in `layer` (an instance of `base`, nn.Conv2d or nn.Linear) is not the one it
+    applies, so that a factorization of it, or a projection written into it, would change the function or
+    be lost: a subclass with its own forward (a weight standardization, 'same' padding, quantization) or a
+    weight parametrization (weight or spectral norm). "" where it applies its stored weight as `base` does."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(layer, "weight") or hasattr(layer, "weight_g") or hasattr(layer, "weight_orig"):
+        return "its weight is computed by a parametrization (weight or spectral norm), not stored"
+    if type(layer).forward is not base.forward and not isinstance(layer, PointwiseConv2d):
+        return (f"{type(layer).__name__} computes its own forward (e.g. a weight standardization or 'same' "
+                f"padding), which a factorization of its weight would not keep")
+    return ""
+
+
 def check_factorizable(conv: nn.Conv2d, where: str = "conv") -> None:
-    """Raise ValueError when `conv` is of a kind no scheme factorizes (grouped, non-zero padding mode...)."""
+    """Raise ValueError when `conv` is of a kind no scheme factorizes (grouped, non-zero padding mode, a
+    weight it computes rather than stores...)."""
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"{where}: expected an nn.Conv2d, got {type(conv).__name__}")
+    computed = computed_weight(conv, nn.Conv2d)
+    if computed:
+        raise ValueError(f"{where}: {computed}")
     if conv.groups != 1:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
         raise ValueError(f"{where}: {kind} conv (groups={conv.groups}) cannot be factorized; "
@@ -32,6 +51,14 @@ def check_factorizable(conv: nn.Conv2d, where: str = "conv") -> None:
         raise ValueError(f"{where}: padding={conv.padding!r} is not supported; use integer padding")
     if conv.padding_mode != "zeros":
         raise ValueError(f"{where}: padding_mode={conv.padding_mode!r} is not supported; only 'zeros'")
+
+
+def _frozen_like(layer: nn.Module, dense: nn.Module) -> nn.Module:
+    """`layer` with its parameters frozen where `dense`'s were (a frozen layer stays frozen once factorized)."""
+    for name, param in layer.named_parameters():
+        source = dense.bias if name.endswith("bias") and getattr(dense, "bias", None) is not None else dense.weight
+        param.requires_grad_(source.requires_grad)
+    return layer
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -117,7 +144,7 @@ class LowRankConv2d(nn.Module):
         layer = cls(g.in_channels, g.out_channels, g.kernel_size, rank, scheme, g.stride, g.padding, g.dilation,
                     g.bias, device=conv.weight.device, dtype=conv.weight.dtype)
         layer.load_weight(conv.weight, conv.bias)
-        return layer
+        return _frozen_like(layer, conv)
 
     @torch.no_grad()
     def load_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -202,6 +229,9 @@ class LowRankLinear(nn.Module):
         """The best rank-`rank` approximation of `linear` (truncated SVD, √σ on each side; bias kept)."""
         if not isinstance(linear, (nn.Linear, LowRankLinear)):  # a low-rank one: truncated further
             raise ValueError(f"LowRankLinear.from_dense: expected an nn.Linear, got {type(linear).__name__}")
+        computed = "" if isinstance(linear, LowRankLinear) else computed_weight(linear, nn.Linear)
+        if computed:
+            raise ValueError(f"LowRankLinear.from_dense: {computed}")
         layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None,
                     device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
@@ -211,7 +241,8 @@ class LowRankLinear(nn.Module):
             layer.factors[1].weight.copy_(dec.U * root)
             if linear.bias is not None:
                 layer.factors[1].bias.copy_(linear.bias)
-        return layer
+        return _frozen_like(layer, linear)
+
 
     @property
     def rank(self) -> int:

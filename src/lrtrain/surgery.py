@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from . import linalg
-from .layers import LowRankConv2d, LowRankLinear, check_factorizable
+from .layers import LowRankConv2d, LowRankLinear, check_factorizable, computed_weight
 from .metrics import trace_calls
 from .ranks import POLICIES, Rank, RankPolicy, RankRequest, parse_policy
 from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs, whole_number
@@ -118,8 +118,12 @@ def skip_patterns(skip: str | Iterable[str]) -> list[str]:
 
 
 def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterable[str] = (),
-               input_size=(1, 3, 32, 32), linear: bool = True) -> tuple[list[Candidate], list[Decision]]:
-    """Split the model's conv/linear layers into candidates for `scheme` and decisions to skip."""
+               input_size=(1, 3, 32, 32), linear: bool = True,
+               trainable: bool = False) -> tuple[list[Candidate], list[Decision]]:
+    """Split the model's conv/linear layers into candidates for `scheme` and decisions to skip.
+
+    ``trainable``: a layer whose weight does not require grad is skipped (a training method would change
+    a layer its user froze)."""
     scheme = get_scheme(scheme)
     skip = skip_patterns(skip)
     layers = [name for name, m in model.named_modules()
@@ -144,8 +148,10 @@ def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterabl
             shape = tuple(module.weight.shape)
         else:
             req = _linear_request(name, module, traced[name])
-            reason = "" if linear else "linear layers excluded (linear=False)"
+            reason = computed_weight(module, nn.Linear) if linear else "linear layers excluded (linear=False)"
             shape = tuple(module.weight.shape)
+        if trainable and not reason and not module.weight.requires_grad:
+            reason = "frozen (requires_grad=False): training would change a layer kept fixed"
         if any(fnmatch.fnmatchcase(name, p) for p in skip):
             reason = "in the skip list"
         kind = "conv" if isinstance(module, nn.Conv2d) else "linear"

@@ -210,7 +210,7 @@ class ELRT(Method):
         if isinstance(rank, dict):
             return plan(self.model, rank, self.scheme, skip, input_size)
         policy = parse_policy(rank)
-        cands, skipped = candidates(self.model, self.scheme, skip, input_size)
+        cands, skipped = candidates(self.model, self.scheme, skip, input_size, trainable=True)
         if not cands:
             whose = " (ELRT's default: the first conv and the classifier)" if default_skip else ""
             raise ValueError(f"ELRT: no layer of {type(self.model).__name__} can be factorized "

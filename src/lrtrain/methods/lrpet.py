@@ -150,7 +150,8 @@ class LRPET(Method):
         self.input_size = tuple(input_size)
         self._scheme = get_scheme("channel")
 
-        cands, skipped = surgery.candidates(model, self._scheme, skip, self.input_size, linear=False)
+        cands, skipped = surgery.candidates(model, self._scheme, skip, self.input_size, linear=False,
+                                            trainable=True)
         self._fixed_cost = sum(d.dense_flops for d in skipped)
         if isinstance(rank, dict):
             explicit = surgery._explicit_ranks(rank, cands, skipped)

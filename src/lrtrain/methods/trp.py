@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import linalg, surgery
-from ..metrics import count
+from ..metrics import count, trace_shapes
 from ..ranks import POLICIES, Energy, FlopsBudget, RankPolicy, RankRequest, Threshold, parse_policy
 from ..schemes import SCHEMES, ConvGeometry, Scheme, get_scheme
 from . import register_method
@@ -221,14 +221,16 @@ class TRP(Method):
     def _eligible_layers(self, preset: str) -> tuple[list[tuple[str, nn.Module]], list[str], dict[str, RankRequest]]:
         """(name, conv) pairs TRP trains, the names `finalize` decomposes by default, and the rank request
         (its costs, for a global projection policy) of each of those."""
-        cands, skipped = surgery.candidates(self.model, self.scheme, self.skip, self.input_size, linear=False)
+        cands, skipped = surgery.candidates(self.model, self.scheme, self.skip, self.input_size, linear=False,
+                                            trainable=True)
         convs = [c for c in cands if c.scheme is not None]
         if preset == "default":
             train = [c for c in convs if c.request.cost(1) < c.request.dense_cost]
             final = [c.name for c in train]
         else:
-            first = next((n for n, m in self.model.named_modules()
-                          if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1)), None)
+            # the first k×k conv the input meets (call order: a model may register its head before its stem)
+            called = [(n, self.model.get_submodule(n)) for n in trace_shapes(self.model, self.input_size)]
+            first = next((n for n, m in called if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1)), None)
             train = [c for c in convs if tuple(c.module.kernel_size) != (1, 1) and c.name != first]
             # The official decomposition leaves stride-2 convs dense for channel/spatial (not for decoupling),
             # although it trains them with TRP like the others.
