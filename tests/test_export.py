@@ -306,6 +306,22 @@ def test_save_refuses_classes_that_a_factorized_classifier_does_not_have(tmp_pat
     assert lr.load(tmp_path / "m.pt")(torch.ones(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_save_refuses_a_model_that_would_load_as_another_function_or_not_at_all(tmp_path):
+    import torchvision
+
+    model = lr.models.create("resnet18", num_classes=10)
+    model.relu = nn.GELU()  # the same weights, another function
+    lr.factorize(model, rank="flops:0.6", input_size=(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"relu: GELU vs ReLU .*register it with lrtrain.models.register_model"):
+        lr.save(model, tmp_path / "m.pt", "resnet18", 10)
+    foreign = lr.factorize(torchvision.models.mobilenet_v3_small(num_classes=10), rank="flops:0.6",
+                           input_size=(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"not models.create\('mobilenet_v2', num_classes=10\) .*: "
+                                         r"features\.\d+\..*: the registry model has no features"):
+        lr.save(foreign, tmp_path / "m.pt", "mobilenet_v2", 10)
+    assert not (tmp_path / "m.pt").exists()
+
+
 NORMALIZE = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 
 

@@ -142,6 +142,14 @@ def _resized(arch: dict[str, Any], base: dict[str, nn.Module]) -> list[str]:
             if key in spec and name in base and getattr(base[name], key, spec[key]) != spec[key]]
 
 
+def _other_modules(model: nn.Module, rebuilt: nn.Module) -> list[str]:
+    """The modules of `model` of another type than `rebuilt`'s of the same name (an activation swapped for
+    another: the same weights, another function), said as ``name: Type vs Type``."""
+    built = dict(rebuilt.named_modules())
+    return [f"{name}: {type(m).__name__} vs {type(built[name]).__name__}" for name, m in model.named_modules()
+            if name in built and type(m) is not type(built[name])]
+
+
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -161,11 +169,17 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
     arch = _describe(model, base, model_name, num_classes, extra)
     state = _state(model)
     # checked now, not when `load` fails on the file: the name and classes must rebuild this very model
-    problems = _resized(arch, base) or mismatches(state, rebuild(arch).state_dict())
+    problems = [f"{name}: the registry model has no {name.rpartition('.')[0]}" for name in arch["layers"]
+                if name.rpartition(".")[0] and name.rpartition(".")[0] not in base]
+    if not problems:
+        rebuilt = rebuild(arch)
+        problems = _resized(arch, base) or mismatches(state, rebuilt.state_dict()) or _other_modules(model, rebuilt)
     if problems:
         raise ValueError(f"save: {type(model).__name__} is not models.create({model_name!r}, "
                          f"num_classes={num_classes}) with its low-rank layers (model vs that): "
-                         f"{'; '.join(problems)}")
+                         f"{'; '.join(problems[:4])}{' and more' if len(problems) > 4 else ''} (a model of your "
+                         "own: register it with lrtrain.models.register_model so that load can build it, or "
+                         "torch.save the whole module)")
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "arch": arch, "state_dict": state}, f))
 
 
