@@ -197,3 +197,27 @@ def test_a_model_autograd_cannot_follow_is_still_paired_and_folded():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(folded(x.clone()), model(x.clone()), rtol=1e-4, atol=1e-5)
+
+
+def test_sync_and_frozen_batchnorms_pair_fold_and_rectify_like_batchnorm2d():
+    import torchvision
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from lrtrain.bn_pairs import conv_bn_pairs
+
+    torch.manual_seed(0)
+    size = (1, 3, 32, 32)
+    plain = conv_bn_pairs(torchvision.models.resnet18(num_classes=10), size)
+    frozen = torchvision.models.resnet18(num_classes=10, norm_layer=FrozenBatchNorm2d).eval()
+    for m in frozen.modules():
+        if isinstance(m, FrozenBatchNorm2d):  # statistics other than the identity map it starts as
+            m.running_mean.normal_(), m.running_var.uniform_(0.5, 2), m.weight.normal_(), m.bias.normal_()
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(torchvision.models.resnet18(num_classes=10))
+    assert conv_bn_pairs(frozen, size) == plain == conv_bn_pairs(synced, size) and len(plain) == 20
+    x = torch.randn(2, *size[1:])
+    folded = lr.fold_batchnorm(frozen, size)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        expected = frozen(x)
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert len(lr.LRPET(synced, goal=0.5, period=1, input_size=size)._bns) == 20  # BN rectification for each

@@ -1,6 +1,7 @@
 """Which BatchNorm normalizes which conv's output, read from the model's dataflow.
 
-LRPET's BN rectification and BN folding need, for each conv, the BatchNorm2d that consumes its output.
+LRPET's BN rectification and BN folding need, for each conv, the BatchNorm (`is_batchnorm`: BatchNorm2d,
+SyncBatchNorm, torchvision's FrozenBatchNorm2d) that consumes its output.
 Module order is not enough (torchvision registers a block's ``downsample`` after its last BN, and a
 model may call modules in any order), so the pairing is read from the forward pass itself:
 
@@ -24,10 +25,20 @@ import logging
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .metrics import _inference  # eval mode, no_grad, a zero input; the model's modes restored
 
 log = logging.getLogger("lrtrain")
+
+
+def is_batchnorm(m: nn.Module) -> bool:
+    """A per-channel BatchNorm of N×C×H×W tensors: ``nn.BatchNorm2d``, ``nn.SyncBatchNorm`` (the DDP form of
+    any of them), torchvision's ``FrozenBatchNorm2d`` (its detection models' and fine-tuning recipes')."""
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm3d)):
+        return False
+    return isinstance(m, _BatchNorm) or (type(m).__name__ == "FrozenBatchNorm2d"
+                                         and type(m).__module__.startswith("torchvision"))
 
 
 def conv_bn_pairs(model: nn.Module, input_size=(1, 3, 32, 32)) -> dict[str, str]:
@@ -59,7 +70,7 @@ class _ConvLeafTracer(fx.Tracer):
     """Every nn.Conv2d is one call_module node, subclasses (lrtrain's PointwiseConv2d) included."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, nn.Conv2d) or is_batchnorm(m) or super().is_leaf_module(m, qualname)
 
 
 def _pairs_from_graph(model: nn.Module, graph: fx.Graph) -> dict[str, str]:
@@ -71,12 +82,12 @@ def _pairs_from_graph(model: nn.Module, graph: fx.Graph) -> dict[str, str]:
         users = list(node.users)
         bn = None
         if len(users) == 1 and users[0].op == "call_module" and users[0].args[:1] == (node,) \
-                and isinstance(modules.get(users[0].target), nn.BatchNorm2d):
+                and is_batchnorm(modules.get(users[0].target)):
             bn = users[0].target
         found.setdefault(node.target, set()).add(bn)
     bn_calls: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d):
+        if node.op == "call_module" and is_batchnorm(modules.get(node.target)):
             bn_calls[node.target] = bn_calls.get(node.target, 0) + 1
     # A conv called more than once is paired only when every call feeds the same BN; a BN called more than
     # once (shared, or also normalizing another tensor) is never paired: folding it would change its other calls.
@@ -117,7 +128,7 @@ def _forward_pass_pairs(model: nn.Module, input_size, autograd: bool) -> dict[st
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             handles.append(m.register_forward_hook(on_conv(name)))
-        elif isinstance(m, nn.BatchNorm2d):
+        elif is_batchnorm(m):
             handles.append(m.register_forward_pre_hook(on_bn(name)))
     try:
         with _inference(model, input_size) as x, torch.set_grad_enabled(autograd):

@@ -56,7 +56,7 @@ def _fold_pairs(model: nn.Module, pairs: dict[str, str]) -> None:
               if isinstance(m, LowRankConv2d)}
     for conv_name, bn_name in pairs.items():
         bn = model.get_submodule(bn_name)
-        if not bn.track_running_stats or bn.running_mean is None:
+        if not getattr(bn, "track_running_stats", True) or bn.running_mean is None:
             continue  # normalized by batch statistics even in eval mode: no fixed affine map to fold
         _fold_into(model.get_submodule(conv_name), bn)
         replace_module(model, bn_name, nn.Identity())
