@@ -99,6 +99,24 @@ def test_onnx_matches_in_onnxruntime(compact_file, tmp_path):
         assert _max_diff(session.run(None, {"images": x.numpy()})[0], model(x)) < 1e-4
 
 
+def test_a_model_whose_forward_takes_more_than_the_images_exports_to_onnx_with_one_input(tmp_path):
+    pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x, scale: float = 2.0):
+            return self.conv(x).mean((2, 3)) * scale
+
+    torch.manual_seed(0)
+    model = Scaled()
+    export.export_onnx(model, tmp_path / "m.onnx", (1, 3, 8, 8))
+    assert export.check_export(model, tmp_path / "m.onnx", "onnx", (1, 3, 8, 8)) < 1e-5  # fed the images alone
+
+
 def test_state_dict_is_plain_tensors_that_fit_the_rebuilt_architecture(compact_file, tmp_path):
     model, arch = export.load_with_arch(compact_file)
     export.export_state_dict(model, tmp_path / "w.pt")

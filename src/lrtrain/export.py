@@ -258,6 +258,18 @@ def _deployable(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().float().eval()
 
 
+class _ImagesOnly(nn.Module):
+    """`model` called with the images alone: the ONNX exporter makes every argument of ``forward`` a graph
+    input, one with a default too (``forward(x, scale=1.0)`` would need a second input fed)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        return self.model(images)
+
+
 def _example(input_size) -> torch.Tensor:
     return torch.randn(tuple(input_size), generator=torch.Generator().manual_seed(0))
 
@@ -317,7 +329,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size=(1, 3, 32, 32), o
     except ImportError:
         raise ValueError("ONNX export needs the onnx package: pip install onnx (onnxruntime too, to check "
                          "the exported model)") from None
-    net = _deployable(model)
+    net = _ImagesOnly(_deployable(model))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
