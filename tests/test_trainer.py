@@ -471,3 +471,18 @@ def test_an_epoch_resumed_mid_way_counts_the_time_and_images_of_both_parts(tmp_p
     seconds = float(row["epoch_time_s"])
     assert seconds > saved["epoch_so_far"][0]  # the first part's seconds, and the resumed part's
     assert float(row["img_per_s"]) * seconds == pytest.approx(128)  # all four batches, not the last one only
+
+
+def test_a_run_resumed_on_other_training_images_says_so(tmp_path, capsys):
+    from test_data import _two_class_folder
+
+    _two_class_folder(tmp_path / "images")
+    cfg = make_cfg(tmp_path, epochs=2, data={"name": "folder", "dir": str(tmp_path / "images"), "workers": 0,
+                                             "batch_size": 2, "eval_batch_size": 2, "image_size": 8,
+                                             "train_size": None, "test_size": None, "num_classes": 10})
+    fit(cfg, until_step=3)
+    (tmp_path / "images" / "train" / "ant" / "0.png").unlink()  # the data changed while the run waited
+    capsys.readouterr()
+    fit(cfg, resume=True)
+    out = capsys.readouterr().out
+    assert "was trained on 6 training images, the data now hold 5: from here on each epoch's order" in out

@@ -21,6 +21,8 @@ from .sample import make_sample
 
 
 class Loader(Protocol):
+    num_images: int  # in the split, every process's share
+
     def __len__(self) -> int: ...
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]: ...

@@ -189,6 +189,11 @@ class DeviceLoader:
     def __len__(self) -> int:
         return self.steps
 
+    @property
+    def num_images(self) -> int:
+        """Images in the split (every process's share)."""
+        return len(self.images)
+
     def _plan(self, epoch: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
         n, device = len(self.images), self.images.device
         if not self.shuffle:

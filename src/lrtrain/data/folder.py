@@ -235,6 +235,11 @@ class FolderLoader:
     def classes(self) -> list[str]:
         return self.dataset.classes
 
+    @property
+    def num_images(self) -> int:
+        """Images in the split (every process's share)."""
+        return len(self.dataset)
+
     def __len__(self) -> int:
         return self.steps
 

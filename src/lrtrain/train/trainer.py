@@ -721,6 +721,7 @@ class Trainer:
                 "rng_ranks": rng_ranks,
                 "epoch_so_far": list(self._epoch_so_far()) if self.batch else None,
                 "num_classes": self.num_classes,  # the classifier's outputs, also when it is factorized
+                "train_images": self.data.train.num_images,  # a resume on other data says so
                 **model_facts(self.data),  # for lrtrain evaluate / compress
                 **self._layers(),
             }
@@ -790,6 +791,11 @@ class Trainer:
             print(f"note: {path} was written by {written_by} process(es), this run has {self.world.world_size}: "
                   "each process's share of the batch and its BatchNorm statistics change from here on, so the "
                   "run equals neither setting's own run", flush=True)
+        before = state.get("train_images")  # absent from older checkpoints
+        if before is not None and before != self.data.train.num_images and self.world.is_main:
+            print(f"note: {path} was trained on {before} training images, the data now hold "
+                  f"{self.data.train.num_images}: from here on each epoch's order and images differ from the "
+                  "interrupted run's", flush=True)
         set_rng_state(per_rank[self.world.rank] if same_world else state["rng"])
         self.method.rank_log.clear()  # rows up to this step (a constructor's too) are in ranks.csv already
         if self.world.is_main:
