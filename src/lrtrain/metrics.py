@@ -167,7 +167,10 @@ def count(model: nn.Module, input_size=(1, 3, 32, 32)) -> Counts:
     """MACs per sample of every Conv2d/Linear leaf at ``input_size``, and all parameters of ``model``.
 
     The model runs once, in eval mode under no_grad (its modes are restored), on a zero input of the
-    model's device and dtype. A layer called more than once has the MACs of all its calls.
+    model's device and dtype. A layer called more than once has the MACs of all its calls. Only Conv2d and
+    Linear modules count, as the papers count CNNs: other layers that multiply (ConvTranspose2d, Conv1d/3d,
+    attention's products, a functional ``F.conv2d``) are left out of `flops` and of the FLOPs budgets built
+    on it; `flop_counter_macs` sees them all, so comparing the two says how much a model holds of them.
 
     >>> import lrtrain.models as models
     >>> c = count(models.create("resnet20"))
