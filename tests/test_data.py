@@ -471,3 +471,21 @@ def test_an_evaluation_share_may_be_empty_a_training_share_may_not():
     assert [len(list(s.batches(epoch=0))) for s in shares] == [1, 0]  # one test image, two processes
     with pytest.raises(ValueError, match="1 images give no batch of 4 per process"):
         DeviceLoader(images, labels, shuffle=True, rank=0, **common)
+
+
+def test_a_class_folder_spelled_in_decomposed_unicode_is_the_same_class(tmp_path):
+    import unicodedata
+
+    from PIL import Image
+
+    composed = unicodedata.normalize("NFC", "müsli")
+    for split, name in (("train", composed), ("val", unicodedata.normalize("NFD", composed))):  # val from macOS
+        for cls in (name, "plain"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (10, 10), (40 * i, 90, 0 if cls == "plain" else 200)).save(
+                    tmp_path / split / cls / f"{i}.png")
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
+    data = build_data(cfg, device=torch.device("cpu"))
+    assert data.test.classes == data.train.classes == [composed, "plain"]
+    assert sorted(label for _, label in data.test.dataset.samples) == [0, 0, 1, 1]

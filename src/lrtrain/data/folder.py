@@ -7,6 +7,7 @@ on the training device, which moves a quarter of the bytes over PCIe.
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -137,7 +138,10 @@ class _ImageFiles(Dataset):
             if len(found) == 1:  # every prediction would be right: nothing to learn
                 raise ValueError(f"{root} has one class folder ({found[0]}): a classifier needs two or more")
             classes = found
-        extra = sorted(set(found) - set(classes))
+        # a name spelled with other Unicode code points (macOS writes decomposed ü, most others composed) is
+        # the same class: compared in composed form, each folder labelled by the class it spells
+        index = {unicodedata.normalize("NFC", name): i for i, name in enumerate(classes)}
+        extra = sorted(f for f in found if unicodedata.normalize("NFC", f) not in index)
         if extra:
             raise ValueError(f"{root} has class folders that are not among the {len(classes)} classes it is "
                              f"labelled by (the training set's, or the model's: {_few(classes)}): {_few(extra)}")
@@ -153,7 +157,7 @@ class _ImageFiles(Dataset):
             return False
 
         try:
-            self.samples = make_dataset(str(root), {name: i for i, name in enumerate(self.classes)},
+            self.samples = make_dataset(str(root), {f: index[unicodedata.normalize("NFC", f)] for f in found},
                                         is_valid_file=valid, allow_empty=labelled)
         except FileNotFoundError as err:  # "Found no valid file for the classes ...": name the folder
             raise FileNotFoundError(f"{root}: {err} (images: .jpg, .png, .gif, .bmp, .tif, .webp, .ppm)") from None
