@@ -218,3 +218,33 @@ def test_ddp_test_scores_are_those_of_the_model_its_checkpoints_hold(tmp_path, c
     capsys.readouterr()
     Trainer(longer, model=NormNet()).fit(resume=True)  # one process goes on with the two processes' run
     assert "was written by 2 process(es), this run has 1: each process's share of the batch" in capsys.readouterr().out
+
+
+def _recalibrate_worker(rank, world_size, port, tmp_path):
+    import copy
+
+    from lrtrain.train.bn import recalibrate_bn
+
+    _join(rank, world_size, port)
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path / "recal", {"name": "dense"})
+    cfg["train"]["bn_recalibrate"] = 2
+    trainer = Trainer(cfg, model=NormNet())
+    own = copy.deepcopy(trainer.model)  # what this process's share of the batches alone gives
+    recalibrate_bn(own, trainer.data.train.batches(trainer.epochs), 2)
+    shared = copy.deepcopy(trainer.model)
+    assert trainer._recalibrate(shared) == 2
+    stats = lambda m: {k: v for k, v in m.state_dict().items() if "running" in k}  # noqa: E731
+    torch.save({"own": stats(own), "shared": stats(shared)}, tmp_path / f"recal{rank}.pt")
+    distributed.shutdown()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_ddp_recalibrated_batchnorm_statistics_are_every_processs_averaged(tmp_path):
+    mp.spawn(_recalibrate_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"recal{r}.pt", weights_only=True) for r in range(2))
+    assert a["shared"].keys() == a["own"].keys() and a["shared"]
+    for key in a["shared"]:
+        assert torch.equal(a["shared"][key], b["shared"][key]), key  # every rank scores the same model
+        assert not torch.equal(a["own"][key], b["own"][key]), key   # each share gave its own
+        torch.testing.assert_close(a["shared"][key], (a["own"][key] + b["own"][key]) / 2)

@@ -77,6 +77,21 @@ def broadcast_module_(model: nn.Module, src: int = 0) -> None:
 def broadcast_tensors_(tensors: list[Tensor], src: int = 0) -> None:
     """Overwrite each tensor with rank ``src``'s, in place: one flattened broadcast per dtype. No-op
     without a process group."""
+    _flat_per_dtype(tensors, lambda flat: dist.broadcast(flat, src))
+
+
+def average_tensors_(tensors: list[Tensor]) -> None:
+    """Replace each floating-point tensor by its mean over all ranks, in place: one flattened all-reduce
+    per dtype. No-op without a process group."""
+    def mean(flat: Tensor) -> None:
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+
+    _flat_per_dtype(tensors, mean)
+
+
+def _flat_per_dtype(tensors: list[Tensor], collective) -> None:
+    """`collective(flat)` on the tensors of each dtype flattened into one, then each written back."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
@@ -84,7 +99,7 @@ def broadcast_tensors_(tensors: list[Tensor], src: int = 0) -> None:
         by_dtype.setdefault(t.dtype, []).append(t)
     for group in by_dtype.values():
         flat = torch.cat([t.reshape(-1) for t in group])
-        dist.broadcast(flat, src)
+        collective(flat)
         for t, part in zip(group, flat.split([t.numel() for t in group])):
             t.copy_(part.view_as(t))
 

@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -459,11 +460,14 @@ class Trainer:
 
     def _recalibrate(self, model: nn.Module) -> int:
         """Re-estimate `model`'s BatchNorm statistics on `train.bn_recalibrate` training batches (under
-        DDP rank 0's statistics are broadcast, so every rank evaluates the same model)."""
+        DDP each process's share of them; the processes' statistics are then averaged, so every rank
+        evaluates the same model, estimated from every image seen)."""
         used = recalibrate_bn(model, self.data.train.batches(self.epochs), self.cfg["train"]["bn_recalibrate"],
                               torch.bfloat16 if self.amp else None)
-        if self.world.distributed:
-            distributed.broadcast_module_(model)
+        if self.world.distributed and used:
+            distributed.average_tensors_([s for m in model.modules() if isinstance(m, _BatchNorm)
+                                          and m.track_running_stats and m.running_mean is not None
+                                          for s in (m.running_mean, m.running_var)])
         return used
 
     def _where(self) -> str:
