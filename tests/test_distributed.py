@@ -248,3 +248,45 @@ def test_ddp_recalibrated_batchnorm_statistics_are_every_processs_averaged(tmp_p
         assert torch.equal(a["shared"][key], b["shared"][key]), key  # every rank scores the same model
         assert not torch.equal(a["own"][key], b["own"][key]), key   # each share gave its own
         torch.testing.assert_close(a["shared"][key], (a["own"][key] + b["own"][key]) / 2)
+
+
+def _bad_test_image_worker(rank, world_size, port, tmp_path):
+    _join(rank, world_size, port)
+    torch.manual_seed(0)
+    cfg = resolve({"out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"},
+                   "data": {"name": "folder", "dir": str(tmp_path / "images"), "workers": 0, "batch_size": 2,
+                            "eval_batch_size": 2, "image_size": 8},
+                   "schedule": {"name": "constant"}, "train": {"epochs": 2, "progress": False}})
+    try:
+        Trainer(cfg).fit()
+        outcome = "finished"
+    except Exception as err:
+        outcome = f"{type(err).__name__}: {err}"
+    torch.save(outcome, tmp_path / f"outcome{rank}.pt")
+    distributed.shutdown(wait=False)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_an_unreadable_test_image_under_ddp_keeps_the_trained_epoch(tmp_path, capsys):
+    from test_data import _two_class_folder
+
+    from lrtrain.train.checkpoint import list_checkpoints, load_checkpoint
+
+    _two_class_folder(tmp_path / "images")
+    bad = tmp_path / "images" / "val" / "bee" / "2.png"
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[: len(whole) // 2])  # cut short: the evaluation fails on one rank's share only
+    mp.spawn(_bad_test_image_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    outcomes = [torch.load(tmp_path / f"outcome{r}.pt", weights_only=True) for r in range(2)]
+    assert any("cannot read image" in o and "2.png" in o for o in outcomes), outcomes
+    assert any("another process could not score its share" in o for o in outcomes), outcomes
+    kept = list_checkpoints(tmp_path / "run" / "checkpoints")
+    state = load_checkpoint(kept[-1])
+    assert len(kept) == 1 and (state["epoch"], state["batch"]) == (0, 3)  # after the first epoch's last step
+    bad.write_bytes(whole)
+    capsys.readouterr()
+    cfg = resolve({"out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"},
+                   "data": {"name": "folder", "dir": str(tmp_path / "images"), "workers": 0, "batch_size": 2,
+                            "eval_batch_size": 2, "image_size": 8},
+                   "schedule": {"name": "constant"}, "train": {"epochs": 2, "progress": False}})
+    assert Trainer(cfg).fit(resume=True)["finished"]  # one process redoes the epoch's end and goes on

@@ -420,10 +420,32 @@ class Trainer:
             # score rank 0's, which checkpoints hold (DDP broadcasts them at the next training step anyway)
             distributed.broadcast_tensors_([b.data for b in model.buffers()])
         self._evaluating = True
-        sums = score_sums(model, self.data.test.batches(), self.amp)
+        if self.world.distributed:
+            sums = self._score_on_every_rank(model)
+        else:
+            sums = score_sums(model, self.data.test.batches(), self.amp)
         self._evaluating = False  # left set by an error: `_translate_errors` reads it, then clears it
         result = summarize(distributed.all_reduce_sum_(sums))
         return {"test_loss": result["test_loss"], "test_acc": result["test_acc"]}  # metrics.csv's columns
+
+    def _score_on_every_rank(self, model: nn.Module) -> Tensor:
+        """`score_sums` of this rank's test share, where a rank that fails (an unreadable test image) is known
+        to every rank: all raise together, the error marked ``every_process``, so that they can all keep the
+        trained epoch in a checkpoint (a collective) rather than leave the others waiting in the sums'."""
+        error = None
+        try:
+            sums = score_sums(model, self.data.test.batches(), self.amp)
+        except Exception as err:
+            if is_out_of_memory(err):
+                raise  # this rank stops; the others' collectives time out, as for any lost process
+            error, sums = err, None
+        failed = distributed.all_reduce_sum_(torch.tensor([float(error is not None)], device=self.device))
+        if failed.item():
+            error = error or RuntimeError("another process could not score its share of the test set (its "
+                                          "output says why)")
+            error.every_process = True
+            raise error
+        return sums
 
     def _end_epoch(self, epoch: int, seconds: float, images: int) -> None:
         """Read the epoch's sums (divergence check), evaluate, log; ``images`` were trained in ``seconds``."""
@@ -548,19 +570,22 @@ class Trainer:
     def _end_epoch_or_keep_it(self, epoch: int, seconds: float, images: int) -> None:
         """`_end_epoch`; where it fails (an unreadable test image, out of memory in the evaluation) a
         single process first checkpoints the trained epoch, as it stood after its last step, so that
-        ``--resume`` runs only its end again. Not on divergence (nothing good to keep), nor under DDP
-        (one rank's failure would leave the others in the checkpoint's collectives)."""
+        ``--resume`` runs only its end again. Not on divergence (nothing good to keep), nor under DDP where
+        one rank failed alone (it would leave the others in the checkpoint's collectives); a failure to
+        score the test set is every rank's (`_score_on_every_rank`), and they keep the epoch together."""
         rng = rng_state()
         try:
             self._end_epoch(epoch, seconds, images)
         except DivergenceError:
             raise
-        except Exception:
-            if self.world.distributed or self.batch != self.steps_per_epoch:
+        except Exception as err:
+            if (self.world.distributed and not getattr(err, "every_process", False)) \
+                    or self.batch != self.steps_per_epoch:
                 raise
             set_rng_state(rng)  # as after the epoch's last step: what the resumed run starts from
             path = self.save_checkpoint()
-            print(f"the trained epoch {epoch + 1} is kept in {path}: --resume redoes only its end", flush=True)
+            if self.world.is_main:
+                print(f"the trained epoch {epoch + 1} is kept in {path}: --resume redoes only its end", flush=True)
             raise
 
     @contextlib.contextmanager
