@@ -186,3 +186,11 @@ def test_from_dense_names_the_layer_type_it_expects():
         LowRankLinear.from_dense(nn.Conv2d(4, 4, 3), 2)
     with pytest.raises(ValueError, match="expected an nn.Conv2d, got Linear"):
         LowRankConv2d.from_dense(nn.Linear(4, 4), 2)
+
+
+def test_a_low_rank_conv_answers_the_dense_convs_attributes():
+    conv = nn.Conv2d(16, 32, (3, 5), stride=2, padding=(1, 2), dilation=1)
+    for scheme in ("channel", "spatial", "tucker2"):
+        low = LowRankConv2d.from_dense(conv, 4, scheme)
+        assert (low.in_channels, low.out_channels, low.kernel_size, low.stride, low.padding, low.dilation,
+                low.groups) == (16, 32, (3, 5), (2, 2), (1, 2), (1, 1), 1)

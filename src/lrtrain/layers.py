@@ -119,7 +119,8 @@ class LowRankConv2d(nn.Module):
     """
 
     # TorchScript compiles properties; these read Python-only state (the scheme), so scripting skips them.
-    __jit_unused_properties__ = ["rank", "max_rank", "weight", "bias"]
+    __jit_unused_properties__ = ["rank", "max_rank", "weight", "bias", "in_channels", "out_channels", "kernel_size",
+                                 "stride", "padding", "dilation", "groups"]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank, scheme: str | Scheme = "channel",
                  stride=1, padding=0, dilation=1, bias: bool = True, device=None, dtype=None):
@@ -165,6 +166,15 @@ class LowRankConv2d(nn.Module):
     def max_rank(self):
         """The largest rank of the layer's scheme (a tucker2 layer: its pair)."""
         return self.scheme.max_rank(self.geometry)
+
+    # The dense conv's attributes, for code that inspects a model's convs (as nn.Conv2d has them).
+    in_channels = property(lambda self: self.geometry.in_channels)
+    out_channels = property(lambda self: self.geometry.out_channels)
+    kernel_size = property(lambda self: self.geometry.kernel_size)
+    stride = property(lambda self: self.geometry.stride)
+    padding = property(lambda self: self.geometry.padding)
+    dilation = property(lambda self: self.geometry.dilation)
+    groups = property(lambda self: 1)
 
     @property
     def weight(self) -> torch.Tensor:
