@@ -489,3 +489,20 @@ def test_a_class_folder_spelled_in_decomposed_unicode_is_the_same_class(tmp_path
     data = build_data(cfg, device=torch.device("cpu"))
     assert data.test.classes == data.train.classes == [composed, "plain"]
     assert sorted(label for _, label in data.test.dataset.samples) == [0, 0, 1, 1]
+
+
+def test_images_outside_any_class_folder_are_said_not_dropped_in_silence(tmp_path):
+    from PIL import Image
+
+    _two_class_folder(tmp_path)
+    Image.new("RGB", (10, 10)).save(tmp_path / "train" / "stray.png")
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
+    with pytest.warns(UserWarning, match=r"train: 1 image\(s\) directly in it left out \(e.g. stray.png\)"):
+        build_data(cfg, device=torch.device("cpu"))
+    (tmp_path / "train" / "stray.png").unlink()
+    for cls in ("ant", "bee"):  # a flat val/: its images moved out of their class folders
+        for image in (tmp_path / "val" / cls).iterdir():
+            image.rename(tmp_path / "val" / f"{cls}{image.name}")
+        (tmp_path / "val" / cls).rmdir()
+    with pytest.raises(FileNotFoundError, match=r"val has 6 image\(s\) but none in a class folder"):
+        build_data(cfg, device=torch.device("cpu"))

@@ -132,9 +132,12 @@ class _ImageFiles(Dataset):
 
         found = class_folders(root)
         labelled = classes is not None
+        loose = sorted(e.name for e in root.iterdir() if e.is_file() and _visible(e.name) and _is_image(str(e)))
+        if not found:
+            raise FileNotFoundError(f"{root} has {len(loose)} image(s) but none in a class folder: each class's "
+                                    f"images go in {root}/<class>/ (e.g. {loose[0]})" if loose else
+                                    f"no class folder in {root} (expected {root}/<class>/*.jpg)")
         if classes is None:
-            if not found:
-                raise FileNotFoundError(f"no class folder in {root} (expected {root}/<class>/*.jpg)")
             if len(found) == 1:  # every prediction would be right: nothing to learn
                 raise ValueError(f"{root} has one class folder ({found[0]}): a classifier needs two or more")
             classes = found
@@ -164,6 +167,9 @@ class _ImageFiles(Dataset):
         if others:
             warnings.warn(f"{root}: {len(others)} file(s) left out, not of an image format (e.g. "
                           f"{Path(others[0]).relative_to(root)})")
+        if loose:
+            warnings.warn(f"{root}: {len(loose)} image(s) directly in it left out (e.g. {loose[0]}): each "
+                          f"class's images go in {root}/<class>/")
 
     def __len__(self) -> int:
         return len(self.samples)
