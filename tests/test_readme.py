@@ -77,7 +77,7 @@ def test_the_building_blocks_example_runs_as_written(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # it writes compact.pt
     model = lr.models.create("resnet20")
-    names = {"torch": torch, "lr": lr, "model": model, "compact": lr.factorize(lr.models.create("resnet20"))}
+    names = {"torch": torch, "lr": lr, "model": model, "compact": lr.factorize(lr.models.create("resnet20"), rank="flops:0.5")}
     code = _block("The building blocks").replace('"resnet56"', '"resnet20"').replace("(32, 3, 32, 32)", "(2, 3, 32, 32)")
     assert code != _block("The building blocks")  # a smaller model and batch: the same calls, faster
     exec(code, names)
