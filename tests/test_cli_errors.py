@@ -303,6 +303,11 @@ def test_a_warning_is_one_line_without_the_source_location(tmp_path, capsys):
                      "learning rate is never lowered there (set schedule.milestones for the shorter run, or "
                      "schedule.name=cosine)"]
     assert "config.py" not in err and warnings.showwarning.__module__ == "warnings"  # put back after the run
+    with warnings.catch_warnings(), pytest.MonkeyPatch.context() as env:  # torchrun's second process
+        warnings.simplefilter("always")
+        env.setenv("RANK", "1")
+        assert cli.main(["train", recipe, "--out-dir", str(tmp_path / "run"), "--overwrite"]) == 0
+    assert "milestones" not in capsys.readouterr().err  # rank 0 says it, once
 
 
 def test_a_reader_that_stops_early_is_no_error(tmp_path):

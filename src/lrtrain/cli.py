@@ -69,7 +69,10 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError("--resume continues the run in its folder, --overwrite starts it again: give one")
     if args.time_limit is not None and not args.time_limit >= 0:  # 0: stop after the first epoch
         raise ValueError(f"--time-limit is {args.time_limit:g} s: give a number of seconds, 0 or more")
-    cfg = load_recipe(args.recipe, args.overrides)
+    with warnings.catch_warnings():
+        if os.environ.get("RANK", "0") != "0":  # under torchrun the recipe's warnings once, from rank 0
+            warnings.simplefilter("ignore")
+        cfg = load_recipe(args.recipe, args.overrides)
     if args.data_dir:
         cfg["data"]["dir"] = args.data_dir
     if args.device:
