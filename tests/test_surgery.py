@@ -118,11 +118,22 @@ def test_wrong_input_size_is_reported():
 
 
 def test_a_skipped_conv_with_string_padding_is_costed_at_its_real_output_size():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding="same"), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
+    net = nn.Sequential(nn.Conv2d(3, 8, 4, padding="same"), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
     cands, skipped = lr.surgery.candidates(net, "channel", input_size=(1, 3, 10, 10))
-    assert [d.name for d in skipped] == ["0"] and "padding='same'" in skipped[0].reason
-    assert skipped[0].dense_flops == lr.count(net, (1, 3, 10, 10)).layers["0"].flops == 8 * 3 * 9 * 100
+    assert [d.name for d in skipped] == ["0"] and "padding='same' with kernel (4, 4) pads one side" in skipped[0].reason
+    assert skipped[0].dense_flops == lr.count(net, (1, 3, 10, 10)).layers["0"].flops == 8 * 3 * 16 * 100
     assert cands[0].request.dense_cost == lr.count(net, (1, 3, 10, 10)).layers["2"].flops
+
+
+@pytest.mark.parametrize("padding, kernel, dilation", [("same", 3, 1), ("same", (5, 3), 2), ("valid", 3, 1)])
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "tucker2"])
+def test_a_conv_with_even_string_padding_factorizes_exactly(padding, kernel, dilation, scheme):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, kernel, padding=padding, dilation=dilation).double()
+    low = LowRankConv2d.from_dense(conv, LowRankConv2d.from_dense(conv, 1, scheme).max_rank, scheme)
+    x = torch.randn(2, 6, 11, 12, dtype=torch.float64)
+    torch.testing.assert_close(low(x), conv(x))
+    torch.testing.assert_close(low.to_dense()(x), conv(x))
 
 
 class _SharedBlock(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from . import linalg
-from .schemes import ConvGeometry, Scheme, get_scheme, spec_macs
+from .schemes import ConvGeometry, Scheme, get_scheme, integer_padding, spec_macs
 
 
 def computed_weight(layer: nn.Module, base: type[nn.Module]) -> str:
@@ -47,8 +47,9 @@ def check_factorizable(conv: nn.Conv2d, where: str = "conv") -> None:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
         raise ValueError(f"{where}: {kind} conv (groups={conv.groups}) cannot be factorized; "
                          "only groups=1 convs are supported")
-    if isinstance(conv.padding, str):
-        raise ValueError(f"{where}: padding={conv.padding!r} is not supported; use integer padding")
+    if integer_padding(conv) is None:
+        raise ValueError(f"{where}: padding={conv.padding!r} with kernel {tuple(conv.kernel_size)} pads one side "
+                         "more than the other, which no factor's padding reproduces; use integer padding")
     if conv.padding_mode != "zeros":
         raise ValueError(f"{where}: padding_mode={conv.padding_mode!r} is not supported; only 'zeros'")
 

@@ -62,6 +62,18 @@ class ConvSpec:
         return self.out_channels * (self.in_channels // self.groups) * kh * kw + (self.out_channels if self.bias else 0)
 
 
+def integer_padding(conv: torch.nn.Conv2d) -> tuple[int, int] | None:
+    """`conv`'s padding as two ints: ``"valid"`` is 0, ``"same"`` (stride 1) half the dilated kernel's
+    reach where that is even on both sides; None for a ``"same"`` that pads one side more (an even kernel),
+    which no factor's padding reproduces."""
+    if not isinstance(conv.padding, str):
+        return tuple(conv.padding)
+    if conv.padding == "valid":
+        return (0, 0)
+    reach = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+    return tuple(r // 2 for r in reach) if all(r % 2 == 0 for r in reach) else None
+
+
 @dataclass(frozen=True)
 class ConvGeometry(ConvSpec):
     """The dense conv a factorization replaces: its own `ConvSpec` (schemes only factorize groups=1;
@@ -70,7 +82,7 @@ class ConvGeometry(ConvSpec):
     @classmethod
     def of(cls, conv: torch.nn.Conv2d) -> "ConvGeometry":
         """The geometry of `conv`."""
-        padding = conv.padding if not isinstance(conv.padding, str) else (0, 0)  # string padding: not factorized
+        padding = integer_padding(conv) or (0, 0)  # an uneven 'same' is not factorized: costed as unpadded
         return cls(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
                    tuple(padding), tuple(conv.dilation), groups=conv.groups, bias=conv.bias is not None)
 
