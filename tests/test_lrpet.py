@@ -150,6 +150,8 @@ def test_finalize_equals_projected_model_keeps_stride_and_cuts_vanished_layers()
         model.layer2[1].conv2.weight.zero_()  # a residual branch that died: only its BN's constant is left
     method = LRPET(model, goal=0.5, period=1, input_size=SMALL)
     method.after_step()  # projects
+    logged = {row["layer"]: row["rank"] for row in method.rank_log}
+    assert logged["layer2.1.conv2"] == 0 and logged["layer2.0.conv1"] == method.ranks()["layer2.0.conv1"] > 0
     model.eval()
     compact = method.finalize().eval()
     x = torch.randn(4, 3, 8, 8)

@@ -220,6 +220,7 @@ class LRPET(Method):
             requests = [dataclasses.replace(self._cands[name].request, spectrum=dec.S[i])
                         for g, _, _, dec in work for i, name in enumerate(g.names)]
             self._ranks = self._policy(requests, self._fixed_cost)
+        vanished: set[str] = set()
         for g, mats, unscale, (U, S, Vh) in work:
             rank = torch.tensor([self._ranks[name] for name in g.names], device=S.device)
             S_new = (linalg.transfer_energy(S, rank, rho) if transfer
@@ -227,9 +228,10 @@ class LRPET(Method):
             out = unscale.unsqueeze(-1) * linalg.reconstruct(U, S_new, Vh)
             idle = (S[..., 0] < _IDLE_SIGMA).view(-1, 1, 1)
             g.write(torch.where(idle, mats.to(out.dtype), out))
+            vanished.update(n for n, gone in zip(g.names, idle.flatten().tolist()) if gone)  # once a projection
         self._last_projection = self.step
-        for name, r in self._ranks.items():
-            self.rank_log.append({"step": self.step, "layer": name, "rank": int(r),
+        for name, r in self._ranks.items():  # a vanished layer is logged at rank 0: finalize cuts it out
+            self.rank_log.append({"step": self.step, "layer": name, "rank": 0 if name in vanished else int(r),
                                   "max_rank": int(self._cands[name].request.max_rank)})
 
     def _rectifiers(self, g: WeightGroup, mats: Tensor) -> tuple[Tensor, Tensor]:
