@@ -481,3 +481,29 @@ def test_a_positional_taken_by_a_many_valued_option_is_named(capsys):
     assert capsys.readouterr().err.splitlines()[-1].endswith("required: RUN_DIR")
     assert cli.main(["info", "--skip", "fc", "--", "resnet20"]) == 0
     assert "fc " in capsys.readouterr().out
+
+
+def test_the_python_api_refuses_what_its_docstrings_rule_out(tmp_path):
+    import numpy as np
+
+    import lrtrain as lr
+    from lrtrain import export
+    from lrtrain.prediction import predict, read_images
+    from lrtrain.schemes import whole_number
+
+    assert whole_number(np.bool_(True)) is None and whole_number(torch.tensor(True)) is None
+    assert whole_number(np.int64(3)) == 3 and lr.LowRankLinear(4, 4, 2.0).rank == 2  # as LowRankConv2d takes it
+    with pytest.raises(ValueError, match="rank True is not an integer"):
+        lr.LowRankLinear(4, 4, True)
+    model = lr.models.create("resnet20", num_classes=3)
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    probs, labels = predict(model, images, None, top=20)
+    assert probs.shape == labels.shape == (2, 3)  # min(top, classes)
+    for kw in ({"top": 0}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match="predict needs top >= 1 and batch_size >= 1"):
+            predict(model, images, None, **kw)
+    with pytest.raises(ValueError, match=r"export to torchscript takes no option 'opset'"):
+        export.export(model, tmp_path / "m.ts", "torchscript", (1, 3, 8, 8), opset=11)
+    with pytest.raises(ValueError, match=r"resize \(8\) must be at least the crop size \(16\)"):
+        read_images(tmp_path / "any.png", 16, resize=8)
+    assert [d.name for d in lr.plan(model, rank="ratio:0.5", skip=None)][0] == "conv1"  # None: no skip list

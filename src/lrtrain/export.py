@@ -358,11 +358,12 @@ STATE_DICT_HAS_NO_NORMALIZATION = (
     "onnx, or wrap the model in lrtrain.export.Normalized after loading)")
 
 EXPORTERS: dict[str, Callable[..., None]] = {
-    "torchscript": lambda model, path, input_size, **kw: export_torchscript(model, path, input_size),
-    "exported": lambda model, path, input_size, **kw: export_program(model, path, input_size),
+    "torchscript": lambda model, path, input_size: export_torchscript(model, path, input_size),
+    "exported": lambda model, path, input_size: export_program(model, path, input_size),
     "onnx": lambda model, path, input_size, opset=None: export_onnx(model, path, input_size, opset),
-    "state_dict": lambda model, path, input_size, **kw: export_state_dict(model, path),
+    "state_dict": lambda model, path, input_size: export_state_dict(model, path),
 }
+OPTIONS = {"onnx": ("opset",)}  # what `export` passes on, per format
 
 
 def _check_input_size(model: nn.Module, input_size) -> None:
@@ -378,9 +379,14 @@ def _with(model: nn.Module, normalize: dict[str, list[float]] | None) -> nn.Modu
 def export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32),
            normalize: dict[str, list[float]] | None = None, **options: Any) -> None:
     """Write `model` to `path` in `format` (one of `EXPORT_FORMATS`); with ``normalize`` (a trained model's
-    record, ``arch["normalize"]``) the written model takes 0–1 RGB images and normalizes them itself."""
+    record, ``arch["normalize"]``) the written model takes 0–1 RGB images and normalizes them itself.
+    ``options``: ``opset=N`` for ONNX (default: the exporter's); another format refuses them."""
     if format not in EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    unknown = [k for k in options if k not in OPTIONS.get(format, ())]
+    if unknown:
+        raise ValueError(f"export to {format} takes no option {unknown[0]!r}"
+                         + (f" (it takes {', '.join(OPTIONS[format])})" if format in OPTIONS else ""))
     if normalize and format == "state_dict":
         raise ValueError(STATE_DICT_HAS_NO_NORMALIZATION)
     _check_input_size(model, input_size)

@@ -8,7 +8,6 @@ lives in `schemes`.
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from . import linalg
-from .schemes import ConvGeometry, Scheme, get_scheme, integer_padding, spec_macs
+from .schemes import ConvGeometry, Scheme, get_scheme, integer_padding, spec_macs, whole_number
 
 
 def computed_weight(layer: nn.Module, base: type[nn.Module]) -> str:
@@ -169,13 +168,13 @@ class LowRankConv2d(nn.Module):
         return self.scheme.max_rank(self.geometry)
 
     # The dense conv's attributes, for code that inspects a model's convs (as nn.Conv2d has them).
-    in_channels = property(lambda self: self.geometry.in_channels)
-    out_channels = property(lambda self: self.geometry.out_channels)
-    kernel_size = property(lambda self: self.geometry.kernel_size)
-    stride = property(lambda self: self.geometry.stride)
-    padding = property(lambda self: self.geometry.padding)
-    dilation = property(lambda self: self.geometry.dilation)
-    groups = property(lambda self: 1)
+    in_channels = property(lambda self: self.geometry.in_channels, doc="The dense conv's input channels.")
+    out_channels = property(lambda self: self.geometry.out_channels, doc="The dense conv's output channels.")
+    kernel_size = property(lambda self: self.geometry.kernel_size, doc="The dense conv's (kh, kw).")
+    stride = property(lambda self: self.geometry.stride, doc="The dense conv's stride (kept by the factors).")
+    padding = property(lambda self: self.geometry.padding, doc="The dense conv's padding, as two ints.")
+    dilation = property(lambda self: self.geometry.dilation, doc="The dense conv's dilation.")
+    groups = property(lambda self: 1, doc="1: only groups=1 convs are factorized.")
 
     @property
     def weight(self) -> torch.Tensor:
@@ -225,12 +224,12 @@ class LowRankLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         hi = min(in_features, out_features)
-        integer = isinstance(rank, numbers.Integral) and not isinstance(rank, bool)
-        if not integer or not 1 <= rank <= hi:
-            what = "is out of range" if integer else "is not an integer"
+        whole = whole_number(rank)  # 2.0 is 2, as LowRankConv2d takes it; 2.5 and True are refused
+        if whole is None or not 1 <= whole <= hi:
+            what = "is out of range" if whole is not None else "is not an integer"
             raise ValueError(f"LowRankLinear({in_features}, {out_features}): rank {rank!r} {what} "
                              f"(valid ranks are 1..{hi})")
-        rank = int(rank)
+        rank = whole
         self.in_features, self.out_features, self._rank = in_features, out_features, rank
         self.factors = nn.Sequential(nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype),
                                      nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype))

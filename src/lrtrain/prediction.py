@@ -34,6 +34,8 @@ def read_images(paths: str | Path | Sequence[str | Path], size: int, resize: int
         paths = [paths]
     if not paths:
         raise ValueError("read_images: no image paths given")
+    if resize is not None and resize < size:  # the centre crop would pad the image with black
+        raise ValueError(f"read_images: resize ({resize}) must be at least the crop size ({size})")
     transform = eval_transform(size, resize or size)
     images = []
     for path in map(Path, paths):
@@ -50,9 +52,11 @@ def predict(model: nn.Module, images: Tensor, normalize: dict[str, list[float]] 
             batch_size: int = 64) -> tuple[Tensor, Tensor]:
     """The `top` class probabilities (softmax) and labels of each of `images` (uint8 N×3×H×W, RGB),
     normalized per channel by ``normalize`` (a trained model's record; None: the pixels scaled to 0–1
-    only), as two N×top CPU tensors, the likeliest first."""
+    only), as two N×k CPU tensors, k = min(top, classes), the likeliest first."""
     from .export import Normalized
 
+    if top < 1 or batch_size < 1:
+        raise ValueError(f"predict needs top >= 1 and batch_size >= 1, got top={top}, batch_size={batch_size}")
     if images.dtype != torch.uint8:  # 0-1 floats would be divided by 255 once more
         raise TypeError(f"predict takes uint8 images (0-255, as read_images gives), got {images.dtype}")
     # normalized in float32, then given to the model in its own dtype (one rounding, after normalizing)

@@ -193,7 +193,8 @@ class FlopsBudget(RankPolicy):
     layer never takes a rank at which its factorized form would cost as much as the dense one; what the
     budget leaves then keeps layers whole (dense: all their energy), by the energy they gain per MAC, so
     that a budget the dense model fits (``FlopsBudget(1.0)``) leaves it dense. Without spectra (training
-    from scratch), it searches the largest common rank ratio that fits.
+    from scratch), or where a layer's rank is a pair (tucker2: the greedy has no order over two modes), it
+    searches the largest common rank ratio that fits.
     """
 
     def __init__(self, fraction: float, multiple: int = 1):

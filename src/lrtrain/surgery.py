@@ -112,9 +112,9 @@ def _why_not(conv: nn.Conv2d, scheme: Scheme) -> str:
     return ""
 
 
-def skip_patterns(skip: str | Iterable[str]) -> list[str]:
-    """A skip list as a list: one pattern given as a string is one pattern, not its characters."""
-    return [skip] if isinstance(skip, str) else list(skip)
+def skip_patterns(skip: str | Iterable[str] | None) -> list[str]:
+    """A skip list as a list: one pattern given as a string is one pattern, not its characters; None, none."""
+    return [skip] if isinstance(skip, str) else list(skip or ())
 
 
 def candidates(model: nn.Module, scheme: str | Scheme = "channel", skip: Iterable[str] = (),
@@ -225,7 +225,8 @@ def plan(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", 
     `rank` is a policy (`Energy`, `Ratio`, `FixedRank`, `FlopsBudget`, `Threshold`, or a ``"name:value"``
     string), an int (the same rank everywhere, clamped per layer), or ``{layer name: rank}`` for explicit
     per-layer ranks (which must be valid: a rank out of range or a layer that cannot be factorized is an
-    error). Returns one `Decision` per layer, in module order.
+    error). Returns one `Decision` per layer that a forward pass at `input_size` calls and that is not
+    factorized already, in module order.
     """
     cands, skipped = candidates(model, scheme, skip, input_size, linear)
     if isinstance(rank, dict):

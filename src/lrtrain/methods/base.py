@@ -82,11 +82,14 @@ class Method:
         """Return the compact model (LowRank layers where the method made them)."""
         return self.model
 
-    def ranks(self) -> dict[str, int]:
-        """Current rank of every layer the method manages (empty for dense training)."""
+    def ranks(self) -> dict[str, Any]:
+        """Current rank of every layer the method manages (empty for dense training): an int, or a tucker2
+        layer's ``(r_in, r_out)`` pair."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the method to resume it exactly (its step, and each method's own state:
+        ranks, pending projections...); `load_state_dict` takes it back."""
         return {"step": self.step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

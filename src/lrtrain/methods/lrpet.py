@@ -122,7 +122,8 @@ class LRPET(Method):
             ``{layer name: rank}`` (only those layers are projected).
         period: projection every `period` optimizer steps, or ``"epoch"`` (once per epoch, resolved by
             `setup`; the official CIFAR setting; ImageNet used 250).
-        transfer: ρ, the factor of the pruned singular values (0: a true projection, the default).
+        transfer: ρ, the factor of the pruned singular values (0, the default: they are zeroed; with
+            ``energy_transfer=False`` too, a true projection).
         energy_transfer: rescale the kept singular values so Σσ² is unchanged (False: the kept values as
             they are; the pruned ones still scaled by ρ).
         bn_rectify: take the SVD of diag(α)·W for convs followed by a BatchNorm.
