@@ -117,6 +117,7 @@ def test_wrong_input_size_is_reported():
         lr.factorize(models.create("resnet20"), rank=4, input_size=(1, 1, 32, 32))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")  # torch's, about its own copy
 def test_a_skipped_conv_with_string_padding_is_costed_at_its_real_output_size():
     net = nn.Sequential(nn.Conv2d(3, 8, 4, padding="same"), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
     cands, skipped = lr.surgery.candidates(net, "channel", input_size=(1, 3, 10, 10))
