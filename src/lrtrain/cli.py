@@ -486,8 +486,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lrtrain",
-                                     description="Compact low-rank CNNs: train, compress, measure.")
+    parser = _Parser(prog="lrtrain", description="Compact low-rank CNNs: train, compress, measure.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--version", action="version", version=f"lrtrain {_version()}")
     # Accept --debug after the subcommand too; SUPPRESS keeps the top-level value when it is absent.
