@@ -21,6 +21,7 @@ import operator
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -146,8 +147,7 @@ class Scheme:
 def whole_number(value) -> int | None:
     """`value` as an int when it is a whole number (int, numpy or 0-d tensor integer, or integral float);
     None for anything else (2.9, True, "3", a list): a rank is never rounded silently."""
-    if isinstance(value, (bool, str)) or (type(value).__module__ == "numpy" and "bool" in type(value).__name__) \
-            or (torch.is_tensor(value) and value.dtype == torch.bool):
+    if isinstance(value, (bool, np.bool_, str)) or (torch.is_tensor(value) and value.dtype == torch.bool):
         return None  # numpy's and torch's booleans have __index__ too
     try:
         return operator.index(value)
