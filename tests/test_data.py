@@ -3,6 +3,8 @@
 import pickle
 from pathlib import Path
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -348,7 +350,7 @@ def test_an_empty_class_folder_and_a_missing_split_name_their_folder(tmp_path):
     _two_class_folder(tmp_path)
     (tmp_path / "train" / "cat").mkdir()
     cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
-    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'train'}: Found no valid file for the classes cat"):
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'train'}: no image in the class folder\(s\) cat \(images: .jpg"):
         build_data(cfg, device=torch.device("cpu"))
     (tmp_path / "train" / "cat").rmdir()
     (tmp_path / "val").rename(tmp_path / "test")
@@ -506,3 +508,26 @@ def test_images_outside_any_class_folder_are_said_not_dropped_in_silence(tmp_pat
         (tmp_path / "val" / cls).rmdir()
     with pytest.raises(FileNotFoundError, match=r"val has 6 image\(s\) but none in a class folder"):
         build_data(cfg, device=torch.device("cpu"))
+
+
+def test_links_are_followed_once_and_a_link_to_nothing_is_said(tmp_path):
+    from PIL import Image
+
+    _two_class_folder(tmp_path)
+    outside = tmp_path / "more_ants"
+    outside.mkdir()
+    Image.new("RGB", (10, 10)).save(outside / "9.png")
+    ant = tmp_path / "train" / "ant"
+    (ant / "more").symlink_to(outside)  # a linked folder of images: theirs too
+    (ant / "again").symlink_to(outside)  # the same folder twice: its images once
+    (ant / "loop").symlink_to(ant)  # a folder above: torchvision walked it ~40 times deep
+    (ant / "gone.png").symlink_to(tmp_path / "deleted.png")
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
+    with pytest.warns(UserWarning) as caught:
+        data = build_data(cfg, device=torch.device("cpu"))
+    said = sorted(str(w.message) for w in caught)
+    assert any(re.search(r"train: 2 folder\(s\) left out, reached a second time through a link \(e.g. ant/loop\)",
+                         m) for m in said), said
+    assert any("train: 1 file(s) left out, links to nothing (e.g. ant/gone.png)" in m for m in said), said
+    names = sorted(Path(p).relative_to(ant).as_posix() for p, label in data.train.dataset.samples if label == 0)
+    assert names == ["0.png", "1.png", "2.png", "again/9.png"]

@@ -7,6 +7,7 @@ on the training device, which moves a quarter of the bytes over PCIe.
 
 from __future__ import annotations
 
+import os
 import unicodedata
 import warnings
 from pathlib import Path
@@ -121,6 +122,42 @@ def class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in root.iterdir() if e.is_dir() and _visible(e.name))
 
 
+def _scan(root: Path, labels: dict[str, int]) -> tuple[list[tuple[str, int]], dict[str, list[str]]]:
+    """The (path, label) of every image under ``root/<class>/``, in torchvision's order (folders, then
+    files, sorted), and what was left out, by reason. Links are followed, as torchvision does, but a folder
+    reached a second time (a link to a folder above it loops; two links to one folder hold its images
+    twice) is walked once; a link to nothing is no image."""
+    samples: list[tuple[str, int]] = []
+    left_out: dict[str, list[str]] = {"file(s) left out, not of an image format": [],
+                                      "file(s) left out, links to nothing": [],
+                                      "folder(s) left out, reached a second time through a link": []}
+    for name in sorted(labels):
+        walked, seen = [], set()
+        for folder, subfolders, files in os.walk(root / name, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                left_out["folder(s) left out, reached a second time through a link"].append(folder)
+                subfolders[:] = []
+                continue
+            seen.add(real)
+            # sorted: which of two ways to one folder is kept does not depend on the file system's order; a
+            # hidden folder inside a class folder (e.g. .thumbnails/) holds no data
+            subfolders[:] = sorted(d for d in subfolders if _visible(d))
+            walked.append((folder, files))
+        for folder, files in sorted(walked):
+            for file in sorted(files):
+                path = os.path.join(folder, file)
+                if not _visible(file):
+                    continue
+                if not _is_image(path):
+                    left_out["file(s) left out, not of an image format"].append(path)
+                elif not os.path.exists(path):
+                    left_out["file(s) left out, links to nothing"].append(path)
+                else:
+                    samples.append((path, labels[name]))
+    return samples, left_out
+
+
 class _ImageFiles(Dataset):
     """The images of ``root/<class>/``, as torchvision's ImageFolder finds them (sorted class names; GIF
     too), without hidden folders and files, and labelled by ``classes`` when given (the training
@@ -128,8 +165,6 @@ class _ImageFiles(Dataset):
     that worker processes started by spawn can unpickle it."""
 
     def __init__(self, root: Path, transform, classes: list[str] | None = None):
-        from torchvision.datasets.folder import make_dataset
-
         found = class_folders(root)
         labelled = classes is not None
         loose = sorted(e.name for e in root.iterdir() if e.is_file() and _visible(e.name) and _is_image(str(e)))
@@ -149,24 +184,15 @@ class _ImageFiles(Dataset):
             raise ValueError(f"{root} has class folders that are not among the {len(classes)} classes it is "
                              f"labelled by (the training set's, or the model's: {_few(classes)}): {_few(extra)}")
         self.classes, self.transform = list(classes), transform
-        others: list[str] = []  # visible files that are not images: said, not dropped in silence
-
-        def valid(path: str) -> bool:
-            if not all(_visible(part) for part in Path(path).relative_to(root).parts):
-                return False  # in a hidden folder inside a class folder (e.g. .thumbnails/): no data
-            if _is_image(path):
-                return True
-            others.append(path)
-            return False
-
-        try:
-            self.samples = make_dataset(str(root), {f: index[unicodedata.normalize("NFC", f)] for f in found},
-                                        is_valid_file=valid, allow_empty=labelled)
-        except FileNotFoundError as err:  # "Found no valid file for the classes ...": name the folder
-            raise FileNotFoundError(f"{root}: {err} (images: .jpg, .png, .gif, .bmp, .tif, .webp, .ppm)") from None
-        if others:
-            warnings.warn(f"{root}: {len(others)} file(s) left out, not of an image format (e.g. "
-                          f"{Path(others[0]).relative_to(root)})")
+        found_index = {f: index[unicodedata.normalize("NFC", f)] for f in found}
+        self.samples, left_out = _scan(root, found_index)
+        empty = sorted(f for f in found if not any(label == found_index[f] for _, label in self.samples))
+        if empty and not labelled:
+            raise FileNotFoundError(f"{root}: no image in the class folder(s) {_few(empty)} (images: .jpg, .png, "
+                                    f".gif, .bmp, .tif, .webp, .ppm)")
+        for what, paths in left_out.items():
+            if paths:
+                warnings.warn(f"{root}: {len(paths)} {what} (e.g. {Path(paths[0]).relative_to(root)})")
         if loose:
             warnings.warn(f"{root}: {len(loose)} image(s) directly in it left out (e.g. {loose[0]}): each "
                           f"class's images go in {root}/<class>/")
