@@ -26,7 +26,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s
     Weights are not touched; each module's train/eval mode and each BatchNorm's momentum are restored.
     Returns the number of batches used (0 when the model has no BatchNorm or `steps` is 0).
     """
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    norms = _tracking(model)
     if not norms or steps <= 0:
         return 0
     momenta = [m.momentum for m in norms]
@@ -48,3 +48,13 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
     return used
+
+
+def _tracking(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorms of `model` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+def running_statistics(model: nn.Module) -> list[Tensor]:
+    """The running means and variances of `model`'s BatchNorms (what `recalibrate_bn` re-estimates)."""
+    return [s for m in _tracking(model) if m.running_mean is not None for s in (m.running_mean, m.running_var)]

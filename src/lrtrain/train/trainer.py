@@ -31,7 +31,6 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -46,7 +45,7 @@ from ..methods import create_method
 from ..pretrained import load_pretrained
 from ..provenance import commit, today
 from . import distributed
-from .bn import recalibrate_bn
+from .bn import recalibrate_bn, running_statistics
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .rank_log import RankLog
 from .schedule import from_config as schedule_from_config
@@ -487,9 +486,7 @@ class Trainer:
         used = recalibrate_bn(model, self.data.train.batches(self.epochs), self.cfg["train"]["bn_recalibrate"],
                               torch.bfloat16 if self.amp else None)
         if self.world.distributed and used:
-            distributed.average_tensors_([s for m in model.modules() if isinstance(m, _BatchNorm)
-                                          and m.track_running_stats and m.running_mean is not None
-                                          for s in (m.running_mean, m.running_var)])
+            distributed.average_tensors_(running_statistics(model))
         return used
 
     def _where(self) -> str:
