@@ -843,11 +843,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
     """`args.out`.csv/.md and the accuracy-vs-FLOPs plot from the finished runs under ``args.root``."""
     sets = {r.name: overrides(r, args.set, args.epochs_scale) for r in runs}
     specs = {r.name: spec(r, sets[r.name]) for r in runs}
-    earlier = args.out.with_suffix(".csv")
-    measured = {}
-    if earlier.exists() and not args.remeasure:
-        with open(earlier, newline="") as f:
-            measured = {row["run"]: row for row in csv.DictReader(f)}
+    measured = {} if args.remeasure else benchmark.earlier_rows(args.out.with_suffix(".csv"))
     rows = benchmark.collect(list(specs.values()), args.root, "", threads=args.threads,
                              latency_iters=args.latency_iters, measured=measured)
     by_name = {r.name: r for r in runs}

@@ -104,6 +104,10 @@ def test_report_writes_the_table_with_paper_columns_and_the_plot(calls, monkeypa
     timed.clear()
     reproduce.main([*report, "--threads", "2"])  # kept values were timed on one thread: timed again
     assert sorted(timed) == sorted(RUNS)
+    timed.clear()
+    stem.with_suffix(".csv").write_bytes(b"\xff\xfe\x00 cut short")  # a damaged table: timed again, not a crash
+    reproduce.main(report)
+    assert sorted(timed) == sorted(RUNS)
     monkeypatch.undo()
     reproduce.main([*report, "--remeasure"])
     with open(stem.with_suffix(".csv")) as f:

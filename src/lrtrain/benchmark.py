@@ -411,7 +411,7 @@ def earlier_runs(root: Path, specs: list[RunSpec]) -> list[RunSpec]:
     return found
 
 
-def _earlier_rows(path: Path) -> dict[str, dict[str, Any]]:
+def earlier_rows(path: Path) -> dict[str, dict[str, Any]]:
     """The rows of an earlier bench.csv by run name (none where it is missing or unreadable: recomputed)."""
     try:
         with open(path, newline="") as f:
@@ -463,7 +463,7 @@ def run(args) -> int:
                             for w in (f"--{k.replace('_', '-')}", v))])
     tabled = specs + earlier_runs(root, specs)
     rows = collect(tabled, root, command, threads=args.threads, speed=args.speed,
-                   measured=_earlier_rows(root / "bench.csv"))
+                   measured=earlier_rows(root / "bench.csv"))
     pending = [s.name for s in specs if not (root / s.name / "summary.json").exists()]
     timed = sorted({r["cpu_timing"] for r in rows if r["cpu_timing"]})
     notes = ("top1_final: the compact model's test top-1; top1_best: the best epoch-end top-1 of the model as "
