@@ -206,9 +206,9 @@ def test_sigint_stops_after_the_step_with_a_mid_epoch_checkpoint_and_restores_th
 
 
 def test_the_cli_exits_130_on_sigint_and_stops_at_once_on_a_second_one(tmp_path, capsys, monkeypatch):
-    from lrtrain.train import trainer
+    from lrtrain.train import stops
 
-    monkeypatch.setattr(trainer, "REPEAT_WINDOW_S", 0.0)  # the method's two signals come a moment apart
+    monkeypatch.setattr(stops, "REPEAT_WINDOW_S", 0.0)  # the method's two signals come a moment apart
     recipe = tmp_path / "r.yaml"
     recipe.write_text(textwrap.dedent("""
         data: {name: sample, train_size: 64, test_size: 32, image_size: 8, num_classes: 4, batch_size: 16}
@@ -227,7 +227,7 @@ def test_the_cli_exits_130_on_sigint_and_stops_at_once_on_a_second_one(tmp_path,
                      "--set", f"method.signum={int(signal.SIGTERM)}"]) == 128 + signal.SIGTERM
     capsys.readouterr()
     # one stop delivered twice at once (torchrun passes on the SIGTERM its workers also got) is one stop
-    monkeypatch.setattr(trainer, "REPEAT_WINDOW_S", 1.0)
+    monkeypatch.setattr(stops, "REPEAT_WINDOW_S", 1.0)
     assert cli.main(["train", str(recipe), "--out-dir", str(tmp_path / "d"), "--set", "method.times=2",
                      "--set", f"method.signum={int(signal.SIGTERM)}"]) == 128 + signal.SIGTERM
     captured = capsys.readouterr()

@@ -534,7 +534,7 @@ def _main(args: argparse.Namespace) -> int:
         return 128 + getattr(err, "signum", signal.SIGINT)  # a second SIGTERM: 143, as a batch system expects
     except RuntimeError as err:
         # imported only now: a command that fails before training (a bad recipe) never loads torch
-        from .train.trainer import DivergenceError, OutOfMemory, is_out_of_memory
+        from .train.stops import DivergenceError, OutOfMemory, is_out_of_memory
 
         if args.debug:
             raise

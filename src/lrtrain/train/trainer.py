@@ -22,7 +22,6 @@ import json
 import os
 import random
 import signal
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -48,7 +47,10 @@ from . import distributed
 from .bn import recalibrate_bn, running_statistics
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .rank_log import RankLog
+from .optim import build_sgd, load_optimizer_state
 from .schedule import from_config as schedule_from_config
+from .stops import DivergenceError, OutOfMemory, StopSignals, is_out_of_memory
+from .sums import DeviceSums
 
 METRICS_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
                   "img_per_s"]
@@ -80,128 +82,9 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-class DivergenceError(RuntimeError):
-    """The loss became NaN or Inf; the run stopped and kept its last good checkpoint."""
-
-
-class OutOfMemory(RuntimeError):
-    """The device ran out of memory; the message says which batch size to lower."""
-
-
-# Signals that stop a run cleanly: the step under way ends, a checkpoint is saved, `fit` returns.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-REPEAT_WINDOW_S = 1.0  # a stop signal repeated within this is the same stop (see `_stop_on_signals`)
-
-
-class Interrupted(KeyboardInterrupt):
-    """A second stop signal during training: the run stops at once. `signum` is that signal's number (the
-    command line exits with 128 + it, as a process killed by it would)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"{signal.Signals(signum).name} received twice")
-        self.signum = int(signum)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or a RuntimeError saying so (other backends; the CPU allocator)."""
-    text = str(err).lower()
-    return isinstance(err, torch.cuda.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
-
-
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _DeviceSums:
-    """Loss·samples, correct predictions and non-finite losses, summed on the device without syncs."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.values = torch.zeros(3, dtype=torch.float64, device=device)
-        self.samples = 0  # counted on the host: exact and free
-        self._host = torch.zeros(3, dtype=torch.float64, pin_memory=device.type == "cuda")
-        self._copy_event = torch.cuda.Event() if device.type == "cuda" else None
-        self._copy_samples: int | None = None
-        self._snapshot: tuple[list[float], int] | None = None
-
-    def add(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
-        n = labels.shape[0]
-        correct = (logits.argmax(1) == labels).sum()
-        self.values += torch.stack([loss.double() * n, correct.double(), (~torch.isfinite(loss)).double()])
-        self.samples += n
-
-    def peek(self) -> tuple[float, float] | None:
-        """(mean loss, accuracy %) of the latest sums the device has copied back, without waiting."""
-        if self._copy_event is None:
-            self._snapshot = (self.values.tolist(), self.samples)
-        else:
-            if self._copy_samples is not None and self._copy_event.query():
-                self._snapshot = (self._host.tolist(), self._copy_samples)
-                self._copy_samples = None
-            if self._copy_samples is None:
-                self._host.copy_(self.values, non_blocking=True)
-                self._copy_event.record()
-                self._copy_samples = self.samples
-        if not self._snapshot or not self._snapshot[1]:
-            return None
-        (loss, correct, _), n = self._snapshot
-        return loss / n, 100.0 * correct / n
-
-    def read(self) -> tuple[float, float, int, int]:
-        """(mean loss, accuracy %, non-finite steps, samples) over all ranks: one sync."""
-        total = distributed.all_reduce_sum_(torch.cat([self.values, self.values.new_tensor([self.samples])]))
-        loss, correct, nonfinite, samples = total.tolist()
-        samples = max(int(samples), 1)
-        return loss / samples, 100.0 * correct / samples, int(nonfinite), samples
-
-    def nonfinite(self) -> int:
-        """Non-finite losses summed over all ranks (a sync: call at checkpoints, not every step)."""
-        return int(distributed.all_reduce_sum_(self.values[2:].clone()).item())
-
-    def state(self) -> dict[str, Any]:
-        """The sums over all ranks (a collective: every rank calls it when a checkpoint is saved)."""
-        total = distributed.all_reduce_sum_(torch.cat([self.values, self.values.new_tensor([self.samples])]))
-        return {"values": total[:3].cpu(), "samples": int(total[3])}
-
-    def load(self, state: dict[str, Any], is_main: bool = True) -> None:
-        """Restore `state`'s totals on the main rank (zeros elsewhere), so the next `read` sums them once."""
-        self.values.copy_(state["values"] if is_main else torch.zeros_like(state["values"]))
-        self.samples = int(state["samples"]) if is_main else 0
-
-    def reset(self) -> None:
-        self.values.zero_()
-        self.samples = 0
-        self._snapshot = None
-        self._copy_samples = None  # a copy still in flight holds the previous epoch's sums
-
-
-def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give each state tensor its parameter's memory layout. Loaded or carried-over momentum keeps the
-    layout it was saved with (NCHW from a CPU run), and fused CUDA SGD refuses buffers strided unlike
-    their parameters (channels_last convs)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
-                    state[key] = torch.empty_like(p).copy_(value)
-
-
-def _fill_momentum(optimizer: torch.optim.SGD) -> None:
-    """Give a zero momentum buffer to each new parameter once any parameter carries one over.
-
-    Fused SGD (the CUDA default) takes its buffers as one list that must be all tensors or all None:
-    after a swap the surviving BatchNorm and classifier parameters keep theirs and the new factors
-    have none, which it refuses. With no dampening a zero buffer is exactly SGD's own first step
-    (buffer = gradient), so the new parameters train as they would in a fresh optimizer."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not any("momentum_buffer" in optimizer.state.get(p, {}) for p in params):
-        return
-    for p in params:
-        if "momentum_buffer" not in optimizer.state[p]:  # setdefault would allocate zeros for every one
-            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
 
 
 def _auto(value: bool | str, device: torch.device) -> bool:
@@ -280,7 +163,7 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.schedule = schedule_from_config(config["schedule"], config["optim"]["lr"], self.steps_per_epoch,
                                              self.epochs)
-        self.sums = _DeviceSums(self.device)
+        self.sums = DeviceSums(self.device)
         self.step = 0          # optimizer steps taken
         self.epoch = 0         # epochs completed
         self.batch = 0         # next batch of the current epoch
@@ -296,7 +179,7 @@ class Trainer:
         self._session_start = time.perf_counter()
         self._changed_on_resume: list[str] = []  # settings that differ from the checkpoint's resumed
         self._finished_before = False  # resumed a finished run with its own settings: nothing to do
-        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during `fit`
+        self.stops = StopSignals()  # its signum: SIGINT/SIGTERM received during `fit`
         self._evaluating = False
         self._base_modules: dict[str, nn.Module] | None = None  # the registry model's, for `_layers`
 
@@ -323,25 +206,7 @@ class Trainer:
         self.forward = net
 
     def _build_optimizer(self, previous: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
-        """SGD over ``method.model``; parameters that survive a rebuild keep their momentum."""
-        opt = self.cfg["optim"]
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if opt["no_decay_norm_bias"]:
-            groups = [{"params": [p for p in params if p.ndim > 1]},
-                      {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-        else:
-            groups = [{"params": params}]
-        optimizer = torch.optim.SGD(groups, lr=opt["lr"], momentum=opt["momentum"], nesterov=opt["nesterov"],
-                                    weight_decay=opt["weight_decay"],
-                                    fused=True if self.device.type == "cuda" else None)
-        if previous is not None:
-            for p in params:
-                state = previous.state.get(p, {})
-                if state and all(v.shape == p.shape for v in state.values() if torch.is_tensor(v) and v.ndim):
-                    optimizer.state[p] = state
-            _fill_momentum(optimizer)
-            _match_layouts(optimizer)
-        return optimizer
+        return build_sgd(self.model, self.cfg["optim"], self.device, previous)
 
     def _after_step(self) -> None:
         """Drain the method's rank log, keep ranks identical, follow layer replacements."""
@@ -400,13 +265,13 @@ class Trainer:
                 last = self.batch == self.steps_per_epoch
                 # A signal is seen between steps without a sync; several processes agree on it at
                 # checkpoints only (an agreement is a collective), so they all stop at the same step.
-                signalled = self.stop_signal is not None and not self.world.distributed
+                signalled = self.stops.signum is not None and not self.world.distributed
                 if ((until_step is not None and self.step >= until_step) or signalled) and not last:
                     self.save_checkpoint()
                     return False
                 if every and self.step % every == 0 and not last:
                     self.save_checkpoint()
-                    if self.world.distributed and self._agree(self.stop_signal is not None):
+                    if self.world.distributed and self._agree(self.stops.signum is not None):
                         return False
         finally:
             bar.close()
@@ -528,7 +393,7 @@ class Trainer:
                       "it again; a changed setting, e.g. --set train.bn_recalibrate=50, finalizes it again)",
                       flush=True)
                 return read_summary(self.run_dir)
-            with self._stop_on_signals():
+            with self.stops:
                 stopped = self._train(until_step, time_limit)
             return stopped if stopped is not None else self._finish()
 
@@ -549,7 +414,7 @@ class Trainer:
             self._epoch_before = (0.0, 0)
             out_of_time = time_limit is not None and time.perf_counter() - session > time_limit
             stop = (until_step is not None and self.step >= until_step) \
-                or self._agree(out_of_time or self.stop_signal is not None)
+                or self._agree(out_of_time or self.stops.signum is not None)
             self.save_checkpoint()
             if stop and self.epoch < self.epochs:
                 return self._stopped()
@@ -586,34 +451,6 @@ class Trainer:
             raise
 
     @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """While training: SIGINT/SIGTERM set `stop_signal` (the loop stops with a checkpoint); a second
-        one raises KeyboardInterrupt, unless it is the same signal within `REPEAT_WINDOW_S` (delivered twice).
-        Handlers can only be installed from the main thread."""
-        self.stop_signal = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        first = [0.0]
-
-        def handler(signum, frame):
-            if self.stop_signal is not None:
-                # the same signal again within a second is one stop delivered twice (a batch system signals
-                # torchrun and its workers, and torchrun passes its own on), not a second request
-                if signum == self.stop_signal and time.monotonic() - first[0] < REPEAT_WINDOW_S:
-                    return
-                raise Interrupted(signum)
-            self.stop_signal, first[0] = signum, time.monotonic()  # nothing more: it may interrupt a print
-
-        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-    @contextlib.contextmanager
     def _translate_errors(self) -> Iterator[None]:
         """NaN weights met by a method's SVD become a `DivergenceError`, and running out of device
         memory an `OutOfMemory` naming the batch size to lower."""
@@ -641,7 +478,7 @@ class Trainer:
 
     def _stopped(self) -> dict[str, Any]:
         checkpoint = list_checkpoints(self.run_dir / "checkpoints")[-1]
-        name = signal.Signals(self.stop_signal).name if self.stop_signal is not None else None
+        name = signal.Signals(self.stops.signum).name if self.stops.signum is not None else None
         if self.world.is_main:
             why = f"{name} received: " if name else ""
             command = f"lrtrain train {self.run_dir} --resume"
@@ -790,12 +627,7 @@ class Trainer:
                 self._wrap_model()  # the method rebuilt layers; an unchanged model keeps its compiled graph
             self.model.load_state_dict(state["model"])
             self.optimizer = self._build_optimizer()
-            fused = [g["fused"] for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(state["optimizer"])
-            for group, f in zip(self.optimizer.param_groups, fused):  # this device's choice, not the saver's
-                group["fused"] = f
-            _fill_momentum(self.optimizer)  # saved right after a swap, before its new layers took a step
-            _match_layouts(self.optimizer)
+            load_optimizer_state(self.optimizer, state["optimizer"])
         except (RuntimeError, KeyError, ValueError) as err:
             detail = _one_line(f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err))
             raise ValueError(f"checkpoint {path} does not fit this run's {self.model_name} with method "
