@@ -247,3 +247,28 @@ def test_a_half_precision_compact_model_is_scored_in_its_dtype(run, tmp_path, ca
     top1 = float(scored.split("top-1 ")[1].split("%")[0])
     final = json.loads((run / "summary.json").read_text())["final_acc"]
     assert abs(top1 - final) <= 100 * 3 / 48  # bf16 round-off moves at most a few of the 48 images
+
+
+def test_shown_batches_are_the_loaders_with_a_bar_of_its_length_on_a_terminal_only(monkeypatch):
+    import io
+
+    from lrtrain.evaluation import shown_batches
+
+    class Loader:
+        def __len__(self):
+            return 3
+
+        def batches(self):
+            return ((torch.full((2, 3, 4, 4), float(i)), torch.tensor([i, i])) for i in range(3))
+
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    monkeypatch.setattr("sys.stderr", terminal)
+    bar = shown_batches(Loader(), "evaluate")
+    assert bar.total == 3 and not bar.disable
+    assert [int(labels[0]) for _, labels in bar] == [0, 1, 2]
+    assert "evaluate:   0%| " in terminal.getvalue() and "0/3" in terminal.getvalue()  # cleared after: leave=False
+    assert shown_batches(Loader(), show=False).disable
+    log = io.StringIO()  # a batch job's log: no bar
+    monkeypatch.setattr("sys.stderr", log)
+    assert shown_batches(Loader()).disable and [int(y[0]) for _, y in shown_batches(Loader())] == [0, 1, 2]

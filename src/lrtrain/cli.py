@@ -322,7 +322,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from . import models
     from .devices import resolve_device
-    from .evaluation import evaluate, predicted_classes, resolve_source, scoring_data
+    from .evaluation import evaluate, predicted_classes, resolve_source, scoring_data, shown_batches
     from .metrics import count, latency_ratio, model_dtype
     from .train import distributed
 
@@ -337,7 +337,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
               f"its run is beside it: scored on {data.description}"
               + ("" if chosen else " (--set data.name=... names the data set it was trained on)"))
     outputs = predicted_classes(model, data, what)
-    result = evaluate(model.to(device), data.test.batches(), amp=False)
+    result = evaluate(model.to(device), shown_batches(data.test, "evaluate"), amp=False)
     top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""
     print(f"{what} on {data.description}: top-1 {result['test_acc']:.2f}%{top5}, loss {result['test_loss']:.4f} "
           f"({result['images']} images, {device})")

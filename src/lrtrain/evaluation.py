@@ -42,6 +42,16 @@ def score_sums(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], amp: 
     return torch.cat([sums, sums.new_tensor([images_seen])])
 
 
+def shown_batches(loader, label: str = "test", show: bool = True) -> Iterable[tuple[Tensor, Tensor]]:
+    """`loader`'s batches (an lrtrain data loader: ``.batches()`` and a length) with a progress bar named
+    `label` on a terminal (none in a log file, nor where ``show`` is False): an ImageNet-size test split
+    takes minutes on a CPU."""
+    from tqdm import tqdm
+
+    return tqdm(loader.batches(), total=len(loader), desc=label, leave=False, dynamic_ncols=True,
+                disable=None if show else True)
+
+
 def summarize(sums: Tensor) -> dict[str, Any]:
     """`score_sums` (all processes' summed) as mean loss, top-1 and top-5 accuracy (%) and images."""
     loss, top1, top5, images = sums.tolist()
@@ -152,4 +162,5 @@ def predicted_classes(model: nn.Module, data: Any, what: str) -> int:
     return outputs
 
 
-__all__ = ["Source", "evaluate", "predicted_classes", "resolve_source", "score_sums", "scoring_data", "summarize"]
+__all__ = ["Source", "evaluate", "predicted_classes", "resolve_source", "score_sums", "scoring_data", "shown_batches",
+           "summarize"]

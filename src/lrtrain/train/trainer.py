@@ -38,7 +38,7 @@ from ..layers import LowRankConv2d, LowRankLinear
 from ..linalg import NonFiniteError
 from ..data import Data, build_data, model_facts, normalization_stats
 from ..devices import device_name, resolve_device
-from ..evaluation import score_sums, summarize
+from ..evaluation import score_sums, shown_batches, summarize
 from ..files import atomic_write, atomic_write_text, read_summary
 from ..methods import create_method
 from ..pretrained import load_pretrained
@@ -287,10 +287,13 @@ class Trainer:
         if self.world.distributed:
             sums = self._score_on_every_rank(model)
         else:
-            sums = score_sums(model, self.data.test.batches(), self.amp)
+            sums = score_sums(model, self._test_batches(), self.amp)
         self._evaluating = False  # left set by an error: `_translate_errors` reads it, then clears it
         result = summarize(distributed.all_reduce_sum_(sums))
         return {"test_loss": result["test_loss"], "test_acc": result["test_acc"]}  # metrics.csv's columns
+
+    def _test_batches(self):
+        return shown_batches(self.data.test, "test", self.cfg["train"]["progress"] and self.world.is_main)
 
     def _score_on_every_rank(self, model: nn.Module) -> Tensor:
         """`score_sums` of this rank's test share, where a rank that fails (an unreadable test image) is known
@@ -298,7 +301,7 @@ class Trainer:
         trained epoch in a checkpoint (a collective) rather than leave the others waiting in the sums'."""
         error = None
         try:
-            sums = score_sums(model, self.data.test.batches(), self.amp)
+            sums = score_sums(model, self._test_batches(), self.amp)
         except Exception as err:
             if is_out_of_memory(err):
                 raise  # this rank stops; the others' collectives time out, as for any lost process
