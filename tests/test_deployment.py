@@ -101,3 +101,19 @@ def test_channels_last_leaves_tensors_that_are_not_4d_as_they_are():
     x = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(deployed(x), model(x))
+
+
+def test_progress_counts_every_layer_of_both_layouts_on_a_terminal(monkeypatch):
+    import io
+
+    compact = _compact()
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    monkeypatch.setattr("sys.stderr", terminal)
+    timer = lambda first, second, x: (1.0, 2.0)  # noqa: E731
+    layers = sum(isinstance(m, LowRankConv2d) for m in compact.modules())
+    lr.deploy(compact, input_size=(2, 3, 32, 32), timer=timer, layout="auto", progress=True)
+    assert "deploy: timing layers:   0%|" in terminal.getvalue() and f"0/{2 * layers}" in terminal.getvalue()
+    terminal.truncate(0)
+    lr.deploy(compact, input_size=(2, 3, 32, 32), timer=timer)  # no progress asked: no bar
+    assert terminal.getvalue() == ""

@@ -273,7 +273,7 @@ def _run_export(args: argparse.Namespace) -> int:
     size = tuple(args.input_size or arch.get("input_size") or models.default_input_size(arch["model"]))
     written = model
     if args.deploy:
-        written, choices = deploy(model, size, layout=args.layout or "auto")
+        written, choices = deploy(model, size, layout=args.layout or "auto", progress=True)
         kept = [c for c in choices if c.factorized]
         print(f"deploy ({layout_of(written)}): {len(kept)} of {len(choices)} factorized convs kept, the others "
               f"run faster dense here "
