@@ -130,7 +130,7 @@ def _printed(lines):
              for item in line.split(": ", 1)[1].split(", ")] for line in lines]
 
 
-def test_lrtrain_predict_gives_the_probabilities_the_models_evaluation_does(cifar_run, capsys):
+def test_lrtrain_predict_gives_the_probabilities_the_models_evaluation_does(cifar_run, capsys, monkeypatch):
     run = cifar_run / "run"
     assert json.loads((run / "summary.json").read_text())["classes"] == NAMES
     files, expected = _test_images_as_files(cifar_run, run)
@@ -142,6 +142,9 @@ def test_lrtrain_predict_gives_the_probabilities_the_models_evaluation_does(cifa
         ranked = probs.argsort(descending=True)[:3].tolist()
         assert [name for name, _ in row] == [NAMES[k] for k in ranked]
         assert [p for _, p in row] == pytest.approx([100 * probs[k].item() for k in ranked], abs=0.051)
+    monkeypatch.setattr(cli, "PREDICT_CHUNK", 4)  # a chunk of 4 and one of 2: the same lines, in order
+    assert cli.main(["predict", str(run), *files, "--top", "3"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == lines and len(files) % 4 == 2
 
 
 def test_a_file_without_its_normalization_takes_its_runs_data_or_refuses(cifar_run, tmp_path, capsys):
@@ -214,7 +217,7 @@ def test_a_folder_models_images_are_resized_as_its_validation_images_were(tmp_pa
     assert "an image-folder model's, ImageNet's statistics" in capsys.readouterr().out
 
 
-def test_an_unreadable_image_costs_its_own_line_only(cifar_run, tmp_path, capsys):
+def test_an_unreadable_image_costs_its_own_line_only(cifar_run, tmp_path, capsys, monkeypatch):
     run = cifar_run / "run"
     good = _png(tmp_path / "good.png", torch.zeros(3, 32, 32, dtype=torch.uint8))
     (tmp_path / "bad.png").write_bytes(b"not an image")
@@ -226,6 +229,9 @@ def test_an_unreadable_image_costs_its_own_line_only(cifar_run, tmp_path, capsys
                                 "can decode", f"lrtrain: error: no such image file: {tmp_path / 'gone.png'}"]
     assert cli.main(["predict", str(run), str(tmp_path / "bad.png")]) == 2  # nothing to predict: the error alone
     assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setattr(cli, "PREDICT_CHUNK", 1)  # an unreadable file in a chunk of its own
+    assert cli.main(["predict", str(run), str(tmp_path / "bad.png"), str(good), str(tmp_path / "gone.png")]) == 1
+    assert capsys.readouterr().out.startswith(f"{good}: ")
 
 
 def test_a_top_below_one_is_one_line(cifar_run, capsys):

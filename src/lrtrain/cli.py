@@ -369,6 +369,9 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
                                       "input normalization (written by an older lrtrain)")
 
 
+PREDICT_CHUNK = 64  # images read and classified together by lrtrain predict
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     import torch
 
@@ -380,19 +383,23 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be at least 1, got {args.top}")
     device = resolve_device(args.device, distributed.World().local_rank)  # before reading anything
     model, facts, side, _ = prepared(args.model, args.data_dir)
-    read, failed = {}, []
-    for path in args.images:  # one unreadable file costs its own line, not the others' predictions
-        try:
-            read[path] = read_images([path], side, facts.get("resize"))
-        except (FileNotFoundError, ValueError) as err:
-            failed.append(err)
-    if not read:
-        raise failed[0]
-    probs, labels = predict(model.to(device), torch.cat(list(read.values())), facts.get("normalize"), args.top)
-    print("\n".join(describe(list(read), probs, labels, facts.get("classes"))))
-    for err in failed:
-        print(f"lrtrain: error: {err}", file=sys.stderr)
-    return 1 if failed else 0
+    model = model.to(device)
+    predicted = failed = 0
+    # PREDICT_CHUNK images at a time, each chunk's lines printed as they come: thousands of files neither
+    # wait for the last one nor sit in memory together
+    for start in range(0, len(args.images), PREDICT_CHUNK):
+        read = {}
+        for path in args.images[start:start + PREDICT_CHUNK]:  # an unreadable file costs its own line only
+            try:
+                read[path] = read_images([path], side, facts.get("resize"))
+            except (FileNotFoundError, ValueError) as err:
+                print(f"lrtrain: error: {err}", file=sys.stderr, flush=True)
+                failed += 1
+        if read:
+            probs, labels = predict(model, torch.cat(list(read.values())), facts.get("normalize"), args.top)
+            print("\n".join(describe(list(read), probs, labels, facts.get("classes"))), flush=True)
+            predicted += len(read)
+    return 2 if not predicted else 1 if failed else 0
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
