@@ -873,15 +873,18 @@ def report(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]:
         notes += f"\n\nNot finished yet: {', '.join(pending)}."
     benchmark.write_table(rows, args.out, "CIFAR-10: the papers' low-rank methods, reproduced", notes,
                           columns=COLUMNS)
-    points, seen = [], set()
-    for r in runs:  # one hollow marker per published figure, in the colours of the first row compared with it
+    points, seen, started = [], set(), {}
+    for r in runs:  # one marker per published figure, joined to every row compared with it
         model = specs[r.name].recipe["model"]["name"]
         key = r.paper and (model, r.paper["top1"], r.paper["speedup"], r.paper["source"])
         if key and key not in seen:
             seen.add(key)
-            points.append({"label": f"{r.label} (paper)", "method": r.label, "model": model, **r.paper})
+            points.append({"label": f"{r.label} (paper)", "model": model, **r.paper})
+        finished, step = progress(args.root / r.name)
+        started[model] = started.get(model, 0) + (not finished and step >= 0)
     benchmark.plot(rows, args.out.parent / f"{args.out.name}_acc_vs_flops.png",
-                   "CIFAR-10: ours (filled) and the papers (hollow)", paper_points=points, panels="model")
+                   "CIFAR-10: ours (filled) and the papers (hollow)", paper_points=points, panels="model",
+                   started=started)
     return rows
 
 

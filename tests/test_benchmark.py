@@ -295,7 +295,7 @@ def test_provenance_shared_by_every_row_is_said_once_else_per_run(tmp_path):
     assert "Commit, per run: dense `aaa1111`; trp `bbb2222, aaa1111`." in lines
 
 
-def test_plot_styles_a_method_once_and_lists_it_once(tmp_path, monkeypatch):
+def test_plot_styles_a_method_once_and_lists_it_once_in_one_legend_below(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
@@ -303,15 +303,52 @@ def test_plot_styles_a_method_once_and_lists_it_once(tmp_path, monkeypatch):
     monkeypatch.setattr(plt, "close", figures.append)
     rows = [{"method": m, "flops_speedup": s, "top1_final": a}
             for m, s, a in [("A", 2.0, 90.0), ("A", 2.1, 90.5), ("B", 3.0, 89.0), ("dense", 1.0, 92.0)]]
-    paper = [{"label": "A (paper)", "method": "A", "speedup": 2.2, "top1": 91.0}]
-    benchmark.plot(rows, tmp_path / "p.png", "t", paper_points=paper)
-    ax = figures[0].axes[0]
-    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["A", "A (paper)", "B", "dense (92.00%)"]
-    a1, a2, b, a_paper = ax.collections
+    benchmark.plot(rows, tmp_path / "p.png", "t")
+    fig = figures[0]
+    ax = fig.axes[0]
+    assert ax.get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["A", "B", "dense (92.00%)"]
+    a1, a2, b = ax.collections
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     assert tuple(a1.get_facecolor()[0]) == tuple(a2.get_facecolor()[0]) == to_rgba(cycle[0])
-    assert tuple(a_paper.get_edgecolor()[0]) == to_rgba(cycle[0])
     assert tuple(b.get_facecolor()[0]) == to_rgba(cycle[1])  # the next colour: a styled method draws none
+
+
+def test_paper_points_are_neutral_and_joined_to_every_row_compared_with_them(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex, to_rgba
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    paper = {"paper_top1": 90.5, "paper_speedup": 2.17}
+    rows = [{"method": f"m{i}", "flops_speedup": 1.5 + i / 3, "top1_final": 80.0 + i, **(paper if i in (3, 6) else {})}
+            for i in range(9)] + [{"method": "dense", "flops_speedup": 1.0, "top1_final": 92.0}]
+    points = [{"label": "m3 (paper)", "speedup": 2.17, "top1": 90.5}, {"label": "other (paper)", "speedup": 4, "top1": 88}]
+    benchmark.plot(rows, tmp_path / "p.png", "t", paper_points=points, colours={"m0": "tab:blue"})
+    ax = figures[0].axes[0]
+    hollow = [c for c in ax.collections if len(c.get_facecolor()) == 0]
+    assert [tuple(c.get_offsets()[0]) for c in hollow] == [(2.17, 90.5), (4, 88)]
+    assert all(tuple(c.get_edgecolor()[0]) == to_rgba("black") for c in hollow)  # not the first row's colour
+    dotted = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert sorted(tuple(line.get_xydata()[1]) for line in dotted) == [(2.5, 83.0), (3.5, 86.0)]
+    filled = [to_hex(c.get_facecolor()[0]) for c in ax.collections if len(c.get_facecolor())]
+    assert "#7f7f7f" not in filled  # the dense line's grey
+    assert len(set(filled)) == 9 - 1  # eight colours left for nine methods
+
+
+def test_a_panel_without_runs_says_so(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = [{"method": "A", "model": "r20", "flops_speedup": 2.0, "top1_final": 90.0}]
+    points = [{"label": "A (paper)", "model": "r56", "speedup": 2.2, "top1": 93.0},
+              {"label": "anywhere (paper)", "speedup": 3, "top1": 89.0}]
+    benchmark.plot(rows, tmp_path / "p.png", "t", paper_points=points, panels="model", started={"r56": 3})
+    r20, r56 = figures[0].axes[:2]
+    assert r20.get_title() == "t: r20" and "no finished run yet (3 started)" in r56.get_title()
+    assert sorted(t.get_text() for t in r56.texts) == ["A (paper)", "anywhere (paper)"]  # a model-free point in both
+    assert [t.get_text() for t in r20.texts] == ["anywhere (paper)"]
 
 
 def test_plot_of_runs_at_one_budget_does_not_magnify_their_tiny_speedup_differences(tmp_path, monkeypatch):
@@ -328,30 +365,53 @@ def test_plot_of_runs_at_one_budget_does_not_magnify_their_tiny_speedup_differen
     assert 1.4 < left < 1.5 and 2.231 < right < 2.3
 
 
-def test_labels_of_nearby_paper_points_do_not_cover_each_other(tmp_path, monkeypatch):
+def test_labels_of_nearby_paper_points_cover_no_label_and_no_marker_and_lead_to_their_point(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
+    from matplotlib.text import Text
 
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
-    rows = [{"method": "ours", "flops_speedup": 2.0, "top1_final": 90.0}]
+    rows = [{"method": m, "flops_speedup": s, "top1_final": a}
+            for m, s, a in [("ours", 2.0, 90.0), ("x", 2.18, 85.1), ("y", 2.21, 85.2)]]
     paper = [{"label": "TRP channel (paper)", "speedup": 2.17, "top1": 85.05},  # at the panel's bottom
-             {"label": "LRPET (paper)", "speedup": 2.19, "top1": 85.07},
+             {"label": "LRPET (paper)", "speedup": 2.20, "top1": 85.07},
              {"label": "TRP spatial (paper)", "speedup": 2.16, "top1": 85.03},
              {"label": "far (paper)", "speedup": 4.0, "top1": 85.0}]
     benchmark.plot(rows, tmp_path / "p.png", "t", paper_points=paper)
     fig = figures[0]
     fig.canvas.draw()
-    boxes = {t.get_text(): t.get_window_extent() for t in fig.axes[0].texts}
+    ax = fig.axes[0]
+    boxes = {t.get_text(): Text.get_window_extent(t) for t in ax.texts}  # the text, without its leader
     assert len(boxes) == 4
-    near = [boxes[k] for k in ("TRP channel (paper)", "LRPET (paper)", "TRP spatial (paper)")]
-    for i, a in enumerate(near):
-        for b in near[i + 1:]:
+    labels = list(boxes.values())
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
             assert not a.overlaps(b)
-    panel = fig.axes[0].get_window_extent()
-    assert all(panel.y0 <= b.y0 and b.y1 <= panel.y1 for b in boxes.values())  # none pushed off the panel
-    far = fig.axes[0].texts[-1]  # alone, and at the right edge: left of its point, inside the panel
-    assert far.get_text() == "far (paper)" and far.xyann == (-4, 2) and far.get_ha() == "right"
-    assert boxes["far (paper)"].x1 <= fig.axes[0].get_window_extent().x1
+    panel = ax.get_window_extent()
+    assert all(panel.y0 <= b.y0 and b.y1 <= panel.y1 and panel.x0 <= b.x0 and b.x1 <= panel.x1 for b in labels)
+    markers = [ax.transData.transform(xy) for c in ax.collections for xy in c.get_offsets()]
+    for box in labels:
+        assert not any(box.x0 - 2 < x < box.x1 + 2 and box.y0 - 2 < y < box.y1 + 2 for x, y in markers)
+    for t, p in zip(sorted(ax.texts, key=lambda t: t.get_text()), sorted(paper, key=lambda p: p["label"])):
+        assert t.xy == (p["speedup"], p["top1"]) and t.arrow_patch is not None  # a leader line to its own point
+
+
+def test_crowded_markers_get_a_zoomed_inset_and_spread_ones_none(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    crowd = [("a", 2.17, 90.5), ("b", 2.2, 90.45), ("c", 2.22, 90.4), ("d", 2.0, 90.3)]
+    rows = [{"method": m, "flops_speedup": s, "top1_final": a} for m, s, a in [*crowd, ("e", 4.0, 85.0), ("f", 6, 84)]]
+    benchmark.plot(rows, tmp_path / "p.png", "t")
+    ax = figures[0].axes[0]
+    inset, = ax.child_axes
+    left, right = inset.get_xlim()
+    low, high = inset.get_ylim()
+    assert left < 2.17 and 2.22 < right < 4 and low < 90.4 and 90.5 < high < 91
+    assert len(inset.collections) == len(rows)
+    benchmark.plot([rows[0], *rows[4:]], tmp_path / "q.png", "t")
+    assert figures[1].axes[0].child_axes == []
 
 
 def test_a_cuda_profile_counts_each_kernel_once():

@@ -583,6 +583,12 @@ def test_the_plot_shows_each_published_figure_once(tmp_path, monkeypatch):
                     "resnet56_lrpet_flops_cosine", "resnet56_lrpet_seed1"])
     assert [(p["label"], p["model"], p["top1"]) for p in shown["paper_points"]] == [
         ("TRP channel + nuclear (paper)", "resnet20", 90.50), ("LRPET (paper)", "resnet56", 93.27)]
+    assert all("method" not in p for p in shown["paper_points"])  # neutral: no run's colour
+    assert shown["started"] == {"resnet20": 0, "resnet56": 0}
+    _fake_run(tmp_path / "none", "resnet56_lrpet_seed1", step=7)  # said in a panel without a finished run
+    reproduce.main(["--root", str(tmp_path / "none"), "--out", str(tmp_path / "results" / "cifar10"), "--report-only",
+                    "--runs", "resnet56_lrpet", "resnet56_lrpet_seed1"])
+    assert shown["started"] == {"resnet56": 1}
 
 
 def test_list_totals_the_epochs_left_per_model(tmp_path, capsys):

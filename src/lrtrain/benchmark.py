@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import statistics
 import sys
 import time
@@ -238,96 +239,191 @@ def _over_seeds(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _boxes_clear(box, taken, panel) -> bool:
+    """Whether ``box`` (left, bottom, right, top) lies inside ``panel`` and overlaps none of ``taken``."""
+    l, b, r, t = box
+    return (panel[0] <= l and r <= panel[2] and panel[1] <= b and t <= panel[3]
+            and not any(l < r2 and r > l2 and b < t2 and t > b2 for l2, b2, r2, t2 in taken))
+
+
+def _marker_boxes(ax, half: float = 5.0) -> list[tuple[float, float, float, float]]:
+    """Every scatter marker of `ax` as a square box in points (a 60-80 pt² marker is 8-9 points wide)."""
+    to_points = 72 / ax.figure.dpi
+    centres = [ax.transData.transform(xy) * to_points for c in ax.collections for xy in c.get_offsets()]
+    return [(x - half, y - half, x + half, y + half) for x, y in centres]
+
+
 def _label_points(ax, points: list[tuple[float, float, str]], fontsize: float = 7) -> list:
-    """Label each (x, y, text) of `ax` beside its point: right of it and a little above, or left of it
-    where the panel's right edge would cut the text; a label that would cover one placed before it moves
-    a line down, else up, then two..., as far as the panel reaches. Returns the annotations."""
+    """Label each (x, y, text) of `ax` at the nearest place, tried outward from beside its point, where the
+    label covers no marker of the panel and no label placed before it, inside the panel; a thin leader line
+    joins it to its point, so a label pushed aside still names the right one. Returns the annotations."""
     ax.autoscale_view()  # the limits the labels are placed against
     to_points = 72 / ax.figure.dpi
-    panel = ax.get_window_extent()
-    right, low, high = panel.x1 * to_points, panel.y0 * to_points, panel.y1 * to_points
+    extent = ax.get_window_extent()
+    panel = tuple(v * to_points for v in (extent.x0, extent.y0, extent.x1, extent.y1))
     line = 1.3 * fontsize
-    placed: list[tuple[float, float, float]] = []  # each label's left, bottom, right, in points
+    taken = _marker_boxes(ax)
     texts = []
     for x, y, text in sorted(points, key=lambda p: (p[0], -p[1])):
-        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        px, py = ax.transData.transform((x, y)) * to_points
         width = 0.62 * fontsize * len(text)  # about a character's width
-        dx = 4 if px + 4 + width <= right else -4 - width
-        left = px + dx
-
-        def clear(level: int) -> bool:
-            bottom = py + 2 - level * line
-            inside = low <= bottom and bottom + line <= high
-            return inside and not any(left < r and left + width > l and abs(bottom - b) < line
-                                      for l, b, r in placed)
-
-        levels = [0, *(k * sign for k in range(1, 40) for sign in (1, -1))]  # 1: a line down
-        level = next((k for k in levels if clear(k)), 0)
-        placed.append((left, py + 2 - level * line, left + width))
-        texts.append(ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx if dx > 0 else -4, 2 - level * line),
-                                 textcoords="offset points", ha="left" if dx > 0 else "right"))
+        # the label's lower left corner, relative to the point: right of it, left, then rows further off
+        offsets = [(dx, dy) for k in range(40) for dy in (2 + k * line, 2 - (k + 1) * line)
+                   for dx in (7, -7 - width, -width / 2)
+                   if dx != -width / 2 or k > 0]  # centred only clear of its own marker
+        offsets.sort(key=lambda o: math.hypot(o[0] + width / 2, o[1] + line / 2))
+        dx, dy = next((o for o in offsets if _boxes_clear((px + o[0], py + o[1], px + o[0] + width,
+                                                          py + o[1] + line), taken, panel)), offsets[0])
+        taken.append((px + dx, py + dy, px + dx + width, py + dy + line))
+        texts.append(ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
+                                 ha="left", va="bottom",
+                                 arrowprops={"arrowstyle": "-", "color": "0.45", "linewidth": 0.6,
+                                             "shrinkA": 0, "shrinkB": 4}))
     return texts
+
+
+def _compared(row: dict[str, Any], point: dict[str, Any]) -> bool:
+    """Whether `row` was compared with the published `point`: the row's paper columns are the point's."""
+    return (row.get("paper_top1"), row.get("paper_speedup")) == (point["top1"], point["speedup"])
+
+
+def _crowd(ax, reach: float = 14.0) -> list[tuple[float, float]]:
+    """The data points of the panel's largest group of three or more markers each within ``reach`` points
+    of another of the group (markers that hide one another); none where no three crowd."""
+    to_points = 72 / ax.figure.dpi
+    data = [tuple(xy) for c in ax.collections for xy in c.get_offsets()]
+    shown = [ax.transData.transform(xy) * to_points for xy in data]
+    left, biggest = set(range(len(data))), set()
+    while left:
+        group, todo = set(), [left.pop()]
+        while todo:
+            group.add(i := todo.pop())
+            near = {j for j in left if math.dist(shown[i], shown[j]) < reach}
+            left -= near
+            todo += near
+        biggest = max(biggest, group, key=len)
+    return [data[i] for i in biggest] if len(biggest) >= 3 else []
+
+
+def _zoom_inset(ax, draw: Callable) -> Any:
+    """Where markers crowd, an inset magnifying them (drawn by ``draw(inset)``) in a corner of the panel that
+    covers no marker and no label; none where nothing crowds or no corner is free. Returns the inset."""
+    crowd = _crowd(ax)
+    if not crowd:
+        return None
+    renderer = ax.figure.canvas.get_renderer()
+    to_points = 72 / ax.figure.dpi
+    taken = _marker_boxes(ax) + [tuple(v * to_points for v in t.get_window_extent(renderer).extents)
+                                 for t in ax.texts]
+    extent = ax.get_window_extent()
+    size = (0.36, 0.42)
+    for corner in ((0.62, 0.56), (0.02, 0.56), (0.62, 0.04), (0.02, 0.04)):
+        left, bottom = (extent.x0 + corner[0] * extent.width, extent.y0 + corner[1] * extent.height)
+        # its tick labels, left of and below it, need room too
+        box = (left * to_points - 22, bottom * to_points - 12, (left + size[0] * extent.width) * to_points,
+               (bottom + size[1] * extent.height) * to_points)
+        if _boxes_clear(box, taken, (-math.inf, -math.inf, math.inf, math.inf)):
+            break
+    else:
+        return None
+    inset = ax.inset_axes([*corner, *size])
+    draw(inset)
+    xs, ys = zip(*crowd)
+    dx, dy = max(0.02, 0.2 * (max(xs) - min(xs))), max(0.1, 0.2 * (max(ys) - min(ys)))
+    inset.set_xlim(min(xs) - dx, max(xs) + dx)
+    inset.set_ylim(min(ys) - dy, max(ys) + dy)
+    inset.tick_params(labelsize=6)
+    inset.grid(alpha=0.3)
+    ax.indicate_inset_zoom(inset, edgecolor="0.4")
+    return inset
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | None = "dense",
          paper_points: list[dict[str, Any]] | None = None, panels: str | None = None,
-         colours: dict[str, str] | None = None) -> None:
-    """Top-1 against FLOPs speedup, one marker per method; the dense run as a horizontal line.
+         colours: dict[str, str] | None = None, started: dict[Any, int] | None = None) -> None:
+    """Top-1 against FLOPs speedup, one coloured marker per method; the dense run as a grey horizontal line.
 
     With ``dense_label=None`` every row is a marker (a dense run sits at speedup 1). A paper point
-    ``{label, speedup, top1}`` is a black cross; one that also names a ``method`` gets that method's
-    marker and colour, hollow. ``panels`` names a key (e.g. "model"): one panel per value, each row and
-    paper point in the panel of its value. ``colours`` fixes a method's colour (to match other plots).
+    ``{label, speedup, top1}`` is a black hollow circle labelled beside it, joined by a dotted line to each
+    row compared with it (a row whose ``paper_top1`` and ``paper_speedup`` are the point's). ``panels``
+    names a key (e.g. "model"): one panel per value, each row and paper point in the panel of its value (a
+    paper point without it in every panel); a panel without rows says so, with ``started[value]`` runs
+    started where given. ``colours`` fixes a method's colour (to match other plots). Where three or more
+    markers hide one another an inset magnifies them, if a corner of the panel is free for it.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
 
     points = paper_points or []
-    groups = list(dict.fromkeys(x[panels] for x in [*rows, *points])) if panels else [None]
+    groups = list(dict.fromkeys(x[panels] for x in [*rows, *points] if panels in x)) if panels else []
+    groups = groups or [None]
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
     markers = itertools.cycle("osD^v<>pPX*h")  # colours still tell apart methods beyond twelve
-    cycle = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if any(r["method"] == dense_label for r in rows):  # the dense line's grey is no method's colour
+        palette = [c for c in palette if to_hex(c) != "#7f7f7f"]  # the default cycle's grey
+    cycle = itertools.cycle(palette)
     style: dict[str, tuple[str, str]] = {}  # method -> (marker, colour), the same in every panel
+    paper_label = "published (hollow; dotted: the runs compared with it)"
 
     def style_of(method: str) -> tuple[str, str]:
         if method not in style:
-            colour = "grey" if method == dense_label else (colours or {}).get(method) or next(cycle)
-            style[method] = (next(markers), colour)
+            style[method] = (next(markers), (colours or {}).get(method) or next(cycle))
         return style[method]
 
-    crosses: dict[Any, list[tuple[float, float, str]]] = {}  # the paper points labelled beside them, per panel
-    for ax, group in zip(axes[0], groups):
-        for r in (r for r in rows if panels is None or r[panels] == group):
+    def in_panel(x: dict[str, Any], group: Any) -> bool:
+        return panels is None or x.get(panels, group) == group
+
+    def draw(ax, group: Any) -> None:
+        shown = [r for r in rows if in_panel(r, group)]
+        for p in (p for p in points if in_panel(p, group)):
+            for r in (r for r in shown if _compared(r, p)):
+                ax.plot([p["speedup"], r["flops_speedup"]], [p["top1"], r["top1_final"]], ":", color="0.35",
+                        linewidth=0.9, zorder=1)
+            ax.scatter(p["speedup"], p["top1"], marker="o", facecolors="none", edgecolors="black", s=80,
+                       linewidths=1.3, zorder=3, label=paper_label)
+        for r in shown:
             if r["method"] == dense_label:
                 ax.axhline(r["top1_final"], color="grey", linestyle="--",
                            label=f"{dense_label} ({r['top1_final']:.2f}%)")
             else:
                 marker, colour = style_of(r["method"])
-                ax.scatter(r["flops_speedup"], r["top1_final"], marker=marker, color=colour, s=60, label=r["method"])
-        crosses[ax] = []
-        for p in (p for p in points if panels is None or p[panels] == group):
-            if "method" in p:
-                marker, colour = style_of(p["method"])
-                ax.scatter(p["speedup"], p["top1"], marker=marker, facecolors="none", edgecolors=colour, s=80,
-                           linewidths=1.5, label=p["label"])
-            else:
-                ax.scatter(p["speedup"], p["top1"], marker="x", color="black", s=50)
-                crosses[ax].append((p["speedup"], p["top1"], p["label"]))
+                ax.scatter(r["flops_speedup"], r["top1_final"], marker=marker, color=colour, s=60, zorder=2,
+                           label=r["method"])
+
+    for ax, group in zip(axes[0], groups):
+        draw(ax, group)
         speedups = [x for c in ax.collections for x in c.get_offsets()[:, 0]]
         if speedups and max(speedups) < 1.2 * min(speedups):  # a narrow axis would magnify a 0.1 % difference
             middle = (max(speedups) + min(speedups)) / 2
             ax.set_xlim(middle / 1.1, middle * 1.1)
         ax.set_xlabel("FLOPs speedup (dense / compact)")
         ax.set_ylabel("top-1 (%)")
-        ax.set_title(title if group is None else f"{title}: {group}")
+        heading = title if group is None else f"{title}: {group}"
+        if not any(in_panel(r, group) for r in rows):
+            count = (started or {}).get(group)
+            heading += f"\nno finished run yet{f' ({count} started)' if count else ''}: published results only"
+        ax.set_title(heading)
         ax.grid(alpha=0.3)
-        entries = dict(zip(*ax.get_legend_handles_labels()[::-1]))  # one entry per method, not per seed
-        ax.legend(entries.values(), entries.keys(), fontsize=7, loc="best")
-    fig.tight_layout()
-    for ax, labelled in crosses.items():  # placed once the panels have their final size
-        _label_points(ax, labelled)
+    # one legend for every panel, below them: inside one it covered the points of its corner
+    entries = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    if paper_label in entries:  # last, after the runs
+        entries[paper_label] = entries.pop(paper_label)
+    if entries:
+        columns = min(4, len(entries))
+        extra = 0.2 + 0.18 * math.ceil(len(entries) / columns)
+        fig.set_size_inches(7 * len(groups), 4.5 + extra)
+        fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=columns, fontsize=7,
+                   frameon=False)
+        fig.tight_layout(rect=(0, extra / (4.5 + extra), 1, 1))
+    else:
+        fig.tight_layout()
+    for ax, group in zip(axes[0], groups):  # placed once the panels have their final size
+        _label_points(ax, [(p["speedup"], p["top1"], p["label"]) for p in points if in_panel(p, group)])
+        _zoom_inset(ax, lambda inset, group=group: draw(inset, group))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
