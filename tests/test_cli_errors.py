@@ -359,7 +359,7 @@ def test_a_recipe_switched_to_another_method_leaves_out_the_old_methods_settings
     from lrtrain.methods import create_method
 
     trp = load_recipe(ROOT / "recipes" / "cifar10_resnet20_trp_channel.yaml", ["method.period=null"])["method"]
-    with pytest.raises(ValueError, match=r"period=None never projects; use subgradient='svd'"):
+    with pytest.raises(ValueError, match=r"period=None never projects; use subgradient='auto'"):
         create_method("trp", models.create("resnet20"), **{k: v for k, v in trp.items() if k != "name"})
 
 

@@ -76,6 +76,19 @@ def test_subgradient_is_autograd_gradient_of_nuclear_norm(scheme, subgradient):
     assert model[-1].weight.grad is None  # the classifier is not regularized
 
 
+def test_auto_subgradient_is_the_svds_on_the_cpu_and_newton_schulz_elsewhere(monkeypatch):
+    model = _net()
+    auto = TRP(model, nuclear=0.01, period=0, input_size=SIZE)
+    assert auto.subgradient == "auto"
+    svd = TRP(_net(), nuclear=0.01, period=0, subgradient="svd", input_size=SIZE)
+    mats = auto._groups[0].matrices()
+    assert torch.equal(auto._subgradient(mats), svd._subgradient(mats))
+    called = []
+    monkeypatch.setattr(linalg, "polar_newton_schulz", lambda m, **kw: called.append(m.device.type) or m)
+    meta = mats.to("meta")  # a device other than the CPU (cuSOLVER's SVD would wait for it)
+    assert auto._subgradient(meta) is meta and called == ["meta"]
+
+
 @pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled"])
 def test_projection_keeps_energy_rank_and_is_idempotent_at_its_ranks(scheme):
     method = TRP(_net(dtype=torch.float64), scheme=scheme, energy=0.8, input_size=SIZE)

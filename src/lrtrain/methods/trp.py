@@ -4,8 +4,8 @@ Training alternates two steps on every eligible conv weight W, seen in its schem
 
 - **Step A** (nuclear-norm regularization): the loss is ``L + λ Σ ‖W‖_*``; its sub-gradient
   ``λ·U_r V_rᵀ`` (U, V truncated to the numerical rank r of W) is added to W's gradient before the
-  optimizer step, every step (``subgradient="svd"`` or ``"newton_schulz"``) or only on the steps that
-  follow a projection, as the official code does (``subgradient="projection"``).
+  optimizer step, every step (``subgradient="auto"``, ``"svd"`` or ``"newton_schulz"``) or only on the
+  steps that follow a projection, as the official code does (``subgradient="projection"``).
 - **Step B** (rank pruning): every ``period`` steps W is replaced by its truncated SVD keeping a fraction
   ``energy`` of Σσ²; the following SGD steps update the low-rank weight.
 
@@ -14,8 +14,10 @@ singular values below 0.05), through `surgery`, so no layer ends up costlier tha
 
 Every group of equal-shaped weights costs one batched decomposition (`matrices.group_weights`): a
 projection, one eigendecomposition of the float64 Gram matrices on the host (`linalg.gram_eigh`); the
-every-step sub-gradient, one SVD or Newton–Schulz iteration on the device. A step that does not project
-never reads a value back to the host: the numerical rank is a mask ``σ > tol·σ₁`` kept on device. A
+every-step sub-gradient, one SVD (on the CPU) or Newton–Schulz iteration (on a GPU, where cuSOLVER's SVD
+waits for the device) on the weights' device. A step that does not project never reads a value back to
+the host (but for an explicit ``subgradient="svd"`` on a GPU): the SVD path's numerical rank is a mask
+``σ > tol·σ₁`` kept on device. A
 projecting step waits for the device once, unless ``overlap``: its Gram matrices then travel to the host
 while the device trains the next step, after which their truncation is written.
 
@@ -44,7 +46,7 @@ from .base import Method, decompose
 from .matrices import WeightGroup, group_weights
 
 ELIGIBILITY = ("default", "official")
-SUBGRADIENTS = ("svd", "newton_schulz", "projection")
+SUBGRADIENTS = ("auto", "svd", "newton_schulz", "projection")
 # Newton–Schulz schedule (quintic warm-up, cubic steps) of the polar factor: exact for every σ above about
 # 1e-5·σ₁, below the `tol` under which the SVD path counts a singular value as zero (float32 round-off on
 # ResNet-56's forms at initialization, square spatial ones included: benchmarks/trp_subgradient.py).
@@ -114,9 +116,12 @@ class TRP(Method):
             convs trained but left dense at the end under channel/spatial, as the official code does.
         skip: fnmatch patterns of layer names to leave alone (e.g. ``["conv1", "layer3.*"]``).
         subgradient: how step A gets ``U_r V_rᵀ``: ``"svd"`` (a batched SVD every step),
-            ``"newton_schulz"`` (the polar factor by matrix products only, exact for a full-rank weight) or
-            ``"projection"`` (only on the step after a projection: the official code). The step after a
-            projection always reuses the projection's SVD.
+            ``"newton_schulz"`` (the polar factor by matrix products only, exact for a full-rank weight; a
+            direction of σ between 1e-5 and `tol` times σ₁ counts as kept, which is as valid a
+            sub-gradient), ``"auto"`` (the default: ``"svd"`` on the CPU, where it is the faster,
+            ``"newton_schulz"`` elsewhere, where the SVD synchronizes) or ``"projection"`` (only on the
+            step after a projection: the official code). The step after a projection always reuses the
+            projection's SVD.
         input_size: input shape used to trace the model (eligibility, FLOPs of `finalize`).
         host_eigh: a projection decomposes each group's float64 Gram matrices with LAPACK on the host
             (the device is waited for once per projection; milliseconds for a CIFAR ResNet) rather than
@@ -132,7 +137,7 @@ class TRP(Method):
             eigendecomposition off the step's critical path. `finalize` applies a projection still in flight.
 
     Call `before_step` on unscaled gradients (after ``GradScaler.unscale_`` under fp16 AMP). With
-    ``subgradient="svd"`` on CUDA, cuSOLVER may synchronize inside ``torch.linalg.svd``;
+    ``subgradient="svd"`` on CUDA, cuSOLVER synchronizes inside ``torch.linalg.svd``; ``"auto"``,
     ``"newton_schulz"`` and ``"projection"`` never do on a step that does not project.
     """
 
@@ -142,7 +147,7 @@ class TRP(Method):
 
     def __init__(self, model: nn.Module, scheme: str = "channel", energy: float = 0.9, period: int | None = 5,
                  nuclear: float = 3e-4, final: RankPolicy | str | dict | None = None, eligible: str = "default",
-                 skip: Iterable[str] = (), subgradient: str = "svd", input_size=(1, 3, 32, 32),
+                 skip: Iterable[str] = (), subgradient: str = "auto", input_size=(1, 3, 32, 32),
                  rank: RankPolicy | str | None = None, ramp: float = 0.0, host_eigh: bool = True,
                  overlap: bool = False):
         super().__init__(model)
@@ -176,8 +181,8 @@ class TRP(Method):
         self.host_eigh = bool(host_eigh)
         if self.subgradient == "projection" and self.nuclear and not self.period:
             raise ValueError(f"TRP: subgradient='projection' applies λ only after projections, but period={period!r} "
-                             "never projects; use subgradient='svd' or 'newton_schulz' for nuclear-norm-only "
-                             "training (--set method.subgradient=svd)")
+                             "never projects; use subgradient='auto', 'svd' or 'newton_schulz' for nuclear-norm-only "
+                             "training (--set method.subgradient=auto)")
         if final is None:  # the official rules, in steps of the projections' multiple where `rank` has one
             multiple = self.rank_policy.multiple if self.rank_policy is not None else 1
             final = Energy(0.85, multiple) if self.scheme.name == "decoupled" else Threshold(0.05, multiple)
@@ -268,7 +273,7 @@ class TRP(Method):
             group.add_to_grad(self.nuclear * sub)
 
     def _subgradient(self, mats: Tensor, names: list[str] | None = None) -> Tensor:
-        if self.subgradient == "newton_schulz":
+        if self.subgradient == "newton_schulz" or (self.subgradient == "auto" and mats.device.type != "cpu"):
             return linalg.polar_newton_schulz(mats, **NEWTON_SCHULZ)
         U, S, Vh = _svd_no_sync(mats, names)
         return _masked_polar(U, S > self._tol(mats.dtype) * S[..., :1], Vh)
