@@ -51,6 +51,31 @@ def test_lower_rank_reaches_eckart_young(scheme, geom):
     torch.testing.assert_close(low(x), ref)
 
 
+@pytest.mark.parametrize("geom", GEOMETRIES)
+def test_tucker2_below_full_rank_is_the_hosvd_truncation(geom):
+    """Tucker-2 at (r_in, r_out) keeps the *leading* singular vectors of both unfoldings (HOSVD): the composed
+    weight is W projected onto them along modes 0 and 1, and its error is within the HOSVD bound, the sum
+    of the σ² both unfoldings discard. Computed here from torch.linalg.svd, not through lrtrain.linalg."""
+    conv = _conv(geom)
+    w = conv.weight.detach()
+    n, c = w.shape[:2]
+    r_in, r_out = max(1, c // 2), max(1, n // 2 + 1)  # unequal ranks, neither full
+    U0, S0, _ = torch.linalg.svd(w.reshape(n, -1), full_matrices=False)  # mode 0: n × c·k²
+    U1, S1, _ = torch.linalg.svd(w.transpose(0, 1).reshape(c, -1), full_matrices=False)  # mode 1: c × n·k²
+    assert r_in < len(S1) and r_out < len(S0)
+    Uo, Ui = U0[:, :r_out], U1[:, :r_in]
+    want = torch.einsum("nchw,na,ma,cb,db->mdhw", w, Uo, Uo, Ui, Ui)
+    low = LowRankConv2d.from_dense(conv, (r_in, r_out), "tucker2")
+    assert low.rank == (r_in, r_out)
+    torch.testing.assert_close(low.weight, want, atol=1e-10, rtol=1e-8)
+    err = (low.weight - w).square().sum()
+    assert err <= S0[r_out:].square().sum() + S1[r_in:].square().sum() + 1e-10
+    assert err > 0  # truncated: the bound above is not met trivially by an exact copy
+    x = torch.randn(2, c, 8, 8, dtype=torch.float64)
+    ref = nn.functional.conv2d(x, want, conv.bias, conv.stride, conv.padding, conv.dilation)
+    torch.testing.assert_close(low(x), ref)
+
+
 def test_decoupled_truncates_each_filter_optimally():
     conv = _conv((6, 4, 3, 1, 1, 1))
     low = LowRankConv2d.from_dense(conv, 2, "decoupled")
@@ -194,3 +219,13 @@ def test_a_low_rank_conv_answers_the_dense_convs_attributes():
         low = LowRankConv2d.from_dense(conv, 4, scheme)
         assert (low.in_channels, low.out_channels, low.kernel_size, low.stride, low.padding, low.dilation,
                 low.groups) == (16, 32, (3, 5), (2, 2), (1, 2), (1, 1), 1)
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled"])
+def test_a_stack_of_weights_has_the_stack_of_their_matrix_forms(scheme):
+    s = get_scheme(scheme)
+    weights = torch.randn(3, 6, 4, 3, 5)  # three 6×4×3×5 convs (kh ≠ kw: a transposed axis would show)
+    stacked = s.to_matrix(weights)
+    assert torch.equal(stacked, torch.stack([s.to_matrix(w) for w in weights]))
+    assert torch.equal(s.from_matrix(stacked, weights.shape), weights)
+    assert torch.equal(s.from_matrix(stacked[1], weights.shape[1:]), weights[1])

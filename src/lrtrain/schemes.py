@@ -113,11 +113,12 @@ class Scheme:
         raise NotImplementedError
 
     def to_matrix(self, w: Tensor) -> Tensor:
-        """W (n, c, kh, kw) -> the matrix (or batch of matrices) whose rank the scheme truncates."""
+        """W (n, c, kh, kw) -> the matrix (or batch of matrices) whose rank the scheme truncates; a stack of
+        weights (..., n, c, kh, kw) -> a stack of them (one copy for a whole group of layers)."""
         raise TypeError(f"scheme {self.name!r} has no single matrix form")
 
-    def from_matrix(self, m: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
-        """The inverse of `to_matrix`: the weight of `shape` whose matrix form is `m`."""
+    def from_matrix(self, m: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """The inverse of `to_matrix`: the weight (or stack of weights) of `shape` whose matrix form is `m`."""
         raise TypeError(f"scheme {self.name!r} has no single matrix form")
 
     def specs(self, g: ConvGeometry, rank) -> list[ConvSpec]:
@@ -176,7 +177,7 @@ class Channel(Scheme):
         return min(g.out_channels, g.in_channels * kh * kw)
 
     def to_matrix(self, w):
-        return w.reshape(w.shape[0], -1)
+        return w.flatten(-3)
 
     def from_matrix(self, m, shape):
         return m.reshape(shape)
@@ -206,12 +207,12 @@ class Spatial(Scheme):
         return min(g.in_channels * kh, g.out_channels * kw)
 
     def to_matrix(self, w):
-        n, c, kh, kw = w.shape
-        return w.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
+        n, c, kh, kw = w.shape[-4:]
+        return w.movedim(-4, -2).reshape(*w.shape[:-4], c * kh, n * kw)  # (..., c, kh, n, kw)
 
     def from_matrix(self, m, shape):
-        n, c, kh, kw = shape
-        return m.reshape(c, kh, n, kw).permute(2, 0, 1, 3)
+        *stack, n, c, kh, kw = shape
+        return m.reshape(*stack, c, kh, n, kw).movedim(-2, -4)
 
     def specs(self, g, rank):
         (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
@@ -245,8 +246,7 @@ class Decoupled(Scheme):
         return min(g.in_channels, kh * kw)
 
     def to_matrix(self, w):
-        n, c, kh, kw = w.shape
-        return w.reshape(n, c, kh * kw)  # a batch: one c × k² matrix per output filter
+        return w.flatten(-2)  # a batch: one c × k² matrix per output filter
 
     def from_matrix(self, m, shape):
         return m.reshape(shape)

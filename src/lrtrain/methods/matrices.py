@@ -26,23 +26,28 @@ class WeightGroup:
 
     def matrices(self) -> Tensor:
         """The weights in the scheme's matrix form, stacked: (layers, ..., m, n)."""
-        return torch.stack([self.scheme.to_matrix(m.weight.detach()) for m in self.modules])
+        return self.scheme.to_matrix(torch.stack([m.weight.detach() for m in self.modules]))
+
+    def _weights(self, mats: Tensor) -> list[Tensor]:
+        """Stacked matrices as one weight-shaped tensor per layer."""
+        return list(self.scheme.from_matrix(mats, (len(self.modules), *self.modules[0].weight.shape)).unbind(0))
 
     @torch.no_grad()
     def write(self, mats: Tensor) -> None:
         """Copy stacked matrices back into the layers' weights."""
-        for m, mat in zip(self.modules, mats):
-            m.weight.copy_(self.scheme.from_matrix(mat, m.weight.shape))
+        # one call for the group (multi-tensor kernels on a GPU), not a copy launched per layer
+        torch._foreach_copy_([m.weight for m in self.modules], self._weights(mats))
 
     @torch.no_grad()
     def add_to_grad(self, mats: Tensor) -> None:
         """Add stacked matrices (in matrix form) to the layers' weight gradients."""
-        for m, mat in zip(self.modules, mats):
-            delta = self.scheme.from_matrix(mat, m.weight.shape).to(m.weight.dtype)
+        deltas = self._weights(mats.to(self.modules[0].weight.dtype))
+        have = [(m.weight.grad, d) for m, d in zip(self.modules, deltas) if m.weight.grad is not None]
+        if have:
+            torch._foreach_add_(*map(list, zip(*have)))
+        for m, delta in zip(self.modules, deltas):
             if m.weight.grad is None:  # laid out like the weight (channels_last), as fused optimizers require
                 m.weight.grad = torch.zeros_like(m.weight).add_(delta)
-            else:
-                m.weight.grad.add_(delta)
 
 
 def group_weights(layers: list[tuple[str, nn.Module]], scheme: Scheme) -> list[WeightGroup]:
