@@ -52,14 +52,16 @@ class _Factor:
     cols: int
     transposed: bool  # stored as m × r (the last factor of a chain: U_out, or the linear's out × r)
 
-    def matrix(self) -> Tensor:
-        """The parameter as its r × m matrix (a copy when its memory format is channels-last)."""
-        t = self.param
-        return t.reshape(self.cols, self.rows).mT if self.transposed else t.reshape(self.rows, self.cols)
-
     def unmatrix(self, m: Tensor) -> Tensor:
-        """An r × m matrix back in the parameter's shape (logical order: adds to a grad of any layout)."""
+        """An r × m matrix back in the parameter's shape (the inverse of `_matrices` for one factor)."""
         return (m.mT if self.transposed else m).reshape(self.param.shape)
+
+
+def _matrices(group: list[_Factor], stacked: Tensor) -> Tensor:
+    """The r × m matrices of a group of factors of one shape and orientation, from their stacked parameters."""
+    f = group[0]
+    return (stacked.reshape(len(group), f.cols, f.rows).mT if f.transposed
+            else stacked.reshape(len(group), f.rows, f.cols))
 
 
 def _factors(layer: LowRank) -> list[_Factor]:
@@ -240,7 +242,7 @@ class ELRT(Method):
         groups: dict[tuple, list[_Factor]] = defaultdict(list)
         for layer in self.layers.values():
             for f in _factors(layer):
-                groups[(f.rows, f.cols, f.param.dtype, f.param.device)].append(f)
+                groups[(tuple(f.param.shape), f.transposed, f.param.dtype, f.param.device)].append(f)
         return list(groups.values())
 
     def _rank_rows(self) -> list[dict[str, Any]]:
@@ -256,7 +258,7 @@ class ELRT(Method):
         """λ Σ ‖VVᵀ − I‖²_F over all factors, differentiable (for logging or for adding to a loss)."""
         terms = []
         for group in self._groups:
-            mats = torch.stack([f.matrix() for f in group])
+            mats = _matrices(group, torch.stack([f.param for f in group]))
             eye = torch.eye(group[0].rows, device=mats.device, dtype=mats.dtype)
             terms.append((mats @ mats.mT - eye).square().sum())
         if not terms:
@@ -272,15 +274,18 @@ class ELRT(Method):
         if self.orth == 0.0:
             return
         for group in self._groups:
-            mats = torch.stack([f.matrix() for f in group])
+            stacked = torch.stack([f.param for f in group])
+            mats = _matrices(group, stacked)
             gram = mats @ mats.mT
             gram.diagonal(dim1=-2, dim2=-1).sub_(1.0)
             delta = torch.bmm(gram, mats).mul_(4.0 * self.orth)
             for f in group:
                 if f.param.grad is None:
                     f.param.grad = torch.zeros_like(f.param)
-            # one fused launch instead of one add per factor
-            torch._foreach_add_([f.param.grad for f in group], [f.unmatrix(d) for f, d in zip(group, delta)])
+            # back in the parameters' shape and strides (channels_last ones too): the adds are then one
+            # multi-tensor kernel, and no Python op runs per factor
+            grads = torch.empty_like(stacked).copy_((delta.mT if group[0].transposed else delta).reshape(stacked.shape))
+            torch._foreach_add_([f.param.grad for f in group], list(grads.unbind(0)))
 
     def ranks(self) -> dict[str, Rank]:
         return {name: layer.rank for name, layer in self.layers.items()}
