@@ -1,13 +1,13 @@
 """Training throughput (images/s) of dense CIFAR ResNets with each speed option on and off, side by side.
 
     python benchmarks/train_throughput.py [--models resnet20 resnet56] [--steps 50] [--repeats 3]
-        [--compile-modes reduce-overhead]
+        [--compile-modes default]
 
 For every model it builds one `Trainer` per setting: the device's defaults (on a GPU channels_last,
-bf16 autocast and torch.compile are on; on a CPU all are off), each option flipped alone, and all of
-them flipped, and with ``--compile-modes`` the defaults compiled in other torch.compile modes (on a GPU,
-``reduce-overhead`` replays CUDA graphs, which takes away the per-kernel launch cost that a CIFAR ResNet's
-small convolutions may be bound by). The settings are then timed in interleaved rounds (so slow drifts of
+bf16 autocast and torch.compile are on, compiled in ``reduce-overhead`` mode, which replays CUDA graphs and
+so takes away the per-kernel launch cost that a CIFAR ResNet's small convolutions are bound by; on a CPU
+all are off), each option flipped alone, and all of them flipped, and with ``--compile-modes`` the defaults
+compiled in other torch.compile modes (``default``: torch's own, without CUDA graphs). The settings are then timed in interleaved rounds (so slow drifts of
 the machine hit all of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated images
 held on the device exactly like CIFAR-10, and the median round is reported. Evaluation is timed at
 batch 128 and at the default large batch. Results go to benchmarks/results/train_throughput_<device>.md

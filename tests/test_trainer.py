@@ -486,3 +486,21 @@ def test_a_run_resumed_on_other_training_images_says_so(tmp_path, capsys):
     fit(cfg, resume=True)
     out = capsys.readouterr().out
     assert "was trained on 6 training images, the data now hold 5: from here on each epoch's order" in out
+
+
+def test_auto_compile_mode_replays_cuda_graphs_on_one_gpu_only(monkeypatch):
+    from lrtrain.train import trainer
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert trainer.compile_mode("auto", cuda, distributed=False) == "reduce-overhead"
+    assert trainer.compile_mode("auto", cuda, distributed=True) is None  # DDP's all-reduce inside backward
+    assert trainer.compile_mode("auto", cpu, distributed=False) is None  # torch's default mode
+    assert trainer.compile_mode("default", cuda, distributed=False) is None
+    assert trainer.compile_mode("max-autotune", cpu, distributed=False) == "max-autotune"
+    assert resolve({})["train"]["compile_mode"] == "auto"
+    modes = []  # what the trainer hands torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, mode=None: modes.append(mode) or net)
+    cfg = resolve({"data": {"name": "sample", "train_size": 16, "test_size": 8, "image_size": 8, "batch_size": 8},
+                   "model": {"name": "resnet20"}, "train": {"epochs": 1, "compile": True, "progress": False}})
+    Trainer(cfg)
+    assert modes == [None]  # on this CPU: the default mode

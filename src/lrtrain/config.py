@@ -99,8 +99,9 @@ SCHEMA: dict[str, Any] = {
         "amp": _f("auto", bool, "bf16 autocast (auto: on for cuda)", auto=True),
         "channels_last": _f("auto", bool, "channels-last memory format (auto: on for cuda)", auto=True),
         "compile": _f("auto", bool, "torch.compile the model (auto: on for cuda)", auto=True),
-        "compile_mode": _f("default", str, "torch.compile mode",
-                           choices=("default", "reduce-overhead", "max-autotune",
+        "compile_mode": _f("auto", str, "torch.compile mode (auto: reduce-overhead, i.e. CUDA graphs, in a "
+                           "single-process CUDA run, 2-3x faster a CIFAR step; default elsewhere)",
+                           choices=("auto", "default", "reduce-overhead", "max-autotune",
                                     "max-autotune-no-cudagraphs")),
         "label_smoothing": _f(0.0, _NUM, "label smoothing of the cross-entropy loss"),
         "eval_every": _f(1, int, "evaluate on the test set every N epochs (and after the last)"),

@@ -91,6 +91,16 @@ def _auto(value: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if value == "auto" else bool(value)
 
 
+def compile_mode(value: str, device: torch.device, distributed: bool) -> str | None:
+    """torch.compile's mode for the recipe's ``train.compile_mode``. "auto" replays CUDA graphs
+    (reduce-overhead) on one CUDA device: a CIFAR ResNet's step is bound by kernel launches there, and every
+    method trains to the same weights in both modes (benchmarks/results/compile_modes_nvidia-h200.md). Not
+    under DDP, whose gradient all-reduce runs inside the backward pass, nor elsewhere: torch's default."""
+    if value == "auto":
+        value = "reduce-overhead" if device.type == "cuda" and not distributed else "default"
+    return None if value == "default" else value
+
+
 class Trainer:
     """Trains the recipe's model with the recipe's method; `fit` runs it, `evaluate` measures it.
 
@@ -201,8 +211,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(net, device_ids=ids)
         if self.compile:
-            mode = self.cfg["train"]["compile_mode"]
-            net = torch.compile(net, mode=None if mode == "default" else mode)
+            net = torch.compile(net, mode=compile_mode(self.cfg["train"]["compile_mode"], self.device,
+                                                       self.world.distributed))
         self.forward = net
 
     def _build_optimizer(self, previous: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
