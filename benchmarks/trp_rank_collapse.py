@@ -59,6 +59,11 @@ def rank_history(run_dir: Path) -> tuple[list[str], dict[int, list[int]]]:
     return layers, {s: [r[name] for name in layers] for s, r in by_step.items() if len(r) == len(layers)}
 
 
+def max_ranks(run_dir: Path) -> dict[str, int]:
+    """Each layer's max rank, from the run's ranks.csv (channel and spatial schemes differ: 16 vs 48)."""
+    return {row["layer"]: int(row["max_rank"]) for row in rank_log.read(run_dir / "ranks.csv") or []}
+
+
 def official_history(path: Path) -> dict[int, list[int]]:
     history = {}
     for line in path.read_text().splitlines():
@@ -73,6 +78,11 @@ def stage_means(layers: list[str], ranks: list[int]) -> dict[str, float]:
     for name, r in zip(layers, ranks):
         stages[name.split(".")[0]].append(r)
     return {s: sum(v) / len(v) for s, v in stages.items()}
+
+
+def stage_fractions(layers: list[str], ranks: list[int], top: dict[str, int]) -> dict[str, float]:
+    """Each stage's mean of rank / max rank: one scale for schemes of different max ranks."""
+    return stage_means(layers, [r / top[name] for name, r in zip(layers, ranks)])
 
 
 def speedup_at(run_dir: Path, ranks: dict[str, int]) -> float:
@@ -96,13 +106,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", nargs="+", type=Path, default=RUNS)
     p.add_argument("--official-log", type=Path, help="the official code's ranks, lines STEP [r1, r2, ...]")
     p.add_argument("--official-label", default="official code (ResNet-20 channel, period 5, λ 3e-4, CPU)")
+    p.add_argument("--official-period", type=int, default=5,
+                   help="its projection period: it projects before a step, ours after, so its curve is drawn "
+                        "that many steps later to line up")
     p.add_argument("--out", type=Path, default=HERE / "results" / "trp_rank_collapse")
     args = p.parse_args(argv)
 
     series = []  # (label, layers, history)
+    top = {}  # max rank per run label and layer
     for run in args.runs:
         layers, history = rank_history(run)
         series.append((run.name, layers, history))
+        top[run.name] = max_ranks(run)
     if args.official_log:
         layers = series[0][1]
         official = official_history(args.official_log)
@@ -110,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{args.official_log}: a line's ranks do not match the {len(layers)} layers of "
                              f"{series[0][0]}")
         series.append((args.official_label, layers, official))
+        top[args.official_label] = top[series[0][0]]
 
     stages = sorted({name.split(".")[0] for name in series[0][1]})
     lines = ["# TRP's ranks under the 0.9-energy rule: ours and the official code's", "",
@@ -139,19 +155,29 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines))
 
-    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.4), sharey=False)
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.4), sharey=True, squeeze=False)
+    axes = axes[0]
+    shift = f" (drawn at step + {args.official_period}: it projects before the step, ours after)"
+    colours: dict[str, str] = {}  # a run with the nuclear term in the colour of the same run without it
     for ax, stage in zip(axes, stages):
         for label, layers, history in series:
+            official = label == args.official_label
             steps = sorted(history)
-            ax.plot(steps, [stage_means(layers, history[s])[stage] for s in steps], label=label,
-                    linestyle="--" if label == args.official_label else "-", drawstyle="steps-post")
+            colour = colours.setdefault(label.removesuffix("_nuclear"), f"C{len(colours)}")
+            # the nuclear runs' ranks are the others' to the step: wide and pale underneath, not hidden
+            look = ({"linestyle": "--", "color": "black"} if official else
+                    {"linewidth": 5, "alpha": 0.35, "zorder": 1, "color": colour} if label.endswith("_nuclear")
+                    else {"color": colour})
+            ax.plot([s + args.official_period if official else s for s in steps],
+                    [stage_fractions(layers, history[s], top[label])[stage] for s in steps],
+                    label=label + (shift if official else ""), drawstyle="steps-post", **look)
         ax.set_xscale("log")
         ax.set_title(stage)
         ax.set_xlabel("step")
-        ax.set_ylabel("mean rank")
+    axes[0].set_ylabel("mean rank / max rank")
     fig.suptitle("TRP, 0.9-energy projection every 5 steps: ranks of ResNet-20's 3×3 convs")
     # below the panels: inside one it covered the curves of its first hundred steps
-    legend = fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8,
+    legend = fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8,
                         bbox_to_anchor=(0.5, 0))
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(args.out.with_suffix(".png"), dpi=110, bbox_extra_artists=[legend])

@@ -194,3 +194,151 @@ def test_paper_points_off_the_plot_and_a_missing_file_are_named(runs, tmp_path, 
         report.load_paper_points(points)
     with pytest.raises(ValueError, match=r"^paper points .*nowhere.yaml: No such file or directory$"):
         report.write_report([runs / "dense"], tmp_path / "report", paper_points=tmp_path / "nowhere.yaml")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the report draws, kept instead of written."""
+    kept = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: kept.append(fig))
+    return kept
+
+
+def _epochs(test, train=None, step=10):
+    return [{"epoch": str(e), "step": str(step * e), "lr": "0.1", "test_acc": t, "train_acc": (train or test)[e - 1]}
+            for e, t in enumerate(test, 1)]
+
+
+def test_many_runs_get_one_legend_below_and_a_style_each(figures, tmp_path):
+    curves = {f"run {i}": _epochs([str(80.0 + i)] * 3) for i in range(34)}
+    report.plot_accuracy(curves, tmp_path / "a.png")
+    fig = figures[0]
+    assert [ax.get_legend() for ax in fig.axes] == [None, None]
+    assert len(fig.legends[0].get_texts()) == 34 and fig.legends[0]._ncols == 3
+    styles = {(line.get_color(), line.get_linestyle()) for line in fig.axes[0].lines}
+    assert len(styles) == 34  # the colour cycle repeats after ten: then dashed, dotted, ...
+
+
+def test_a_dip_does_not_flatten_the_zoom_and_nan_is_marked(figures, tmp_path):
+    test = [str(88.0 + (e % 3)) for e in range(60)]
+    test[30], test[40] = "17.0", "nan"  # SVD + fine-tune's swap epoch; a diverged evaluation
+    report.plot_accuracy({"svd": _epochs(test), "noeval": _epochs([""] * 5, ["50"] * 5)}, tmp_path / "a.png")
+    test_ax, train_ax = figures[0].axes
+    low, high = test_ax.get_ylim()
+    assert 80 < low < 88 and high == 91.0
+    below, = [line for line in test_ax.lines if line.get_label() == "_below the axis"]
+    assert list(below.get_xdata()) == [31] and list(below.get_ydata()) == [low] and not below.get_clip_on()
+    bad, = [line for line in test_ax.lines if line.get_label() == "_not finite"]
+    assert list(bad.get_xdata()) == [41]
+    assert "carets: below the axis" in test_ax.get_title() and "red x: NaN or inf" in test_ax.get_title()
+    report.plot_accuracy({"noeval": _epochs([""] * 5, ["50"] * 5)}, tmp_path / "b.png")
+    assert [t.get_text() for t in figures[1].axes[0].texts] == ["no test evaluation logged"]
+
+
+def _fake_run(root, name, metrics=None, summary=None, ranks=None, config="method: {name: trp}\ntrain: {epochs: 4}\n"):
+    import json
+
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(config)
+    if metrics is not None:
+        (run / "metrics.csv").write_text(metrics)
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps({
+            "method": "trp", "model": "resnet20", "epochs": 2, "steps": 20, "final_acc": 90.0, "best_acc": 90.0,
+            "speedup": 2.0, "dense": {"flops": 2, "params": 2}, "compact": {"flops": 1, "params": 1}, **summary}))
+    if ranks is not None:
+        (run / "ranks.csv").write_text(ranks)
+    return run
+
+
+def test_runs_without_data_or_finite_results_are_left_out_with_notes(tmp_path, monkeypatch, figures):
+    header = "epoch,step,lr,train_loss,train_acc,test_loss,test_acc\n"
+    shown = {}
+    monkeypatch.setattr(report, "plot_accuracy_vs_flops", lambda rows, path, title, **kw: shown.update(rows=rows, **kw))
+    runs = [_fake_run(tmp_path, "empty", header), _fake_run(tmp_path, "noeval", header + "1,10,0.1,1,50,,\n"),
+            _fake_run(tmp_path, "nan", header + "1,10,0.1,1,50,1,nan\n2,20,0.1,1,inf,1,60\n", {"final_acc": None}),
+            _fake_run(tmp_path, "inf", header + "1,10,0.1,1,50,1,55\n", {"speedup": float("inf")}),
+            _fake_run(tmp_path, "r56", header + "1,10,0.1,1,50,1,55\n", {"model": "resnet56"}),
+            _fake_run(tmp_path, "r20", header + "1,10,0.1,1,50,1,55\n", {})]
+    markdown = report.write_report(runs, tmp_path / "report").read_text()
+    notes = {run.name: markdown.split(f"## Run {run.name}")[1].split("## Run")[0] for run in runs}
+    assert "metrics.csv holds no epoch yet: not in the accuracy plot" in notes["empty"]
+    assert "no test evaluation logged" in notes["noeval"]
+    assert "test top-1 is NaN or infinite at epoch(s) 1" in notes["nan"]
+    assert "train top-1 is NaN or infinite at epoch(s) 2" in notes["nan"]
+    for name in ("nan", "inf"):
+        assert "is not a finite number: left out of the accuracy-vs-FLOPs plot" in notes[name]
+    legend = [t.get_text().split(" (")[0] for t in figures[0].legends[0].get_texts()]
+    assert legend == ["noeval", "nan", "inf", "r56", "r20"]  # no entry without data
+    assert [row["method"] for row in shown["rows"]] == ["r56 (trp)", "r20 (trp)"] and shown["panels"] == "model"
+    report.write_report(runs[-1:], tmp_path / "one")
+    assert shown["panels"] is None  # one model: one panel
+    assert not (tmp_path / "empty_only").exists()
+    report.write_report(runs[:1], tmp_path / "empty_only")
+    assert not (tmp_path / "empty_only" / "accuracy.png").exists()  # every curve empty: no figure
+
+
+def test_names_keep_their_letters_and_files_get_ascii_unique_names(tmp_path, monkeypatch, figures):
+    header = "epoch,step,lr,train_loss,train_acc,test_loss,test_acc\n1,10,0.1,1,50,1,55\n"
+    runs = [_fake_run(tmp_path, n, header, ranks="step,layer,rank,max_rank\n5,a,2,4\n")
+            for n in ("α", "β", "r110 lrpet ü", "-x-")]
+    runs.append(_fake_run(tmp_path / "other", "α", header, ranks="step,layer,rank,max_rank\n5,a,2,4\n"))
+    markdown = report.write_report(runs, tmp_path / "report").read_text()
+    assert sorted(image for image in linked_images(markdown) if image.endswith("_ranks.png")) == [
+        "r110-lrpet-u_ranks.png", "run-2_ranks.png", "run-3_ranks.png", "run_ranks.png", "x_ranks.png"]
+    for label in ("α", "β", "r110 lrpet ü", "-x-", "α (2)"):
+        assert f"## Run {label}\n" in markdown and f"\n| {label} | trp |" in markdown
+    assert [t.get_text() for t in figures[0].legends[0].get_texts()] == [
+        f"{n} (unfinished: 1/4)" for n in ("α", "β", "r110 lrpet ü", "-x-", "α (2)")]
+    assert figures[1].axes[0].get_title() == "α: rank during training (unfinished: 1/4 epochs)"
+
+
+def test_a_heat_map_magnifies_an_early_collapse_and_says_what_its_colours_are(tmp_path, figures):
+    rows = [{"step": str(s), "layer": layer, "rank": str(r), "max_rank": "16"}
+            for s, r in ((5, 14), (10, 9), (15, 5), (900, 4)) for layer in ("a", "b")]
+    report.plot_rank_heatmap(rows, tmp_path / "r.png", "trp", steps_per_epoch=10, last_step=2000)
+    ax = figures[0].axes[0]
+    assert ax.get_xscale() == "symlog" and ax.get_xlim() == pytest.approx((0, 200))
+    right, bar = ax.child_axes
+    assert [t.get_text() for t in right.get_yticklabels()] == ["4/16", "4/16"]
+    assert bar.get_ylabel() == "rank / max rank"
+    spread = [{**r, "step": str(s)} for r, s in zip(rows, (100, 100, 800, 800, 1200, 1200, 1900, 1900))]
+    report.plot_rank_heatmap(spread, tmp_path / "r.png", "lrpet", last_step=2000)
+    assert figures[1].axes[0].get_xscale() == "linear"
+    tucker = [{"step": "5", "layer": "a", "rank": "[9, 9]", "max_rank": "[16, 16]"}]
+    report.plot_rank_heatmap(tucker, tmp_path / "t.png", "tucker2")
+    assert figures[2].axes[0].child_axes[1].get_ylabel() == "rank / max rank (tucker2: mean of the two modes)"
+    assert [t.get_text() for t in figures[2].axes[0].child_axes[0].get_yticklabels()] == ["9x9/16x16"]
+
+
+def test_a_deep_networks_heat_map_stays_readable(tmp_path, figures):
+    rows = [{"step": "5", "layer": f"layer{i}", "rank": "2", "max_rank": "4"} for i in range(110)]
+    report.plot_rank_heatmap(rows, tmp_path / "r.png", "r110", last_step=10)
+    fig = figures[0]
+    ax = fig.axes[0]
+    assert fig.get_size_inches()[1] == 12
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:2] == ["layer0", "layer2"] and len(labels) == 55
+    bar, = ax.child_axes  # no final ranks beside rows that are not all named
+    assert bar.get_position().height * 12 < 4
+
+
+def test_a_heat_map_without_metrics_ends_at_the_summarys_last_step(tmp_path, figures):
+    run = _fake_run(tmp_path, "nometrics", summary={"steps": 400}, ranks="step,layer,rank,max_rank\n5,a,2,4\n")
+    report.write_report([run], tmp_path / "report")
+    assert figures[0].axes[0].get_xlim() == pytest.approx((0, 400))
+
+
+def test_spectra_name_the_checkpoints_step_and_show_it_when_it_is_the_compact_model(runs, tmp_path, figures):
+    run = tmp_path / "dense"
+    shutil.copytree(runs / "dense", run)
+    for old in sorted((run / "checkpoints").glob("step_*.pt"))[:-1]:
+        old.unlink()  # only the last step's checkpoint kept: the compact model's weights
+    markdown = report.write_report([run], tmp_path / "report").read_text()
+    ax = figures[-1].axes[0]
+    before, after = ax.lines[:2]
+    assert before.get_label() == "before: checkpoint at step 6 of 6 (the same)" and before.get_linewidth() == 5
+    assert after.get_label() == "after (compact)" and ax.get_title().endswith(": dense")
+    assert ax.get_xlim() == (1, min(16, 3 * 9))  # conv1: 16 × 3·3·3
+    assert "has the compact model's singular values in" in markdown

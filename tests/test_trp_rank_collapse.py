@@ -23,3 +23,25 @@ def test_official_log_skips_comments_and_reads_steps(tmp_path):
     log = tmp_path / "official.log"
     log.write_text("# how it was made\n0 [14, 13] 0s\nloss 0 2.49\n5 [12, 11] 4s\n")
     assert trc.official_history(log) == {0: [14, 13], 5: [12, 11]}
+
+
+def test_the_plot_lines_up_the_official_curve_and_shows_rank_over_max(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for name, top in (("r_nuclear", 16), ("r", 16), ("s", 48)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ranks.csv").write_text(f"step,layer,rank,max_rank\n5,a.0,8,{top}\n10,a.0,4,{top}\n")
+        runs.append(tmp_path / name)
+    (tmp_path / "official.log").write_text("0 [8]\n5 [4]\n")
+    figures = []
+    monkeypatch.setattr(trc, "speedup_at", lambda run, ranks: 1.0)
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    trc.main(["--runs", *map(str, runs), "--official-log", str(tmp_path / "official.log"), "--official-label", "off",
+              "--out", str(tmp_path / "out")])
+    lines = {line.get_label(): line for line in figures[0].axes[0].lines}
+    official = next(line for label, line in lines.items() if label.startswith("off"))
+    assert list(official.get_xdata()) == [5, 10] and "step + 5" in official.get_label()
+    assert list(lines["r"].get_ydata()) == [0.5, 0.25] and list(lines["s"].get_ydata()) == [8 / 48, 4 / 48]
+    assert lines["r_nuclear"].get_linewidth() > lines["r"].get_linewidth()  # drawn under the same curve
+    assert lines["r_nuclear"].get_color() == lines["r"].get_color()

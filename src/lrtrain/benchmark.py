@@ -413,7 +413,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
     if paper_label in entries:  # last, after the runs
         entries[paper_label] = entries.pop(paper_label)
     if entries:
-        columns = min(4, len(entries))
+        columns = min(len(entries), max(2, 7 * len(groups) // 3))  # about 2.3 in a run's name
         extra = 0.2 + 0.18 * math.ceil(len(entries) / columns)
         fig.set_size_inches(7 * len(groups), 4.5 + extra)
         fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=columns, fontsize=7,
@@ -425,7 +425,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
         _label_points(ax, [(p["speedup"], p["top1"], p["label"]) for p in points if in_panel(p, group)])
         _zoom_inset(ax, lambda inset, group=group: draw(inset, group))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight": long legend entries widen the figure
     plt.close(fig)
 
 
