@@ -65,7 +65,7 @@ from lrtrain.metrics import count, latency
 from lrtrain.provenance import commit, cpu_name, today
 from lrtrain.train import Trainer
 from lrtrain.devices import device_name, resolve_device
-from lrtrain.train.trainer import _auto
+from lrtrain.train.trainer import _auto, compile_mode
 
 import reproduce
 from bench_common import device_slug, raise_recompile_limit, sync, write_result
@@ -144,9 +144,9 @@ def _timed(fn, device: torch.device) -> float:
 # -- B.1 ----------------------------------------------------------------------------------------------
 
 def _trainer(recipe: str, sets: tuple[str, ...], device: torch.device, batch: int, tensors, compile_: str,
-             run_dir: str, compile_mode: str = "default") -> Trainer:
+             run_dir: str, mode: str = "default") -> Trainer:
     cfg = load_recipe(reproduce.RECIPES / recipe, [*sets, f"train.device={device}", "train.progress=false",
-                                                   f"data.batch_size={batch}", f"train.compile_mode={compile_mode}"])
+                                                   f"data.batch_size={batch}", f"train.compile_mode={mode}"])
     if compile_ != "auto":
         cfg["train"]["compile"] = compile_ == "on"
     cfg["out_dir"] = run_dir
@@ -569,8 +569,9 @@ def throughput(args, device: torch.device, report: Report) -> None:
             plain.append(plain_loop(model_name, tensors, device, args))
         o, p = statistics.median(ours), statistics.median(plain)
         rows.append([model_name, f"{o:.0f}", f"{p:.0f}", f"{o / p:.2f}x"])
-    settings = ("channels_last, bf16 autocast, torch.compile; cudnn.benchmark, which it sets, is then on for "
-                "the plain loop too" if device.type == "cuda" else "fp32, no compile")
+    mode = compile_mode(resolve({})["train"]["compile_mode"], device, distributed=False) or "default"
+    settings = (f"channels_last, bf16 autocast, torch.compile in its {mode} mode; cudnn.benchmark, which it "
+                "sets, is then on for the plain loop too" if device.type == "cuda" else "fp32, no compile")
     report.add([f"## B.4 Dense training throughput: our trainer vs a plain PyTorch loop (batch {args.batch})", "",
                 f"Ours: `Trainer.train_step` at its {device.type} defaults ({settings}), images resident on the "
                 f"device, augmentation there. Plain: a Dataset of uint8 images → PIL → RandomCrop(32, 4), "
