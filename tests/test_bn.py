@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lrtrain.train.bn import recalibrate_bn
-from test_trainer import make_cfg, fit
+from test_trainer import TinyNet, make_cfg, fit
 
 
 def test_running_statistics_become_the_mean_over_the_batches():
@@ -31,12 +31,35 @@ def test_recalibration_restores_each_modules_own_mode():
     assert [m.training for m in model.modules()] == [True, True, True, False]
 
 
+def _saved_compact(run_dir):
+    """The compact model as compact.pt holds it (TinyNet is given as a module: its weights and buffers)."""
+    model = TinyNet()
+    model.load_state_dict(torch.load(run_dir / "compact.pt", weights_only=True)["state_dict"])
+    return model
+
+
 def test_the_trainer_recalibrates_the_compact_model_when_asked(tmp_path):
-    cfg = make_cfg(tmp_path, train={"bn_recalibrate": 3})
-    _, summary = fit(cfg)
+    """The final scores are those of the compact model with its re-estimated statistics (the ones saved in
+    compact.pt), not of the same weights with the statistics training left, which a run without
+    recalibration (the same training) keeps."""
+    trainer, summary = fit(make_cfg(tmp_path, train={"bn_recalibrate": 3}))
     assert summary["bn_recalibrated_batches"] == 3
     _, plain = fit(make_cfg(tmp_path / "plain"))
     assert plain["bn_recalibrated_batches"] == 0
+    saved, stale = _saved_compact(tmp_path / "run"), _saved_compact(tmp_path / "plain" / "run")
+    # the same weights, other running statistics: only the recalibration differs between the two runs
+    for (name, a), b in zip(saved.state_dict().items(), stale.state_dict().values()):
+        if name.endswith(("running_mean", "running_var")):
+            assert not torch.allclose(a, b), name
+        elif not name.endswith("num_batches_tracked"):  # a count: 3 batches against every training step
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    fresh_scores, stale_scores = trainer.evaluate(saved), trainer.evaluate(stale)
+    assert summary["final_loss"] == pytest.approx(fresh_scores["test_loss"], rel=1e-6)
+    assert summary["final_acc"] == pytest.approx(fresh_scores["test_acc"], rel=1e-6)
+    assert summary["final_loss"] != pytest.approx(stale_scores["test_loss"], rel=1e-4)  # small, but scores are deterministic
+    # before it recalibrated, the run scored the stale model: its last epoch's evaluation, and the plain run's
+    assert trainer.history[-1]["test_loss"] == pytest.approx(stale_scores["test_loss"], rel=1e-6)
+    assert plain["final_loss"] == pytest.approx(stale_scores["test_loss"], rel=1e-6)
 
 
 def _lrpet_run(tmp_path, recalibrate):

@@ -169,6 +169,23 @@ def test_penalty_is_the_sum_of_the_factor_terms():
     assert own > 1.0  # Gaussian factors of these shapes are far from orthonormal
 
 
+def test_channel_penalty_is_the_sum_of_the_factor_terms():
+    """Channel scheme: the k×k factor's weight (r, c, k, k) is V (r × c·k², rows orthonormal) and the 1×1
+    factor's (n, r, 1, 1) is U (n × r, columns orthonormal): λ(‖VVᵀ − I‖² + ‖UᵀU − I‖²), summed over layers."""
+    model = _tiny().double()
+    method = ELRT(model, rank={"3": 6, "6": 5}, scheme="channel", orth=0.1, init="gaussian", input_size=SMALL)
+    own = 0.0
+    for name, (n, c, r) in {"3": (32, 16, 6), "6": (32, 32, 5)}.items():
+        first, second = method.layers[name].factors
+        assert first.weight.shape == (r, c, 3, 3) and second.weight.shape == (n, r, 1, 1)
+        V = first.weight.reshape(r, c * 9)
+        U = second.weight.reshape(n, r)
+        eye = torch.eye(r, dtype=torch.float64)
+        own = own + (V @ V.mT - eye).square().sum() + (U.mT @ U - eye).square().sum()
+    torch.testing.assert_close(method.penalty(), 0.1 * own)
+    assert own > 1.0  # Gaussian factors of these shapes are far from orthonormal
+
+
 @pytest.mark.parametrize("scheme", ["tucker2", "channel"])
 def test_orthonormal_init_has_zero_penalty_and_no_regularizer_gradient(scheme):
     model = _tiny().double()

@@ -39,6 +39,9 @@ method: {name: lrpet, goal: 0.5, period: 3}
 train: {epochs: 3, progress: false, checkpoint_every: 3}
 """
 TIMING = ("epoch_time_s", "img_per_s")
+# The random kill delays come from a seeded generator (LRTRAIN_KILL_SEED=n draws other ones); a failure
+# names the delay and the checkpoints the killed run had left, to replay that moment.
+KILL_SEED = int(os.environ.get("LRTRAIN_KILL_SEED", "0"))
 
 
 def _env() -> dict:
@@ -66,10 +69,15 @@ def _wait_until(condition, proc: subprocess.Popen, timeout: float = 90.0) -> boo
     return True
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen, moment: str = "") -> None:
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill landed"
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill landed {moment}"
+
+
+def _moment(delay: float, run: Path) -> str:
+    return (f"(killed {delay:.4f} s after the checkpoint it waited for, LRTRAIN_KILL_SEED={KILL_SEED}; "
+            f"checkpoints left at steps {_steps(run)})")
 
 
 def _results(run: Path):
@@ -83,19 +91,20 @@ def _results(run: Path):
     return summary, metrics, (run / "ranks.csv").read_text(), compact
 
 
-def _assert_same(run: Path, reference: Path) -> None:
+def _assert_same(run: Path, reference: Path, moment: str = "") -> None:
     summary, metrics, ranks, compact = _results(run)
     ref_summary, ref_metrics, ref_ranks, ref_compact = _results(reference)
-    assert summary == ref_summary
-    assert metrics == ref_metrics
-    assert ranks == ref_ranks
-    assert compact.keys() == ref_compact.keys() and all(torch.equal(compact[k], ref_compact[k]) for k in compact)
+    assert summary == ref_summary, moment
+    assert metrics == ref_metrics, moment
+    assert ranks == ref_ranks, moment
+    assert compact.keys() == ref_compact.keys() and all(torch.equal(compact[k], ref_compact[k]) for k in compact), \
+        moment
 
 
-def _resume_in_process(run: Path, capsys) -> None:
+def _resume_in_process(run: Path, capsys, moment: str = "") -> None:
     capsys.readouterr()
-    assert cli.main(["train", str(run), "--resume"]) == 0
-    assert "finished: test accuracy" in capsys.readouterr().out
+    assert cli.main(["train", str(run), "--resume"]) == 0, moment
+    assert "finished: test accuracy" in capsys.readouterr().out, moment
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +124,14 @@ def reference(recipe, tmp_path_factory) -> Path:
 
 def test_a_run_killed_at_a_random_moment_resumes_to_the_uninterrupted_result(recipe, reference, tmp_path, capsys):
     run = tmp_path / "run"
-    delay = random.uniform(0.0, 0.25)
+    delay = random.Random(KILL_SEED).uniform(0.0, 0.25)
     proc = _start(str(recipe), "--out-dir", str(run))
     assert _wait_until(lambda: _steps(run), proc), proc.communicate()
     time.sleep(delay)  # somewhere in the first two epochs: maybe mid-step, mid-checkpoint, mid-evaluation
-    _kill(proc)  # (a kill after the last checkpoint, while finalizing, is one of the moments too)
-    _resume_in_process(run, capsys)
-    _assert_same(run, reference)
+    _kill(proc, f"(delay {delay:.4f} s)")  # (a kill after the last checkpoint, while finalizing, is one too)
+    moment = _moment(delay, run)
+    _resume_in_process(run, capsys, moment)
+    _assert_same(run, reference, moment)
 
 
 @pytest.mark.slow
@@ -139,10 +149,12 @@ def test_three_kills_at_different_moments_still_end_as_the_uninterrupted_run(rec
     done = _steps(run)[-1]
     proc = _start(str(run), "--resume")
     assert _wait_until(lambda: _steps(run)[-1] > done, proc)
-    time.sleep(random.uniform(0.0, 0.2))
-    _kill(proc)
-    _resume_in_process(run, capsys)
-    _assert_same(run, reference)
+    delay = random.Random(KILL_SEED).uniform(0.0, 0.2)
+    time.sleep(delay)
+    _kill(proc, f"(delay {delay:.4f} s)")
+    moment = _moment(delay, run)
+    _resume_in_process(run, capsys, moment)
+    _assert_same(run, reference, moment)
 
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes_exactly(recipe, reference, tmp_path, capsys):

@@ -118,6 +118,38 @@ def test_projection_commutes_with_bn_folding():
     torch.testing.assert_close(alpha[:, None] * _mat(conv), expected, rtol=0, atol=1e-4 * float(S[0]))
 
 
+def test_a_dead_bn_channel_is_unrectified_with_the_damped_inverse():
+    """α is undone with α/(α² + 1e-5), not 1/α: a channel whose γ died (α = 0) comes back as a zero row,
+    not 0/0 or a blown-up round-off, and a dying one (α = 1e-4, where the damping gives ≈ 10 rather
+    than 1/α = 1e4) is shrunk towards zero; channels with α of order 1 are undone as by 1/α. Expected
+    values from a float64 SVD of diag(α)·W, the energy transfer written out."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)).eval()
+    conv, bn = net
+    dead, dying = [2, 7, 13], [5, 11]
+    with torch.no_grad():
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 2.0)
+        bn.weight[dead] = 0.0
+        bn.weight[dying] = 1e-4 * (bn.running_var[dying] + bn.eps).sqrt()  # α = 1e-4
+    alpha = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().double()
+    W = _mat(conv)
+    r = int(16 - 16 * 0.5)
+    U, S, Vh = torch.linalg.svd(alpha[:, None] * W, full_matrices=False)
+    kept = S[:r] * (S.square().sum() / S[:r].square().sum()).sqrt()  # energy transfer: Σσ² unchanged
+    rectified = U[:, :r] @ torch.diag(kept) @ Vh[:r]
+    expected = (alpha / (alpha.square() + 1e-5))[:, None] * rectified
+    LRPET(net, goal=0.5, input_size=(1, 8, 8, 8)).project()
+    got = _mat(conv)
+    assert torch.isfinite(got).all()
+    assert (got[dead] == 0).all()  # 0·(a finite row): exactly zero
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * scale)  # dying rows included
+    assert float(got[dying].abs().max()) < 0.01 * scale  # shrunk: 1/α would give rows of order W's
+    live = [i for i in range(16) if i not in dead + dying]  # α ≥ 0.35: the damping changes them < 1e-4
+    torch.testing.assert_close(got[live], rectified[live] / alpha[live, None], rtol=0, atol=1e-4 * scale)
+
+
 def test_conv_without_bn_is_projected_without_rectification():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1))

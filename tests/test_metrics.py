@@ -1,5 +1,6 @@
 import doctest
-import time
+import statistics
+import types
 
 import pytest
 import torch
@@ -175,25 +176,37 @@ def test_latency_restores_state():
         latency(model, iters=0)
 
 
-class _Sleeper(nn.Module):
-    """A forward pass of a fixed duration, whatever else the machine does."""
+class _Ticker(nn.Module):
+    """A forward pass that advances a fake clock by its next duration (cycled) and logs its turn, so the
+    timing is exact whatever else the machine does."""
 
-    def __init__(self, seconds):
+    def __init__(self, name, durations, clock, log):
         super().__init__()
-        self.seconds = seconds
+        self.name, self.durations, self.clock, self.log = name, durations, clock, log
         self.scale = nn.Parameter(torch.ones(1))
         self.calls = 0
 
     def forward(self, x):
+        self.clock[0] += self.durations[self.calls % len(self.durations)]
         self.calls += 1
-        time.sleep(self.seconds)
+        self.log.append(self.name)
         return x * self.scale
 
 
-def test_latency_ratio_takes_turns_and_divides_the_medians():
-    slow, fast = _Sleeper(0.02).train(), _Sleeper(0.005).eval()
+def test_latency_ratio_takes_turns_and_divides_the_medians(monkeypatch):
+    """On a fake clock: the passes alternate, warm-up passes are not timed, and the ratio is that of the
+    medians (an outlier pass moves a mean, not a median)."""
+    clock, log = [0.0], []
+    monkeypatch.setattr(metrics, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    slow_times = [5.0, 0.02, 0.9, 0.02, 0.03, 0.021]  # the first pass is the warm-up
+    fast_times = [7.0, 0.005, 0.004, 0.5, 0.006, 0.005]
+    slow = _Ticker("slow", slow_times, clock, log).train()
+    fast = _Ticker("fast", fast_times, clock, log).eval()
     ratio = latency_ratio(slow, fast, (1, 3, 4, 4), warmup=1, iters=5, threads=1)
-    assert 2.5 < ratio < 6  # 4 but for sleep's overshoot on a busy machine
+    assert ratio == pytest.approx(statistics.median(slow_times[1:]) / statistics.median(fast_times[1:]),
+                                  rel=1e-9)
+    assert ratio != pytest.approx(statistics.mean(slow_times[1:]) / statistics.mean(fast_times[1:]), rel=0.1)
+    assert log == ["slow", "fast"] * 6  # in turns, warm-up included
     assert slow.calls == fast.calls == 6 and slow.training and not fast.training
     with pytest.raises(ValueError, match="iters"):
         latency_ratio(slow, fast, iters=0)

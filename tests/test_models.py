@@ -84,9 +84,18 @@ def test_resnet_rejects_bad_depth():
 
 
 def test_kaiming_init_of_convs():
-    conv = models.create("resnet20").layer3[1].conv1
-    fan_out = conv.out_channels * 9
-    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.05)
+    """He init in fan-out mode (registry.init_conv_bn_): checked on widening convs (16→32, 32→64), whose
+    fan-in std is √2 times the fan-out one, so the mode shows (≥ 4608 weights: the std is within ~1 %)."""
+    torch.manual_seed(0)
+    model = models.create("resnet20")
+    for conv in (model.layer2[0].conv1, model.layer3[0].conv1):
+        assert conv.out_channels == 2 * conv.in_channels
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        std = conv.weight.std().item()
+        assert std == pytest.approx(math.sqrt(2 / (conv.out_channels * k)), rel=0.05)
+        assert std != pytest.approx(math.sqrt(2 / (conv.in_channels * k)), rel=0.2)
+    conv = model.layer3[1].conv1  # 64→64
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (conv.out_channels * 9)), rel=0.05)
 
 
 def test_vgg16_layout():

@@ -1,30 +1,69 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import lrtrain as lr
-from lrtrain import metrics, models
+from lrtrain import linalg, metrics, models
 from lrtrain.layers import LowRankConv2d, LowRankLinear
+from lrtrain.schemes import get_scheme
 
 
 def _decisions(model, **kw):
     return {d.name: d for d in lr.plan(model, **kw)}
 
 
+def _truncated(w, rank, scheme):
+    """The weight a factorization at `rank` should compute, from the dense one alone: its scheme's matrix
+    form projected to `rank` (Eckart–Young), or, for Tucker-2, the HOSVD projection of both unfoldings."""
+    if scheme.name != "tucker2":
+        return scheme.from_matrix(linalg.project(scheme.to_matrix(w), rank), w.shape)
+    r_in, r_out = rank
+    n, c = w.shape[:2]
+    Uo = torch.linalg.svd(w.reshape(n, -1), full_matrices=False).U[:, :r_out]
+    Ui = torch.linalg.svd(w.transpose(0, 1).reshape(c, -1), full_matrices=False).U[:, :r_in]
+    return torch.einsum("nchw,na,ma,cb,db->mdhw", w, Uo, Uo, Ui, Ui)
+
+
 @pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled", "tucker2"])
-def test_factorize_resnet20_keeps_function_at_full_energy_and_is_never_costlier(scheme):
+def test_factorize_resnet20_computes_the_truncated_model_and_is_never_costlier(scheme):
+    """At a budget that factorizes most convs, the compact model is the dense one with each factorized
+    layer's weight replaced by its truncation at the planned rank (so the factors carry the right
+    directions, at the right rank, into the right place), and each factorized layer is cheaper."""
+    torch.manual_seed(0)
+    model = models.create("resnet20").double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    sch = get_scheme(scheme)
+    plan = lr.plan(model, rank="flops:0.5", scheme=scheme)
+    done = [d for d in plan if d.factorize]
+    assert sum(d.kind == "conv" for d in done) >= 18  # every 3×3 conv of the blocks at least
+    # every factorized layer is cheaper than its dense form, at a rank below its full one; skipped ones say why
+    assert all(d.flops < d.dense_flops and d.rank != d.max_rank for d in done)
+    assert all(d.reason for d in plan if not d.factorize)
+    expected = copy.deepcopy(model)
+    with torch.no_grad():
+        for d in done:
+            w = expected.get_submodule(d.name).weight
+            w.copy_(linalg.project(w, d.rank) if d.kind == "linear" else _truncated(w, d.rank, sch))
+    compact = lr.factorize(model, rank="flops:0.5", scheme=scheme)
+    lowrank = {n for n, m in compact.named_modules() if isinstance(m, (LowRankConv2d, LowRankLinear))}
+    assert lowrank == {d.name for d in done}
+    assert all(compact.get_submodule(d.name).rank == d.rank for d in done)
+    torch.testing.assert_close(compact(x), expected(x), atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled", "tucker2"])
+def test_factorize_resnet20_at_full_energy_changes_nothing_and_says_so(scheme):
+    """At full rank no factorized form is cheaper than its conv: nothing is replaced, a warning says so."""
     torch.manual_seed(0)
     model = models.create("resnet20").double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     ref = model(x)
-    plan = lr.plan(model, rank="energy:1.0", scheme=scheme)
-    with pytest.warns(UserWarning, match="no layer of CifarResNet was factorized"):  # full rank: none cheaper
-        out = lr.factorize(model, rank="energy:1.0", scheme=scheme)(x)
-    # every factorized layer is cheaper than its dense form; skipped ones say why
-    assert all(d.flops < d.dense_flops for d in plan if d.factorize)
-    assert all(d.reason for d in plan if not d.factorize)
-    # at full energy what is factorized is exact (full rank)
-    torch.testing.assert_close(out, ref, atol=1e-8, rtol=1e-8)
+    with pytest.warns(UserWarning, match="no layer of CifarResNet was factorized"):
+        out = lr.factorize(model, rank="energy:1.0", scheme=scheme)
+    assert not any(isinstance(m, (LowRankConv2d, LowRankLinear)) for m in out.modules())
+    assert torch.equal(out(x), ref)
 
 
 def test_spatial_skips_1x1_and_user_skip_list():

@@ -1,3 +1,4 @@
+import copy
 import csv
 import io
 
@@ -66,15 +67,23 @@ def test_the_dense_phase_is_whole_epochs_rounded_half_up_with_one_left_to_fine_t
 
 
 def test_init_loads_pretrained_weights_and_swaps_at_construction(tmp_path):
+    """With `init`, the model swapped at construction is the *pretrained* one factorized (at a rank that
+    factorizes: the same as `lr.factorize` of the pretrained model gives), not its own initialization."""
     pretrained = _net(seed=1).eval()
     path = tmp_path / "dense.pt"
     torch.save({"model": pretrained.state_dict()}, path)
     model = _net(seed=2)
-    method = SVDFinetune(model, rank="energy:1.0", init=str(path), input_size=SMALL)
+    method = SVDFinetune(model, rank="flops:0.5", init=str(path), input_size=SMALL)
     assert method.swapped and method.dense_fraction == 0.0 and not method.rebuild_optimizer
+    expected = lr.factorize(copy.deepcopy(pretrained), rank="flops:0.5", input_size=SMALL, linear=False)
+    layers = {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankConv2d)}
+    assert layers and layers == {n: m.rank for n, m in expected.named_modules() if isinstance(m, LowRankConv2d)}
+    assert method.ranks() == layers
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(x), pretrained(x), rtol=1e-4, atol=1e-5)
+        out = model.eval()(x)
+        torch.testing.assert_close(out, expected(x), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(out, pretrained(x), rtol=1e-3, atol=1e-4)  # truncated: not the dense function
     with pytest.raises(ValueError, match="do not fit"):
         SVDFinetune(models.create("resnet20", width=8), init=str(path), input_size=SMALL)
 

@@ -772,3 +772,32 @@ def test_a_tall_weights_factors_are_saved_alone_and_resume_bit_for_bit():
     _train(method2, opt2, x, y, 4, start=6)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_every_step_sub_gradient_of_a_projected_weight_is_its_truncations(dtype):
+    """After a projection the weight has rank r up to its dtype's round-off (≈ eps·σ₁, not 0): the
+    every-step SVD sub-gradient must count those round-off directions as zero (σ > tol·σ₁), so that it is
+    λ·U_r V_rᵀ like the projection's own, not the full polar factor (its round-off directions add entries
+    of order λ). Checked against an independent float64 SVD of the weight, truncated at the reported rank."""
+    lam = 0.5
+    tol = 1e-6 if dtype == torch.float32 else 1e-12  # the dtype's round-off on U_r V_rᵀ, with room
+    net = _net(dtype=dtype)
+    method = TRP(net, energy=0.6, period=0, nuclear=lam, subgradient="svd", input_size=SIZE)
+    method.project()
+    ranks = method.ranks()
+    assert any(r < method._max_rank[n] for n, r in ranks.items())  # something was truncated
+
+    def expected(name):
+        U, _, Vh = torch.linalg.svd(_matrix(method, name).double(), full_matrices=False)
+        r = ranks[name]
+        return lam * U[:, :r] @ Vh[:r]
+
+    for step in ("pending", "fresh"):  # the projection's own sub-gradient, then one the step computes
+        net.zero_grad(set_to_none=True)
+        method.before_step()
+        for name in method.layers:
+            grad = method.scheme.to_matrix(net.get_submodule(name).weight.grad).double()
+            want = expected(name)
+            err = (grad - want).abs().max() / lam
+            assert err < tol, (step, name, ranks[name], float(err))
