@@ -85,7 +85,10 @@ def specs(common: dict | None = None) -> list[benchmark.RunSpec]:
 
 def report(runs: list[benchmark.RunSpec], root: Path, out_stem: Path, threads: int) -> list[dict]:
     # the command that trains every run (resumably; --time-limit and --only only split the work)
-    rows = benchmark.collect(runs, root, f"python benchmarks/cpu_budget.py --threads {threads}", threads=threads)
+    # the CPU speedups of an earlier table are kept while their run is unchanged: a second timing on a
+    # shared CPU moves them by ±15 % and would rewrite the table for nothing
+    rows = benchmark.collect(runs, root, f"python benchmarks/cpu_budget.py --threads {threads}", threads=threads,
+                             measured=benchmark.earlier_rows(out_stem.with_suffix(".csv")))
     notes = (f"ResNet-20 on the real CIFAR-10 test set (10,000 images), trained on the CPU "
              f"({benchmark.cpu_name()}, {threads} threads) with one schedule for every run: "
              f"{COMMON['train']['epochs']} epochs, SGD lr {COMMON['optim']['lr']} (Nesterov momentum 0.9, wd "
