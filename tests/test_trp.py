@@ -1,5 +1,6 @@
 import csv
 import io
+import math
 from pathlib import Path
 
 import pytest
@@ -801,3 +802,24 @@ def test_the_every_step_sub_gradient_of_a_projected_weight_is_its_truncations(dt
             want = expected(name)
             err = (grad - want).abs().max() / lam
             assert err < tol, (step, name, ranks[name], float(err))
+
+
+def test_a_float16_weights_pending_sub_gradient_does_not_overflow_at_small_singular_values():
+    """The pending λ·U_r V_rᵀ scales by 1/σ: computed in float16, a kept σ below 1.5e-5 (1/σ past float16's
+    65504) made it inf and the weights NaN one step later. It is computed in float32 and rounded once."""
+    model = _net(width=16)
+    with torch.no_grad():  # conv "3": σ from 3e-3 down to 1.3e-5, all above fp16's numerical-rank tolerance
+        U, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(1)))
+        V, _ = torch.linalg.qr(torch.randn(144, 16, generator=torch.Generator().manual_seed(2)))
+        S = torch.logspace(math.log10(3e-3), math.log10(1.3e-5), 16)
+        model[3].weight.copy_(((U * S) @ V.T).reshape(16, 16, 3, 3))
+    model = model.half()
+    lam = 1e-3
+    method = TRP(model, energy=1.0, period=1, nuclear=lam, input_size=SIZE)
+    method.after_step()  # a projection keeping every direction: the weight is its own truncation
+    method.before_step()
+    grad = method.scheme.to_matrix(model[3].weight.grad.double())
+    U64, S64, Vh64 = torch.linalg.svd(method.scheme.to_matrix(model[3].weight.detach().double()), full_matrices=False)
+    r = method.ranks()["3"]
+    assert r == 16 and torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, lam * U64[:, :r] @ Vh64[:r], atol=2e-3 * lam, rtol=0)  # fp16 rounding

@@ -188,8 +188,10 @@ class GramEigh(NamedTuple):
     """``A = U diag(S) Vᵀ`` known through its smaller Gram matrix.
 
     ``basis`` is U (``left``: A is wide, m ≤ n) or V (A is tall), (..., k, k) with k = min(m, n), on A's
-    device in A's dtype; ``S`` (..., k), decreasing, is float64 on the host, where rank rules read it
-    without a device sync.
+    device in A's dtype, float32 at least (`working_dtype`); ``S`` (..., k), decreasing, is float64 on the
+    host, where rank rules read it without a device sync. `apply` and `factors` compute in the basis's
+    dtype: a half-precision A is rounded once, in their result, and a 1/σ scale of a small σ does not
+    overflow float16.
     """
 
     basis: Tensor
@@ -199,21 +201,22 @@ class GramEigh(NamedTuple):
     def apply(self, a: Tensor, scale: Tensor) -> Tensor:
         """``U diag(scale) Uᵀ A`` (left) or ``A V diag(scale) Vᵀ``: a mask of kept directions gives A's
         truncation, ``mask / S`` the polar factor ``U_r V_rᵀ``, ``S' / S`` the matrix with singular values S'."""
-        s = _to(scale.to(a.dtype), a.device)
+        s, work = _to(scale.to(self.basis.dtype), a.device), a.to(self.basis.dtype)
         if self.left:
-            return (self.basis * s.unsqueeze(-2)) @ (self.basis.mT @ a)
-        return ((a @ self.basis) * s.unsqueeze(-2)) @ self.basis.mT
+            return ((self.basis * s.unsqueeze(-2)) @ (self.basis.mT @ work)).to(a.dtype)
+        return (((work @ self.basis) * s.unsqueeze(-2)) @ self.basis.mT).to(a.dtype)
 
     def factors(self, a: Tensor, scale: Tensor, width: int) -> tuple[Tensor, Tensor]:
         """``apply(a, scale)`` as two thin factors ``(L, R)``, ``L @ R``, of inner size `width`, for a
-        `scale` that is zero past its first `width` entries (a rank-`width` result kept small)."""
-        s = _to(scale[..., :width].to(a.dtype), a.device)
+        `scale` that is zero past its first `width` entries (a rank-`width` result kept small), in the
+        basis's dtype."""
+        s, work = _to(scale[..., :width].to(self.basis.dtype), a.device), a.to(self.basis.dtype)
         basis = self.basis[..., :width]
         if self.left:
-            return basis * s.unsqueeze(-2), basis.mT @ a
+            return basis * s.unsqueeze(-2), basis.mT @ work
         # a copy, not a view of the basis (of the buffer of every group's bases, which a checkpoint would
         # save whole), laid out as a resumed run's stacked copy is, so that both multiply alike
-        return (a @ basis) * s.unsqueeze(-2), basis.mT.contiguous()
+        return (work @ basis) * s.unsqueeze(-2), basis.mT.contiguous()
 
 
 def _lapack_threads(gram: Tensor) -> contextlib.AbstractContextManager:
@@ -295,10 +298,16 @@ class GramTransfer:
         bases = [v for _, v in out]
         mats = self.mats
         if self.host and all(a.device == mats[0].device and a.dtype == mats[0].dtype for a in mats):
-            flat = torch.cat([v.to(mats[0].dtype).flatten() for v in bases])
+            flat = torch.cat([v.to(working_dtype(mats[0].dtype)).flatten() for v in bases])
             bases = _split_like(_to(flat, mats[0].device), bases)
-        return [GramEigh(basis.to(device=a.device, dtype=a.dtype), S, left)
+        return [GramEigh(basis.to(device=a.device, dtype=working_dtype(a.dtype)), S, left)
                 for a, basis, (S, _), left in zip(mats, bases, out, self.lefts)]
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype linear algebra on weights of `dtype` runs in: theirs, float32 at least (bf16/fp16 weights
+    are decomposed, projected and regularized in float32, and the result rounded once)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _to(t: Tensor, device: torch.device) -> Tensor:
