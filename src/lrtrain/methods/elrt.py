@@ -58,10 +58,12 @@ class _Factor:
 
 
 def _matrices(group: list[_Factor], stacked: Tensor) -> Tensor:
-    """The r × m matrices of a group of factors of one shape and orientation, from their stacked parameters."""
+    """The r × m matrices of a group of factors of one shape and orientation, from their stacked parameters,
+    in float32 at least: VVᵀ − I of near-orthonormal bf16 factors is as large as bf16's rounding at 1."""
     f = group[0]
-    return (stacked.reshape(len(group), f.cols, f.rows).mT if f.transposed
+    mats = (stacked.reshape(len(group), f.cols, f.rows).mT if f.transposed
             else stacked.reshape(len(group), f.rows, f.cols))
+    return mats.to(linalg.working_dtype(mats.dtype))
 
 
 def _factors(layer: LowRank) -> list[_Factor]:
