@@ -88,6 +88,9 @@ def test_auto_subgradient_is_the_svds_on_the_cpu_and_newton_schulz_elsewhere(mon
     monkeypatch.setattr(linalg, "polar_newton_schulz", lambda m, **kw: called.append(m.device.type) or m)
     meta = mats.to("meta")  # a device other than the CPU (cuSOLVER's SVD would wait for it)
     assert auto._subgradient(meta) is meta and called == ["meta"]
+    half = mats.to("meta", torch.bfloat16)  # but half-precision weights take the SVD path: a projected
+    auto._subgradient(half)  # weight's cut directions stay at their rounding, which Newton–Schulz would keep
+    assert called == ["meta"]
 
 
 @pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled"])
@@ -823,3 +826,32 @@ def test_a_float16_weights_pending_sub_gradient_does_not_overflow_at_small_singu
     r = method.ranks()["3"]
     assert r == 16 and torch.isfinite(grad).all()
     torch.testing.assert_close(grad, lam * U64[:, :r] @ Vh64[:r], atol=2e-3 * lam, rtol=0)  # fp16 rounding
+
+
+def test_a_skipped_step_keeps_the_projections_sub_gradient_for_the_next_one():
+    """Under a GradScaler a step with inf gradients is skipped: `skip_step` in place of `after_step` leaves
+    the step uncounted, and the next step adds the last projection's λ·U_r V_rᵀ the skipped one took."""
+    model = _net()
+    method = TRP(model, period=2, nuclear=0.01, subgradient="projection", input_size=SIZE)
+    x, y = _data(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    _train(method, opt, x, y, 2)  # the projection after step 2
+    name = method.layers[0]
+    weight = model.get_submodule(name).weight
+    added = []
+    for _ in range(2):  # the step right after the projection: skipped, then taken
+        opt.zero_grad()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        method.before_step()
+        added.append(weight.grad.clone())
+        if len(added) == 1:
+            method.skip_step()
+    assert method.step == 2 and added[0].abs().max() > 0
+    assert torch.equal(added[0], added[1])
+    method.after_step()
+    opt.zero_grad()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    method.before_step()  # taken once: official mode adds nothing until the next projection
+    assert method.step == 3 and weight.grad.abs().max() == 0

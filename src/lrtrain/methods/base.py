@@ -71,6 +71,11 @@ class Method:
         """Called after ``optimizer.step()``; counts steps."""
         self.step += 1
 
+    def skip_step(self) -> None:
+        """Called instead of `after_step` when the optimizer skipped the step (a ``GradScaler`` that found
+        inf/NaN gradients): the step did not happen, so it is not counted, and what `before_step` used up
+        for it is kept for the next one (TRP's sub-gradient of the last projection)."""
+
     @property
     def bn_stale(self) -> bool:
         """True when the method replaced weights (a projection, a decomposition) after the last training

@@ -118,10 +118,11 @@ class TRP(Method):
         subgradient: how step A gets ``U_r V_rᵀ``: ``"svd"`` (a batched SVD every step),
             ``"newton_schulz"`` (the polar factor by matrix products only, exact for a full-rank weight; a
             direction of σ between 1e-5 and `tol` times σ₁ counts as kept, which is as valid a
-            sub-gradient), ``"auto"`` (the default: ``"svd"`` on the CPU, where it is the faster,
-            ``"newton_schulz"`` elsewhere, where the SVD synchronizes) or ``"projection"`` (only on the
-            step after a projection: the official code). The step after a projection always reuses the
-            projection's SVD.
+            sub-gradient; but the directions a projection cut stay at bf16/fp16 weights' rounding, about
+            1e-3·σ₁, which it counts as kept), ``"auto"`` (the default: ``"newton_schulz"`` on a GPU, where
+            the SVD synchronizes, for float32/64 weights; ``"svd"`` on the CPU, where it is the faster, and
+            for half-precision weights) or ``"projection"`` (only on the step after a projection: the
+            official code). The step after a projection always reuses the projection's SVD.
         input_size: input shape used to trace the model (eligibility, FLOPs of `finalize`).
         host_eigh: a projection decomposes each group's float64 Gram matrices with LAPACK on the host
             (the device is waited for once per projection; milliseconds for a CIFAR ResNet) rather than
@@ -209,6 +210,7 @@ class TRP(Method):
         # so that a checkpoint taken after a projection (every epoch end when the period divides the
         # epoch) does not hold another copy of the weights once the ranks are low; else (U_r V_rᵀ, None).
         self._pending: list[tuple[Tensor, Tensor | None]] | None = None
+        self._used: list[tuple[Tensor, Tensor | None]] | None = None  # the pending one this step took
         self.overlap = bool(overlap)
         # With `overlap`: the projection sent after the last step, truncated after the next one.
         self._inflight: linalg.GramTransfer | None = None
@@ -262,6 +264,7 @@ class TRP(Method):
     def before_step(self) -> None:
         """Step A: add λ·U_r V_rᵀ to the gradient of every eligible weight."""
         pending, self._pending = self._pending, None
+        self._used = pending  # given back by `skip_step`, should the optimizer skip this step
         if not self.nuclear or (pending is None and self.subgradient == "projection"):
             return
         for i, group in enumerate(self._groups):
@@ -273,7 +276,8 @@ class TRP(Method):
             group.add_to_grad(self.nuclear * sub)
 
     def _subgradient(self, mats: Tensor, names: list[str] | None = None) -> Tensor:
-        if self.subgradient == "newton_schulz" or (self.subgradient == "auto" and mats.device.type != "cpu"):
+        if self.subgradient == "newton_schulz" or (self.subgradient == "auto" and mats.device.type != "cpu"
+                                                   and linalg.working_dtype(mats.dtype) == mats.dtype):
             return linalg.polar_newton_schulz(mats, **NEWTON_SCHULZ)
         U, S, Vh = _svd_no_sync(mats, names)
         return _masked_polar(U, S > self._tol(mats.dtype) * S[..., :1], Vh)
@@ -284,9 +288,15 @@ class TRP(Method):
         factor, not the projection's U_r V_rᵀ)."""
         return max(self.tol, 4 * torch.finfo(dtype).eps)
 
+    def skip_step(self) -> None:
+        """The step was skipped: the last projection's sub-gradient is the next step's again."""
+        if self._pending is None:
+            self._pending, self._used = self._used, None
+
     def after_step(self) -> None:
         """Count the step; step B every `period` steps (with `overlap`, truncated after the next step)."""
         super().after_step()
+        self._used = None
         if self._inflight is not None:
             self._truncate(self._inflight, late=True)
         if self.period and self.step % self.period == 0:
