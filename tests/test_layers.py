@@ -229,3 +229,19 @@ def test_a_stack_of_weights_has_the_stack_of_their_matrix_forms(scheme):
     assert torch.equal(stacked, torch.stack([s.to_matrix(w) for w in weights]))
     assert torch.equal(s.from_matrix(stacked, weights.shape), weights)
     assert torch.equal(s.from_matrix(stacked[1], weights.shape[1:]), weights[1])
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial", "decoupled", "tucker2", "linear"])
+def test_the_dense_form_under_autocast_is_the_exact_float32_one(scheme):
+    """A bf16 product under autocast rounded the composed weight (5e-3) and made to_dense a bf16 layer that
+    a float32 model then refused (its input float, its bias bf16)."""
+    torch.manual_seed(0)
+    if scheme == "linear":
+        layer = LowRankLinear.from_dense(nn.Linear(24, 16), 6)
+    else:
+        layer = LowRankConv2d.from_dense(nn.Conv2d(8, 16, 3, padding=1), 6 if scheme != "tucker2" else (4, 6), scheme)
+    outside = layer.to_dense()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside, weight = layer.to_dense(), layer.weight
+    assert weight.dtype == inside.weight.dtype == torch.float32
+    assert torch.equal(weight, outside.weight) and torch.equal(inside.weight, outside.weight)

@@ -178,8 +178,10 @@ class LowRankConv2d(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dense weight the factors compute (built on demand: never stored)."""
-        return self.scheme.compose([c.weight for c in self.factors])
+        """The dense weight the factors compute (built on demand: never stored), in their dtype: exact
+        float32 products even under autocast or TF32 (a bf16 product would round it)."""
+        with linalg.full_precision():
+            return self.scheme.compose([c.weight for c in self.factors])
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -266,8 +268,10 @@ class LowRankLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The out × in weight the factors compose to (built on each access)."""
-        return self.factors[1].weight @ self.factors[0].weight
+        """The out × in weight the factors compose to (built on each access), in their dtype, as exact
+        under autocast as outside it."""
+        with linalg.full_precision():
+            return self.factors[1].weight @ self.factors[0].weight
 
     @property
     def bias(self) -> torch.Tensor | None:
