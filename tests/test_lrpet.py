@@ -118,11 +118,13 @@ def test_projection_commutes_with_bn_folding():
     torch.testing.assert_close(alpha[:, None] * _mat(conv), expected, rtol=0, atol=1e-4 * float(S[0]))
 
 
-def test_a_dead_bn_channel_is_unrectified_with_the_damped_inverse():
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_a_dead_bn_channel_is_unrectified_with_the_damped_inverse(dtype, tol):
     """α is undone with α/(α² + 1e-5), not 1/α: a channel whose γ died (α = 0) comes back as a zero row,
     not 0/0 or a blown-up round-off, and a dying one (α = 1e-4, where the damping gives ≈ 10 rather
     than 1/α = 1e4) is shrunk towards zero; channels with α of order 1 are undone as by 1/α. Expected
-    values from a float64 SVD of diag(α)·W, the energy transfer written out."""
+    values from a float64 SVD of diag(α)·W, the energy transfer written out; a float64 model is rectified
+    in float64 (it was in float32: 4e-7 off)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)).eval()
     conv, bn = net
@@ -132,6 +134,7 @@ def test_a_dead_bn_channel_is_unrectified_with_the_damped_inverse():
         bn.weight.uniform_(0.5, 2.0)
         bn.weight[dead] = 0.0
         bn.weight[dying] = 1e-4 * (bn.running_var[dying] + bn.eps).sqrt()  # α = 1e-4
+    net.to(dtype)
     alpha = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().double()
     W = _mat(conv)
     r = int(16 - 16 * 0.5)
@@ -144,10 +147,10 @@ def test_a_dead_bn_channel_is_unrectified_with_the_damped_inverse():
     assert torch.isfinite(got).all()
     assert (got[dead] == 0).all()  # 0·(a finite row): exactly zero
     scale = float(expected.abs().max())
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * scale)  # dying rows included
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=tol * scale)  # dying rows included
     assert float(got[dying].abs().max()) < 0.01 * scale  # shrunk: 1/α would give rows of order W's
     live = [i for i in range(16) if i not in dead + dying]  # α ≥ 0.35: the damping changes them < 1e-4
-    torch.testing.assert_close(got[live], rectified[live] / alpha[live, None], rtol=0, atol=1e-4 * scale)
+    torch.testing.assert_close(got[live].double(), rectified[live] / alpha[live, None], rtol=0, atol=1e-4 * scale)
 
 
 def test_conv_without_bn_is_projected_without_rectification():

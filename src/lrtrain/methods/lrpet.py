@@ -237,14 +237,15 @@ class LRPET(Method):
 
     def _rectifiers(self, g: WeightGroup, mats: Tensor) -> tuple[Tensor, Tensor]:
         """Per output channel of each layer: α and its damped inverse (1 and 1 where there is no BN)."""
-        ones = torch.ones(mats.shape[:-1], dtype=torch.float32, device=mats.device)
+        dtype = linalg.working_dtype(mats.dtype)  # float32 at least, float64 for a float64 model
+        ones = torch.ones(mats.shape[:-1], dtype=dtype, device=mats.device)
         scale, unscale = ones.clone(), ones
         for i, name in enumerate(g.names):
             bn = self._bns.get(name)
             if bn is None:
                 continue
-            gamma = bn.weight.detach().float() if bn.weight is not None else 1.0
-            alpha = gamma / (bn.running_var.float() + bn.eps).sqrt()
+            gamma = bn.weight.detach().to(dtype) if bn.weight is not None else 1.0
+            alpha = gamma / (bn.running_var.to(dtype) + bn.eps).sqrt()
             scale[i] = alpha
             unscale[i] = alpha / (alpha.square() + _UNRECTIFY_EPS)
         return scale, unscale
