@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,16 @@ def test_load_takes_any_spelling_of_the_cpu_and_names_a_device_the_machine_lacks
         lr.load(compact_file, map_location="cuda")
     with pytest.raises(ValueError, match="map_location 'gpu' is not a device"):
         lr.load(compact_file, map_location="gpu")
+
+
+def test_a_float64_model_exported_in_float32_is_said(tmp_path):
+    """Exports hold float32 models: a bf16 model's weights convert exactly, a float64 model's are rounded,
+    which was silent (and the check, against the float32 copy the file holds, showed 0)."""
+    torch.manual_seed(0)
+    model = lr.factorize(lr.models.create("resnet20"), rank="flops:0.5").eval()
+    with pytest.warns(UserWarning, match="the model is float64; the file holds it in float32"):
+        export.export(model.double(), tmp_path / "m.ts", "torchscript")
+    assert next(torch.jit.load(str(tmp_path / "m.ts")).parameters()).dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a bf16 model converts exactly: nothing to say
+        export.export(model.bfloat16(), tmp_path / "b.ts", "torchscript")

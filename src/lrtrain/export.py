@@ -253,8 +253,12 @@ class Normalized(nn.Module):
         return self.model(x.to(self.input_dtype.dtype))
 
 
-def _deployable(model: nn.Module) -> nn.Module:
-    """A CPU float copy in eval mode (exports are for inference, and the caller's model stays as it is)."""
+def _deployable(model: nn.Module, quiet: bool = False) -> nn.Module:
+    """A CPU float32 copy in eval mode (exports are for inference, and the caller's model stays as it is).
+    A bf16/fp16 model's weights convert exactly; a float64 model's are rounded, which is said."""
+    if not quiet and any(p.dtype == torch.float64 for p in model.parameters()):
+        warnings.warn("export: the model is float64; the file holds it in float32 (its weights rounded to "
+                      "float32, its input float32)", stacklevel=3)
     return copy.deepcopy(model).cpu().float().eval()
 
 
@@ -396,13 +400,14 @@ def export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32
 def check_export(model: nn.Module, path: str | Path, format: str, input_size=(1, 3, 32, 32),
                  normalize: dict[str, list[float]] | None = None) -> float | None:
     """Largest absolute difference between the exported file's outputs and the model's (normalizing its
-    input by ``normalize`` where the file was written so) on a random batch.
+    input by ``normalize`` where the file was written so) on a random batch: the model in float32, as the
+    file holds it (a bf16 or fp16 model's own outputs differ from both by its rounding of activations).
 
     The batch has one more image than `input_size` says (the exported batch dimension must not be fixed).
     None for ONNX when onnxruntime is not installed.
     """
     _check_input_size(model, input_size)
-    net = _deployable(_with(model, normalize))
+    net = _deployable(_with(model, normalize), quiet=True)  # the float32 model the file was written from
     size = (input_size[0] + 1, *input_size[1:])
     x = torch.randn(size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
