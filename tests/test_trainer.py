@@ -374,13 +374,17 @@ def test_cli_debug_shows_the_traceback(tmp_path):
         cli.main(["train", recipe, "--set", "method.name=nope", "--debug"])
 
 
-def test_the_demo_uses_cifar10_when_present_else_the_generated_set(tmp_path, monkeypatch):
+def test_the_demo_uses_cifar10_when_present_else_the_generated_set(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LRTRAIN_DATA", raising=False)
     import lrtrain.data.cifar as cifar
 
     monkeypatch.chdir(tmp_path)  # no ../shared/data from here, nor from the project
     monkeypatch.setattr(cifar, "_PROJECT_ROOT", tmp_path)
     assert cli.demo_recipe()["data"]["name"] == "sample"
+    monkeypatch.setattr(cli, "_fit", lambda *a, **k: 0)
+    assert cli.main(["demo", "--out-dir", str(tmp_path / "demo")]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("note: CIFAR-10 not found: looked for") and "generated sample set instead" in said
     with pytest.raises(FileNotFoundError, match="CIFAR-10 not found"):  # a place was named: no silent fallback
         cli.demo_recipe(str(tmp_path))
     monkeypatch.setenv("LRTRAIN_DATA", str(tmp_path / "typo"))
