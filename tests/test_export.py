@@ -313,6 +313,13 @@ def test_save_refuses_a_name_that_does_not_rebuild_the_model(tmp_path):
     lr.save(compact, tmp_path / "m.pt", "resnet20", 10)
     torch.testing.assert_close(lr.load(tmp_path / "m.pt")(torch.ones(1, 3, 32, 32)),
                                compact.eval()(torch.ones(1, 3, 32, 32)))
+    own = lr.factorize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)), rank=2,
+                       input_size=(1, 3, 8, 8))  # a model of one's own: not rebuilt by any registry name
+    with pytest.raises(ValueError, match=r"save: 'mine' is not a registry model name .*register_model"):
+        lr.save(own, tmp_path / "o.pt", "mine", 10)
+    with pytest.raises(ValueError, match=r"0: the registry model has no 0; .*torch.save the whole module"):
+        lr.save(own, tmp_path / "o.pt", "resnet20", 10)  # was an AttributeError
+    assert not (tmp_path / "o.pt").exists()
 
 
 def test_save_refuses_classes_that_a_factorized_classifier_does_not_have(tmp_path):

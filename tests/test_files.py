@@ -30,8 +30,12 @@ def test_a_truncated_file_and_pickled_objects_get_their_own_reasons(tmp_path):
     with pytest.raises(ValueError, match="a damaged PyTorch file: its zip archive is incomplete"):
         load_torch_file(tmp_path / "cut.pt", "compact model")
     torch.save(nn.Linear(2, 2), tmp_path / "module.pt")
-    with pytest.raises(ValueError, match=r"holds pickled Python objects.*Linear.*lrtrain reads weights only"):
+    with pytest.raises(ValueError, match=r"holds pickled Python objects \(a torch.nn.modules.linear.Linear\), "
+                                         r"not only tensors and plain data: lrtrain reads weights only \(torch.load"):
         load_torch_file(tmp_path / "module.pt", "compact model")
+    (tmp_path / "module.pt").rename(tmp_path / "compact_module.pt")  # a run's pickled module: its compact.pt
+    with pytest.raises(ValueError, match=r"weights only .*give lrtrain the run folder or its compact.pt$"):
+        load_torch_file(tmp_path / "compact_module.pt", "compact model")
     with pytest.raises(ValueError, match="is a directory, not a checkpoint file"):
         load_torch_file(tmp_path, "checkpoint")
     with pytest.raises(FileNotFoundError):

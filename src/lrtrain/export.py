@@ -165,22 +165,33 @@ def save(model: nn.Module, path: str | Path, model_name: str, num_classes: int, 
         from .data import normalization_stats
 
         normalization_stats(extra["normalize"])  # a malformed record fails now, not where it is used
+    own = ("a model of your own: register it with lrtrain.models.register_model so that load can build it, "
+           "or torch.save the whole module")
+    if model_name not in models.list_models():
+        raise ValueError(f"save: {model_name!r} is not a registry model name (lrtrain.models.list_models(): "
+                         f"{', '.join(models.list_models())}); save writes registry models, which load rebuilds "
+                         f"by name ({own})")
     base = base_modules(model_name, num_classes)
     arch = _describe(model, base, model_name, num_classes, extra)
     state = _state(model)
     # checked now, not when `load` fails on the file: the name and classes must rebuild this very model
-    problems = [f"{name}: the registry model has no {name.rpartition('.')[0]}" for name in arch["layers"]
-                if name.rpartition(".")[0] and name.rpartition(".")[0] not in base]
+    problems = [f"{name}: the registry model has no {_first_missing(name, base)}" for name in arch["layers"]
+                if name not in base]
     if not problems:
         rebuilt = rebuild(arch)
         problems = _resized(arch, base) or mismatches(state, rebuilt.state_dict()) or _other_modules(model, rebuilt)
     if problems:
         raise ValueError(f"save: {type(model).__name__} is not models.create({model_name!r}, "
                          f"num_classes={num_classes}) with its low-rank layers (model vs that): "
-                         f"{'; '.join(problems[:4])}{' and more' if len(problems) > 4 else ''} (a model of your "
-                         "own: register it with lrtrain.models.register_model so that load can build it, or "
-                         "torch.save the whole module)")
+                         f"{'; '.join(problems[:4])}{' and more' if len(problems) > 4 else ''} ({own})")
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "arch": arch, "state_dict": state}, f))
+
+
+def _first_missing(name: str, modules: dict[str, nn.Module]) -> str:
+    """The shortest prefix of the module path `name` that `modules` lacks (``features.1.block`` of
+    ``features.1.block.0.0``): where the two models part."""
+    parts = name.split(".")
+    return next(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) not in modules)
 
 
 def load_with_arch(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

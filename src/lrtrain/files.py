@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import secrets
 import stat
 import zipfile
@@ -100,8 +101,10 @@ def load_error(err: BaseException) -> str:
     if "WeightsUnpickler error:" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
         if "Unsupported global" in detail:
-            return (f"it holds pickled Python objects, not only tensors and plain data ({detail[:200]}); "
-                    "lrtrain reads weights only")
+            found = re.search(r"GLOBAL (\S+) was not an allowed global", detail)
+            what = f" (a {found.group(1)})" if found else ""
+            return (f"it holds pickled Python objects{what}, not only tensors and plain data: lrtrain reads "
+                    "weights only (torch.load(path, weights_only=False) unpickles a file you trust)")
         return f"not a PyTorch file, or a damaged one (unpickling stopped: {detail[:120]})"
     damaged_zip = isinstance(err, OSError) and err.errno == errno.EINVAL  # torch's zip reader, some cut points
     if damaged_zip or isinstance(err, zipfile.BadZipFile) or "central directory" in text or "zip archive" in text:
@@ -125,7 +128,9 @@ def load_torch_file(path: str | Path, what: str, map_location: str | torch.devic
     except FileNotFoundError:
         raise
     except Exception as err:  # damaged files raise many kinds (KeyError, struct.error, UnpicklingError, ...)
-        raise ValueError(f"cannot read {what} {path}: {load_error(err)}") from None
+        hint = ("; a run's compact_module.pt is the whole pickled module, for torch.load: give lrtrain the run "
+                "folder or its compact.pt") if Path(path).name == "compact_module.pt" else ""
+        raise ValueError(f"cannot read {what} {path}: {load_error(err)}{hint}") from None
 
 
 def _device(map_location: Any) -> Any:
