@@ -109,8 +109,10 @@ class TRP(Method):
             training only).
         nuclear: λ, the weight of the nuclear norm (official: 3e-4); 0 turns step A off.
         final: rank policy of `finalize`: a `RankPolicy`, a string such as ``"energy:0.85"`` or
-            ``"flops:0.45"``, or ``{layer: rank}``; default ``Threshold(0.05)``, or ``Energy(0.85)`` for
-            the decoupled scheme (the official rules), with the ``multiple`` of `rank` where it has one.
+            ``"flops:0.45"``, or ``{layer: rank}``; default: `rank` where given (a budget the projections
+            aim at is the compact model's: the σ < 0.05 rule could keep more than the last projection did, a
+            few steps before the end of a loop), else ``Threshold(0.05)``, or ``Energy(0.85)`` for the
+            decoupled scheme (the official rules).
         eligible: ``"default"``: every conv whose factorized form can be cheaper than the dense one (first
             conv, 1×1 and stride-2 convs included); ``"official"``: 3×3 convs but the first, with stride-2
             convs trained but left dense at the end under channel/spatial, as the official code does.
@@ -184,9 +186,9 @@ class TRP(Method):
             raise ValueError(f"TRP: subgradient='projection' applies λ only after projections, but period={period!r} "
                              "never projects; use subgradient='auto', 'svd' or 'newton_schulz' for nuclear-norm-only "
                              "training (--set method.subgradient=auto)")
-        if final is None:  # the official rules, in steps of the projections' multiple where `rank` has one
-            multiple = self.rank_policy.multiple if self.rank_policy is not None else 1
-            final = Energy(0.85, multiple) if self.scheme.name == "decoupled" else Threshold(0.05, multiple)
+        if final is None:  # the projections' policy where given (the final cut meets their budget), else the
+            # official rules
+            final = self.rank_policy or (Energy(0.85) if self.scheme.name == "decoupled" else Threshold(0.05))
         self.final = final if isinstance(final, dict) else parse_policy(final)
         self.input_size = tuple(input_size)
         self.skip = surgery.skip_patterns(skip)
