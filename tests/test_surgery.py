@@ -321,3 +321,11 @@ def test_trps_official_preset_leaves_out_the_first_conv_the_input_meets():
 
     method = lr.TRP(HeadFirst(), eligible="official", input_size=(1, 3, 8, 8))
     assert sorted(method.layers) == ["body", "head"]
+
+
+def test_a_plan_prints_as_a_per_layer_table():
+    decisions = lr.plan(lr.models.create("resnet20"), rank="energy:0.9")
+    lines = str(decisions).splitlines()
+    assert lines[0].split() == ["layer", "shape", "MACs", "rank/max", "MACs", "after", "note"]
+    assert len(lines) == len(decisions) + 1 and all(d.name in line for d, line in zip(decisions, lines[1:]))
+    assert isinstance(decisions, list) and decisions[0].name == "conv1"  # still the list of decisions

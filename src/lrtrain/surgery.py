@@ -45,6 +45,16 @@ class Decision:
     flops: int  # after the decision (equals dense_flops when skipped)
 
 
+class Plan(list):
+    """`plan`'s decisions (a list of `Decision`), printed as a per-layer table: layer, weight shape, MACs
+    before, rank/max, MACs after, and why a layer stays dense."""
+
+    def __str__(self) -> str:
+        from .inspection import decision_table  # the table's formatting lives with the CLI's other tables
+
+        return decision_table(self)
+
+
 @dataclass
 class Candidate:
     """An eligible layer with what a rank policy needs to know about it."""
@@ -219,14 +229,14 @@ def _explicit_ranks(ranks: dict[str, Rank], cands: list[Candidate], skipped: lis
 
 
 def plan(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", scheme: str | Scheme = "channel",
-         skip: Iterable[str] = (), input_size=(1, 3, 32, 32), linear: bool = True) -> list[Decision]:
+         skip: Iterable[str] = (), input_size=(1, 3, 32, 32), linear: bool = True) -> Plan:
     """Decide, for every conv/linear layer of `model`, whether and at which rank to factorize it.
 
     `rank` is a policy (`Energy`, `Ratio`, `FixedRank`, `FlopsBudget`, `Threshold`, or a ``"name:value"``
     string), an int (the same rank everywhere, clamped per layer), or ``{layer name: rank}`` for explicit
     per-layer ranks (which must be valid: a rank out of range or a layer that cannot be factorized is an
     error). Returns one `Decision` per layer that a forward pass at `input_size` calls and that is not
-    factorized already, in module order.
+    factorized already, in module order, as a `Plan` (a list that prints as a per-layer table).
     """
     cands, skipped = candidates(model, scheme, skip, input_size, linear)
     if isinstance(rank, dict):
@@ -265,7 +275,7 @@ def plan(model: nn.Module, rank: RankPolicy | int | str | dict = "energy:0.95", 
             decisions.append(Decision(c.name, _kind(c), tuple(c.module.weight.shape), True, "", r,
                                       c.request.max_rank, c.request.dense_cost, cost))
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return sorted(decisions, key=lambda d: order[d.name])
+    return Plan(sorted(decisions, key=lambda d: order[d.name]))
 
 
 def why_none(decisions: list[Decision], model: nn.Module, limit: int = 3) -> str:
