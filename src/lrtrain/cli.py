@@ -334,7 +334,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .metrics import count, latency_ratio, model_dtype
     from .train import distributed
 
-    model, cfg, arch, what, from_run = resolve_source(args.model, args.overrides)
+    model, cfg, arch, what, from_run, note = resolve_source(args.model, args.overrides)
     device = resolve_device(args.device, distributed.World().local_rank)
     data = scoring_data(cfg, arch, device, args.data_dir, args.overrides)
     if not from_run:  # a file of an older lrtrain away from its run: the data set is a guess
@@ -349,6 +349,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     top5 = f", top-5 {result['top5_acc']:.2f}%" if data.num_classes > 5 else ""
     print(f"{what} on {data.description}: top-1 {result['test_acc']:.2f}%{top5}, loss {result['test_loss']:.4f} "
           f"({result['images']} images, {device})")
+    if note:
+        print(f"note: {note}")
     name = arch.get("model") or cfg["model"]["name"]
     dense = models.create(name, num_classes=outputs).eval().to(model_dtype(model))  # timed alike
     compact, full = count(model.cpu(), data.input_size), count(dense, data.input_size)

@@ -78,13 +78,14 @@ class Source(NamedTuple):
     what: str               # a phrase naming what was loaded
     from_run: bool          # the recipe's data are the run's own (its config.yaml, its checkpoint's, or those
                             # its compact model file records)
+    note: str = ""          # what a reader of the score should know (a checkpoint's BatchNorm statistics)
 
 
 def resolve_source(path: str | Path, overrides: list[str]) -> Source:
     """The model `path` names (a run directory: its compact.pt, else its newest checkpoint; a compact model
     file; a checkpoint), the resolved recipe its data come from (the run's config.yaml, else the
     checkpoint's, else the defaults; then `overrides`, data.* keys only), its ``arch``
-    (`inspection.with_arch`) and a phrase naming what was loaded."""
+    (`inspection.with_arch`), a phrase naming what was loaded and a note on the score, if any."""
     from .config import apply_override, load_recipe, resolve
     from .inspection import load_trained_file, scored_file, with_arch
 
@@ -98,15 +99,17 @@ def resolve_source(path: str | Path, overrides: list[str]) -> Source:
     file = scored_file(path)
     state = load_trained_file(file)
     model, arch = with_arch(state, file)
-    config = None
+    config, note = None, ""
     if "arch" in state:  # a compact model (`with_arch` has read it as a dict)
         what, run_dir = f"{file} (compact model)", run_dir or file.parent  # it sits beside its run's config.yaml
     else:
         what = f"{file} (checkpoint: the model as trained so far)"
         config = state["config"]
-        if config["train"].get("bn_recalibrate"):
-            what += ("; its BatchNorm statistics as saved, where the trainer's epoch score re-estimated them "
-                     "after a projection (train.bn_recalibrate), so the two may differ")
+        scored = [row for row in state.get("history") or [] if row.get("test_acc") is not None]
+        if config["train"].get("bn_recalibrate") and scored:
+            note = (f"the checkpoint's BatchNorm statistics are scored as saved, while the trainer's score of "
+                    f"epoch {scored[-1]['epoch']} ({scored[-1]['test_acc']:.2f}%) re-estimated them after a "
+                    "projection (train.bn_recalibrate): the two may differ")
     if config is None and run_dir is not None and (run_dir / "config.yaml").is_file():
         with warnings.catch_warnings():  # its training settings' warnings are not for a scoring
             warnings.simplefilter("ignore", UserWarning)
@@ -123,7 +126,7 @@ def resolve_source(path: str | Path, overrides: list[str]) -> Source:
     for key in overrides:
         apply_override(recipe, key)
     return Source(model, resolve(recipe, f"--set {' '.join(overrides)}" if overrides else str(file)), arch, what,
-                  bool(config or arch.get("trained_on")))
+                  bool(config or arch.get("trained_on")), note)
 
 
 def scoring_data(cfg: dict[str, Any], arch: dict[str, Any], device: torch.device, data_dir: str | None = None,

@@ -105,7 +105,7 @@ def derived_facts(path: str | Path, side: int, data_dir: str | None = None) -> d
 
     missing = f"{scored_file(path)} does not record its input normalization (written by an older lrtrain)"
     try:
-        _, cfg, arch, _, from_run = resolve_source(path, [])
+        _, cfg, arch, _, from_run, _ = resolve_source(path, [])
     except ValueError as err:  # its run's config.yaml cannot be read by this version
         raise ValueError(f"{missing}, and its run's recipe cannot tell it: {err}") from None
     if not from_run:  # never the defaults' data set: a guess would give confident wrong answers
