@@ -210,3 +210,13 @@ def test_speedups_are_timed_at_the_input_size_the_run_trained_at(tmp_path, monke
     assert cli.main(["bench", str(tmp_path / "r" / "half.yaml"), "-o", str(out), "--report-only", "--speed"]) == 0
     assert sizes == [(32, 3, 8, 8)] * 2  # TINY's 8×8 images, not CIFAR's 32×32
     assert float(_table(out)[0]["cpu_speedup_b32"]) == 1.5
+
+
+@pytest.mark.filterwarnings("default:.*schedule.milestones:UserWarning")  # pyproject ignores it
+def test_a_recipes_warning_is_said_once_and_a_new_run_starts_without_a_note(tmp_path, capsys):
+    """bench read each recipe, then resolved it again for its run and warned twice; every new run said
+    "no checkpoint ...: starting from scratch", which a new folder goes without saying."""
+    short = _recipe(tmp_path / "r", "short", schedule={"name": "step", "milestones": [81, 122]})
+    assert cli.main(["bench", short, "-o", str(tmp_path / "out")]) == 0
+    said = capsys.readouterr()
+    assert said.err.count("lie at or past train.epochs=1") == 1 and "starting from scratch" not in said.out

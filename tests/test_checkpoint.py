@@ -2,6 +2,7 @@
 
 import csv
 import random
+import shutil
 
 import pytest
 import torch
@@ -195,8 +196,13 @@ def test_file_settings_given_as_paths_are_kept_as_text(tmp_path):
 
 
 def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path, capsys):
+    _, summary = run(make_cfg(tmp_path, epochs=1), resume=True)  # a new folder: nothing to say
+    assert summary["finished"] and "starting from scratch" not in capsys.readouterr().out
+    for f in tmp_path.iterdir():  # a folder a run was started in, its checkpoints gone: said
+        if f.name != "config.yaml":
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
     _, summary = run(make_cfg(tmp_path, epochs=1), resume=True)
-    assert summary["finished"] and "starting from scratch" in capsys.readouterr().out
+    assert summary["finished"] and "no checkpoint in" in capsys.readouterr().out
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):

@@ -149,3 +149,16 @@ def test_a_step_schedule_whose_milestones_lie_past_the_run_is_named():
         warnings.simplefilter("error")
         resolve({"train": {"epochs": 20}, "schedule": {"name": "step", "milestones": [10, 15]}})
         resolve({"train": {"epochs": 20}, "schedule": {"name": "cosine", "milestones": [81]}})  # unused there
+
+
+def test_a_runs_own_config_is_read_without_repeating_its_warnings(tmp_path):
+    """A short run's late milestones are warned of when it starts; each resume of it said so again."""
+    with pytest.warns(UserWarning, match="lie at or past train.epochs"):
+        cfg = resolve({"train": {"epochs": 3}, "schedule": {"name": "step", "milestones": [81, 122]}})
+    (tmp_path / "run").mkdir()
+    dump(cfg, tmp_path / "run" / "config.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_recipe(tmp_path / "run")["schedule"]["milestones"] == [81, 122]
+    with pytest.warns(UserWarning, match="lie at or past train.epochs=4"):  # changed on resume: said again
+        load_recipe(tmp_path / "run", ["train.epochs=4"])

@@ -15,6 +15,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from . import export, models
-from .config import differences, flatten, load_recipe, read_mapping, resolve
+from .config import differences, flatten, is_resolved, load_recipe, read_mapping, resolve
 from .deployment import deploy
 from .files import read_summary
 from .metrics import latency_ratio
@@ -72,8 +73,11 @@ def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None,
         if left is not None and left <= 0 and trained:
             break
         try:
-            cfg = resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
-                          source=f"benchmark {spec.name}")
+            with warnings.catch_warnings():  # a recipe read by load_recipe (bench's) has said its warnings
+                if is_resolved(spec.recipe):
+                    warnings.simplefilter("ignore", UserWarning)
+                cfg = resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
+                              source=f"benchmark {spec.name}")
             summary = Trainer(cfg).fit(resume=True, time_limit=None if left is None else max(0.0, left))
         except Exception as err:
             if on_error is None:
@@ -471,8 +475,10 @@ def check_settings(specs: list[RunSpec], root: Path) -> None:
             continue
         saved = read_mapping(run_dir / "config.yaml")
         # as the trainer wrote it: files named relative to here (model.weights, ...) made absolute
-        asked = absolute_paths(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
-                                       source=f"benchmark {spec.name}"))
+        with warnings.catch_warnings():  # the recipe's warnings were said when it was read
+            warnings.simplefilter("ignore", UserWarning)
+            asked = absolute_paths(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
+                                           source=f"benchmark {spec.name}"))
         changed = [k for k in differences(saved, asked) if k not in _EXECUTION_KEYS]
         if changed:
             saved, asked = flatten(saved), flatten(asked)

@@ -363,6 +363,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     for assignment in overrides:
         apply_override(recipe, assignment)
     _switched_method(recipe, before, overrides, file)
+    if path.is_dir() and not overrides:  # a run's own config.yaml: what it warns of was said when it started
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return resolve(recipe, source=str(file))
     # a value out of range may come from the file or from an override: name both
     return resolve(recipe, source=f"{file} (with --set {' '.join(overrides)})" if overrides else str(file))
 

@@ -566,8 +566,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, paper_points: 
             image = f"{run.name}_spectra.png"
             same = plot_spectra(spectra, out / image, f"{run.label}: singular values", shapes)
             if same:
-                run.notes.append(f"the oldest checkpoint kept ({source}) has the compact model's singular values "
-                                 f"in {', '.join(same)} (the run's last step?): drawn wide underneath them")
+                run.notes.append(f"spectra: the oldest checkpoint kept ({source}) already has the compact "
+                                 f"model's singular values in {', '.join(same)}, so its curve there is the "
+                                 "compact one (a run that keeps only its last checkpoints)")
             where = f"the oldest checkpoint kept ({source})" if source else "no checkpoint"
             after = "after: the compact model" if compact is not None else "no compact model yet"
             md += ["### Singular values", "", f"Before: {where}; {after}. Channel matrix form (out × in·k²), "

@@ -522,6 +522,7 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
+        held_something = self.run_dir.is_dir() and any(self.run_dir.iterdir())  # a run was started here
         existing = list_checkpoints(ckpt_dir)
         # A run's results, also where its checkpoints are gone (a finished run kept lean, as reproduce.py's)
         results = [f for f in RESULT_FILES if (self.run_dir / f).is_file()]
@@ -565,7 +566,7 @@ class Trainer:
                 print(f"note: {self.run_dir} is trained on to {self.epochs} epochs: its {', '.join(stale)} of the "
                       f"run as it ended before are removed (written again at the new end)", flush=True)
         elif self.world.is_main:
-            if resume:
+            if resume and held_something:  # not in a new folder
                 replaced = f" (its {', '.join(results)} replaced)" if results else ""
                 print(f"no checkpoint in {ckpt_dir}: starting from scratch{replaced}", flush=True)
             # rows a killed first session logged before any checkpoint: the method logs its own again
