@@ -21,4 +21,4 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs bench report
