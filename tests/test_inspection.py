@@ -255,3 +255,25 @@ def test_a_checkpoint_of_a_model_given_as_a_module_says_it_cannot_be_rebuilt(tmp
     assert cli.main(["evaluate", str(newest)]) == 2
     assert "is a checkpoint of a model given to the trainer as a module, which lrtrain cannot rebuild" in \
         capsys.readouterr().err
+
+
+def test_info_of_a_checkpoint_gives_the_rank_of_layers_trained_low_rank_in_dense_form(tmp_path, capsys):
+    """LRPET's projected convs are dense convs of lower rank: they showed as plain "dense"."""
+    from lrtrain import cli
+    from lrtrain.train.checkpoint import list_checkpoints
+
+    cfg = resolve({
+        "out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"}, "method": {"name": "lrpet", "goal": 0.5},
+        "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8, "batch_size": 32},
+        "train": {"epochs": 1, "progress": False},
+    })
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    ranks = trainer.method.ranks()
+    capsys.readouterr()
+    assert cli.main(["info", str(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.strip().splitlines()[2:-2]}
+    assert f"dense, rank {ranks['layer2.1.conv1']}/32 " in rows["layer2.1.conv1"] and ranks["layer2.1.conv1"] < 32
+    assert f"dense, rank {ranks['conv1']}/16 " in rows["conv1"]
+    assert "rank" not in rows["fc"]  # not projected: full rank, plain "dense"

@@ -90,7 +90,7 @@ def trained_info(path: str | Path, input_size=None) -> str:
             form = f"{scheme} rank {_fmt_rank(m.rank)}/{_fmt_rank(m.max_rank)}"
             macs = sum(c.flops for n, c in after.layers.items() if n.startswith(layer + "."))
         elif layer in after.layers:
-            form, macs = "dense", after.layers[layer].flops
+            form, macs = _dense_form(model.get_submodule(layer)), after.layers[layer].flops
         else:  # replaced by a layer without MACs (LRPET's vanished conv)
             form, macs = "cut out", 0
         rows.append((layer, f"{dense_count.flops:,}", form, f"{macs:,}"))
@@ -100,6 +100,18 @@ def trained_info(path: str | Path, input_size=None) -> str:
     return (f"{file} ({name}, {classes} classes, input {'x'.join(map(str, size))})\n{table}\n"
             f"{len(factorized)} of {len(before.layers)} layers factorized; {counts_line(before, after)}\n"
             f"{input_line(facts.get('normalize'))}")
+
+
+def _dense_form(module: nn.Module) -> str:
+    """"dense", or "dense, rank r/max" where the weight (its channel matrix form, out × in·k²) is of lower
+    numerical rank: a TRP or LRPET checkpoint's projected layers, trained low-rank in their dense form."""
+    w = getattr(module, "weight", None)
+    if not torch.is_tensor(w) or w.dim() < 2:
+        return "dense"
+    mat = w.detach().flatten(1).double()
+    top = min(mat.shape)
+    rank = int(torch.linalg.matrix_rank(mat, rtol=1e-4)) if mat.abs().sum() else 0  # TRP's numerical rank
+    return "dense" if rank == top else f"dense, rank {rank}/{top}"
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, str, int, tuple, dict[str, Any]]:
