@@ -39,7 +39,7 @@ from lrtrain.data import make_sample
 from lrtrain.provenance import commit, today
 from lrtrain.train import Trainer
 from lrtrain.devices import device_name, resolve_device
-from lrtrain.train.trainer import _auto
+from lrtrain.train.trainer import auto_option
 
 import reproduce
 from bench_common import device_slug, raise_recompile_limit, write_result
@@ -68,7 +68,7 @@ def train(run: reproduce.Run, args, mode: str, out_dir: Path) -> dict:
     device = resolve_device(args.device)
     tensors = make_sample(BATCH * args.steps_per_epoch, 256, image_size=32, num_classes=10, seed=0)
     cfg = config(run, args, mode, out_dir)
-    data = make_data(tensors, BATCH, 256, _auto(cfg["train"]["channels_last"], device), device)
+    data = make_data(tensors, BATCH, 256, auto_option("channels_last", cfg["train"]["channels_last"], device), device)
     trainer = Trainer(cfg, data=data)
     summary = trainer.fit()
     times = [row["epoch_time_s"] / args.steps_per_epoch for row in trainer.history[1:]]

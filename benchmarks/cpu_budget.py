@@ -37,9 +37,11 @@ COMMON = {
     "data": {"name": "cifar10", "batch_size": 128, "eval_batch_size": 1000},
     "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
     "schedule": {"name": "cosine", "warmup_epochs": 1},
-    # bf16 autocast and channels_last are off: this CPU has no bf16 matrix units, and both measured slower
-    # than fp32 NCHW here for dense (benchmarks/results/train_throughput_cpu.md: 232 img/s fp32, 119 bf16,
-    # 212 NHWC); the ELRT runs switch channels_last on (CHANNELS_LAST below).
+    # bf16 autocast is off: this CPU has no bf16 matrix units (119 img/s against 232 fp32). The runs were
+    # trained in NCHW, as a first measurement under load had it faster for dense (232 img/s, 212 NHWC); the
+    # ELRT runs switch channels_last on (CHANNELS_LAST below). Measured again on a quiet machine
+    # (benchmarks/results/train_throughput_cpu.md, 2026-11-28), channels-last trains every method 1.15-1.3x
+    # faster, and it is now the trainer's CPU default; these finished runs keep the layout they had.
     "train": {"epochs": 20, "device": "cpu", "amp": False, "channels_last": False, "compile": False,
               "keep_checkpoints": 1, "progress": False,
               # Projections leave BatchNorm statistics behind the weights (LRPET projects at the end of an

@@ -65,7 +65,7 @@ from lrtrain.metrics import count, latency
 from lrtrain.provenance import commit, cpu_name, today
 from lrtrain.train import Trainer
 from lrtrain.devices import device_name, resolve_device
-from lrtrain.train.trainer import _auto, compile_mode
+from lrtrain.train.trainer import auto_option, compile_mode
 
 import reproduce
 from bench_common import device_slug, raise_recompile_limit, sync, write_result
@@ -150,7 +150,7 @@ def _trainer(recipe: str, sets: tuple[str, ...], device: torch.device, batch: in
     if compile_ != "auto":
         cfg["train"]["compile"] = compile_ == "on"
     cfg["out_dir"] = run_dir
-    data = make_data(tensors, batch, batch, _auto(cfg["train"]["channels_last"], device), device)
+    data = make_data(tensors, batch, batch, auto_option("channels_last", cfg["train"]["channels_last"], device), device)
     return Trainer(cfg, data=data)
 
 
@@ -560,7 +560,7 @@ def throughput(args, device: torch.device, report: Report) -> None:
             break
         cfg = resolve({"out_dir": args.scratch, "model": {"name": model_name}, "data": {"batch_size": args.batch},
                        "train": {"device": str(device), "progress": False}})
-        data = make_data(tensors, args.batch, args.batch, _auto(cfg["train"]["channels_last"], device), device)
+        data = make_data(tensors, args.batch, args.batch, auto_option("channels_last", cfg["train"]["channels_last"], device), device)
         torch.manual_seed(0)
         trainer = Trainer(cfg, data=data)
         ours, plain = [], []

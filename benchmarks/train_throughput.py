@@ -6,7 +6,7 @@
 For every model it builds one `Trainer` per setting: the device's defaults (on a GPU channels_last,
 bf16 autocast and torch.compile are on, compiled in ``reduce-overhead`` mode, which replays CUDA graphs and
 so takes away the per-kernel launch cost that a CIFAR ResNet's small convolutions are bound by; on a CPU
-all are off), each option flipped alone, and all of them flipped, and with ``--compile-modes`` the defaults
+channels_last alone), each option flipped alone, and all of them flipped, and with ``--compile-modes`` the defaults
 compiled in other torch.compile modes (``default``: torch's own, without CUDA graphs). The settings are then timed in interleaved rounds (so slow drifts of
 the machine hit all of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated images
 held on the device exactly like CIFAR-10, and the median round is reported. Evaluation is timed at
@@ -33,23 +33,31 @@ from lrtrain.provenance import commit
 from lrtrain.data import Data, DeviceLoader, make_sample
 from lrtrain.data.cifar import channel_stats
 from lrtrain.train import Trainer
+from lrtrain.train.trainer import auto_option
 from lrtrain.devices import device_name, resolve_device
 
 from bench_common import device_slug, raise_recompile_limit, sync, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {"channels_last": "channels_last", "amp": "bf16 autocast", "compile": "torch.compile"}
+# --methods: each trained as its CIFAR recipes do (TRP's projection every 5 steps with the sub-gradient after
+# it; LRPET projects once an epoch, so not within these steps; ELRT at 2.2x fewer FLOPs)
+METHODS = {"dense": {"name": "dense"},
+           "trp": {"name": "trp", "period": 5, "nuclear": 3e-4, "subgradient": "projection"},
+           "lrpet": {"name": "lrpet", "goal": 0.5},
+           "elrt_tucker2": {"name": "elrt", "rank": "flops:0.45", "scheme": "tucker2"},
+           "elrt_channel": {"name": "elrt", "rank": "flops:0.45", "scheme": "channel"}}
 
 
 def settings(device: torch.device, options: list[str], modes: list[str] = ()) -> list[tuple[str, dict]]:
-    default = {o: device.type == "cuda" for o in OPTIONS}
+    default = {o: auto_option(o, "auto", device) for o in OPTIONS}
     out = [("default", default)]
     # other torch.compile modes, the rest at the device's defaults (reduce-overhead: CUDA graphs)
     out += [(f"torch.compile mode {mode}", {**default, "compile": True, "compile_mode": mode}) for mode in modes]
     for o in options:
         out.append((f"{OPTIONS[o]} {'off' if default[o] else 'on'}", {**default, o: not default[o]}))
     if len(options) > 1:
-        label = " + ".join(OPTIONS[o] for o in options) + (" off" if device.type == "cuda" else " on")
+        label = " + ".join(f"{OPTIONS[o]} {'off' if default[o] else 'on'}" for o in options)
         out.append((label, {o: (not default[o]) if o in options else default[o] for o in OPTIONS}))
     return out
 
@@ -89,6 +97,8 @@ def time_eval(trainer: Trainer, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--methods", nargs="+", default=["dense"], choices=list(METHODS),
+                        help="methods trained, each with every setting (default: dense)")
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS),
                         help="options to flip (torch.compile on a CPU compiles for minutes)")
     parser.add_argument("--compile-modes", nargs="+", default=[],
@@ -114,14 +124,14 @@ def main() -> None:
     tensors = make_sample(per_round, test_count, image_size=32, num_classes=10, seed=0)
     run_dir = tempfile.mkdtemp(prefix="lrtrain-bench-")
     train_rows, eval_rows = [], []
-    for name in args.models:
+    for name, method in [(n, m) for n in args.models for m in args.methods]:
         if deadline is not None and time.monotonic() > deadline:
-            print(f"budget spent: {name} and the models after it not measured", flush=True)
+            print(f"budget spent: {name} {method} and the runs after it not measured", flush=True)
             break
         trainers = {}
         for label, flags in settings(device, args.options, args.compile_modes):
             cfg = resolve({"out_dir": run_dir, "model": {"name": name}, "data": {"batch_size": args.batch_size},
-                           "train": {"device": str(device), "progress": False, **flags}})
+                           "method": METHODS[method], "train": {"device": str(device), "progress": False, **flags}})
             data = make_data(tensors, args.batch_size, max(args.eval_batch_sizes), flags["channels_last"], device)
             torch.manual_seed(0)
             trainers[label] = (flags, Trainer(cfg, model=models.create(name), data=data))
@@ -132,15 +142,16 @@ def main() -> None:
         default_rate = statistics.median(rates["default"])
         for label, (flags, _) in trainers.items():
             rate = statistics.median(rates[label])
-            train_rows.append((name, label, flags, rate, rate / default_rate))
-            print(f"{name:9s} {label:44s} {rate:9.0f} img/s  ({rate / default_rate:.2f}x default)", flush=True)
+            train_rows.append((name, method, label, flags, rate, rate / default_rate))
+            print(f"{name:9s} {method:12s} {label:44s} {rate:9.0f} img/s  ({rate / default_rate:.2f}x default)",
+                  flush=True)
         default_trainer = trainers["default"][1]
         for size in args.eval_batch_sizes:
             default_trainer.data.test = make_data(tensors, args.batch_size, size, default_trainer.channels_last,
                                                   device).test
             rate = time_eval(default_trainer, test_count)
-            eval_rows.append((name, size, rate))
-            print(f"{name:9s} eval batch {size:<33d} {rate:9.0f} img/s", flush=True)
+            eval_rows.append((name, method, size, rate))
+            print(f"{name:9s} {method:12s} eval batch {size:<33d} {rate:9.0f} img/s", flush=True)
         del trainers
         write_report(args, device, train_rows, eval_rows)  # after each model: a call cut off keeps what it had
 
@@ -148,7 +159,7 @@ def main() -> None:
 def write_report(args, device, train_rows, eval_rows) -> None:
     dev = device_name(device)
     lines = [
-        "# Training throughput: dense CIFAR ResNets, each speed option on and off",
+        "# Training throughput: CIFAR ResNets, each speed option on and off",
         "",
         f"- device: {dev}",
         f"- command: `python {' '.join(sys.argv)}`",
@@ -158,16 +169,16 @@ def write_report(args, device, train_rows, eval_rows) -> None:
         f"crop + flip on the device; {args.warmup} warm-up + {args.steps} timed steps per round, "
         f"median of {args.repeats} interleaved rounds",
         "",
-        "| model | setting | channels_last | bf16 | compile | train img/s | vs default |",
-        "|---|---|---|---|---|---:|---:|",
+        "| model | method | setting | channels_last | bf16 | compile | train img/s | vs default |",
+        "|---|---|---|---|---|---|---:|---:|",
     ]
-    for name, label, flags, rate, ratio in train_rows:
+    for name, method, label, flags, rate, ratio in train_rows:
         marks = ["on" if flags[o] else "off" for o in OPTIONS]
-        lines.append(f"| {name} | {label} | {' | '.join(marks)} | {rate:.0f} | {ratio:.2f}x |")
+        lines.append(f"| {name} | {method} | {label} | {' | '.join(marks)} | {rate:.0f} | {ratio:.2f}x |")
     lines += ["", "Evaluation through `Trainer.evaluate`, which runs the model uncompiled (as training's test passes "
               "do), at the default setting's layout and bf16:", "",
-              "| model | eval batch | eval img/s |", "|---|---:|---:|"]
-    lines += [f"| {name} | {size} | {rate:.0f} |" for name, size, rate in eval_rows]
+              "| model | method | eval batch | eval img/s |", "|---|---|---:|---:|"]
+    lines += [f"| {name} | {method} | {size} | {rate:.0f} |" for name, method, size, rate in eval_rows]
     path = args.out / f"train_throughput_{device_slug(device)}.md"
     write_result(path, "\n".join(lines) + "\n")
     print(f"wrote {path}")

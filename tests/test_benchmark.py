@@ -239,8 +239,10 @@ def test_train_throughput_times_other_compile_modes_on_top_of_the_devices_defaul
     assert rows["torch.compile mode reduce-overhead"] == {**rows["default"], "compile_mode": "reduce-overhead"}
     assert rows["bf16 autocast off"]["amp"] is False and "compile_mode" not in rows["bf16 autocast off"]
     cpu = dict(train_throughput.settings(torch.device("cpu"), [], ["max-autotune"]))
-    assert cpu["torch.compile mode max-autotune"] == {"channels_last": False, "amp": False, "compile": True,
-                                                      "compile_mode": "max-autotune"}
+    assert cpu["torch.compile mode max-autotune"] == {"channels_last": True, "amp": False, "compile": True,
+                                                      "compile_mode": "max-autotune"}  # the trainer's CPU defaults
+    flipped = dict(train_throughput.settings(torch.device("cpu"), ["channels_last", "amp"]))
+    assert flipped["channels_last off + bf16 autocast on"] == {"channels_last": False, "amp": True, "compile": False}
 
 
 def test_speed_deploy_section_sets_each_compact_model_beside_its_deployed_form(monkeypatch):

@@ -97,7 +97,7 @@ SCHEMA: dict[str, Any] = {
         "epochs": _f(160, int, "training epochs"),
         "device": _f("auto", str, "auto (cuda when available), cpu, cuda, cuda:N"),
         "amp": _f("auto", bool, "bf16 autocast (auto: on for cuda)", auto=True),
-        "channels_last": _f("auto", bool, "channels-last memory format (auto: on for cuda)", auto=True),
+        "channels_last": _f("auto", bool, "channels-last memory format (auto: on for cuda and the CPU)", auto=True),
         "compile": _f("auto", bool, "torch.compile the model (auto: on for cuda)", auto=True),
         "compile_mode": _f("auto", str, "torch.compile mode (auto: reduce-overhead, i.e. CUDA graphs, in a "
                            "single-process CUDA run, 2-3x faster a CIFAR step; default elsewhere)",

@@ -95,8 +95,14 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _auto(value: bool | str, device: torch.device) -> bool:
-    return device.type == "cuda" if value == "auto" else bool(value)
+# The devices where an "auto" speed option is on: channels-last convolutions train 1.2-1.4x faster than NCHW on
+# a CPU too (oneDNN; ResNet-20/56 at batch 128, every method, 1 and 2 threads, 2026-11-28)
+AUTO_ON = {"amp": ("cuda",), "channels_last": ("cuda", "cpu"), "compile": ("cuda",)}
+
+
+def auto_option(name: str, value: bool | str, device: torch.device) -> bool:
+    """Whether the speed option `name` (amp, channels_last, compile) is on for `value` on `device`."""
+    return device.type in AUTO_ON[name] if value == "auto" else bool(value)
 
 
 def compile_mode(value: str, device: torch.device, distributed: bool) -> str | None:
@@ -134,9 +140,9 @@ class Trainer:
         train_cfg = config["train"]
         self.world = distributed.init_from_env(use_cuda=train_cfg["device"] != "cpu" and torch.cuda.is_available())
         self.device = resolve_device(train_cfg["device"], self.world.local_rank)
-        self.amp = _auto(train_cfg["amp"], self.device)
-        self.channels_last = _auto(train_cfg["channels_last"], self.device)
-        self.compile = _auto(train_cfg["compile"], self.device)
+        self.amp = auto_option("amp", train_cfg["amp"], self.device)
+        self.channels_last = auto_option("channels_last", train_cfg["channels_last"], self.device)
+        self.compile = auto_option("compile", train_cfg["compile"], self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # events and pinned copies then use the training device
             torch.backends.cudnn.benchmark = True
