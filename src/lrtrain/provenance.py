@@ -18,8 +18,9 @@ def commit(where: str | Path | None = None) -> str:
     For this package's code, $LRTRAIN_COMMIT when set: a copy whose .git is not its own tree's (the GPU
     machine's copy carries the .git of an older state) says which commit it runs.
 
-    Run folders under ``benchmarks/checkpoints`` are data, not code: a GPU session moves them out of the
-    tree before its calls, which must not mark the code it measures as modified.
+    Run folders under ``benchmarks/checkpoints`` and the files under ``benchmarks/results`` are data, not
+    code: a GPU session moves the runs out of the tree before its calls, and a benchmark rewrites its
+    results file as it goes (after each model), neither of which changes the code it measures.
     """
     if where is None and os.environ.get(COMMIT_ENV):
         return os.environ[COMMIT_ENV]
@@ -28,8 +29,8 @@ def commit(where: str | Path | None = None) -> str:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True, cwd=cwd).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
-                                ":(top,exclude)benchmarks/checkpoints"], capture_output=True,
-                               text=True, check=True, cwd=cwd).stdout.strip()
+                                ":(top,exclude)benchmarks/checkpoints", ":(top,exclude)benchmarks/results"],
+                               capture_output=True, text=True, check=True, cwd=cwd).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
