@@ -531,20 +531,3 @@ def test_links_are_followed_once_and_a_link_to_nothing_is_said(tmp_path):
     assert any("train: 1 file(s) left out, links to nothing (e.g. ant/gone.png)" in m for m in said), said
     names = sorted(Path(p).relative_to(ant).as_posix() for p, label in data.train.dataset.samples if label == 0)
     assert names == ["0.png", "1.png", "2.png", "again/9.png"]
-
-
-def test_a_cifar_folder_found_without_data_dir_is_written_into_the_runs_config(tmp_path, monkeypatch):
-    """Found through $LRTRAIN_DATA, the folder was not recorded (config.yaml said data.dir: null), so the
-    run could not be resumed nor scored from a shell without the variable."""
-    import lrtrain.data.cifar as cifar
-    from lrtrain.config import resolve
-    from lrtrain.train.trainer import absolute_paths
-
-    folder = _write_fake_cifar(tmp_path / "env")
-    monkeypatch.chdir(tmp_path)  # no ../shared/data from here, nor from the project
-    monkeypatch.setattr(cifar, "_PROJECT_ROOT", tmp_path)
-    monkeypatch.setenv("LRTRAIN_DATA", "env")  # relative, as typed
-    assert absolute_paths(resolve({"data": {"name": "cifar10"}}))["data"]["dir"] == str(folder.resolve())
-    assert absolute_paths(resolve({"data": {"name": "sample"}}))["data"]["dir"] is None
-    monkeypatch.delenv("LRTRAIN_DATA")  # nothing to find: left for build_data to say where it looked
-    assert absolute_paths(resolve({"data": {"name": "cifar10"}}))["data"]["dir"] is None

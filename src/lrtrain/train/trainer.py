@@ -63,19 +63,14 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     """`config` with its data folder and weight files (data.dir, model.weights, a method's file settings
     such as SVDFinetune's init) made absolute where they name something relative to the working
     directory: the run's config.yaml then finds them when the run is resumed or evaluated from elsewhere.
-    A CIFAR folder found without data.dir (through $LRTRAIN_DATA or the default places) is written in too:
-    a later shell may have neither."""
-    from ..data import LAYOUTS, find_cifar
+    (A CIFAR folder found without data.dir, through $LRTRAIN_DATA or the default places, is searched for
+    again on resume: written in, it would pin a run to where the data were, and a moved one would not find
+    them.)"""
     from ..methods import method_class
 
     places = [("data", "dir"), ("model", "weights"),
               *(("method", key) for key in method_class(config["method"]["name"]).path_params)]
     changed = {}
-    if config["data"].get("dir") is None and config["data"].get("name") in LAYOUTS:
-        try:
-            changed["data", "dir"] = str(find_cifar(config["data"]["name"]).resolve())
-        except FileNotFoundError:  # said by build_data, with the places searched
-            pass
     for section, key in places:
         value = config[section].get(key)
         if isinstance(value, os.PathLike):  # a Path given in Python: config.yaml and checkpoints hold text
