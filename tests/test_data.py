@@ -531,3 +531,20 @@ def test_links_are_followed_once_and_a_link_to_nothing_is_said(tmp_path):
     assert any("train: 1 file(s) left out, links to nothing (e.g. ant/gone.png)" in m for m in said), said
     names = sorted(Path(p).relative_to(ant).as_posix() for p, label in data.train.dataset.samples if label == 0)
     assert names == ["0.png", "1.png", "2.png", "again/9.png"]
+
+
+def test_a_link_to_another_class_or_above_the_data_is_left_out_not_walked(tmp_path):
+    """`ant/up -> ..` walked the whole root: every bee under the label ant; `ant/bees -> ../bee` the same."""
+    _two_class_folder(tmp_path)
+    ant = tmp_path / "train" / "ant"
+    (ant / "up").symlink_to(tmp_path / "train")
+    (ant / "bees").symlink_to(tmp_path / "train" / "bee")
+    (ant / "everything").symlink_to(tmp_path)  # a folder holding the data set
+    cfg = _sample_cfg(name="folder", dir=str(tmp_path), image_size=8, batch_size=2, eval_batch_size=2)
+    with pytest.warns(UserWarning) as caught:
+        data = build_data(cfg, device=torch.device("cpu"))
+    said = " | ".join(str(w.message) for w in caught)
+    assert "1 folder(s) left out, reached a second time through a link (e.g. ant/bees)" in said
+    assert "2 folder(s) left out, links to a folder holding the data set (e.g. ant/everything)" in said
+    labels = sorted(label for _, label in data.train.dataset.samples)
+    assert labels == [0, 0, 0, 1, 1, 1]  # three ants, three bees: nothing twice, nothing relabelled

@@ -277,3 +277,10 @@ def test_info_of_a_checkpoint_gives_the_rank_of_layers_trained_low_rank_in_dense
     assert f"dense, rank {ranks['layer2.1.conv1']}/32 " in rows["layer2.1.conv1"] and ranks["layer2.1.conv1"] < 32
     assert f"dense, rank {ranks['conv1']}/16 " in rows["conv1"]
     assert "rank" not in rows["fc"]  # not projected: full rank, plain "dense"
+    model = lr.models.create("resnet20")
+    with torch.no_grad():
+        model.layer1[0].conv1.weight[0, 0, 0, 0] = float("nan")  # a diverged weight: said, not a traceback
+    lr.save(model, tmp_path / "nan.pt", "resnet20", 10)
+    capsys.readouterr()
+    assert cli.main(["info", str(tmp_path / "nan.pt")]) == 0
+    assert "dense (NaN/Inf weights)" in capsys.readouterr().out

@@ -109,6 +109,8 @@ def _dense_form(module: nn.Module) -> str:
     if not torch.is_tensor(w) or w.dim() < 2:
         return "dense"
     mat = w.detach().flatten(1).double()
+    if not torch.isfinite(mat).all():  # a diverged weight has no rank to give
+        return "dense (NaN/Inf weights)"
     top = min(mat.shape)
     rank = int(torch.linalg.matrix_rank(mat, rtol=1e-4)) if mat.abs().sum() else 0  # TRP's numerical rank
     return "dense" if rank == top else f"dense, rank {rank}/{top}"
