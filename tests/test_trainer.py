@@ -508,3 +508,14 @@ def test_auto_compile_mode_replays_cuda_graphs_on_one_gpu_only(monkeypatch):
                    "model": {"name": "resnet20"}, "train": {"epochs": 1, "compile": True, "progress": False}})
     Trainer(cfg)
     assert modes == [None]  # on this CPU: the default mode
+
+
+def test_the_stop_signal_received_is_the_trainers_stop_signal(tmp_path):
+    """`Trainer.stop_signal` (public before the signal handling moved to train/stops.py) still says it."""
+    import signal
+
+    trainer = Trainer(make_cfg(tmp_path, epochs=1))
+    assert trainer.stop_signal is None
+    with trainer.stops:  # as during fit: the handler records the first stop signal
+        signal.raise_signal(signal.SIGTERM)
+        assert trainer.stop_signal == signal.SIGTERM

@@ -202,6 +202,12 @@ class Trainer:
         self._evaluating = False
         self._base_modules: dict[str, nn.Module] | None = None  # the registry model's, for `_layers`
 
+    @property
+    def stop_signal(self) -> int | None:
+        """The number of the SIGINT/SIGTERM received during `fit`, if any (the run then stops with a
+        checkpoint after the step under way)."""
+        return self.stops.signum
+
     # -- building -----------------------------------------------------------------------------------
 
     def _count(self, model: nn.Module):
