@@ -1,6 +1,7 @@
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -859,3 +860,20 @@ def test_a_skipped_step_keeps_the_projections_sub_gradient_for_the_next_one():
         p.grad = torch.zeros_like(p)
     method.before_step()  # taken once: official mode adds nothing until the next projection
     assert method.step == 3 and weight.grad.abs().max() == 0
+
+
+def test_a_run_resumed_where_a_default_changed_since_is_told(monkeypatch):
+    """A checkpoint keeps the settings its method was built with; where a setting left at its default now
+    has another default than the checkpoint's run had, loading it says so (a setting given is not warned of)."""
+    state = TRP(_net(), period=2, input_size=SIZE).state_dict()
+    assert state["settings"]["subgradient"] == "'auto'" and state["settings"]["period"] == "2"
+    state["settings"].update(subgradient="'svd'", period="5")  # as if saved under other defaults
+    with pytest.warns(UserWarning, match=r"TRP: resumed with default settings that differ .*: "
+                                         r"subgradient='auto' \(the checkpoint's run: 'svd'\); give them"):
+        TRP(_net(), period=2, input_size=SIZE).load_state_dict(state)
+    state["settings"]["subgradient"] = "'auto'"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # period was given (2): a setting of this run, not a changed default
+        TRP(_net(), period=2, input_size=SIZE).load_state_dict(state)
+        del state["settings"]  # a checkpoint from before settings were kept: nothing to compare
+        TRP(_net(), period=2, input_size=SIZE).load_state_dict(state)

@@ -21,6 +21,8 @@ The base class is a no-op for every hook; a method overrides only what it needs.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import warnings
 from typing import Any
@@ -40,6 +42,28 @@ class Method:
 
     name = "base"
     path_params: tuple[str, ...] = ()  # settings that name files (a run's config.yaml keeps them absolute)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each method's constructor records the settings it ran with (`_settings`): a checkpoint keeps
+        them, so a run resumed where a default has changed since is told (`load_state_dict`)."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recorded(self, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self).__init__ is recorded:  # the class built, not a base whose __init__ it calls
+                bound = signature.bind(self, *args, **kw)
+                given = set(bound.arguments)
+                bound.apply_defaults()
+                self._settings = {k: (repr(v), k in given) for k, v in list(bound.arguments.items())[2:]
+                                  if signature.parameters[k].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                          inspect.Parameter.VAR_KEYWORD)}
+
+        cls.__init__ = recorded
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):  # a model name, say: lr.models.create(name) builds one
@@ -93,14 +117,23 @@ class Method:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps of the method to resume it exactly (its step, and each method's own state:
-        ranks, pending projections...); `load_state_dict` takes it back."""
-        return {"step": self.step}
+        """What a checkpoint keeps of the method to resume it exactly (its step, the settings it was built
+        with, and each method's own state: ranks, pending projections...); `load_state_dict` takes it back."""
+        settings = {k: v for k, (v, _) in getattr(self, "_settings", {}).items()}
+        return {"step": self.step, **({"settings": settings} if settings else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict`'s output. On resume the trainer calls this *before* loading the model's
-        weights, so a method that changed layer shapes rebuilds those layers here."""
+        weights, so a method that changed layer shapes rebuilds those layers here. A setting left at its
+        default that the checkpoint's run had otherwise (a default changed since) is warned of."""
         self.step = int(state["step"])
+        saved = state.get("settings") or {}  # absent from checkpoints before 2026-11-28
+        changed = [f"{k}={v} (the checkpoint's run: {saved[k]})" for k, (v, given) in
+                   getattr(self, "_settings", {}).items() if not given and k in saved and saved[k] != v]
+        if changed:
+            warnings.warn(f"{type(self).__name__}: resumed with default settings that differ from the ones the "
+                          f"checkpoint's run trained with (a default changed since): {'; '.join(changed)}; give "
+                          "them explicitly to keep the run's", stacklevel=2)
 
 
 def decompose(method: Method, compact: nn.Module, ranks: dict[str, Any], scheme, input_size,

@@ -289,7 +289,7 @@ class LRPET(Method):
     # ------------------------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "last_projection": self._last_projection, "ranks": self.ranks()}
+        return {**super().state_dict(), "last_projection": self._last_projection, "ranks": self.ranks()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

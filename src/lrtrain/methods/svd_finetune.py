@@ -147,7 +147,7 @@ class SVDFinetune(Method):
 
     def state_dict(self) -> dict[str, Any]:
         # tucker2 ranks are (r_in, r_out) pairs: stored as lists, plain data for weights_only loading
-        return {"step": self.step, "swapped": self.swapped, "swapped_at": self._swapped_at,
+        return {**super().state_dict(), "swapped": self.swapped, "swapped_at": self._swapped_at,
                 "ranks": {n: list(r) if isinstance(r, tuple) else r for n, r in self._ranks.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

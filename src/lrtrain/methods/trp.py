@@ -454,7 +454,7 @@ class TRP(Method):
         if self._inflight is not None:  # the weights it was sent from: a resumed run decomposes them again
             for group, mats in zip(self._groups, self._inflight.mats):
                 inflight.update({name: mat for name, mat in zip(group.names, mats)})
-        return {"step": self.step, "ranks": dict(self._ranks), "pending": pending, "inflight": inflight}
+        return {**super().state_dict(), "ranks": dict(self._ranks), "pending": pending, "inflight": inflight}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
