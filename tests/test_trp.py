@@ -868,7 +868,7 @@ def test_a_run_resumed_where_a_default_changed_since_is_told(monkeypatch):
     state = TRP(_net(), period=2, input_size=SIZE).state_dict()
     assert state["settings"]["subgradient"] == "'auto'" and state["settings"]["period"] == "2"
     state["settings"].update(subgradient="'svd'", period="5")  # as if saved under other defaults
-    with pytest.warns(UserWarning, match=r"TRP: resumed with default settings that differ .*: "
+    with pytest.warns(UserWarning, match=r"TRP: resumed with settings left at their defaults that differ .*: "
                                          r"subgradient='auto' \(the checkpoint's run: 'svd'\); give them"):
         TRP(_net(), period=2, input_size=SIZE).load_state_dict(state)
     state["settings"]["subgradient"] = "'auto'"

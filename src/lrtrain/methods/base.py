@@ -125,15 +125,17 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict`'s output. On resume the trainer calls this *before* loading the model's
         weights, so a method that changed layer shapes rebuilds those layers here. A setting left at its
-        default that the checkpoint's run had otherwise (a default changed since) is warned of."""
+        default that the checkpoint's run had otherwise (a default changed since, or a recipe that no longer
+        gives it) is warned of."""
         self.step = int(state["step"])
         saved = state.get("settings") or {}  # absent from checkpoints before 2026-11-28
         changed = [f"{k}={v} (the checkpoint's run: {saved[k]})" for k, (v, given) in
                    getattr(self, "_settings", {}).items() if not given and k in saved and saved[k] != v]
         if changed:
-            warnings.warn(f"{type(self).__name__}: resumed with default settings that differ from the ones the "
-                          f"checkpoint's run trained with (a default changed since): {'; '.join(changed)}; give "
-                          "them explicitly to keep the run's", stacklevel=2)
+            warnings.warn(f"{type(self).__name__}: resumed with settings left at their defaults that differ from "
+                          f"the ones the checkpoint's run trained with (a recipe that no longer gives them, or a "
+                          f"default changed since): {'; '.join(changed)}; give them explicitly to keep the run's",
+                          stacklevel=2)
 
 
 def decompose(method: Method, compact: nn.Module, ranks: dict[str, Any], scheme, input_size,
