@@ -311,3 +311,15 @@ def test_gram_transfer_decomposes_the_matrices_as_they_were_when_sent():
         m.mul_(3).add_(torch.randn(m.shape, generator=g))
     for dec, ref in zip(transfer.receive(), expected, strict=True):
         assert dec.left == ref.left and torch.equal(dec.S, ref.S) and torch.equal(dec.basis, ref.basis)
+
+
+def test_newton_schulz_of_many_shapes_in_one_padded_batch_is_each_ones():
+    """Zero rows and columns stay zero under the odd polynomials: one padded batch gives each matrix's own
+    polar factor (wide, tall, a 4-D stack of per-filter matrices)."""
+    torch.manual_seed(0)
+    mats = [torch.randn(6, 16, 144), torch.randn(3, 64, 32), torch.randn(2, 5, 7, 9), torch.randn(4, 9)]
+    for a, got in zip(mats, linalg.polar_newton_schulz_many(mats, warmup=10, steps=6)):
+        assert got.shape == a.shape
+        torch.testing.assert_close(got, linalg.polar_newton_schulz(a, warmup=10, steps=6), atol=2e-6, rtol=0)
+    with pytest.raises(ValueError, match="share a dtype and a device"):
+        linalg.polar_newton_schulz_many([mats[0], mats[1].double()])

@@ -11,6 +11,7 @@ from torch import nn
 import lrtrain as lr
 from lrtrain import linalg, models
 from lrtrain.config import load_recipe
+from lrtrain.methods.matrices import WeightGroup
 from lrtrain.layers import LowRankConv2d
 from lrtrain.methods import create_method
 from lrtrain.methods.trp import TRP
@@ -877,3 +878,16 @@ def test_a_run_resumed_where_a_default_changed_since_is_told(monkeypatch):
         TRP(_net(), period=2, input_size=SIZE).load_state_dict(state)
         del state["settings"]  # a checkpoint from before settings were kept: nothing to compare
         TRP(_net(), period=2, input_size=SIZE).load_state_dict(state)
+
+
+def test_on_a_gpu_every_groups_newton_schulz_runs_as_one_batch(monkeypatch):
+    """Off the CPU the every-step polar factors of all shape groups are one padded batch (launches)."""
+    method = TRP(_net(), nuclear=0.01, period=0, input_size=SIZE)
+    assert len(method._groups) > 1
+    batches, added = [], []
+    monkeypatch.setattr(linalg, "polar_newton_schulz_many", lambda mats, **kw: batches.append(len(mats)) or mats)
+    for group in method._groups:  # the weights as on another device (meta: shapes only)
+        monkeypatch.setattr(group, "matrices", lambda g=group: WeightGroup.matrices(g).to("meta"))
+        monkeypatch.setattr(group, "add_to_grad", lambda sub: added.append(sub.shape))
+    method.before_step()
+    assert batches == [len(method._groups)] and len(added) == len(method._groups)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -308,6 +308,22 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype linear algebra on weights of `dtype` runs in: theirs, float32 at least (bf16/fp16 weights
     are decomposed, projected and regularized in float32, and the result rounded once)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def polar_newton_schulz_many(mats: list[Tensor], **options: Any) -> list[Tensor]:
+    """`polar_newton_schulz` of several (batches of) matrices of any shapes and one dtype and device, as one
+    batch: each laid wide and zero-padded to the widest, which is exact (a zero row or column stays zero
+    under the odd polynomials, and adds nothing to the scale ‖X·Xᵀ‖_F). One launch of each product for all
+    of them, where a GPU step is bound by launches; more arithmetic, so on a CPU call it per group."""
+    if len({(a.dtype, a.device) for a in mats}) > 1:
+        raise ValueError("polar_newton_schulz_many: the matrices must share a dtype and a device")
+    wide = [a.mT if a.shape[-2] > a.shape[-1] else a for a in mats]
+    flat = [w.reshape(-1, *w.shape[-2:]) for w in wide]
+    m, n = max(f.shape[-2] for f in flat), max(f.shape[-1] for f in flat)
+    padded = torch.cat([torch.nn.functional.pad(f, (0, n - f.shape[-1], 0, m - f.shape[-2])) for f in flat])
+    out = polar_newton_schulz(padded, **options).split([f.shape[0] for f in flat])
+    return [(o[:, :w.shape[-2], :w.shape[-1]].reshape(w.shape).mT if a.shape[-2] > a.shape[-1]
+             else o[:, :w.shape[-2], :w.shape[-1]].reshape(w.shape)) for a, w, o in zip(mats, wide, out)]
 
 
 def _to(t: Tensor, device: torch.device) -> Tensor:

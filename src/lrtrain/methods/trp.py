@@ -269,17 +269,27 @@ class TRP(Method):
         self._used = pending  # given back by `skip_step`, should the optimizer skip this step
         if not self.nuclear or (pending is None and self.subgradient == "projection"):
             return
-        for i, group in enumerate(self._groups):
-            if pending is None:
-                sub = self._subgradient(group.matrices(), group.names)
+        if pending is not None:
+            subs = [left if right is None else left @ right for left, right in pending]
+        else:
+            mats = [group.matrices() for group in self._groups]
+            if (self._newton_schulz(mats[0]) and mats[0].device.type != "cpu"
+                    and len({(m.dtype, m.device) for m in mats}) == 1):
+                # every group in one padded batch: a GPU step is bound by launches (16 iterations of 2-3
+                # products per group otherwise); on a CPU the padding's arithmetic costs more than it saves
+                subs = linalg.polar_newton_schulz_many(mats, **NEWTON_SCHULZ)
             else:
-                left, right = pending[i]
-                sub = left if right is None else left @ right
+                subs = [self._subgradient(m, g.names) for m, g in zip(mats, self._groups)]
+        for group, sub in zip(self._groups, subs):
             group.add_to_grad(self.nuclear * sub)
 
+    def _newton_schulz(self, mats: Tensor) -> bool:
+        """Whether the every-step sub-gradient of weights like `mats` is Newton–Schulz's polar factor."""
+        return self.subgradient == "newton_schulz" or (self.subgradient == "auto" and mats.device.type != "cpu"
+                                                       and linalg.working_dtype(mats.dtype) == mats.dtype)
+
     def _subgradient(self, mats: Tensor, names: list[str] | None = None) -> Tensor:
-        if self.subgradient == "newton_schulz" or (self.subgradient == "auto" and mats.device.type != "cpu"
-                                                   and linalg.working_dtype(mats.dtype) == mats.dtype):
+        if self._newton_schulz(mats):
             return linalg.polar_newton_schulz(mats, **NEWTON_SCHULZ)
         U, S, Vh = _svd_no_sync(mats, names)
         return _masked_polar(U, S > self._tol(mats.dtype) * S[..., :1], Vh)
