@@ -90,8 +90,8 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# The devices where an "auto" speed option is on: channels-last convolutions train 1.2-1.4x faster than NCHW on
-# a CPU too (oneDNN; ResNet-20/56 at batch 128, every method, 1 and 2 threads, 2026-11-28)
+# The devices where an "auto" speed option is on: channels-last convolutions train 1.15-1.3x faster than NCHW on
+# a CPU too (oneDNN; ResNet-20/56 at batch 128, every method: benchmarks/results/train_throughput_cpu.md)
 AUTO_ON = {"amp": ("cuda",), "channels_last": ("cuda", "cpu"), "compile": ("cuda",)}
 
 
