@@ -284,3 +284,25 @@ def test_info_of_a_checkpoint_gives_the_rank_of_layers_trained_low_rank_in_dense
     capsys.readouterr()
     assert cli.main(["info", str(tmp_path / "nan.pt")]) == 0
     assert "dense (NaN/Inf weights)" in capsys.readouterr().out
+
+
+def test_info_of_a_spatial_trp_checkpoint_gives_the_spatial_forms_rank(tmp_path, capsys):
+    """A spatial-scheme TRP run projects its weights' in·k × out·k forms: read in the channel form, their
+    rank looked full."""
+    from lrtrain import cli
+    from lrtrain.train.checkpoint import list_checkpoints
+
+    cfg = resolve({
+        "out_dir": str(tmp_path / "run"), "model": {"name": "resnet20"},
+        "method": {"name": "trp", "scheme": "spatial", "period": 2, "energy": 0.5, "nuclear": 0.0},
+        "data": {"name": "sample", "train_size": 64, "test_size": 32, "image_size": 8, "batch_size": 32},
+        "train": {"epochs": 1, "progress": False},
+    })
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    rank = trainer.method.ranks()["layer2.1.conv1"]
+    capsys.readouterr()
+    assert cli.main(["info", str(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.strip().splitlines()[2:-2]}
+    assert rank < 96 and f"dense, rank {rank}/96 " in rows["layer2.1.conv1"]  # min(32·3, 32·3)

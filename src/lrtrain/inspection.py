@@ -13,6 +13,7 @@ from . import export, models
 from .layers import LowRankConv2d, LowRankLinear
 from .metrics import Counts, count
 from .pretrained import classifier_name, mismatches
+from .schemes import get_scheme
 from .surgery import Decision, factorize, plan, why_none
 
 _DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -77,7 +78,11 @@ def trained_info(path: str | Path, input_size=None) -> str:
     (dense, a factorized scheme at its rank, or cut out) and its MACs now, then the totals; MACs at
     ``input_size`` (default: the size it was trained at)."""
     file = scored_file(path)
-    model, name, classes, trained_size, facts = from_state(load_trained_file(file), file)
+    state = load_trained_file(file)
+    model, name, classes, trained_size, facts = from_state(state, file)
+    # a checkpoint of TRP in the spatial scheme projected its weights' spatial matrix forms
+    method = state.get("config", {}).get("method", {}) if isinstance(state, dict) else {}
+    form_scheme = "spatial" if method.get("name") == "trp" and method.get("scheme") == "spatial" else "channel"
     size = tuple(input_size or trained_size)
     dense = models.create(name, num_classes=classes)
     before, after = count(dense, size), count(model, size)
@@ -90,7 +95,7 @@ def trained_info(path: str | Path, input_size=None) -> str:
             form = f"{scheme} rank {_fmt_rank(m.rank)}/{_fmt_rank(m.max_rank)}"
             macs = sum(c.flops for n, c in after.layers.items() if n.startswith(layer + "."))
         elif layer in after.layers:
-            form, macs = _dense_form(model.get_submodule(layer)), after.layers[layer].flops
+            form, macs = _dense_form(model.get_submodule(layer), form_scheme), after.layers[layer].flops
         else:  # replaced by a layer without MACs (LRPET's vanished conv)
             form, macs = "cut out", 0
         rows.append((layer, f"{dense_count.flops:,}", form, f"{macs:,}"))
@@ -102,13 +107,14 @@ def trained_info(path: str | Path, input_size=None) -> str:
             f"{input_line(facts.get('normalize'))}")
 
 
-def _dense_form(module: nn.Module) -> str:
-    """"dense", or "dense, rank r/max" where the weight (its channel matrix form, out × in·k²) is of lower
-    numerical rank: a TRP or LRPET checkpoint's projected layers, trained low-rank in their dense form."""
+def _dense_form(module: nn.Module, scheme: str = "channel") -> str:
+    """"dense", or "dense, rank r/max" where the weight (a conv's in the matrix form of `scheme`, channel:
+    out × in·k², spatial: in·k × out·k) is of lower numerical rank: a TRP or LRPET checkpoint's projected
+    layers, trained low-rank in their dense form."""
     w = getattr(module, "weight", None)
     if not torch.is_tensor(w) or w.dim() < 2:
         return "dense"
-    mat = w.detach().flatten(1).double()
+    mat = (get_scheme(scheme).to_matrix(w.detach()) if w.dim() == 4 else w.detach()).double()
     if not torch.isfinite(mat).all():  # a diverged weight has no rank to give
         return "dense (NaN/Inf weights)"
     top = min(mat.shape)
