@@ -430,3 +430,16 @@ def test_a_cuda_profile_counts_each_kernel_once():
     assert speed.profiled_total_us([op, kernel, copy_kernel], cuda=False) == 7.0
     parts = speed.Breakdown({"3×3": (1e6, 0.0)}, 1.0)  # no kernel time traced: a dash, not a ZeroDivisionError
     assert parts.rows()[0][-1] == "—" and "3×3 at —" in parts.versus(parts)
+
+
+def test_more_methods_than_the_default_colours_get_a_colour_each(tmp_path, monkeypatch):
+    """ResNet-20's eleven methods beside dense shared colours (SVD + fine-tune and ELRT channel)."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = [{"method": f"m{i}", "flops_speedup": 1.5 + i / 4, "top1_final": 80.0 + i} for i in range(11)]
+    benchmark.plot([*rows, {"method": "dense", "flops_speedup": 1.0, "top1_final": 92.0}], tmp_path / "p.png", "t")
+    colours = [tuple(c.get_facecolor()[0]) for c in figures[0].axes[0].collections]
+    assert len(colours) == 11 and len(set(colours)) == 11
+    assert all(abs(r - g) + abs(g - b) > 0.01 for r, g, b, _ in colours)  # no grey: that is the dense line's

@@ -367,8 +367,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, dense_label: str | 
     fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
     markers = itertools.cycle("osD^v<>pPX*h")  # colours still tell apart methods beyond twelve
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    if any(r["method"] == dense_label for r in rows):  # the dense line's grey is no method's colour
-        palette = [c for c in palette if to_hex(c) != "#7f7f7f"]  # the default cycle's grey
+    if len({r["method"] for r in rows} - {dense_label}) > len(palette) - 1:  # a colour each, tab20's
+        palette = [to_hex(c) for c in plt.get_cmap("tab20").colors]
+    if any(r["method"] == dense_label for r in rows):  # the dense line's greys are no method's colour
+        palette = [c for c in palette if to_hex(c) not in ("#7f7f7f", "#c7c7c7")]
     cycle = itertools.cycle(palette)
     style: dict[str, tuple[str, str]] = {}  # method -> (marker, colour), the same in every panel
     paper_label = "published (hollow; dotted: the runs compared with it)"
