@@ -88,7 +88,7 @@ from lrtrain import benchmark
 from lrtrain.config import load_recipe
 from lrtrain.files import atomic_write, atomic_write_text
 from lrtrain.provenance import COMMIT_ENV
-from lrtrain.train.checkpoint import list_checkpoints
+from lrtrain.train.checkpoint import list_checkpoints, newest_step
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -228,8 +228,8 @@ def progress(run_dir: Path) -> tuple[int, int]:
     """(1, 0) for a finished run, (0, step of its newest checkpoint) for a started one, (0, -1) otherwise."""
     if (run_dir / "summary.json").exists():
         return 1, 0
-    kept = list_checkpoints(run_dir / "checkpoints")
-    return 0, int(kept[-1].stem.split("_")[1]) if kept else -1
+    step = newest_step(run_dir / "checkpoints")
+    return 0, -1 if step is None else step
 
 
 def _epochs(run_dir: Path) -> tuple[list[dict[str, str]], int] | None:

@@ -44,7 +44,7 @@ from .inspection import _fmt_rank
 from .layers import LowRankConv2d, LowRankLinear
 from .metrics import count
 from .train import rank_log
-from .train.checkpoint import list_checkpoints, load_checkpoint
+from .train.checkpoint import list_checkpoints, load_checkpoint, newest_step
 
 # A directory holding none of these is not a run directory.
 _RUN_ENTRIES = ("config.yaml", "metrics.csv", "ranks.csv", "summary.json", "compact.pt", "checkpoints")
@@ -496,7 +496,8 @@ def _runs_table(runs: list[_Run], curves: dict[str, list[dict[str, str]]]) -> li
             epochs = f"{curves[run.name][-1]['epoch']}/{run.planned_epochs or '?'} (unfinished)"
             final, best = f"{tested[-1]:.2f} (latest)", f"{max(tested):.2f}"
         speedup = f"{s['speedup']:.2f}×" if s.get("speedup") is not None else "—"
-        lines.append(f"| {run.label.replace('|', '&#124;')} | {run.method} | {s.get('model', '—')} | {epochs} | {final} | {best} "
+        label = run.label.replace("|", "&#124;")  # a table cell's bar
+        lines.append(f"| {label} | {run.method} | {s.get('model', '—')} | {epochs} | {final} | {best} "
                      f"| {speedup} | {_fmt(mmacs)} | {_fmt(mparams, '.3f')} | `{run.path}` |")
     lines += ["", "Final top-1: the compact model's, after the method's final cut; best top-1: the best epoch-end "
                   "evaluation of the model as it trained, before that cut (a cut or a BatchNorm re-estimate can "
@@ -617,8 +618,7 @@ def _last_step(run: _Run) -> int | None:
     """The run's last step without a metrics.csv: its summary's, else its newest checkpoint's."""
     if run.summary and isinstance(run.summary.get("steps"), int):
         return run.summary["steps"]
-    kept = list_checkpoints(run.path / "checkpoints")
-    return int(kept[-1].stem.split("_")[1]) if kept else None
+    return newest_step(run.path / "checkpoints")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,6 +26,12 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def newest_step(folder: str | Path) -> int | None:
+    """The step of the newest checkpoint in ``folder``; None where it holds none."""
+    kept = list_checkpoints(folder)
+    return int(_NAME.fullmatch(kept[-1].name).group(1)) if kept else None
+
+
 def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write ``state`` as the checkpoint of ``step`` and delete all but the newest ``keep``."""
     folder = Path(folder)
