@@ -50,6 +50,15 @@ class RunSpec:
     paper: dict[str, Any] | None = None  # the published figure beside it: {"top1", "speedup", "source"}
 
 
+def _run_config(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """`spec`'s recipe resolved as the config of its run in `run_dir`; a recipe resolved already (read by
+    load_recipe, bench's) is not warned of again: it said its warnings when it was read."""
+    with warnings.catch_warnings():
+        if is_resolved(spec.recipe):
+            warnings.simplefilter("ignore", UserWarning)
+        return resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)}, source=f"benchmark {spec.name}")
+
+
 def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None,
             on_run: Callable[[RunSpec, dict[str, Any]], None] | None = None,
             on_error: Callable[[RunSpec, Exception], None] | None = None) -> list[str]:
@@ -73,11 +82,7 @@ def run_all(specs: list[RunSpec], root: Path, time_limit: float | None = None,
         if left is not None and left <= 0 and trained:
             break
         try:
-            with warnings.catch_warnings():  # a recipe read by load_recipe (bench's) has said its warnings
-                if is_resolved(spec.recipe):
-                    warnings.simplefilter("ignore", UserWarning)
-                cfg = resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
-                              source=f"benchmark {spec.name}")
+            cfg = _run_config(spec, run_dir)
             summary = Trainer(cfg).fit(resume=True, time_limit=None if left is None else max(0.0, left))
         except Exception as err:
             if on_error is None:
@@ -250,11 +255,15 @@ def _boxes_clear(box, taken, panel) -> bool:
             and not any(l < r2 and r > l2 and b < t2 and t > b2 for l2, b2, r2, t2 in taken))
 
 
+def _markers(ax) -> list[tuple[tuple[float, float], Any]]:
+    """Every scatter marker of `ax`: its data point and its centre on the figure, in points."""
+    to_points = 72 / ax.figure.dpi
+    return [(tuple(xy), ax.transData.transform(xy) * to_points) for c in ax.collections for xy in c.get_offsets()]
+
+
 def _marker_boxes(ax, half: float = 5.0) -> list[tuple[float, float, float, float]]:
     """Every scatter marker of `ax` as a square box in points (a 60-80 pt² marker is 8-9 points wide)."""
-    to_points = 72 / ax.figure.dpi
-    centres = [ax.transData.transform(xy) * to_points for c in ax.collections for xy in c.get_offsets()]
-    return [(x - half, y - half, x + half, y + half) for x, y in centres]
+    return [(x - half, y - half, x + half, y + half) for _, (x, y) in _markers(ax)]
 
 
 def _label_points(ax, points: list[tuple[float, float, str]], fontsize: float = 7) -> list:
@@ -294,9 +303,8 @@ def _compared(row: dict[str, Any], point: dict[str, Any]) -> bool:
 def _crowd(ax, reach: float = 14.0) -> list[tuple[float, float]]:
     """The data points of the panel's largest group of three or more markers each within ``reach`` points
     of another of the group (markers that hide one another); none where no three crowd."""
-    to_points = 72 / ax.figure.dpi
-    data = [tuple(xy) for c in ax.collections for xy in c.get_offsets()]
-    shown = [ax.transData.transform(xy) * to_points for xy in data]
+    markers = _markers(ax)
+    data, shown = [d for d, _ in markers], [p for _, p in markers]
     left, biggest = set(range(len(data))), set()
     while left:
         group, todo = set(), [left.pop()]
@@ -477,10 +485,7 @@ def check_settings(specs: list[RunSpec], root: Path) -> None:
             continue
         saved = read_mapping(run_dir / "config.yaml")
         # as the trainer wrote it: files named relative to here (model.weights, ...) made absolute
-        with warnings.catch_warnings():  # the recipe's warnings were said when it was read
-            warnings.simplefilter("ignore", UserWarning)
-            asked = absolute_paths(resolve({**spec.recipe, "name": spec.name, "out_dir": str(run_dir)},
-                                           source=f"benchmark {spec.name}"))
+        asked = absolute_paths(_run_config(spec, run_dir))
         changed = [k for k in differences(saved, asked) if k not in _EXECUTION_KEYS]
         if changed:
             saved, asked = flatten(saved), flatten(asked)
