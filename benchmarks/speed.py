@@ -150,7 +150,8 @@ def _trainer(recipe: str, sets: tuple[str, ...], device: torch.device, batch: in
     if compile_ != "auto":
         cfg["train"]["compile"] = compile_ == "on"
     cfg["out_dir"] = run_dir
-    data = make_data(tensors, batch, batch, auto_option("channels_last", cfg["train"]["channels_last"], device), device)
+    channels_last = auto_option("channels_last", cfg["train"]["channels_last"], device)
+    data = make_data(tensors, batch, batch, channels_last, device)
     return Trainer(cfg, data=data)
 
 
@@ -560,7 +561,8 @@ def throughput(args, device: torch.device, report: Report) -> None:
             break
         cfg = resolve({"out_dir": args.scratch, "model": {"name": model_name}, "data": {"batch_size": args.batch},
                        "train": {"device": str(device), "progress": False}})
-        data = make_data(tensors, args.batch, args.batch, auto_option("channels_last", cfg["train"]["channels_last"], device), device)
+        channels_last = auto_option("channels_last", cfg["train"]["channels_last"], device)
+        data = make_data(tensors, args.batch, args.batch, channels_last, device)
         torch.manual_seed(0)
         trainer = Trainer(cfg, data=data)
         ours, plain = [], []

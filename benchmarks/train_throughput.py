@@ -6,10 +6,11 @@
 For every model it builds one `Trainer` per setting: the device's defaults (on a GPU channels_last,
 bf16 autocast and torch.compile are on, compiled in ``reduce-overhead`` mode, which replays CUDA graphs and
 so takes away the per-kernel launch cost that a CIFAR ResNet's small convolutions are bound by; on a CPU
-channels_last alone), each option flipped alone, and all of them flipped, and with ``--compile-modes`` the defaults
-compiled in other torch.compile modes (``default``: torch's own, without CUDA graphs). The settings are then timed in interleaved rounds (so slow drifts of
-the machine hit all of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated images
-held on the device exactly like CIFAR-10, and the median round is reported. Evaluation is timed at
+channels_last alone), each option flipped alone, and all of them flipped, and with ``--compile-modes`` the
+defaults compiled in other torch.compile modes (``default``: torch's own, without CUDA graphs); with
+``--methods``, for each method named. The settings are then timed in interleaved rounds (so slow drifts of the
+machine hit all of them alike) through `Trainer.train_step`, the step real training runs, on 32×32 generated
+images held on the device exactly like CIFAR-10, and the median round is reported. Evaluation is timed at
 batch 128 and at the default large batch. Results go to benchmarks/results/train_throughput_<device>.md
 (and, with $OUT set, a copy to $OUT: the GPU machine keeps nothing else; pass ``--commit SHA`` there when it
 has no .git).

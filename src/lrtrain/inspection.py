@@ -118,7 +118,7 @@ def _dense_form(module: nn.Module, scheme: str = "channel") -> str:
     if not torch.isfinite(mat).all():  # a diverged weight has no rank to give
         return "dense (NaN/Inf weights)"
     top = min(mat.shape)
-    rank = int(torch.linalg.matrix_rank(mat, rtol=1e-4)) if mat.abs().sum() else 0  # TRP's numerical rank
+    rank = int(torch.linalg.matrix_rank(mat, rtol=1e-4))  # TRP's numerical rank (a zero weight's: 0)
     return "dense" if rank == top else f"dense, rank {rank}/{top}"
 
 

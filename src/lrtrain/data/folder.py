@@ -130,7 +130,8 @@ def _scan(root: Path, labels: dict[str, int]) -> tuple[list[tuple[str, int]], di
     data set is left out. A link to nothing is no image. One directory listing a folder, and a system call
     more only for links (ImageNet's 1.3 M files cost no call each)."""
     samples: list[tuple[str, int]] = []
-    twice, above = "folder(s) left out, reached a second time through a link", "folder(s) left out, links to a folder holding the data set"
+    twice = "folder(s) left out, reached a second time through a link"
+    above = "folder(s) left out, links to a folder holding the data set"
     left_out: dict[str, list[str]] = {"file(s) left out, not of an image format": [],
                                       "file(s) left out, links to nothing": [], twice: [], above: []}
     top = os.path.realpath(root)
